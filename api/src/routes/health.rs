@@ -1,0 +1,45 @@
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use serde_json::json;
+
+use crate::{AppState, Problem};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// Liveness: the process runs.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers and its schema is current.
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "readiness: database unreachable");
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the database does not answer",
+        ));
+    }
+    match state.store.migrations_current().await {
+        Ok(true) => Ok(Json(
+            json!({ "status": "ready", "database": state.store.backend_name() }),
+        )),
+        Ok(false) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "database migrations are not current; run `kiln migrate`",
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: reading migrations failed");
+            Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the database does not answer",
+            ))
+        }
+    }
+}

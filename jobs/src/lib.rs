@@ -1,0 +1,16 @@
+//! The job catalogue: every kind of job kiln runs, as typed payloads with
+//! their queue, attempts, timeout and priority beside them. No I/O here.
+
+mod backoff;
+mod catalogue;
+mod error;
+mod job;
+mod probe;
+mod prune_jobs;
+
+pub use backoff::Backoff;
+pub use catalogue::{KINDS, KindSpec, spec};
+pub use error::{DecodeError, JobError};
+pub use job::{Job, decode};
+pub use probe::{Probe, ProbeFailure};
+pub use prune_jobs::PruneJobs;

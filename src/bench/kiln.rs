@@ -1,0 +1,204 @@
+//! kiln itself, measured the way it runs: workers claim from the jobs
+//! table, run a no-op `probe`, and write outcomes in batches.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use kiln_jobs::Probe;
+use kiln_store::{ConnectOptions, JobState, NewJob, Store};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::BenchArgs;
+
+const GIVE_UP: Duration = Duration::from_secs(600);
+
+async fn open(url: &str) -> anyhow::Result<Store> {
+    let store = kiln_store::connect(&ConnectOptions {
+        url: url.to_owned(),
+        max_connections: 8,
+        wait: false,
+    })
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn worker_config(args: &BenchArgs) -> kiln_workers::WorkerConfig {
+    kiln_workers::WorkerConfig {
+        concurrency: args.concurrency,
+        batch_size: args.batch_size,
+        ..Default::default()
+    }
+}
+
+async fn succeeded(store: &Store) -> anyhow::Result<i64> {
+    Ok(store
+        .queue_stats()
+        .await?
+        .iter()
+        .filter(|s| s.state == JobState::Succeeded)
+        .map(|s| s.count)
+        .sum())
+}
+
+async fn wait_for_succeeded(store: &Store, target: i64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while succeeded(store).await? < target {
+        anyhow::ensure!(
+            started.elapsed() < GIVE_UP,
+            "bench run did not finish in {GIVE_UP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn enqueue_noops(store: &Store, n: u32) -> anyhow::Result<Vec<Uuid>> {
+    let mut ids = Vec::with_capacity(n as usize);
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(1000);
+        let jobs = (0..chunk)
+            .map(|_| NewJob::of(&Probe::default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.extend(store.enqueue_many(jobs).await?);
+        left -= chunk;
+    }
+    Ok(ids)
+}
+
+/// In-process workers: the only way on SQLite (one process owns the file;
+/// wake-ups are in-process), and the 1-process case on Postgres.
+fn spawn_in_process(
+    store: &Store,
+    args: &BenchArgs,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let stop = CancellationToken::new();
+    let config = worker_config(args);
+    let registry = kiln_workers::handlers::registry(&config);
+    let handle = tokio::spawn(kiln_workers::run(
+        store.clone(),
+        registry,
+        config,
+        "bench-worker".to_owned(),
+        stop.clone(),
+    ));
+    let handle = tokio::spawn(async move {
+        if let Ok(Err(e)) = handle.await {
+            eprintln!("bench worker failed: {e}");
+        }
+    });
+    (stop, handle)
+}
+
+/// Time to run `args.jobs` queued no-op jobs with `processes` workers.
+pub async fn throughput(url: &str, args: &BenchArgs, processes: u32) -> anyhow::Result<Duration> {
+    let store = open(url).await?;
+    let before = succeeded(&store).await?;
+    let queue = Probe::default();
+    let queue_name = NewJob::of(&queue)?.queue;
+    enqueue_noops(&store, args.jobs).await?;
+    let target = before + i64::from(args.jobs);
+
+    if processes == 1 {
+        let started = Instant::now();
+        let (stop, handle) = spawn_in_process(&store, args);
+        wait_for_succeeded(&store, target).await?;
+        let took = started.elapsed();
+        stop.cancel();
+        let _ = handle.await;
+        return Ok(took);
+    }
+
+    // Separate `kiln work` processes. Hold the queue until they are up so
+    // process start-up is not timed.
+    store.pause_queue(&queue_name).await?;
+    let exe = std::env::current_exe().context("locating the kiln binary")?;
+    let mut children = Vec::new();
+    for _ in 0..processes {
+        let child = tokio::process::Command::new(&exe)
+            .arg("work")
+            .env("KILN_DATABASE_URL", url)
+            .env("KILN_METRICS_ADDR", "127.0.0.1:0")
+            .env("KILN_WORKER_CONCURRENCY", args.concurrency.to_string())
+            .env("KILN_WORKER_BATCH_SIZE", args.batch_size.to_string())
+            .env("KILN_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a `kiln work` process")?;
+        children.push(child);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    store.resume_queue(&queue_name).await?;
+    wait_for_succeeded(&store, target).await?;
+    let took = started.elapsed();
+    for child in &mut children {
+        if let Some(pid) = child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+    }
+    for mut child in children {
+        let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    }
+    Ok(took)
+}
+
+/// Enqueue->start latency of single jobs to an idle worker, then under a
+/// steady load of half the measured throughput.
+pub async fn latency(
+    url: &str,
+    args: &BenchArgs,
+    throughput: f64,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let store = open(url).await?;
+    let (stop, handle) = spawn_in_process(&store, args);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut idle_ids = Vec::new();
+    for _ in 0..args.samples {
+        idle_ids.push(store.enqueue(NewJob::of(&Probe::default())?).await?.id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle = waits(&store, &idle_ids).await?;
+
+    // Half the throughput, in a batch every 10 ms, for about 3 seconds.
+    let per_tick = ((throughput * 0.5) / 100.0).max(1.0) as u32;
+    let mut load_ids = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..300 {
+        tick.tick().await;
+        load_ids.extend(enqueue_noops(&store, per_tick).await?);
+    }
+    let load = waits(&store, &load_ids).await?;
+    stop.cancel();
+    let _ = handle.await;
+    Ok((idle, load))
+}
+
+/// Each job's wait from due to started, read from the database once all
+/// have started.
+async fn waits(store: &Store, ids: &[Uuid]) -> anyhow::Result<Vec<Duration>> {
+    let started = Instant::now();
+    let mut waits = Vec::with_capacity(ids.len());
+    for id in ids {
+        loop {
+            let job = store.get(*id).await?.context("bench job vanished")?;
+            if let Some(at) = job.started_at {
+                waits.push((at - job.run_at).to_std().unwrap_or_default());
+                break;
+            }
+            anyhow::ensure!(started.elapsed() < GIVE_UP, "bench job never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(waits)
+}

@@ -1,0 +1,58 @@
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: a job-queue worker platform. An HTTP API enqueues typed jobs,
+/// workers run them with retries, leases and metrics, a scheduler fires
+/// periodic work.
+///
+/// With no subcommand, runs `all` on the embedded default: SQLite under
+/// ./data, no configuration needed.
+///
+/// SETTINGS come from the optional TOML file (--config or KILN_CONFIG) and
+/// from KILN_<SECTION>_<KEY> environment variables, which win:
+///
+///   database.url              KILN_DATABASE_URL             sqlite:data/kiln.db | postgres://user@host/db
+///   database.max_connections  KILN_DATABASE_MAX_CONNECTIONS 10
+///   database.migrate_on_start KILN_DATABASE_MIGRATE_ON_START true
+///   http.addr                 KILN_HTTP_ADDR                127.0.0.1:8080 (public API)
+///   metrics.addr              KILN_METRICS_ADDR             127.0.0.1:9090 (/metrics, /healthz, /readyz)
+///   log.format                KILN_LOG_FORMAT               text | json
+///   log.level                 KILN_LOG_LEVEL                info (a tracing filter)
+///   worker.concurrency        KILN_WORKER_CONCURRENCY       16 jobs at once per process
+///   worker.queues             KILN_WORKER_QUEUES            [] = every queue; e.g. '[default,maintenance]'
+///   worker.batch_size         KILN_WORKER_BATCH_SIZE        10 jobs per claim query
+///   worker.lease_ms           KILN_WORKER_LEASE_MS          30000: a lost worker's jobs return after this
+///   worker.poll_interval_ms   KILN_WORKER_POLL_INTERVAL_MS  1000 fallback poll while idle
+///   worker.shutdown_grace_ms  KILN_WORKER_SHUTDOWN_GRACE_MS 25000 for running jobs on SIGTERM
+///   worker.maintenance_interval_ms  KILN_WORKER_MAINTENANCE_INTERVAL_MS  5000
+///   worker.crash_loop_cap     KILN_WORKER_CRASH_LOOP_CAP    3 lost workers and a job ends failed
+///   worker.finished_job_retention_ms  KILN_WORKER_FINISHED_JOB_RETENTION_MS  604800000 (7 days)
+///   scheduler.prune_jobs_cron KILN_SCHEDULER_PRUNE_JOBS_CRON "0 17 * * * *"
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, verbatim_doc_comment)]
+pub struct Cli {
+    /// A TOML settings file (sections as above).
+    #[arg(long, short, global = true, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// API, workers and scheduler in one process (the default).
+    All,
+    /// The HTTP API only; scale out with more `serve` processes.
+    Serve,
+    /// Workers only; scale out with more `work` processes on one Postgres.
+    Work,
+    /// The cron scheduler only; any number of replicas fire each slot once.
+    Schedule,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Measure throughput and latency against baselines on the configured
+    /// database; prints one table.
+    Bench(crate::bench::BenchArgs),
+}

@@ -1,0 +1,173 @@
+//! One typed settings tree, read once at start from an optional TOML file
+//! and `KILN_<SECTION>_<KEY>` environment variables (which win), and
+//! validated before anything runs.
+
+use std::{net::SocketAddr, path::Path};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use kiln_scheduler::SchedulerConfig;
+use kiln_workers::WorkerConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+    pub worker: WorkerConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database: DatabaseSettings::default(),
+            http: HttpSettings::default(),
+            metrics: MetricsSettings::default(),
+            log: LogSettings::default(),
+            worker: WorkerConfig::default(),
+            scheduler: SchedulerConfig::default(),
+        }
+    }
+}
+
+/// The sections settings live in; `KILN_<SECTION>_<KEY>` maps to
+/// `section.key`. Other `KILN_*` variables are not settings.
+const SECTIONS: &[&str] = &["database", "http", "metrics", "log", "worker", "scheduler"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// `sqlite:data/kiln.db` (embedded default) or `postgres://user@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Apply pending migrations at start (Postgres takes a lock, so many
+    /// processes starting together is safe).
+    pub migrate_on_start: bool,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: "sqlite:data/kiln.db".to_owned(),
+            max_connections: 10,
+            migrate_on_start: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Public API listener.
+    pub addr: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Internal listener: `/metrics`, `/healthz`, `/readyz`.
+    pub addr: SocketAddr,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `kiln=debug,sqlx=warn`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the file (when given) and the environment, then validates.
+    /// Errors name the offending setting.
+    pub fn load(file: Option<&Path>) -> Result<Settings, String> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(format!("config file {} does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed("KILN_")
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_lowercase();
+                    SECTIONS.iter().any(|s| {
+                        key.strip_prefix(s)
+                            .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
+                    })
+                })
+                .map(|key| key.as_str().replacen('_', ".", 1).into()),
+        );
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| format!("invalid setting: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(
+                "invalid setting database.url (KILN_DATABASE_URL): expected sqlite:<path> or postgres://…"
+                    .to_owned(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return Err("invalid setting database.max_connections: must be at least 1".to_owned());
+        }
+        if self.http.addr == self.metrics.addr && self.http.addr.port() != 0 {
+            return Err(format!(
+                "invalid setting metrics.addr: {} is also http.addr; the metrics listener needs its own",
+                self.metrics.addr
+            ));
+        }
+        self.worker
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
+        Ok(())
+    }
+}

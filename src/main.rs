@@ -1,0 +1,55 @@
+//! The `kiln` binary: CLI wiring only.
+
+mod bench;
+mod cli;
+mod config;
+mod process;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use config::Settings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let command = cli.command.unwrap_or(Command::All);
+    let result = runtime.block_on(async move {
+        match command {
+            Command::All => process::run(settings, process::Roles::ALL).await,
+            Command::Serve => process::run(settings, process::Roles::SERVE).await,
+            Command::Work => process::run(settings, process::Roles::WORK).await,
+            Command::Schedule => process::run(settings, process::Roles::SCHEDULE).await,
+            Command::Migrate => process::migrate(settings).await,
+            Command::Bench(args) => bench::run(settings, args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "kiln stopped with an error");
+            eprintln!("kiln: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Starting and stopping the roles of one process: API, workers, scheduler.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use kiln_api::AppState;
+use kiln_store::{ConnectOptions, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Roles {
+    pub api: bool,
+    pub workers: bool,
+    pub scheduler: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        workers: true,
+        scheduler: true,
+    };
+    pub const SERVE: Roles = Roles {
+        api: true,
+        workers: false,
+        scheduler: false,
+    };
+    pub const WORK: Roles = Roles {
+        api: false,
+        workers: true,
+        scheduler: false,
+    };
+    pub const SCHEDULE: Roles = Roles {
+        api: false,
+        workers: false,
+        scheduler: true,
+    };
+}
+
+/// Connects (waiting for an unreachable database) and migrates when asked.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = kiln_store::connect(&ConnectOptions {
+        url: settings.database.url.clone(),
+        max_connections: settings.database.max_connections,
+        wait: true,
+    })
+    .await
+    .context("opening the database (database.url)")?;
+    if settings.database.migrate_on_start {
+        store.migrate().await.context("migrating the database")?;
+    }
+    Ok(store)
+}
+
+pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&Settings {
+        database: crate::config::DatabaseSettings {
+            migrate_on_start: true,
+            ..settings.database.clone()
+        },
+        ..settings
+    })
+    .await?;
+    tracing::info!(database = store.backend_name(), "migrations applied");
+    Ok(())
+}
+
+/// Runs the given roles until SIGTERM or SIGINT, then stops them in order.
+pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    // Bind before connecting, so a taken port fails fast and clearly.
+    let public = if roles.api {
+        Some(bind(settings.http.addr, "http.addr").await?)
+    } else {
+        None
+    };
+    let internal = bind(settings.metrics.addr, "metrics.addr").await?;
+
+    let store = tokio::select! {
+        store = open_store(&settings) => store?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let state = AppState {
+        store: store.clone(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let internal_addr = internal.local_addr()?;
+    tasks.spawn(serve(
+        internal,
+        kiln_api::internal_router(state.clone()),
+        shutdown.clone(),
+    ));
+    if let Some(public) = public {
+        let addr = public.local_addr()?;
+        tracing::info!(%addr, "API listening");
+        tasks.spawn(serve(
+            public,
+            kiln_api::router(state.clone()),
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(addr = %internal_addr, "metrics listening");
+    if roles.workers {
+        let registry = kiln_workers::handlers::registry(&settings.worker);
+        let worker_id = worker_id();
+        let config = settings.worker.clone();
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            kiln_workers::run(store, registry, config, worker_id, shutdown)
+                .await
+                .map_err(anyhow::Error::msg)
+        });
+    }
+    if roles.scheduler {
+        let plans = kiln_scheduler::plans(&settings.scheduler).map_err(anyhow::Error::msg)?;
+        let store = store.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            kiln_scheduler::run(store, plans, shutdown).await;
+            Ok(())
+        });
+    }
+
+    let mut result = Ok(());
+    while let Some(joined) = tasks.join_next().await {
+        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        if let Err(e) = outcome {
+            // One role failing stops the others: a half-running process
+            // would look healthy while doing nothing.
+            shutdown.cancel();
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({setting})"))
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("HTTP server failed")
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop kiln with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// Unique per process, readable in the `lease_owner` column.
+fn worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".to_owned());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::now_v7().simple().to_string()[24..]
+    )
+}

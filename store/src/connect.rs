@@ -1,0 +1,70 @@
+use std::{sync::Arc, time::Duration};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::{PgStore, Queue, SqliteStore, StoreError};
+
+/// The queue engine this process talks to, whichever database it is.
+pub type Store = Arc<dyn Queue>;
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `postgres://…` or `sqlite:path/to/file.db`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Keep retrying while the database is unreachable instead of failing.
+    pub wait: bool,
+}
+
+/// Opens the store for `url`. With `wait`, an unreachable Postgres is
+/// retried (logging each failure) until it answers.
+pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
+    let url = options.url.as_str();
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let connect: PgConnectOptions = url.parse()?;
+        let pool_options = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        let mut delay = Duration::from_millis(200);
+        let pool = loop {
+            match pool_options.clone().connect_with(connect.clone()).await {
+                Ok(pool) => break pool,
+                Err(e) if options.wait && is_unreachable(&e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "database unreachable; waiting for it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        Ok(Arc::new(PgStore::new(pool)))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(
+            SqliteStore::open(url, options.max_connections).await?,
+        ))
+    } else {
+        Err(StoreError::UnsupportedUrl(redact(url)))
+    }
+}
+
+/// Errors that may pass when the server comes back, as opposed to a wrong
+/// password or database name.
+fn is_unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+    ) || e
+        .as_database_error()
+        .and_then(|d| d.code())
+        // 57P03: the database system is starting up
+        .is_some_and(|c| c == "57P03")
+}
+
+/// A URL fit for an error message: the scheme only, never a password.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://…"),
+        None => url.chars().take(16).collect(),
+    }
+}

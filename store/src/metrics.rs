@@ -1,0 +1,126 @@
+//! Every metric kiln exports, defined once. Dashboards and alert rules in
+//! `dashboards/` use exactly these names (table in README.md).
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub jobs_enqueued: IntCounterVec,
+    pub jobs_started: IntCounterVec,
+    pub jobs_finished: IntCounterVec,
+    pub job_retries: IntCounterVec,
+    pub leases_rescued: IntCounterVec,
+    pub run_seconds: HistogramVec,
+    pub queue_wait_seconds: HistogramVec,
+    pub queue_depth: IntGaugeVec,
+    pub oldest_due_seconds: GaugeVec,
+    pub workers_busy: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0,
+];
+
+fn build() -> Result<Metrics, prometheus::Error> {
+    let registry = Registry::new();
+    let counter =
+        |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+    let histogram =
+        |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+    let metrics = Metrics {
+        jobs_enqueued: counter("kiln_jobs_enqueued_total", "Jobs inserted", &["kind"])?,
+        jobs_started: counter("kiln_jobs_started_total", "Attempts started", &["kind"])?,
+        jobs_finished: counter(
+            "kiln_jobs_finished_total",
+            "Attempts ended, by outcome: succeeded, retried, failed, cancelled, released, snoozed, lost",
+            &["kind", "outcome"],
+        )?,
+        job_retries: counter(
+            "kiln_job_retries_total",
+            "Failed attempts that will be retried",
+            &["kind"],
+        )?,
+        leases_rescued: counter(
+            "kiln_leases_rescued_total",
+            "Running jobs taken back after their worker's lease expired",
+            &["kind"],
+        )?,
+        run_seconds: histogram(
+            "kiln_job_run_seconds",
+            "Handler run time of one attempt",
+            &["kind"],
+        )?,
+        queue_wait_seconds: histogram(
+            "kiln_job_queue_wait_seconds",
+            "Time from a job being due to a worker starting it",
+            &["kind"],
+        )?,
+        queue_depth: {
+            let g = IntGaugeVec::new(
+                Opts::new("kiln_queue_depth", "Jobs by queue and state"),
+                &["queue", "state"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        oldest_due_seconds: {
+            let g = GaugeVec::new(
+                Opts::new(
+                    "kiln_queue_oldest_due_seconds",
+                    "Age of the oldest job that is due and not yet started, by queue",
+                ),
+                &["queue"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        workers_busy: {
+            let g = IntGaugeVec::new(
+                Opts::new(
+                    "kiln_worker_jobs_running",
+                    "Jobs this process is running now",
+                ),
+                &["worker"],
+            )?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
+        registry,
+    };
+    Ok(metrics)
+}
+
+static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| build().expect("metric definitions are valid and registered once"));
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&METRICS.registry.gather(), &mut buf) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}

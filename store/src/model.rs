@@ -1,0 +1,243 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kiln_jobs::Job;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Where a job is in its life. `scheduled` and `retryable` wait for their
+/// `run_at`; `succeeded`, `failed` and `cancelled` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Scheduled,
+    Available,
+    Running,
+    Retryable,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Scheduled,
+        JobState::Available,
+        JobState::Running,
+        JobState::Retryable,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Available => "available",
+            JobState::Running => "running",
+            JobState::Retryable => "retryable",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// A job to insert. Built from a typed payload with [`NewJob::of`], which
+/// takes the queue, attempts and priority from the kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub queue: String,
+    pub owner: Option<String>,
+    pub payload: serde_json::Value,
+    pub schema_version: i32,
+    pub priority: i16,
+    pub max_attempts: u32,
+    /// `None` runs as soon as a worker is free.
+    pub run_at: Option<DateTime<Utc>>,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn of<J: Job>(job: &J) -> Result<NewJob, serde_json::Error> {
+        Ok(NewJob {
+            kind: J::KIND.to_owned(),
+            queue: J::QUEUE.to_owned(),
+            owner: None,
+            payload: serde_json::to_value(job)?,
+            schema_version: J::SCHEMA_VERSION,
+            priority: J::PRIORITY,
+            max_attempts: J::MAX_ATTEMPTS,
+            run_at: None,
+            idempotency_key: None,
+        })
+    }
+
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts.max(1);
+        self
+    }
+
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: Uuid,
+    /// false when an earlier job with the same idempotency key was returned.
+    pub created: bool,
+}
+
+/// The right to write one claimed job's outcome: the job id plus the
+/// fencing token of the claim. A claim that was rescued and claimed again
+/// has a newer token, so writes with this one are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub id: Uuid,
+    pub token: i64,
+}
+
+/// A job handed to a worker by a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub lease: Lease,
+    pub kind: String,
+    pub queue: String,
+    pub owner: Option<String>,
+    pub payload: serde_json::Value,
+    pub schema_version: i32,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    /// When the job became due: the start of its queue wait.
+    pub due_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// One failed attempt, kept in the job's error history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub code: String,
+    pub message: String,
+    pub permanent: bool,
+}
+
+/// A failed attempt: its error, and when to try again (`None`: never, the
+/// job ends `failed`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: String,
+    pub message: String,
+    pub retry_in: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub lease: Lease,
+    pub result: serde_json::Value,
+}
+
+/// A job whose worker was lost (its lease expired).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rescued {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: JobState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It was waiting; it is `cancelled` now.
+    Cancelled,
+    /// It is running; its worker has been told and will stop it.
+    Cancelling,
+    /// It had already finished in this state.
+    AlreadyFinished(JobState),
+    NotFound,
+}
+
+/// A whole row of the `jobs` table.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub kind: String,
+    pub queue: String,
+    pub owner: Option<String>,
+    pub payload: serde_json::Value,
+    pub schema_version: i32,
+    pub state: JobState,
+    pub stage: Option<String>,
+    pub progress: i16,
+    pub priority: i16,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub run_at: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub token: i64,
+    pub rescues: u32,
+    pub cancel_requested: bool,
+    pub result: Option<serde_json::Value>,
+    pub errors: Vec<ErrorEntry>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Jobs of one queue in one state, for the depth gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueStat {
+    pub queue: String,
+    pub state: JobState,
+    pub count: i64,
+    /// Age of the oldest due job, for `available` (and due scheduled or
+    /// retryable) jobs only.
+    pub oldest_due_age: Option<Duration>,
+}
+
+/// Something another part of the process may want to react to at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// A job became available on this queue (`None`: maybe on any queue,
+    /// e.g. after the listener reconnected and may have missed some).
+    JobsAvailable(Option<String>),
+    CancelRequested(Uuid),
+}

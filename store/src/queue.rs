@@ -1,0 +1,89 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::{
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, Lease, NewJob, QueueStat,
+    Rescued, StoreError, StoreEvent,
+};
+
+/// The queue engine: every operation on the `jobs` table, one
+/// implementation per database, one conformance suite for both
+/// (`store/tests/conformance.rs`).
+///
+/// Writes that concern a claimed job take its [`Lease`] and succeed only
+/// while that claim is current (`Ok(false)` otherwise), so a worker whose
+/// job was rescued cannot complete it a second time.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Which database this is, for logs and the benchmark.
+    fn backend_name(&self) -> &'static str;
+
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// True when every migration this build knows has been applied.
+    async fn migrations_current(&self) -> Result<bool, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a job, or returns the existing one with the same owner, kind
+    /// and idempotency key.
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError>;
+    /// Inserts many jobs in one statement. Idempotency keys are honoured:
+    /// a job whose key exists already is skipped.
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Claims up to `limit` due jobs from `queues` (all queues when empty)
+    /// for `worker`, skipping paused queues, in priority then per-owner
+    /// round-robin order. Each claim spends an attempt and bumps the token.
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError>;
+
+    /// Extends the leases that are still ours. Returns the ones whose
+    /// handler must stop: cancelled by someone, or no longer ours.
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError>;
+
+    /// Records successes; returns how many were still ours.
+    async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError>;
+    /// Records a failed attempt: retry later, or fail for good.
+    async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError>;
+    /// Puts a running job back to wait `delay` without spending its attempt.
+    async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError>;
+    /// Hands jobs back unfinished (graceful shutdown): available again at
+    /// once, the attempt not spent.
+    async fn release(&self, leases: &[Lease]) -> Result<u64, StoreError>;
+    /// Ends a running job whose cancellation was asked for.
+    async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError>;
+    /// Stage and progress (0-100) of a running job, as its handler reports them.
+    async fn set_progress(
+        &self,
+        lease: Lease,
+        stage: Option<&str>,
+        progress: u8,
+    ) -> Result<bool, StoreError>;
+
+    /// Cancels a job: at once when waiting, by telling its worker when
+    /// running. `owner` restricts it to that owner's jobs.
+    async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError>;
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError>;
+    async fn resume_queue(&self, queue: &str) -> Result<(), StoreError>;
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Takes back running jobs whose lease expired: retryable after backoff,
+    /// or failed when out of attempts or past `crash_cap` rescues.
+    async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError>;
+    /// Deletes up to `limit` finished jobs that finished before `older_than` ago.
+    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+    /// Counts by queue and state, and the age of the oldest due job.
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;
+
+    /// Wake-ups: jobs available, cancellations asked for.
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+}

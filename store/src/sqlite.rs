@@ -1,0 +1,709 @@
+//! The queue on SQLite, for the embedded single-process default: WAL,
+//! `synchronous=NORMAL`, one writer connection (SQLite has one writer at a
+//! time anyway; a single connection never meets `SQLITE_BUSY` from itself)
+//! and a small pool of readers. Times are unix milliseconds.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{
+    Row, SqliteConnection, SqlitePool,
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    },
+};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::{
+    CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
+    Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent, rescue::rescue_decision,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("time {ms}")))
+}
+
+fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    ms.map(time).transpose()
+}
+
+fn uuid(s: &str) -> Result<Uuid, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("job id {s:?}")))
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url` (`sqlite:path`).
+    pub async fn open(url: &str, readers: u32) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(dir) = Path::new(options.get_filename()).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Database(sqlx::Error::Configuration(
+                        format!("cannot create {}: {e}", dir.display()).into(),
+                    ))
+                })?;
+            }
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .connect_with(options.read_only(false))
+            .await?;
+        let (events, _) = broadcast::channel(1024);
+        Ok(SqliteStore {
+            writer,
+            reader,
+            events,
+        })
+    }
+
+    /// The one connection that writes; transactional enqueues go through
+    /// `store.writer().begin()`.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    pub fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Inserts a job inside the caller's transaction. Call
+    /// [`SqliteStore::notify_available`] after the commit to wake workers.
+    pub async fn enqueue_in(
+        conn: &mut SqliteConnection,
+        job: NewJob,
+    ) -> Result<Enqueued, StoreError> {
+        let now = now_ms();
+        let fair_seq = fair_seq(&mut *conn, job.owner.as_deref()).await?;
+        Self::insert(conn, job, fair_seq, now).await
+    }
+
+    async fn insert(
+        conn: &mut SqliteConnection,
+        job: NewJob,
+        fair_seq: i64,
+        now: i64,
+    ) -> Result<Enqueued, StoreError> {
+        let id = Uuid::now_v7();
+        let run_at = job.run_at.map_or(now, |t| t.timestamp_millis());
+        let state = if run_at > now {
+            "scheduled"
+        } else {
+            "available"
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
+                               fair_seq, max_attempts, run_at, idempotency_key, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
+                 WHERE idempotency_key IS NOT NULL DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(&job.owner)
+        .bind(job.payload.to_string())
+        .bind(job.schema_version)
+        .bind(state)
+        .bind(job.priority)
+        .bind(fair_seq)
+        .bind(job.max_attempts as i64)
+        .bind(run_at)
+        .bind(&job.idempotency_key)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            crate::metrics::metrics()
+                .jobs_enqueued
+                .with_label_values(&[job.kind.as_str()])
+                .inc();
+            return Ok(Enqueued { id, created: true });
+        }
+        let existing: String = sqlx::query_scalar(
+            "SELECT id FROM jobs
+             WHERE coalesce(owner, '') = coalesce(?, '') AND kind = ? AND idempotency_key = ?",
+        )
+        .bind(&job.owner)
+        .bind(&job.kind)
+        .bind(&job.idempotency_key)
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Enqueued {
+            id: uuid(&existing)?,
+            created: false,
+        })
+    }
+
+    /// Wakes this process's idle workers: SQLite has no NOTIFY.
+    pub fn notify_available(&self, queue: &str) {
+        let _ = self
+            .events
+            .send(StoreEvent::JobsAvailable(Some(queue.to_owned())));
+    }
+}
+
+async fn fair_seq(conn: &mut SqliteConnection, owner: Option<&str>) -> Result<i64, StoreError> {
+    let Some(owner) = owner else { return Ok(0) };
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs
+         WHERE owner = ? AND state IN ('available', 'scheduled', 'retryable', 'running')",
+    )
+    .bind(owner)
+    .fetch_one(conn)
+    .await?;
+    Ok(pending + 1)
+}
+
+const RECORD_COLUMNS: &str =
+    "id, kind, queue, owner, payload, schema_version, state, stage, progress,
+    priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
+    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
+
+fn state_of(row: &SqliteRow) -> Result<JobState, StoreError> {
+    let s: String = row.try_get("state")?;
+    JobState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
+}
+
+fn json(text: &str) -> Result<serde_json::Value, StoreError> {
+    Ok(serde_json::from_str(text)?)
+}
+
+fn record_from(row: &SqliteRow) -> Result<JobRecord, StoreError> {
+    let errors: String = row.try_get("errors")?;
+    let result: Option<String> = row.try_get("result")?;
+    let id: String = row.try_get("id")?;
+    Ok(JobRecord {
+        id: uuid(&id)?,
+        kind: row.try_get("kind")?,
+        queue: row.try_get("queue")?,
+        owner: row.try_get("owner")?,
+        payload: json(&row.try_get::<String, _>("payload")?)?,
+        schema_version: row.try_get("schema_version")?,
+        state: state_of(row)?,
+        stage: row.try_get("stage")?,
+        progress: row.try_get("progress")?,
+        priority: row.try_get("priority")?,
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        run_at: time(row.try_get("run_at")?)?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: opt_time(row.try_get("lease_expires_at")?)?,
+        token: row.try_get("token")?,
+        rescues: row.try_get::<i64, _>("rescues")? as u32,
+        cancel_requested: row.try_get("cancel_requested")?,
+        result: result.as_deref().map(json).transpose()?,
+        errors: serde_json::from_str::<Vec<ErrorEntry>>(&errors)?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: time(row.try_get("created_at")?)?,
+        started_at: opt_time(row.try_get("started_at")?)?,
+        finished_at: opt_time(row.try_get("finished_at")?)?,
+    })
+}
+
+/// Appends one entry to a job's error history (a JSON array in a text column).
+const APPEND_ERROR: &str = "json_insert(errors, '$[#]', json_object(
+    'attempt', attempt, 'at', strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch'),
+    'code', ?2, 'message', ?3, 'permanent', json(?4)))";
+
+#[async_trait]
+impl Queue for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn migrations_current(&self) -> Result<bool, StoreError> {
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .unwrap_or_default();
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let queue = job.queue.clone();
+        let mut tx = self.writer.begin().await?;
+        let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
+        tx.commit().await?;
+        if enqueued.created {
+            self.notify_available(&queue);
+        }
+        Ok(enqueued)
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let mut next_seq: std::collections::HashMap<Option<String>, i64> = Default::default();
+        let mut queues = std::collections::BTreeSet::new();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let seq = match next_seq.get_mut(&job.owner) {
+                Some(s) => s,
+                None => {
+                    let first = fair_seq(&mut tx, job.owner.as_deref()).await?;
+                    next_seq.entry(job.owner.clone()).or_insert(first)
+                }
+            };
+            let this_seq = *seq;
+            if job.owner.is_some() {
+                *seq += 1;
+            }
+            queues.insert(job.queue.clone());
+            let enqueued = Self::insert(&mut tx, job, this_seq, now).await?;
+            if enqueued.created {
+                ids.push(enqueued.id);
+            }
+        }
+        tx.commit().await?;
+        for queue in queues {
+            self.notify_available(&queue);
+        }
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = now_ms();
+        let mut claimed = Vec::new();
+        let mut tx = self.writer.begin().await?;
+        for queue in queues {
+            let want = limit as usize - claimed.len();
+            if want == 0 {
+                break;
+            }
+            let rows = sqlx::query(
+                "UPDATE jobs
+                 SET state = 'running', attempt = attempt + 1, token = token + 1,
+                     lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = ?4
+                       AND state IN ('available', 'scheduled', 'retryable')
+                       AND run_at <= ?3
+                       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = ?4 AND q.paused)
+                     ORDER BY priority DESC, fair_seq, run_at, id
+                     LIMIT ?5)
+                 RETURNING id, token, kind, queue, owner, payload, schema_version, attempt,
+                           max_attempts, run_at, started_at, priority, fair_seq",
+            )
+            .bind(worker)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(queue)
+            .bind(want as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut batch = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let order: (i64, i64, i64) = (
+                    -row.try_get::<i64, _>("priority")?,
+                    row.try_get("fair_seq")?,
+                    row.try_get("run_at")?,
+                );
+                batch.push((
+                    order,
+                    ClaimedJob {
+                        lease: Lease {
+                            id: uuid(&id)?,
+                            token: row.try_get("token")?,
+                        },
+                        kind: row.try_get("kind")?,
+                        queue: row.try_get("queue")?,
+                        owner: row.try_get("owner")?,
+                        payload: json(&row.try_get::<String, _>("payload")?)?,
+                        schema_version: row.try_get("schema_version")?,
+                        attempt: row.try_get::<i64, _>("attempt")? as u32,
+                        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+                        due_at: time(row.try_get("run_at")?)?,
+                        started_at: time(row.try_get("started_at")?)?,
+                    },
+                ));
+            }
+            // RETURNING comes in no particular order; hand jobs out in claim order.
+            batch.sort_by_key(|(order, job)| (*order, job.lease.id));
+            claimed.extend(batch.into_iter().map(|(_, job)| job));
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError> {
+        let expires = now_ms() + ms(lease);
+        let mut stop = Vec::new();
+        let mut tx = self.writer.begin().await?;
+        for l in leases {
+            let cancel: Option<bool> = sqlx::query_scalar(
+                "UPDATE jobs SET lease_expires_at = ?
+                 WHERE id = ? AND token = ? AND state = 'running'
+                 RETURNING cancel_requested",
+            )
+            .bind(expires)
+            .bind(l.id.to_string())
+            .bind(l.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if cancel != Some(false) {
+                stop.push(*l);
+            }
+        }
+        tx.commit().await?;
+        Ok(stop)
+    }
+
+    async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut n = 0;
+        let mut tx = self.writer.begin().await?;
+        for c in done {
+            n += sqlx::query(
+                "UPDATE jobs SET state = 'succeeded', result = ?, progress = 100,
+                                 finished_at = ?, updated_at = ?,
+                                 lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ? AND token = ? AND state = 'running'",
+            )
+            .bind(c.result.to_string())
+            .bind(now)
+            .bind(now)
+            .bind(c.lease.id.to_string())
+            .bind(c.lease.token)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let retry_at = failure.retry_in.map(|d| now + ms(d));
+        let sql = format!(
+            "UPDATE jobs SET
+                 errors = {APPEND_ERROR},
+                 state = CASE WHEN ?5 IS NULL OR attempt >= max_attempts
+                              THEN 'failed' ELSE 'retryable' END,
+                 run_at = CASE WHEN ?5 IS NULL OR attempt >= max_attempts THEN run_at ELSE ?5 END,
+                 finished_at = CASE WHEN ?5 IS NULL OR attempt >= max_attempts THEN ?1 END,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+             WHERE id = ?6 AND token = ?7 AND state = 'running'"
+        );
+        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(&failure.code)
+            .bind(&failure.message)
+            .bind(if retry_at.is_none() { "true" } else { "false" })
+            .bind(retry_at)
+            .bind(lease.id.to_string())
+            .bind(lease.token)
+            .execute(&self.writer)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'scheduled', attempt = attempt - 1, run_at = ?,
+                             lease_owner = NULL, lease_expires_at = NULL, updated_at = ?
+             WHERE id = ? AND token = ? AND state = 'running'",
+        )
+        .bind(now + ms(delay))
+        .bind(now)
+        .bind(lease.id.to_string())
+        .bind(lease.token)
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn release(&self, leases: &[Lease]) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut n = 0;
+        let mut queues = std::collections::BTreeSet::new();
+        let mut tx = self.writer.begin().await?;
+        for l in leases {
+            let queue: Option<String> = sqlx::query_scalar(
+                "UPDATE jobs SET
+                     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END,
+                     finished_at = CASE WHEN cancel_requested THEN ?1 END,
+                     attempt = attempt - 1, started_at = NULL,
+                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+                 WHERE id = ?2 AND token = ?3 AND state = 'running'
+                 RETURNING queue",
+            )
+            .bind(now)
+            .bind(l.id.to_string())
+            .bind(l.token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(queue) = queue {
+                n += 1;
+                queues.insert(queue);
+            }
+        }
+        tx.commit().await?;
+        for queue in queues {
+            self.notify_available(&queue);
+        }
+        Ok(n)
+    }
+
+    async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1,
+                 errors = {APPEND_ERROR}, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ?5 AND token = ?6 AND state = 'running'"
+        );
+        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms())
+            .bind("cancelled")
+            .bind(reason)
+            .bind("true")
+            .bind(lease.id.to_string())
+            .bind(lease.token)
+            .execute(&self.writer)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn set_progress(
+        &self,
+        lease: Lease,
+        stage: Option<&str>,
+        progress: u8,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET stage = coalesce(?, stage), progress = ?, updated_at = ?
+             WHERE id = ? AND token = ? AND state = 'running'",
+        )
+        .bind(stage)
+        .bind(i64::from(progress.min(100)))
+        .bind(now_ms())
+        .bind(lease.id.to_string())
+        .bind(lease.token)
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+        let now = now_ms();
+        let state: Option<String> = sqlx::query_scalar(
+            "UPDATE jobs SET
+                 state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
+                 cancel_requested = 1,
+                 finished_at = CASE WHEN state = 'running' THEN NULL ELSE ?1 END,
+                 updated_at = ?1
+             WHERE id = ?2 AND (?3 IS NULL OR owner = ?3)
+               AND state NOT IN ('succeeded', 'failed', 'cancelled')
+             RETURNING state",
+        )
+        .bind(now)
+        .bind(id.to_string())
+        .bind(owner)
+        .fetch_optional(&self.writer)
+        .await?;
+        match state.as_deref() {
+            Some("running") => {
+                let _ = self.events.send(StoreEvent::CancelRequested(id));
+                return Ok(CancelOutcome::Cancelling);
+            }
+            Some(_) => return Ok(CancelOutcome::Cancelled),
+            None => {}
+        }
+        let row =
+            sqlx::query("SELECT state FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)")
+                .bind(id.to_string())
+                .bind(owner)
+                .fetch_optional(&self.writer)
+                .await?;
+        Ok(match row {
+            Some(row) => CancelOutcome::AlreadyFinished(state_of(&row)?),
+            None => CancelOutcome::NotFound,
+        })
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO queues (name, paused, updated_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (name) DO UPDATE SET paused = 1, updated_at = ?2",
+        )
+        .bind(queue)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE queues SET paused = 0, updated_at = ? WHERE name = ?")
+            .bind(now_ms())
+            .bind(queue)
+            .execute(&self.writer)
+            .await?;
+        self.notify_available(queue);
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM queues WHERE paused ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(
+            "SELECT id, kind, attempt, max_attempts, rescues, cancel_requested FROM jobs
+             WHERE state = 'running' AND lease_expires_at < ?
+             ORDER BY lease_expires_at LIMIT 500",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut rescued = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let kind: String = row.try_get("kind")?;
+            let next = rescue_decision(
+                &kind,
+                row.try_get::<i64, _>("attempt")? as u32,
+                row.try_get::<i64, _>("max_attempts")? as u32,
+                row.try_get::<i64, _>("rescues")? as u32 + 1,
+                crash_cap,
+                row.try_get("cancel_requested")?,
+            );
+            let sql = format!(
+                "UPDATE jobs SET errors = {APPEND_ERROR}, state = ?5, rescues = rescues + 1,
+                     run_at = coalesce(?6, run_at),
+                     finished_at = CASE WHEN ?5 IN ('failed', 'cancelled') THEN ?1 END,
+                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+                 WHERE id = ?7"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(next.code)
+                .bind(&next.message)
+                .bind(if next.state == JobState::Retryable {
+                    "false"
+                } else {
+                    "true"
+                })
+                .bind(next.state.as_str())
+                .bind(next.retry_in.map(|d| now + ms(d)))
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            rescued.push(Rescued {
+                id: uuid(&id)?,
+                kind,
+                state: next.state,
+            });
+        }
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+                 LIMIT ?)",
+        )
+        .bind(now_ms() - ms(older_than))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(record_from).transpose()
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n,
+                    min(CASE WHEN run_at <= ?1
+                              AND state IN ('available', 'scheduled', 'retryable')
+                             THEN run_at END) AS oldest_due
+             FROM jobs GROUP BY queue, state ORDER BY queue, state",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let oldest: Option<i64> = row.try_get("oldest_due")?;
+                Ok(QueueStat {
+                    queue: row.try_get("queue")?,
+                    state: state_of(row)?,
+                    count: row.try_get("n")?,
+                    oldest_due_age: oldest
+                        .map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+                })
+            })
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+}

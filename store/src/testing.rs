@@ -1,0 +1,96 @@
+//! Test helpers: each test gets a database of its own, so tests run in
+//! parallel against the machine's real PostgreSQL (and a temp SQLite file).
+//!
+//! The Postgres server is `KILN_TEST_POSTGRES_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/postgres`.
+
+use sqlx::{Connection, PgConnection};
+
+use crate::{ConnectOptions, Store, StoreError, connect};
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("KILN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database that lives as long as the value: a fresh Postgres database
+/// (dropped afterwards) or a SQLite file in a temporary directory.
+pub struct TestDatabase {
+    pub url: String,
+    postgres_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn postgres() -> TestDatabase {
+        let name = format!("kiln_test_{}", uuid::Uuid::now_v7().simple());
+        let admin = postgres_admin_url();
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("test Postgres at {admin} unreachable: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let (base, _) = admin.rsplit_once('/').expect("admin url has a database");
+        TestDatabase {
+            url: format!("{base}/{name}"),
+            postgres_name: Some(name),
+            _dir: None,
+        }
+    }
+
+    pub fn sqlite() -> TestDatabase {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("kiln.db").display());
+        TestDatabase {
+            url,
+            postgres_name: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.postgres_name.is_some()
+    }
+
+    /// A migrated store on this database.
+    pub async fn store(&self) -> Result<Store, StoreError> {
+        let store = connect(&ConnectOptions {
+            url: self.url.clone(),
+            max_connections: 8,
+            wait: false,
+        })
+        .await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop is synchronous; do the async clean-up on a thread of its own.
+        let admin = postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}

@@ -1,0 +1,107 @@
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How one `kiln work` process runs jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs this process runs at once.
+    pub concurrency: u32,
+    /// Queues to take jobs from; empty means every queue kiln knows.
+    pub queues: Vec<String>,
+    /// Most jobs claimed in one query.
+    pub batch_size: u32,
+    /// How long a claim stays valid without a heartbeat. A worker that dies
+    /// loses its jobs to another after this long.
+    #[serde(with = "crate::config::millis")]
+    pub lease_ms: Duration,
+    /// Fallback poll while idle, for scheduled jobs coming due and missed
+    /// wake-ups (Postgres NOTIFY wakes workers at once otherwise).
+    #[serde(with = "crate::config::millis")]
+    pub poll_interval_ms: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are handed
+    /// back (without spending an attempt).
+    #[serde(with = "crate::config::millis")]
+    pub shutdown_grace_ms: Duration,
+    /// How often expired leases are rescued and queue gauges refreshed.
+    #[serde(with = "crate::config::millis")]
+    pub maintenance_interval_ms: Duration,
+    /// A job whose worker is lost this many times ends `failed`.
+    pub crash_loop_cap: u32,
+    /// Finished jobs older than this are pruned by the `prune_jobs` job.
+    #[serde(with = "crate::config::millis")]
+    pub finished_job_retention_ms: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            concurrency: 16,
+            queues: Vec::new(),
+            batch_size: 10,
+            lease_ms: Duration::from_secs(30),
+            poll_interval_ms: Duration::from_secs(1),
+            shutdown_grace_ms: Duration::from_secs(25),
+            maintenance_interval_ms: Duration::from_secs(5),
+            crash_loop_cap: 3,
+            finished_job_retention_ms: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Checks the settings; the error names the bad one.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("worker.concurrency must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return Err("worker.batch_size must be at least 1".into());
+        }
+        if self.lease_ms < Duration::from_millis(500) {
+            return Err("worker.lease_ms must be at least 500".into());
+        }
+        if self.poll_interval_ms.is_zero() {
+            return Err("worker.poll_interval_ms must be above 0".into());
+        }
+        if self.crash_loop_cap == 0 {
+            return Err("worker.crash_loop_cap must be at least 1".into());
+        }
+        for q in &self.queues {
+            if q.is_empty() {
+                return Err("worker.queues must not contain an empty name".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues this worker serves, resolved.
+    pub fn queue_names(&self) -> Vec<String> {
+        if !self.queues.is_empty() {
+            return self.queues.clone();
+        }
+        let mut all: Vec<String> = kiln_jobs::KINDS
+            .iter()
+            .map(|s| s.queue.to_owned())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.lease_ms / 3
+    }
+}
+
+/// Durations in settings are whole milliseconds.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

@@ -1,0 +1,64 @@
+use std::time::Duration;
+
+use kiln_jobs::JobError;
+use kiln_store::{Lease, Store};
+use tokio_util::sync::CancellationToken;
+
+/// What a handler knows about the attempt it runs, and how it reports back.
+pub struct JobContext {
+    pub(crate) store: Store,
+    pub(crate) lease: Lease,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub owner: Option<String>,
+    pub(crate) cancel: CancellationToken,
+}
+
+impl JobContext {
+    pub fn job_id(&self) -> uuid::Uuid {
+        self.lease.id
+    }
+
+    /// Records the stage and progress (0-100) clients see while polling.
+    /// Fails when this worker no longer holds the job (it was cancelled or
+    /// rescued), so the handler can stop.
+    pub async fn progress(&self, stage: &str, progress: u8) -> Result<(), JobError> {
+        match self
+            .store
+            .set_progress(self.lease, Some(stage), progress)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JobError::permanent(
+                "lease_lost",
+                "this worker no longer holds the job",
+            )),
+            Err(e) => Err(JobError::transient("store_unavailable", e.to_string())),
+        }
+    }
+
+    /// Resolves when the job's cancellation was asked for (or its lease was
+    /// lost). Long handlers can select on it to stop cleanly; the runtime
+    /// drops the handler's future at that point anyway.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// The store, for handlers whose work is the database itself.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// A handler's successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Finished; the value is the job's `result`.
+    Done(serde_json::Value),
+    /// Not now: run again after this long, without spending an attempt.
+    Snooze(Duration),
+}

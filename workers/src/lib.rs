@@ -1,0 +1,13 @@
+//! The worker runtime (apalis 1.0 over kiln's own `jobs` table) and one
+//! handler per job kind.
+
+mod config;
+mod context;
+pub mod handlers;
+mod registry;
+mod runtime;
+
+pub use config::WorkerConfig;
+pub use context::{JobContext, Outcome};
+pub use registry::{Handler, Registry};
+pub use runtime::run;

@@ -1,0 +1,78 @@
+//! kiln's jobs table as an apalis backend: the worker polls a channel that
+//! the claimer fills with jobs it has claimed and has room to run.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+
+use apalis_core::{
+    backend::{Backend, BackendConfig, finalize::Ephemeral},
+    task::{Task, task_id::RandomId},
+    worker::context::WorkerContext,
+};
+use kiln_store::ClaimedJob;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tower_layer::Identity;
+
+/// A claimed job and the concurrency slot it occupies until it finishes.
+pub(crate) struct Claimed {
+    pub job: ClaimedJob,
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Shared so apalis' monitor can rebuild the worker around the same claimer.
+pub(crate) type ClaimedReceiver = Arc<Mutex<mpsc::Receiver<Claimed>>>;
+
+pub(crate) struct KilnBackend {
+    pub claimed: ClaimedReceiver,
+}
+
+impl Backend for KilnBackend {
+    type Task = Task<Claimed>;
+    type Error = Infallible;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        let mut rx = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        // `None` once the claimer has stopped (shutdown): the worker then
+        // drains the jobs it runs and exits.
+        rx.poll_recv(cx).map(|c| c.map(|c| Ok(Task::new(c))))
+    }
+
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl BackendConfig for KilnBackend {
+    type Args = Claimed;
+    type Id = RandomId;
+    type Kind = Ephemeral;
+    type Config = ();
+    type Layer = Identity;
+
+    fn config(&self) -> &Self::Config {
+        &()
+    }
+
+    fn middleware(&mut self, _: &mut WorkerContext) -> Self::Layer {
+        Identity::new()
+    }
+}

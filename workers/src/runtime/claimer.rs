@@ -1,0 +1,113 @@
+//! Claims jobs whenever this process has free slots: in batches sized to the
+//! free slots, at once when woken by an enqueue (LISTEN/NOTIFY on Postgres),
+//! otherwise on a slow fallback poll.
+
+use std::{sync::Arc, time::Duration};
+
+use kiln_store::{Store, StoreEvent};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::backend::Claimed;
+use crate::WorkerConfig;
+
+pub(crate) struct Claimer {
+    pub store: Store,
+    pub worker_id: String,
+    pub config: WorkerConfig,
+    pub queues: Vec<String>,
+    pub slots: Arc<Semaphore>,
+    pub out: mpsc::Sender<Claimed>,
+    pub stop: CancellationToken,
+}
+
+impl Claimer {
+    pub async fn run(self) {
+        let mut events = self.store.subscribe();
+        let mut queues = self.queues.clone();
+        let mut error_delay = Duration::from_millis(100);
+        loop {
+            let first = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                slot = self.slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let mut slots = vec![first];
+            while slots.len() < self.config.batch_size as usize {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+            // Wake-ups that arrive from here on mean "look again".
+            drain(&mut events);
+            let asked = slots.len();
+            let claimed = match self
+                .store
+                .claim(&self.worker_id, &queues, asked as u32, self.config.lease_ms)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = error_delay.as_millis() as u64,
+                        "claiming jobs failed; retrying");
+                    drop(slots);
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        _ = tokio::time::sleep(error_delay) => {}
+                    }
+                    error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            error_delay = Duration::from_millis(100);
+            // Start the next claim at another queue, so no queue starves.
+            if !queues.is_empty() {
+                queues.rotate_left(1);
+            }
+            let got = claimed.len();
+            for (job, slot) in claimed.into_iter().zip(slots.drain(..)) {
+                if let Err(unsent) = self.out.send(Claimed { job, slot }).await {
+                    // The worker is gone: hand the job back untouched.
+                    let lease = unsent.0.job.lease;
+                    if let Err(e) = self.store.release(&[lease]).await {
+                        tracing::error!(job_id = %lease.id, error = %e, "could not hand back a job");
+                    }
+                }
+            }
+            drop(slots);
+            if got < asked && !self.wait_for_work(&mut events).await {
+                break;
+            }
+        }
+    }
+
+    /// Sleeps until an enqueue on one of our queues, a fallback poll tick, or
+    /// shutdown (false).
+    async fn wait_for_work(&self, events: &mut broadcast::Receiver<StoreEvent>) -> bool {
+        let deadline = tokio::time::sleep(self.config.poll_interval_ms);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = &mut deadline => return true,
+                event = events.recv() => match event {
+                    Ok(StoreEvent::JobsAvailable(None)) => return true,
+                    Ok(StoreEvent::JobsAvailable(Some(q))) if self.queues.contains(&q) => return true,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        (&mut deadline).await;
+                        return true;
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn drain(events: &mut broadcast::Receiver<StoreEvent>) {
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+}

@@ -1,0 +1,149 @@
+//! The worker runtime: apalis drives a [`backend::KilnBackend`] fed by the
+//! [`claimer`], runs each job through [`service::RunJob`], and kiln's own
+//! tasks keep leases alive ([`heartbeat`]), write successes in batches
+//! ([`completer`]) and rescue lost jobs ([`maintenance`]).
+
+mod backend;
+mod claimer;
+mod completer;
+mod heartbeat;
+mod inflight;
+mod maintenance;
+mod service;
+
+use std::sync::{Arc, Mutex};
+
+use apalis_core::{monitor::Monitor, worker::builder::WorkerBuilder};
+use kiln_store::Store;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Registry, WorkerConfig};
+use backend::{Claimed, KilnBackend};
+
+/// Runs jobs until `shutdown` is cancelled, then stops claiming, lets
+/// running jobs finish within the grace period, hands the rest back without
+/// spending an attempt, and returns once every outcome is written.
+pub async fn run(
+    store: Store,
+    registry: Registry,
+    config: WorkerConfig,
+    worker_id: String,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    config.validate()?;
+    let queues = config.queue_names();
+    tracing::info!(worker = %worker_id, ?queues, concurrency = config.concurrency,
+        backend = store.backend_name(), "worker starting");
+
+    let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+    let inflight = Arc::new(inflight::InFlight::default());
+    let (claimed_tx, claimed_rx) = mpsc::channel::<Claimed>(config.concurrency as usize);
+    let claimed_rx = Arc::new(Mutex::new(claimed_rx));
+    let (completed_tx, completed_rx) = mpsc::channel(completer::BATCH * 4);
+    let grace_over = CancellationToken::new();
+    let background = CancellationToken::new();
+
+    // Upkeep outlives the claimer: leases of running jobs must stay alive
+    // through the grace period.
+    let heartbeat = tokio::spawn(heartbeat::run(
+        store.clone(),
+        inflight.clone(),
+        config.heartbeat_interval(),
+        config.lease_ms,
+        background.clone(),
+    ));
+    let maintenance = tokio::spawn(maintenance::run(
+        store.clone(),
+        config.clone(),
+        background.clone(),
+    ));
+    let completer = tokio::spawn(completer::run(store.clone(), completed_rx));
+    let claimer = tokio::spawn(
+        claimer::Claimer {
+            store: store.clone(),
+            worker_id: worker_id.clone(),
+            config: config.clone(),
+            queues,
+            slots,
+            out: claimed_tx,
+            stop: shutdown.clone(),
+        }
+        .run(),
+    );
+
+    let run_job = service::RunJob {
+        store: store.clone(),
+        registry,
+        inflight: inflight.clone(),
+        completed: completed_tx,
+        grace_over: grace_over.clone(),
+    };
+    let worker_rx = claimed_rx.clone();
+    let name = worker_id.clone();
+    let monitor = Monitor::new().register(move |_| {
+        WorkerBuilder::new(name.as_str())
+            .backend(KilnBackend {
+                claimed: worker_rx.clone(),
+            })
+            .build(run_job.clone())
+    });
+
+    let grace = config.shutdown_grace_ms;
+    let grace_timer = {
+        let shutdown = shutdown.clone();
+        let grace_over = grace_over.clone();
+        let inflight = inflight.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tracing::info!(
+                running = inflight.len(),
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: no new claims; waiting for running jobs"
+            );
+            tokio::time::sleep(grace).await;
+            if inflight.len() > 0 {
+                tracing::warn!(
+                    running = inflight.len(),
+                    "grace period over; handing running jobs back"
+                );
+            }
+            grace_over.cancel();
+        })
+    };
+
+    // On shutdown apalis stops taking jobs from the backend and waits for
+    // the running ones; the claimer stops claiming at the same signal.
+    let signal = shutdown.clone();
+    let monitor_result = monitor
+        .run_with_signal(async move {
+            signal.cancelled().await;
+            Ok(())
+        })
+        .await;
+    let _ = claimer.await;
+    grace_timer.abort();
+
+    // Jobs claimed but never started: hand them back.
+    let leftover: Vec<_> = {
+        let mut rx = claimed_rx.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            v.push(c.job.lease);
+        }
+        v
+    };
+    if !leftover.is_empty() {
+        if let Err(e) = store.release(&leftover).await {
+            tracing::error!(error = %e, jobs = leftover.len(), "could not hand back unstarted jobs; their leases will expire");
+        }
+    }
+
+    // Every RunJob clone is gone with the monitor: the completer flushes and ends.
+    let _ = completer.await;
+    background.cancel();
+    let _ = heartbeat.await;
+    let _ = maintenance.await;
+    tracing::info!(worker = %worker_id, "worker stopped");
+    monitor_result.map_err(|e| format!("worker runtime failed: {e}"))
+}

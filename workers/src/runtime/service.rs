@@ -1,0 +1,232 @@
+//! Runs one claimed job: decode, run its handler under the kind's timeout,
+//! catch panics, observe cancellation and shutdown, record the outcome with
+//! the claim's fencing token.
+
+use std::{
+    any::Any,
+    future::Future,
+    panic::AssertUnwindSafe,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use apalis_core::{error::BoxDynError, task::Task};
+use futures::FutureExt;
+use kiln_jobs::JobError;
+use kiln_store::{ClaimedJob, Completion, Failure, Lease, Store};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{backend::Claimed, inflight::InFlight};
+use crate::{JobContext, Outcome, Registry};
+
+#[derive(Clone)]
+pub(crate) struct RunJob {
+    pub store: Store,
+    pub registry: Registry,
+    pub inflight: Arc<InFlight>,
+    pub completed: mpsc::Sender<(String, Completion)>,
+    /// Cancelled when the shutdown grace period is over: running handlers
+    /// are dropped and their jobs handed back.
+    pub grace_over: CancellationToken,
+}
+
+impl tower_service::Service<Task<Claimed>> for RunJob {
+    type Response = ();
+    type Error = BoxDynError;
+    type Future = Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Concurrency is bounded by the claimer's slots.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<Claimed>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let Claimed { job, slot } = task.args;
+            this.run(job).await;
+            drop(slot);
+            Ok(())
+        })
+    }
+}
+
+/// How an attempt ended, before it is written down.
+enum Ending {
+    Handler(Result<Outcome, JobError>),
+    Stopped,
+    GraceOver,
+}
+
+impl RunJob {
+    async fn run(&self, job: ClaimedJob) {
+        let m = kiln_store::metrics::metrics();
+        let kind = job.kind.clone();
+        m.jobs_started.with_label_values(&[&kind]).inc();
+        let wait = (job.started_at - job.due_at).to_std().unwrap_or_default();
+        m.queue_wait_seconds
+            .with_label_values(&[&kind])
+            .observe(wait.as_secs_f64());
+
+        let lease = job.lease;
+        let stop = self.inflight.start(lease);
+        let ctx = JobContext {
+            store: self.store.clone(),
+            lease,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            owner: job.owner.clone(),
+            cancel: stop.clone(),
+        };
+        let timeout = kiln_jobs::spec(&kind).map_or(Duration::from_secs(60), |s| s.timeout);
+        let started = std::time::Instant::now();
+        let ending = tokio::select! {
+            biased;
+            _ = stop.cancelled() => Ending::Stopped,
+            _ = self.grace_over.cancelled() => Ending::GraceOver,
+            result = self.attempt(&job, &ctx, timeout) => Ending::Handler(result),
+        };
+        m.run_seconds
+            .with_label_values(&[&kind])
+            .observe(started.elapsed().as_secs_f64());
+        self.inflight.finish(lease.id);
+        self.record(&job, ending).await;
+    }
+
+    async fn attempt(
+        &self,
+        job: &ClaimedJob,
+        ctx: &JobContext,
+        timeout: Duration,
+    ) -> Result<Outcome, JobError> {
+        let handler = self.registry.get(&job.kind)?;
+        let run = AssertUnwindSafe(handler.run(job, ctx)).catch_unwind();
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => Err(JobError::transient(
+                "timeout",
+                format!("attempt ran longer than {}s", timeout.as_secs()),
+            )),
+            Ok(Err(panic)) => Err(JobError::transient(
+                "panic",
+                format!("handler panicked: {}", panic_message(&panic)),
+            )),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    async fn record(&self, job: &ClaimedJob, ending: Ending) {
+        let m = kiln_store::metrics::metrics();
+        let kind = job.kind.as_str();
+        let lease = job.lease;
+        let outcome = match ending {
+            Ending::Handler(Ok(Outcome::Done(result))) => {
+                let completion = Completion { lease, result };
+                if self
+                    .completed
+                    .send((kind.to_owned(), completion))
+                    .await
+                    .is_err()
+                {
+                    tracing::error!(job_id = %lease.id, "completer gone; the job will be rescued");
+                }
+                return;
+            }
+            Ending::Handler(Ok(Outcome::Snooze(delay))) => {
+                self.write(lease, "snooze", || self.store.snooze(lease, delay))
+                    .await;
+                "snoozed"
+            }
+            Ending::Handler(Err(error)) => {
+                let retry_in = match &error {
+                    JobError::Permanent { .. } => None,
+                    _ if job.attempt >= job.max_attempts => None,
+                    JobError::Transient { retry_after, .. } => {
+                        Some(retry_after.unwrap_or_else(|| {
+                            kiln_jobs::spec(kind)
+                                .map_or(kiln_jobs::Backoff::DEFAULT, |s| s.backoff)
+                                .delay(job.attempt)
+                        }))
+                    }
+                };
+                tracing::info!(job_id = %lease.id, kind, attempt = job.attempt,
+                    code = error.code(), retry_in_ms = retry_in.map(|d| d.as_millis() as u64),
+                    "attempt failed");
+                let failure = Failure {
+                    code: error.code().to_owned(),
+                    message: error.message().to_owned(),
+                    retry_in,
+                };
+                self.write(lease, "fail", || self.store.fail(lease, failure.clone()))
+                    .await;
+                if retry_in.is_some() {
+                    m.job_retries.with_label_values(&[kind]).inc();
+                    "retried"
+                } else {
+                    "failed"
+                }
+            }
+            Ending::Stopped => {
+                let ours = self
+                    .write(lease, "cancel", || {
+                        self.store
+                            .finish_cancelled(lease, "cancelled while running")
+                    })
+                    .await;
+                if ours { "cancelled" } else { "lost" }
+            }
+            Ending::GraceOver => {
+                self.write(lease, "release", || async {
+                    self.store.release(&[lease]).await.map(|n| n == 1)
+                })
+                .await;
+                "released"
+            }
+        };
+        m.jobs_finished.with_label_values(&[kind, outcome]).inc();
+    }
+
+    /// Writes an outcome, retrying a failing database for a few seconds.
+    /// Returns whether the claim was still ours. When the database stays
+    /// away, the lease expires and the job is rescued: retried, not lost.
+    async fn write<F, Fut>(&self, lease: Lease, what: &str, op: F) -> bool
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<bool, kiln_store::StoreError>>,
+    {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match op().await {
+                Ok(ours) => {
+                    if !ours {
+                        tracing::warn!(job_id = %lease.id, what,
+                            "outcome refused: the claim is no longer current (job rescued or cancelled)");
+                    }
+                    return ours;
+                }
+                Err(e) if delay <= Duration::from_secs(5) => {
+                    tracing::warn!(job_id = %lease.id, what, error = %e, "recording outcome failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %lease.id, what, error = %e,
+                        "could not record outcome; the lease will expire and the job will be rescued");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
