@@ -12,7 +12,7 @@ use kiln_scheduler::SchedulerConfig;
 use kiln_workers::WorkerConfig;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -21,19 +21,6 @@ pub struct Settings {
     pub log: LogSettings,
     pub worker: WorkerConfig,
     pub scheduler: SchedulerConfig,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            database: DatabaseSettings::default(),
-            http: HttpSettings::default(),
-            metrics: MetricsSettings::default(),
-            log: LogSettings::default(),
-            worker: WorkerConfig::default(),
-            scheduler: SchedulerConfig::default(),
-        }
-    }
 }
 
 /// The sections settings live in; `KILN_<SECTION>_<KEY>` maps to
@@ -135,11 +122,14 @@ impl Settings {
                             .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
                     })
                 })
-                .map(|key| key.as_str().replacen('_', ".", 1).into()),
+                .map(|key| {
+                    key.as_str()
+                        .to_ascii_lowercase()
+                        .replacen('_', ".", 1)
+                        .into()
+                }),
         );
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| format!("invalid setting: {e}"))?;
+        let settings: Settings = figment.extract().map_err(describe)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -170,4 +160,24 @@ impl Settings {
         kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
         Ok(())
     }
+}
+
+/// Names the setting and the variable that sets it, for each problem.
+fn describe(errors: figment::Error) -> String {
+    errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                format!("invalid settings: {}", e.kind)
+            } else {
+                let var = format!("KILN_{}", key.replace('.', "_").to_ascii_uppercase());
+                format!(
+                    "invalid setting {key} ({var} or the config file): {}",
+                    e.kind
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -1,6 +1,9 @@
 use std::{sync::Arc, time::Duration};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{
+    Connection, PgConnection,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 use crate::{PgStore, Queue, SqliteStore, StoreError};
 
@@ -25,10 +28,15 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
         let pool_options = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(Duration::from_secs(10));
+        // One plain connection first: the pool would retry silently until
+        // its acquire timeout, and an operator should see why kiln waits.
         let mut delay = Duration::from_millis(200);
-        let pool = loop {
-            match pool_options.clone().connect_with(connect.clone()).await {
-                Ok(pool) => break pool,
+        loop {
+            match PgConnection::connect_with(&connect).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    break;
+                }
                 Err(e) if options.wait && is_unreachable(&e) => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
                         "database unreachable; waiting for it");
@@ -37,7 +45,8 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
                 }
                 Err(e) => return Err(e.into()),
             }
-        };
+        }
+        let pool = pool_options.connect_with(connect).await?;
         Ok(Arc::new(PgStore::new(pool)))
     } else if url.starts_with("sqlite:") {
         Ok(Arc::new(

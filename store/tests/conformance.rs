@@ -1,6 +1,8 @@
 //! The queue semantics, one test each, run against both PostgreSQL and
 //! SQLite: every `Queue` implementation must pass all of them.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::time::Duration;
 
 use chrono::Utc;
@@ -316,10 +318,10 @@ async fn cancel_running_job_tells_its_worker(store: Store, _: &TestDatabase) {
     // Told at once by an event, and again by the next heartbeat.
     let told = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Ok(StoreEvent::CancelRequested(c)) = events.recv().await {
-                if c == id {
-                    return;
-                }
+            if let Ok(StoreEvent::CancelRequested(c)) = events.recv().await
+                && c == id
+            {
+                return;
             }
         }
     })

@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 pub struct JobContext {
     pub(crate) store: Store,
     pub(crate) lease: Lease,
+    /// The process running this attempt (also its `lease_owner`).
+    pub worker_id: String,
     pub attempt: u32,
     pub max_attempts: u32,
     pub owner: Option<String>,

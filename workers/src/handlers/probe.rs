@@ -29,6 +29,7 @@ impl Handler<Probe> for ProbeHandler {
             None => Ok(Outcome::Done(serde_json::json!({
                 "attempt": ctx.attempt,
                 "job_id": ctx.job_id(),
+                "worker": ctx.worker_id,
             }))),
         }
     }

@@ -32,13 +32,13 @@ pub(crate) async fn run(store: Store, mut done: mpsc::Receiver<(String, Completi
             }
         };
         let m = kiln_store::metrics::metrics();
-        if let Some(n) = accepted {
-            if (n as usize) < completions.len() {
-                tracing::warn!(
-                    stale = completions.len() - n as usize,
-                    "some successes came from claims that were no longer current; ignored"
-                );
-            }
+        if let Some(n) = accepted
+            && (n as usize) < completions.len()
+        {
+            tracing::warn!(
+                stale = completions.len() - n as usize,
+                "some successes came from claims that were no longer current; ignored"
+            );
         }
         for (kind, _) in &batch {
             m.jobs_finished

@@ -78,6 +78,7 @@ pub async fn run(
         inflight: inflight.clone(),
         completed: completed_tx,
         grace_over: grace_over.clone(),
+        worker_id: worker_id.clone(),
     };
     let worker_rx = claimed_rx.clone();
     let name = worker_id.clone();
@@ -133,10 +134,11 @@ pub async fn run(
         }
         v
     };
-    if !leftover.is_empty() {
-        if let Err(e) = store.release(&leftover).await {
-            tracing::error!(error = %e, jobs = leftover.len(), "could not hand back unstarted jobs; their leases will expire");
-        }
+    if !leftover.is_empty()
+        && let Err(e) = store.release(&leftover).await
+    {
+        tracing::error!(error = %e, jobs = leftover.len(),
+            "could not hand back unstarted jobs; their leases will expire");
     }
 
     // Every RunJob clone is gone with the monitor: the completer flushes and ends.

@@ -31,6 +31,7 @@ pub(crate) struct RunJob {
     /// Cancelled when the shutdown grace period is over: running handlers
     /// are dropped and their jobs handed back.
     pub grace_over: CancellationToken,
+    pub worker_id: String,
 }
 
 impl tower_service::Service<Task<Claimed>> for RunJob {
@@ -76,6 +77,7 @@ impl RunJob {
         let ctx = JobContext {
             store: self.store.clone(),
             lease,
+            worker_id: self.worker_id.clone(),
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             owner: job.owner.clone(),

@@ -1,0 +1,211 @@
+//! Test harness: start the real `kiln` binary, talk HTTP to it, signal it.
+#![allow(dead_code)]
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use kiln_store::{JobRecord, Store};
+use nix::{sys::signal, unistd::Pid};
+use uuid::Uuid;
+
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr")
+}
+
+/// A running `kiln` process with its own ports and log file.
+pub struct Kiln {
+    child: Child,
+    pub http: SocketAddr,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct KilnBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<PathBuf>,
+}
+
+pub fn kiln(args: &[&str]) -> KilnBuilder {
+    KilnBuilder {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: Vec::new(),
+        cwd: None,
+    }
+}
+
+impl KilnBuilder {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    pub fn database(self, url: &str) -> Self {
+        self.env("KILN_DATABASE_URL", url)
+    }
+
+    pub fn cwd(mut self, dir: &Path) -> Self {
+        self.cwd = Some(dir.to_owned());
+        self
+    }
+
+    pub fn spawn(self) -> Kiln {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("kiln.log");
+        let http = free_addr();
+        let metrics = free_addr();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(&self.args)
+            .current_dir(self.cwd.as_deref().unwrap_or(dir.path()))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KILN_HTTP_ADDR", http.to_string())
+            .env("KILN_METRICS_ADDR", metrics.to_string())
+            .env("KILN_LOG_FORMAT", "json")
+            .env("KILN_LOG_LEVEL", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start kiln");
+        Kiln {
+            child,
+            http,
+            metrics,
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Kiln {
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits until the internal listener answers `/healthz`.
+    pub async fn wait_healthy(&self) {
+        self.wait_http(self.metrics, "/healthz").await
+    }
+
+    pub async fn wait_http(&self, addr: SocketAddr, path: &str) {
+        let url = format!("http://{addr}{path}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln never answered {url}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: signal::Signal) {
+        signal::kill(self.pid(), sig).expect("signal kiln");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait kiln") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln did not exit within {within:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls a job until `done` holds.
+pub async fn wait_job(
+    store: &Store,
+    id: Uuid,
+    what: &str,
+    done: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = store.get(id).await.expect("read job").expect("job exists");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job never became {what}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A TCP forwarder that can be taken down and brought back, standing in
+/// for a database server that goes away.
+pub struct Outage {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Outage {
+    /// Starts down: nothing listens on `addr` yet.
+    pub fn down(target: SocketAddr) -> Outage {
+        Outage {
+            addr: free_addr(),
+            target,
+            task: None,
+        }
+    }
+
+    pub async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind proxy");
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! The worker runtime's semantics, each on PostgreSQL and SQLite: jobs run
+//! once, failures and panics end `failed` with their history, cancellation
+//! stops a running handler, shutdown hands unfinished jobs back, lost jobs
+//! are rescued.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use kiln_jobs::{Probe, ProbeFailure};
+use kiln_store::{JobRecord, JobState, NewJob, Store};
+use kiln_workers::WorkerConfig;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = kiln_store::testing::TestDatabase::postgres().await;
+                    super::$name(db.store().await.expect("postgres store")).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = kiln_store::testing::TestDatabase::sqlite();
+                    super::$name(db.store().await.expect("sqlite store")).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    runs_every_job_exactly_once,
+    panicking_handler_ends_failed_with_history,
+    failing_handler_retries_then_ends_failed,
+    permanent_error_fails_without_retry,
+    unknown_kind_and_bad_payload_fail_the_job_not_the_worker,
+    cancelled_running_job_stops_its_handler,
+    shutdown_hands_back_unfinished_jobs_without_spending_an_attempt,
+    shutdown_lets_running_jobs_finish_within_grace,
+    job_of_a_lost_worker_is_rescued_and_succeeds,
+    handler_progress_is_visible,
+);
+
+fn config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 4,
+        lease_ms: Duration::from_secs(2),
+        poll_interval_ms: Duration::from_millis(100),
+        shutdown_grace_ms: Duration::from_secs(10),
+        maintenance_interval_ms: Duration::from_millis(200),
+        ..WorkerConfig::default()
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    handle: JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    async fn shutdown(self) {
+        self.stop.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("worker did not stop in time")
+            .expect("worker task panicked");
+        result.expect("worker failed");
+    }
+}
+
+fn start(store: &Store, config: WorkerConfig) -> Running {
+    let stop = CancellationToken::new();
+    let registry = kiln_workers::handlers::registry(&config);
+    let handle = tokio::spawn(kiln_workers::run(
+        store.clone(),
+        registry,
+        config,
+        format!("test-{}", Uuid::now_v7().simple()),
+        stop.clone(),
+    ));
+    Running { stop, handle }
+}
+
+async fn enqueue(store: &Store, probe: Probe) -> Uuid {
+    store.enqueue(NewJob::of(&probe).unwrap()).await.unwrap().id
+}
+
+async fn wait_until(
+    store: &Store,
+    id: Uuid,
+    what: &str,
+    done: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = store.get(id).await.unwrap().unwrap();
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job never became {what}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn wait_final(store: &Store, id: Uuid) -> JobRecord {
+    wait_until(store, id, "final", |j| j.state.is_final()).await
+}
+
+async fn runs_every_job_exactly_once(store: Store) {
+    let worker = start(&store, config());
+    let jobs: Vec<_> = (0..100)
+        .map(|_| NewJob::of(&Probe::default()).unwrap())
+        .collect();
+    let ids = store.enqueue_many(jobs).await.unwrap();
+    for id in &ids {
+        let job = wait_final(&store, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempt, 1, "job {id} ran more than once");
+        assert_eq!(job.result.as_ref().unwrap()["job_id"], id.to_string());
+        assert!(job.errors.is_empty());
+    }
+    worker.shutdown().await;
+}
+
+async fn panicking_handler_ends_failed_with_history(store: Store) {
+    let worker = start(&store, config());
+    let id = enqueue(
+        &store,
+        Probe {
+            panic: true,
+            ..Probe::default()
+        },
+    )
+    .await;
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempt, job.max_attempts);
+    assert_eq!(job.errors.len(), job.max_attempts as usize);
+    for (n, e) in job.errors.iter().enumerate() {
+        assert_eq!(e.code, "panic");
+        assert!(e.message.contains("probe asked to panic"), "{}", e.message);
+        assert_eq!(e.attempt, n as u32 + 1);
+    }
+    // The worker survived its handler's panics.
+    let after = enqueue(&store, Probe::default()).await;
+    assert_eq!(wait_final(&store, after).await.state, JobState::Succeeded);
+    worker.shutdown().await;
+}
+
+async fn failing_handler_retries_then_ends_failed(store: Store) {
+    let worker = start(&store, config());
+    let probe = Probe {
+        fail: Some(ProbeFailure::Transient),
+        ..Probe::default()
+    };
+    let id = enqueue(&store, probe).await;
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.errors.len(), 3);
+    assert!(job.errors.iter().all(|e| e.code == "probe_failure"));
+    assert!(!job.errors[0].permanent && job.errors[2].permanent);
+    worker.shutdown().await;
+}
+
+async fn permanent_error_fails_without_retry(store: Store) {
+    let worker = start(&store, config());
+    let probe = Probe {
+        fail: Some(ProbeFailure::Permanent),
+        ..Probe::default()
+    };
+    let id = enqueue(&store, probe).await;
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.errors.len(), 1);
+    assert!(job.errors[0].permanent);
+    worker.shutdown().await;
+}
+
+async fn unknown_kind_and_bad_payload_fail_the_job_not_the_worker(store: Store) {
+    let worker = start(&store, config());
+    let mut unknown = NewJob::of(&Probe::default()).unwrap();
+    unknown.kind = "no_such_kind".into();
+    let unknown = store.enqueue(unknown).await.unwrap().id;
+    let mut garbled = NewJob::of(&Probe::default()).unwrap();
+    garbled.payload = serde_json::json!({ "sleep_ms": "soon" });
+    let garbled = store.enqueue(garbled).await.unwrap().id;
+    let mut future = NewJob::of(&Probe::default()).unwrap();
+    future.schema_version = 99;
+    let future = store.enqueue(future).await.unwrap().id;
+
+    for (id, code) in [
+        (unknown, "unknown_kind"),
+        (garbled, "undecodable_payload"),
+        (future, "undecodable_payload"),
+    ] {
+        let job = wait_final(&store, id).await;
+        assert_eq!(job.state, JobState::Failed, "{code}");
+        assert_eq!(job.attempt, 1, "{code} was retried");
+        assert_eq!(job.errors[0].code, code);
+    }
+    let fine = enqueue(&store, Probe::default()).await;
+    assert_eq!(wait_final(&store, fine).await.state, JobState::Succeeded);
+    worker.shutdown().await;
+}
+
+async fn cancelled_running_job_stops_its_handler(store: Store) {
+    let worker = start(
+        &store,
+        WorkerConfig {
+            concurrency: 1,
+            ..config()
+        },
+    );
+    let id = enqueue(
+        &store,
+        Probe {
+            sleep_ms: 600_000,
+            ..Probe::default()
+        },
+    )
+    .await;
+    wait_until(&store, id, "running", |j| j.state == JobState::Running).await;
+    store.cancel(id, None).await.unwrap();
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.state, JobState::Cancelled);
+    assert_eq!(job.errors.last().unwrap().code, "cancelled");
+    // The only slot is free again: the handler really stopped.
+    let next = enqueue(&store, Probe::default()).await;
+    assert_eq!(wait_final(&store, next).await.state, JobState::Succeeded);
+    worker.shutdown().await;
+}
+
+async fn shutdown_hands_back_unfinished_jobs_without_spending_an_attempt(store: Store) {
+    let cfg = WorkerConfig {
+        shutdown_grace_ms: Duration::from_millis(300),
+        ..config()
+    };
+    let worker = start(&store, cfg);
+    let id = enqueue(
+        &store,
+        Probe {
+            sleep_ms: 600_000,
+            ..Probe::default()
+        },
+    )
+    .await;
+    wait_until(&store, id, "running", |j| j.state == JobState::Running).await;
+    worker.shutdown().await;
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Available);
+    assert_eq!(job.attempt, 0, "shutdown spent an attempt");
+    assert!(job.errors.is_empty());
+    assert!(job.lease_owner.is_none());
+}
+
+async fn shutdown_lets_running_jobs_finish_within_grace(store: Store) {
+    let worker = start(&store, config());
+    let id = enqueue(
+        &store,
+        Probe {
+            sleep_ms: 700,
+            ..Probe::default()
+        },
+    )
+    .await;
+    wait_until(&store, id, "running", |j| j.state == JobState::Running).await;
+    worker.shutdown().await;
+    let job = store.get(id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempt, 1);
+}
+
+async fn job_of_a_lost_worker_is_rescued_and_succeeds(store: Store) {
+    let id = enqueue(&store, Probe::default()).await;
+    // A worker claims it and dies without a word.
+    let claimed = store
+        .claim(
+            "dead-worker",
+            &["default".to_owned()],
+            1,
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let worker = start(&store, config());
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.rescues, 1);
+    assert_eq!(job.errors[0].code, "lease_expired");
+    worker.shutdown().await;
+}
+
+async fn handler_progress_is_visible(store: Store) {
+    let worker = start(&store, config());
+    let id = enqueue(
+        &store,
+        Probe {
+            sleep_ms: 1500,
+            ..Probe::default()
+        },
+    )
+    .await;
+    let job = wait_until(&store, id, "sleeping", |j| {
+        j.stage.as_deref() == Some("sleeping")
+    })
+    .await;
+    assert_eq!(job.state, JobState::Running);
+    let job = wait_final(&store, id).await;
+    assert_eq!(job.progress, 100);
+    worker.shutdown().await;
+}
