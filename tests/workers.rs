@@ -114,7 +114,10 @@ async fn sigterm_finishes_or_hands_back_running_jobs_without_spending_attempts()
         .unwrap()
         .id;
     for id in [short, long] {
-        wait_job(&store, id, "running", |j| j.state == JobState::Running).await;
+        wait_job(&store, id, "started", |j| {
+            j.stage.as_deref() == Some("sleeping")
+        })
+        .await;
     }
     worker.signal(Signal::SIGTERM);
     let status = worker.wait_exit(Duration::from_secs(30)).await;

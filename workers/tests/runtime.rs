@@ -232,7 +232,10 @@ async fn cancelled_running_job_stops_its_handler(store: Store) {
         },
     )
     .await;
-    wait_until(&store, id, "running", |j| j.state == JobState::Running).await;
+    wait_until(&store, id, "started", |j| {
+        j.stage.as_deref() == Some("sleeping")
+    })
+    .await;
     store.cancel(id, None).await.unwrap();
     let job = wait_final(&store, id).await;
     assert_eq!(job.state, JobState::Cancelled);
@@ -276,7 +279,11 @@ async fn shutdown_lets_running_jobs_finish_within_grace(store: Store) {
         },
     )
     .await;
-    wait_until(&store, id, "running", |j| j.state == JobState::Running).await;
+    // The handler has started (a claimed job not yet started is handed back).
+    wait_until(&store, id, "started", |j| {
+        j.stage.as_deref() == Some("sleeping")
+    })
+    .await;
     worker.shutdown().await;
     let job = store.get(id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Succeeded);
