@@ -2,12 +2,16 @@
 //! and `KILN_<SECTION>_<KEY>` environment variables (which win), and
 //! validated before anything runs.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use figment::{
     Figment,
     providers::{Env, Format, Toml},
 };
+use kiln_api::ApiConfig;
 use kiln_scheduler::SchedulerConfig;
 use kiln_workers::WorkerConfig;
 use serde::{Deserialize, Serialize};
@@ -21,11 +25,64 @@ pub struct Settings {
     pub log: LogSettings,
     pub worker: WorkerConfig,
     pub scheduler: SchedulerConfig,
+    pub api: ApiConfig,
+    pub storage: StorageSettings,
+    pub moderation: ModerationSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Local directory for private objects (images, exports).
+    pub root: PathBuf,
+    /// Hex key (32+ bytes) that signs object URLs. Every `serve` process
+    /// must share it. When unset, a key is generated into
+    /// `storage.signing_key_file` on first start and reused.
+    pub signing_key: Option<String>,
+    pub signing_key_file: PathBuf,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            root: PathBuf::from("data/objects"),
+            signing_key: None,
+            signing_key_file: PathBuf::from("data/signing.key"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationSettings {
+    /// Words the offline `dev` moderator blocks (whole words, any case).
+    pub blocked_words: Vec<String>,
+}
+
+impl Default for ModerationSettings {
+    fn default() -> Self {
+        ModerationSettings {
+            blocked_words: kiln_workers::providers::DEFAULT_BLOCKED_WORDS
+                .iter()
+                .map(|w| w.to_string())
+                .collect(),
+        }
+    }
 }
 
 /// The sections settings live in; `KILN_<SECTION>_<KEY>` maps to
 /// `section.key`. Other `KILN_*` variables are not settings.
-const SECTIONS: &[&str] = &["database", "http", "metrics", "log", "worker", "scheduler"];
+const SECTIONS: &[&str] = &[
+    "database",
+    "http",
+    "metrics",
+    "log",
+    "worker",
+    "scheduler",
+    "api",
+    "storage",
+    "moderation",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -158,6 +215,17 @@ impl Settings {
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
+        self.api
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        if let Some(key) = &self.storage.signing_key
+            && hex::decode(key).map_or(true, |k| k.len() < 32)
+        {
+            return Err(
+                "invalid setting storage.signing_key (KILN_STORAGE_SIGNING_KEY): expected at least 32 bytes as hex"
+                    .to_owned(),
+            );
+        }
         Ok(())
     }
 }

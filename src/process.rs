@@ -84,8 +84,18 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         store = open_store(&settings) => store?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    let objects = kiln_store::Objects::local(&settings.storage.root)
+        .context("opening object storage (storage.root)")?;
+    let signer = match &settings.storage.signing_key {
+        Some(hex_key) => kiln_store::UrlSigner::new(hex::decode(hex_key)?)?,
+        None => kiln_store::UrlSigner::load_or_create(&settings.storage.signing_key_file)
+            .context("loading the URL signing key (storage.signing_key_file)")?,
+    };
     let state = AppState {
         store: store.clone(),
+        objects: objects.clone(),
+        signer: std::sync::Arc::new(signer),
+        config: std::sync::Arc::new(settings.api.clone()),
     };
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -106,7 +116,11 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %internal_addr, "metrics listening");
     if roles.workers {
-        let registry = kiln_workers::handlers::registry(&settings.worker);
+        let deps = kiln_workers::handlers::Deps::dev(
+            objects.clone(),
+            settings.moderation.blocked_words.clone(),
+        );
+        let registry = kiln_workers::handlers::registry(&settings.worker, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();
         let store = store.clone();

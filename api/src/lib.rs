@@ -1,10 +1,15 @@
 //! The HTTP surface: the public API router and the internal listener
 //! (`/metrics`). Never calls a provider; enqueues work for the workers.
 
+mod auth;
+mod config;
 mod problem;
+mod resources;
 mod routes;
 mod state;
 
-pub use problem::Problem;
-pub use routes::{internal_router, router};
+pub use config::{ApiConfig, parse_size};
+pub use problem::{Json, Problem, Query};
+pub use resources::{ImageResource, JobResource};
+pub use routes::{ApiDoc, internal_router, router};
 pub use state::AppState;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::{Backoff, Job, Probe, PruneJobs};
+use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs};
 
 /// A kind's policy as data, for code that meets jobs by their kind name
 /// (the store, the worker runtime, the admin API).
@@ -30,7 +30,11 @@ impl KindSpec {
 }
 
 /// Every kind kiln knows, in one list.
-pub const KINDS: &[KindSpec] = &[KindSpec::of::<Probe>(), KindSpec::of::<PruneJobs>()];
+pub const KINDS: &[KindSpec] = &[
+    KindSpec::of::<GenerateImage>(),
+    KindSpec::of::<Probe>(),
+    KindSpec::of::<PruneJobs>(),
+];
 
 pub fn spec(kind: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|s| s.kind == kind)

@@ -4,6 +4,7 @@
 mod backoff;
 mod catalogue;
 mod error;
+mod generate_image;
 mod job;
 mod probe;
 mod prune_jobs;
@@ -11,6 +12,7 @@ mod prune_jobs;
 pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, spec};
 pub use error::{DecodeError, JobError};
+pub use generate_image::{GenerateImage, stage};
 pub use job::{Job, decode};
 pub use probe::{Probe, ProbeFailure};
 pub use prune_jobs::PruneJobs;

@@ -5,10 +5,10 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{PgStore, Queue, SqliteStore, StoreError};
+use crate::{Database, PgStore, SqliteStore, StoreError};
 
 /// The queue engine this process talks to, whichever database it is.
-pub type Store = Arc<dyn Queue>;
+pub type Store = Arc<dyn Database>;
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {

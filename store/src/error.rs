@@ -10,6 +10,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("job {0} not found")]
     NotFound(uuid::Uuid),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("unknown referral code")]
+    UnknownReferral,
+    /// The object storage backend failed (I/O, network, permissions).
+    #[error("object storage: {0}")]
+    Objects(String),
+    /// A caller built a key that could escape its prefix or is not a key at
+    /// all: a bug in the caller, never retried.
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidObjectKey { key: String, reason: &'static str },
+    /// The URL-signing key is missing, unreadable or too weak.
+    #[error("url signing key: {0}")]
+    SigningKey(String),
 }
 
 impl From<serde_json::Error> for StoreError {

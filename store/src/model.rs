@@ -240,4 +240,7 @@ pub enum StoreEvent {
     /// e.g. after the listener reconnected and may have missed some).
     JobsAvailable(Option<String>),
     CancelRequested(Uuid),
+    /// A job's state, stage or progress changed (jobs with an owner only,
+    /// for long-polling clients).
+    JobChanged(Uuid),
 }

@@ -87,3 +87,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Wake-ups: jobs available, cancellations asked for.
     fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
 }
+
+/// Everything a process needs from its database, as one trait object.
+pub trait Database: Queue + crate::accounts::Accounts + crate::generations::Generations {}
+
+impl<T: Queue + crate::accounts::Accounts + crate::generations::Generations> Database for T {}

@@ -4,6 +4,7 @@
 mod config;
 mod context;
 pub mod handlers;
+pub mod providers;
 mod registry;
 mod runtime;
 

@@ -79,7 +79,8 @@ impl Running {
 
 fn start(store: &Store, config: WorkerConfig) -> Running {
     let stop = CancellationToken::new();
-    let registry = kiln_workers::handlers::registry(&config);
+    let deps = kiln_workers::handlers::Deps::dev(kiln_store::Objects::memory(), Vec::new());
+    let registry = kiln_workers::handlers::registry(&config, &deps);
     let handle = tokio::spawn(kiln_workers::run(
         store.clone(),
         registry,

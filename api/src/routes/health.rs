@@ -10,11 +10,18 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// Liveness: the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "the process runs")))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// Readiness: the database answers and its schema is current.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "ready"),
+        (status = 503, description = "database unreachable or not migrated", body = Problem),
+    ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: database unreachable");

@@ -1,13 +1,54 @@
+mod auth;
+mod generations;
 mod health;
+mod images;
+mod jobs;
 mod metrics;
+mod openapi;
 
-use axum::Router;
+use std::time::Duration;
 
-use crate::AppState;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+
+use crate::{AppState, Problem};
+
+pub use openapi::ApiDoc;
 
 /// The public API.
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(health::routes()).with_state(state)
+    let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    Router::new()
+        .merge(health::routes())
+        .merge(auth::routes())
+        .merge(generations::routes())
+        .merge(jobs::routes())
+        .merge(images::routes())
+        .merge(openapi::routes())
+        .fallback(|| async { Problem::not_found("route") })
+        .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            within(timeout, req, next)
+        }))
+        .with_state(state)
+}
+
+/// Answers 503 problem+json when a request takes longer than `timeout`.
+async fn within(timeout: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; try again",
+        )
+        .into_response(),
+    }
 }
 
 /// The internal listener: `/metrics` plus health, for any process

@@ -21,6 +21,9 @@ use crate::{
     Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent, rescue::rescue_decision,
 };
 
+mod accounts;
+mod generations;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 pub struct SqliteStore {
@@ -161,6 +164,11 @@ impl SqliteStore {
             id: uuid(&existing)?,
             created: false,
         })
+    }
+
+    /// Tells long-polling clients in this process that a job changed.
+    fn changed(&self, id: Uuid) {
+        let _ = self.events.send(StoreEvent::JobChanged(id));
     }
 
     /// Wakes this process's idle workers: SQLite has no NOTIFY.
@@ -371,6 +379,9 @@ impl Queue for SqliteStore {
             claimed.extend(batch.into_iter().map(|(_, job)| job));
         }
         tx.commit().await?;
+        for job in &claimed {
+            self.changed(job.lease.id);
+        }
         Ok(claimed)
     }
 
@@ -418,6 +429,9 @@ impl Queue for SqliteStore {
             .rows_affected();
         }
         tx.commit().await?;
+        for c in done {
+            self.changed(c.lease.id);
+        }
         Ok(n)
     }
 
@@ -444,6 +458,9 @@ impl Queue for SqliteStore {
             .bind(lease.token)
             .execute(&self.writer)
             .await?;
+        if updated.rows_affected() == 1 {
+            self.changed(lease.id);
+        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -460,6 +477,9 @@ impl Queue for SqliteStore {
         .bind(lease.token)
         .execute(&self.writer)
         .await?;
+        if updated.rows_affected() == 1 {
+            self.changed(lease.id);
+        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -486,6 +506,7 @@ impl Queue for SqliteStore {
             if let Some(queue) = queue {
                 n += 1;
                 queues.insert(queue);
+                self.changed(l.id);
             }
         }
         tx.commit().await?;
@@ -510,6 +531,9 @@ impl Queue for SqliteStore {
             .bind(lease.token)
             .execute(&self.writer)
             .await?;
+        if updated.rows_affected() == 1 {
+            self.changed(lease.id);
+        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -530,6 +554,9 @@ impl Queue for SqliteStore {
         .bind(lease.token)
         .execute(&self.writer)
         .await?;
+        if updated.rows_affected() == 1 {
+            self.changed(lease.id);
+        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -550,6 +577,9 @@ impl Queue for SqliteStore {
         .bind(owner)
         .fetch_optional(&self.writer)
         .await?;
+        if state.is_some() {
+            self.changed(id);
+        }
         match state.as_deref() {
             Some("running") => {
                 let _ = self.events.send(StoreEvent::CancelRequested(id));
@@ -644,6 +674,7 @@ impl Queue for SqliteStore {
                 .bind(&id)
                 .execute(&mut *tx)
                 .await?;
+            self.changed(uuid(&id)?);
             rescued.push(Rescued {
                 id: uuid(&id)?,
                 kind,

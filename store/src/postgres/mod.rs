@@ -13,10 +13,14 @@ use crate::{
     Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent, rescue::rescue_decision,
 };
 
+mod accounts;
+mod generations;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 const AVAILABLE_CHANNEL: &str = "kiln_jobs_available";
 const CANCEL_CHANNEL: &str = "kiln_jobs_cancel";
+const CHANGED_CHANNEL: &str = "kiln_job_changed";
 
 pub struct PgStore {
     pool: PgPool,
@@ -114,7 +118,7 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
             }
         };
         if let Err(e) = listener
-            .listen_all([AVAILABLE_CHANNEL, CANCEL_CHANNEL])
+            .listen_all([AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL])
             .await
         {
             tracing::warn!(error = %e, "LISTEN failed, retrying");
@@ -130,6 +134,10 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
                     let event = match n.channel() {
                         CANCEL_CHANNEL => match n.payload().parse() {
                             Ok(id) => StoreEvent::CancelRequested(id),
+                            Err(_) => continue,
+                        },
+                        CHANGED_CHANNEL => match n.payload().parse() {
+                            Ok(id) => StoreEvent::JobChanged(id),
                             Err(_) => continue,
                         },
                         _ => StoreEvent::JobsAvailable(Some(n.payload().to_owned())),

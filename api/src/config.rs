@@ -1,0 +1,74 @@
+use serde::Deserialize;
+
+/// Settings of the public API (`[api]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// bcrypt cost for password hashes; 12 or more in production.
+    pub bcrypt_cost: u32,
+    /// How long a login token is valid.
+    pub token_ttl_secs: u64,
+    /// How long a signed image URL is valid.
+    pub signed_url_ttl_secs: u64,
+    /// The longest prompt accepted, in characters.
+    pub max_prompt_chars: usize,
+    /// The most images one generation may ask for.
+    pub max_images: u32,
+    /// Image sizes a generation may ask for, as `WIDTHxHEIGHT`.
+    pub sizes: Vec<String>,
+    /// The model used when a request names none.
+    pub default_model: String,
+    /// Models a request may name.
+    pub models: Vec<String>,
+    /// Largest request body accepted.
+    pub body_limit_bytes: usize,
+    /// A request that takes longer is answered 503 (long-polls end before).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            bcrypt_cost: 12,
+            token_ttl_secs: 30 * 24 * 3600,
+            signed_url_ttl_secs: 600,
+            max_prompt_chars: 4000,
+            max_images: 4,
+            sizes: ["256x256", "512x512", "1024x1024", "1024x1536", "1536x1024"]
+                .map(String::from)
+                .to_vec(),
+            default_model: "dev-image-1".to_owned(),
+            models: vec!["dev-image-1".to_owned()],
+            body_limit_bytes: 64 * 1024,
+            request_timeout_ms: 40_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err("api.bcrypt_cost must be between 4 and 31".into());
+        }
+        if self.token_ttl_secs == 0 || self.signed_url_ttl_secs == 0 {
+            return Err("api.token_ttl_secs and api.signed_url_ttl_secs must be above 0".into());
+        }
+        if self.sizes.iter().any(|s| parse_size(s).is_none()) {
+            return Err("api.sizes entries must look like 1024x1024".into());
+        }
+        if !self.models.contains(&self.default_model) {
+            return Err("api.default_model must be one of api.models".into());
+        }
+        if self.request_timeout_ms < 31_000 {
+            return Err("api.request_timeout_ms must exceed the 30 s long-poll".into());
+        }
+        Ok(())
+    }
+}
+
+/// `"1024x768"` -> (1024, 768).
+pub fn parse_size(s: &str) -> Option<(u32, u32)> {
+    let (w, h) = s.split_once('x')?;
+    let (w, h) = (w.parse().ok()?, h.parse().ok()?);
+    (w > 0 && h > 0).then_some((w, h))
+}

@@ -1,0 +1,189 @@
+use std::time::Duration;
+
+use axum::{
+    Router,
+    extract::{Path, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use kiln_store::{CancelOutcome, JobRecord, JobState, StoreEvent, generations::JobFilter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::{
+    AppState, Json, Problem, Query, auth::CurrentUser, problem::parse_id, resources::JobResource,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", get(list))
+        .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+}
+
+/// Longest long-poll.
+const MAX_WAIT_SECS: u64 = 30;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// Seconds to wait for the job to change (at most 30).
+    pub wait: Option<u64>,
+}
+
+async fn own_job(state: &AppState, id: Uuid, owner: Uuid) -> Result<JobRecord, Problem> {
+    match state.store.get(id).await? {
+        Some(job) if job.owner.as_deref() == Some(owner.to_string().as_str()) => Ok(job),
+        _ => Err(Problem::not_found("job")),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "job id"), WaitQuery),
+    responses(
+        (status = 200, description = "the job", body = JobResource),
+        (status = 400, description = "bad query", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 404, description = "no such job (or not yours)", body = Problem),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<JobResource>, Problem> {
+    let id = parse_id(&id, "job")?;
+    // Subscribe before reading, so a change between the read and the wait
+    // is not missed.
+    let mut events = state.store.subscribe();
+    let job = own_job(&state, id, user.id).await?;
+    let wait = Duration::from_secs(query.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    if wait.is_zero() || job.state.is_final() {
+        return Ok(Json(state.job_resource(job).await?));
+    }
+    let seen = (job.state, job.stage.clone(), job.progress);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let woke = tokio::time::timeout_at(deadline, events.recv()).await;
+        let recheck = match woke {
+            Err(_) => break,
+            Ok(Ok(StoreEvent::JobChanged(changed))) => changed == id,
+            Ok(Ok(_)) => false,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => true,
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                tokio::time::sleep_until(deadline).await;
+                break;
+            }
+        };
+        if recheck {
+            let now = own_job(&state, id, user.id).await?;
+            if (now.state, now.stage.clone(), now.progress) != seen {
+                return Ok(Json(state.job_resource(now).await?));
+            }
+        }
+    }
+    let job = own_job(&state, id, user.id).await?;
+    Ok(Json(state.job_resource(job).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<JobResource>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "the caller's jobs, newest first", body = JobPage),
+        (status = 400, description = "bad query", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 422, description = "unknown state or bad limit or cursor", body = Problem),
+    ))]
+async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<JobPage>, Problem> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::invalid("limit must be between 1 and 100"));
+    }
+    let job_state = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            JobState::parse(s)
+                .ok_or_else(|| Problem::invalid(format!("state {s:?} is not a job state")))?,
+        ),
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            c.parse::<Uuid>()
+                .map_err(|_| Problem::invalid("cursor is not one this API gave out"))?,
+        ),
+    };
+    let filter = JobFilter {
+        state: job_state,
+        kind: query.kind,
+        before,
+        limit: limit + 1,
+    };
+    let mut rows = state.store.jobs_of_owner(user.id, &filter).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|j| j.id.to_string()))
+        .flatten();
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        jobs.push(state.job_resource(row).await?);
+    }
+    Ok(Json(JobPage { jobs, next_cursor }))
+}
+
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "job id")),
+    responses(
+        (status = 200, description = "cancelled, or cancelling when running", body = JobResource),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 404, description = "no such job (or not yours)", body = Problem),
+        (status = 409, description = "the job has already finished", body = Problem),
+    ))]
+async fn cancel(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<JobResource>), Problem> {
+    let id = parse_id(&id, "job")?;
+    match state.store.cancel(id, Some(&user.id.to_string())).await? {
+        CancelOutcome::NotFound => Err(Problem::not_found("job")),
+        CancelOutcome::AlreadyFinished(s) => Err(Problem::conflict(format!(
+            "the job has already finished ({})",
+            s.as_str()
+        ))),
+        CancelOutcome::Cancelled | CancelOutcome::Cancelling => {
+            let job = own_job(&state, id, user.id).await?;
+            Ok((StatusCode::OK, Json(state.job_resource(job).await?)))
+        }
+    }
+}

@@ -1,0 +1,46 @@
+use axum::{Json, Router, routing::get};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::AppState;
+
+/// The OpenAPI 3.1 document, generated from the handlers' annotations so it
+/// cannot drift from the code.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kiln", description = "Enqueue image generations and poll their jobs."),
+    paths(
+        super::auth::register,
+        super::auth::login,
+        super::auth::logout,
+        super::generations::create,
+        super::jobs::show,
+        super::jobs::list,
+        super::jobs::cancel,
+        super::images::show,
+        super::images::file,
+        super::health::healthz,
+        super::health::readyz,
+    ),
+    components(schemas(crate::Problem)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}

@@ -1,0 +1,31 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::Job;
+
+/// Moderate the prompt, generate, moderate every output image, deliver.
+/// The payload is only the generation's id: the prompt stays in the
+/// `generations` table, not in the queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateImage {
+    pub generation_id: Uuid,
+}
+
+impl Job for GenerateImage {
+    const KIND: &'static str = "generate_image";
+    const QUEUE: &'static str = "generation";
+    const MAX_ATTEMPTS: u32 = 5;
+    const TIMEOUT: Duration = Duration::from_secs(180);
+}
+
+/// The stages a generation's job reports, in order.
+pub mod stage {
+    pub const MODERATING_PROMPT: &str = "moderating_prompt";
+    pub const GENERATING: &str = "generating";
+    pub const MODERATING_OUTPUT: &str = "moderating_output";
+    pub const DONE: &str = "done";
+    pub const BLOCKED: &str = "blocked";
+}

@@ -1,0 +1,51 @@
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// How a person signs in: an email address or a phone number (E.164),
+/// already normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identifier {
+    Email(String),
+    Phone(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub identifier: Identifier,
+    /// bcrypt hash; the password itself never reaches the store.
+    pub password_hash: String,
+    pub birth_date: NaiveDate,
+    /// This account's own code, to share.
+    pub referral_code: String,
+    /// The code the person signed up with, if any.
+    pub referred_by_code: Option<String>,
+}
+
+/// What login needs to check a password.
+#[derive(Debug, Clone)]
+pub struct LoginRecord {
+    pub user_id: Uuid,
+    pub password_hash: String,
+}
+
+/// Accounts and their sessions.
+#[async_trait]
+pub trait Accounts: Send + Sync {
+    /// `StoreError::Conflict` when the email or phone is taken;
+    /// `StoreError::UnknownReferral` when the referral code matches no one.
+    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError>;
+    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
+    /// Stores a session under the SHA-256 of its bearer token.
+    async fn create_session(
+        &self,
+        user_id: Uuid,
+        token_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// The user of a live session: not expired, not revoked, account not deleted.
+    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError>;
+    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError>;
+}

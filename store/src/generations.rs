@@ -1,0 +1,100 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{JobRecord, JobState, StoreError};
+
+/// A generation request, stored with its `generate_image` job in one
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct NewGeneration {
+    pub owner: Uuid,
+    pub prompt: String,
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub n: u32,
+    /// SHA-256 of the canonical request, to tell an idempotent retry from a
+    /// different request under the same key.
+    pub request_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerationEnqueued {
+    Created {
+        job_id: Uuid,
+    },
+    /// The same idempotency key and the same request: the first job.
+    Existing {
+        job_id: Uuid,
+    },
+    /// The same idempotency key with a different request.
+    KeyReused,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub owner: Uuid,
+    pub prompt: String,
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    pub n: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRecord {
+    pub id: Uuid,
+    pub generation_id: Uuid,
+    pub owner: Uuid,
+    pub object_key: String,
+    pub width: u32,
+    pub height: u32,
+    pub content_type: String,
+    pub bytes: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Filters for an owner's job list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    /// Only jobs older than this one (the cursor).
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// Generations, their images, and the jobs clients see.
+#[async_trait]
+pub trait Generations: Send + Sync {
+    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError>;
+    async fn generation(&self, id: Uuid) -> Result<Option<Generation>, StoreError>;
+    async fn generation_for_job(&self, job_id: Uuid) -> Result<Option<Generation>, StoreError>;
+    /// Records which provider made it and how long the provider took (P4).
+    async fn finish_generation(
+        &self,
+        id: Uuid,
+        provider: &str,
+        provider_latency_ms: u64,
+    ) -> Result<(), StoreError>;
+    async fn add_image(&self, image: &ImageRecord) -> Result<(), StoreError>;
+    async fn images_of_generation(
+        &self,
+        generation_id: Uuid,
+    ) -> Result<Vec<ImageRecord>, StoreError>;
+    /// Removes image rows of a generation (a retried attempt starts clean).
+    async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError>;
+    /// An owner's image; `None` when it does not exist or is someone else's.
+    async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
+    /// An owner's jobs, newest first.
+    async fn jobs_of_owner(
+        &self,
+        owner: Uuid,
+        filter: &JobFilter,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+}

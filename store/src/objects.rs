@@ -1,0 +1,244 @@
+//! Private object storage for generated images and data exports. Nothing
+//! here is public: clients reach objects only through signed, expiring URLs
+//! (`signed_url.rs`), so this type has no notion of a public URL.
+
+use std::fmt;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::StoreError;
+
+/// A bucket of private objects addressed by keys such as
+/// `images/<uuid>.png`. Cheap to clone: clones share one backend.
+#[derive(Clone)]
+pub struct Objects {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl fmt::Debug for Objects {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The backend's Display names it (e.g. `LocalFileSystem(file:///…)`)
+        // without credentials.
+        write!(f, "Objects({})", self.inner)
+    }
+}
+
+impl Objects {
+    /// Wraps any backend, so the S3-compatible store (Alibaba OSS) plugs in
+    /// without this type knowing about it.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Objects {
+        Objects { inner }
+    }
+
+    /// Files under `root`, created if missing: the embedded default, which
+    /// must work on a fresh machine.
+    pub fn local(root: &FsPath) -> Result<Objects, StoreError> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| StoreError::Objects(format!("create {}: {e}", root.display())))?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| StoreError::Objects(format!("open {}: {e}", root.display())))?;
+        Ok(Objects::new(Arc::new(fs)))
+    }
+
+    /// Kept in this process only: for tests.
+    pub fn memory() -> Objects {
+        Objects::new(Arc::new(InMemory::new()))
+    }
+
+    /// Writes the whole object at once; readers never see a partial one.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = parse_key(key)?;
+        self.inner
+            .put(&path, bytes.into())
+            .await
+            .map_err(|e| backend_error("put", key, e))?;
+        Ok(())
+    }
+
+    /// `None` when there is no such object: a purge may have removed it.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = parse_key(key)?;
+        let result = match self.inner.get(&path).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(backend_error("get", key, e)),
+        };
+        let bytes = result
+            .bytes()
+            .await
+            .map_err(|e| backend_error("get", key, e))?;
+        Ok(Some(bytes))
+    }
+
+    /// Deleting what is already gone succeeds, so purges can be retried.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = parse_key(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend_error("delete", key, e)),
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = parse_key(key)?;
+        match self.inner.head(&path).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(backend_error("head", key, e)),
+        }
+    }
+}
+
+fn backend_error(op: &str, key: &str, e: object_store::Error) -> StoreError {
+    StoreError::Objects(format!("{op} {key}: {e}"))
+}
+
+/// Keys are relative, `/`-separated and stay under the store's root. A key
+/// that could climb out of it (`..`) or that `object_store` would silently
+/// rewrite (leading or trailing `/`, empty segments) is refused rather than
+/// normalised, because it is a bug in whoever built it.
+fn parse_key(key: &str) -> Result<Path, StoreError> {
+    let invalid = |reason| StoreError::InvalidObjectKey {
+        key: key.to_owned(),
+        reason,
+    };
+    if key.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if key.starts_with('/') {
+        return Err(invalid("absolute; keys are relative to the store root"));
+    }
+    if key.contains("..") {
+        return Err(invalid("contains \"..\""));
+    }
+    if key.ends_with('/') {
+        return Err(invalid("ends with \"/\"; keys name objects, not folders"));
+    }
+    if key.contains('\\') {
+        return Err(invalid("contains \"\\\"; use \"/\" between segments"));
+    }
+    Path::parse(key).map_err(|_| invalid("empty segment, \".\" segment or control character"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn round_trip(objects: &Objects) {
+        let key = "images/0190c0de-0000-7000-8000-000000000001.png";
+        assert_eq!(objects.get(key).await.unwrap(), None);
+        assert!(!objects.exists(key).await.unwrap());
+
+        objects
+            .put(key, Bytes::from_static(b"\x89PNG fake"))
+            .await
+            .unwrap();
+        assert!(objects.exists(key).await.unwrap());
+        assert_eq!(
+            objects.get(key).await.unwrap(),
+            Some(Bytes::from_static(b"\x89PNG fake"))
+        );
+
+        objects.put(key, Bytes::from_static(b"v2")).await.unwrap();
+        assert_eq!(
+            objects.get(key).await.unwrap(),
+            Some(Bytes::from_static(b"v2"))
+        );
+
+        objects.delete(key).await.unwrap();
+        assert!(!objects.exists(key).await.unwrap());
+        assert_eq!(objects.get(key).await.unwrap(), None);
+        // Already gone: still fine.
+        objects.delete(key).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn memory_round_trip() {
+        round_trip(&Objects::memory()).await;
+    }
+
+    #[tokio::test]
+    async fn local_round_trip_creates_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data").join("objects");
+        let objects = Objects::local(&root).unwrap();
+        assert!(root.is_dir());
+        round_trip(&objects).await;
+    }
+
+    #[tokio::test]
+    async fn local_objects_are_files_under_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = Objects::local(dir.path()).unwrap();
+        objects
+            .put("exports/a.zip", Bytes::from_static(b"zip"))
+            .await
+            .unwrap();
+        let on_disk = std::fs::read(dir.path().join("exports").join("a.zip")).unwrap();
+        assert_eq!(on_disk, b"zip");
+
+        // A second handle on the same root sees the same objects.
+        let again = Objects::local(dir.path()).unwrap();
+        assert!(again.exists("exports/a.zip").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unsafe_keys_are_refused_by_every_operation() {
+        let objects = Objects::memory();
+        for key in [
+            "",
+            "/etc/passwd",
+            "../outside.png",
+            "images/../../outside.png",
+            "images/..",
+            "images/",
+            "images//a.png",
+            "images/./a.png",
+            "images\\a.png",
+            "images/a\n.png",
+        ] {
+            let err = objects.put(key, Bytes::new()).await.unwrap_err();
+            assert!(
+                matches!(&err, StoreError::InvalidObjectKey { key: k, .. } if k == key),
+                "{key:?}: {err}"
+            );
+            assert!(matches!(
+                objects.get(key).await,
+                Err(StoreError::InvalidObjectKey { .. })
+            ));
+            assert!(matches!(
+                objects.delete(key).await,
+                Err(StoreError::InvalidObjectKey { .. })
+            ));
+            assert!(matches!(
+                objects.exists(key).await,
+                Err(StoreError::InvalidObjectKey { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn error_names_the_key_and_the_reason() {
+        let err = parse_key("../x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"invalid object key "../x": contains "..""#
+        );
+    }
+
+    #[test]
+    fn operations_are_send_so_handlers_can_await_them() {
+        fn assert_send<T: Send>(_: T) {}
+        let objects = Objects::memory();
+        assert_send(objects.put("a", Bytes::new()));
+        assert_send(objects.get("a"));
+        assert_send(objects.delete("a"));
+        assert_send(objects.exists("a"));
+    }
+}

@@ -1,0 +1,106 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::PgStore;
+use crate::{
+    StoreError,
+    accounts::{Accounts, Identifier, LoginRecord, NewUser},
+};
+
+fn split(id: &Identifier) -> (Option<&str>, Option<&str>) {
+    match id {
+        Identifier::Email(e) => (Some(e.as_str()), None),
+        Identifier::Phone(p) => (None, Some(p.as_str())),
+    }
+}
+
+#[async_trait]
+impl Accounts for PgStore {
+    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError> {
+        let referred_by: Option<Uuid> = match &user.referred_by_code {
+            Some(code) => Some(
+                sqlx::query_scalar("SELECT id FROM users WHERE referral_code = $1")
+                    .bind(code)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .ok_or(StoreError::UnknownReferral)?,
+            ),
+            None => None,
+        };
+        let id = Uuid::now_v7();
+        let (email, phone) = split(&user.identifier);
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code, referred_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(email)
+        .bind(phone)
+        .bind(&user.password_hash)
+        .bind(user.birth_date)
+        .bind(&user.referral_code)
+        .bind(referred_by)
+        .execute(&self.pool)
+        .await;
+        match inserted {
+            Ok(_) => Ok(id),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                "an account with this email or phone exists".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
+        let (email, phone) = split(id);
+        let row: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, password_hash FROM users
+             WHERE deleted_at IS NULL AND (email = $1 OR phone = $2)",
+        )
+        .bind(email)
+        .bind(phone)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(user_id, password_hash)| LoginRecord {
+            user_id,
+            password_hash,
+        }))
+    }
+
+    async fn create_session(
+        &self,
+        user_id: Uuid,
+        token_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(user_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+               AND u.deleted_at IS NULL",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(token_hash)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

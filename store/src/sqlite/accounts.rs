@@ -1,0 +1,117 @@
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{SqliteStore, now_ms, uuid};
+use crate::{
+    StoreError,
+    accounts::{Accounts, Identifier, LoginRecord, NewUser},
+};
+
+fn split(id: &Identifier) -> (Option<&str>, Option<&str>) {
+    match id {
+        Identifier::Email(e) => (Some(e.as_str()), None),
+        Identifier::Phone(p) => (None, Some(p.as_str())),
+    }
+}
+
+#[async_trait]
+impl Accounts for SqliteStore {
+    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError> {
+        let referred_by: Option<String> = match &user.referred_by_code {
+            Some(code) => Some(
+                sqlx::query_scalar("SELECT id FROM users WHERE referral_code = ?")
+                    .bind(code)
+                    .fetch_optional(&self.reader)
+                    .await?
+                    .ok_or(StoreError::UnknownReferral)?,
+            ),
+            None => None,
+        };
+        let id = Uuid::now_v7();
+        let (email, phone) = split(&user.identifier);
+        let inserted = sqlx::query(
+            "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code,
+                                referred_by, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(email)
+        .bind(phone)
+        .bind(&user.password_hash)
+        .bind(user.birth_date.to_string())
+        .bind(&user.referral_code)
+        .bind(referred_by)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await;
+        match inserted {
+            Ok(_) => Ok(id),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
+                "an account with this email or phone exists".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
+        let (email, phone) = split(id);
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT id, password_hash FROM users
+             WHERE deleted_at IS NULL AND (email = ? OR phone = ?)",
+        )
+        .bind(email)
+        .bind(phone)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|(id, password_hash)| {
+            Ok(LoginRecord {
+                user_id: uuid(&id)?,
+                password_hash,
+            })
+        })
+        .transpose()
+    }
+
+    async fn create_session(
+        &self,
+        user_id: Uuid,
+        token_hash: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(token_hash)
+        .bind(user_id.to_string())
+        .bind(now_ms())
+        .bind(expires_at.timestamp_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+             WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
+               AND u.deleted_at IS NULL",
+        )
+        .bind(token_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.reader)
+        .await?;
+        id.as_deref().map(uuid).transpose()
+    }
+
+    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(token_hash)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,125 @@
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use kiln_jobs::{GenerateImage, JobError, stage};
+use kiln_store::{Objects, StoreError, generations::ImageRecord};
+use uuid::Uuid;
+
+use crate::{
+    Handler, JobContext, Outcome,
+    providers::{ImageGenerator, ImageRequest, Moderator},
+};
+
+/// Moderate the prompt, generate, moderate every output, deliver. Nothing
+/// generated is stored or visible before output moderation allows it (P7).
+pub struct GenerateImageHandler {
+    pub generator: Arc<dyn ImageGenerator>,
+    pub moderator: Arc<dyn Moderator>,
+    pub objects: Objects,
+}
+
+fn unavailable(e: StoreError) -> JobError {
+    JobError::transient("store_unavailable", e.to_string())
+}
+
+fn blocked(what: &str) -> JobError {
+    JobError::permanent(
+        "content_blocked",
+        format!("the {what} was blocked by content moderation"),
+    )
+}
+
+#[async_trait]
+impl Handler<GenerateImage> for GenerateImageHandler {
+    async fn run(&self, job: GenerateImage, ctx: &JobContext) -> Result<Outcome, JobError> {
+        let store = ctx.store();
+        let generation = store
+            .generation(job.generation_id)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| {
+                JobError::permanent("generation_missing", "the generation record is gone")
+            })?;
+
+        ctx.progress(stage::MODERATING_PROMPT, 5).await?;
+        if !self.moderator.check_text(&generation.prompt).await?.allowed {
+            ctx.progress(stage::BLOCKED, 100).await?;
+            return Err(blocked("prompt"));
+        }
+
+        ctx.progress(stage::GENERATING, 20).await?;
+        let started = Instant::now();
+        let images = self
+            .generator
+            .generate(&ImageRequest {
+                prompt: generation.prompt.clone(),
+                model: generation.model.clone(),
+                width: generation.width,
+                height: generation.height,
+                n: generation.n,
+            })
+            .await?;
+        let provider_latency = started.elapsed();
+
+        ctx.progress(stage::MODERATING_OUTPUT, 70).await?;
+        for image in &images {
+            if !self.moderator.check_image(&image.png).await?.allowed {
+                ctx.progress(stage::BLOCKED, 100).await?;
+                return Err(blocked("generated image"));
+            }
+        }
+
+        // A retried attempt replaces what an earlier one may have stored.
+        for old in store
+            .images_of_generation(generation.id)
+            .await
+            .map_err(unavailable)?
+        {
+            self.objects
+                .delete(&old.object_key)
+                .await
+                .map_err(unavailable)?;
+        }
+        store
+            .delete_images_of_generation(generation.id)
+            .await
+            .map_err(unavailable)?;
+        let mut delivered = Vec::with_capacity(images.len());
+        for image in images {
+            let id = Uuid::now_v7();
+            let record = ImageRecord {
+                id,
+                generation_id: generation.id,
+                owner: generation.owner,
+                object_key: format!("images/{id}.png"),
+                width: image.width,
+                height: image.height,
+                content_type: "image/png".to_owned(),
+                bytes: image.png.len() as i64,
+                created_at: Utc::now(),
+            };
+            self.objects
+                .put(&record.object_key, image.png)
+                .await
+                .map_err(unavailable)?;
+            store.add_image(&record).await.map_err(unavailable)?;
+            delivered.push(serde_json::json!({
+                "id": id, "width": record.width, "height": record.height,
+            }));
+        }
+        store
+            .finish_generation(
+                generation.id,
+                self.generator.name(),
+                provider_latency.as_millis() as u64,
+            )
+            .await
+            .map_err(unavailable)?;
+        ctx.progress(stage::DONE, 100).await?;
+        Ok(Outcome::Done(serde_json::json!({
+            "generation_id": generation.id,
+            "images": delivered,
+        })))
+    }
+}

@@ -1,0 +1,211 @@
+//! The external parties handlers call, each a small trait with a real
+//! client and an offline `dev` implementation. Handlers hold them as
+//! `Arc<dyn Trait>`, picked by configuration, so a handler never knows
+//! which one it talks to and tests can swap in fakes.
+
+pub mod dev;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kiln_jobs::JobError;
+
+pub use dev::{DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator};
+
+/// Turns a prompt into images (OpenAI-compatible `/v1/images/generations`,
+/// or the offline `dev` renderer).
+#[async_trait]
+pub trait ImageGenerator: Send + Sync + 'static {
+    /// Recorded with each generation: which provider made the images.
+    fn name(&self) -> &'static str;
+    /// All `req.n` images or an error: a partial answer is an error the
+    /// job retries as a whole.
+    async fn generate(&self, req: &ImageRequest) -> Result<Vec<GeneratedImage>, ProviderError>;
+}
+
+/// Only what the provider needs: the prompt and the shape of the output,
+/// never who asked (no account-identifying data leaves kiln).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub prompt: String,
+    pub model: String,
+    pub width: u32,
+    pub height: u32,
+    /// How many images; providers cap it (OpenAI: 10).
+    pub n: u32,
+}
+
+/// One image as PNG bytes, with the size the provider actually produced
+/// (it may differ from the request, e.g. `size: "auto"`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratedImage {
+    pub png: Bytes,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Prints the size instead of megabytes of PNG.
+impl fmt::Debug for GeneratedImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedImage")
+            .field("png", &format_args!("<{} bytes>", self.png.len()))
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish()
+    }
+}
+
+/// Judges prompts before generation and images after it (OpenAI-compatible
+/// `/v1/moderations`, or the offline keyword list). Nothing generated is
+/// shown before `check_image` allows it.
+#[async_trait]
+pub trait Moderator: Send + Sync + 'static {
+    /// Recorded with each decision.
+    fn name(&self) -> &'static str;
+    async fn check_text(&self, text: &str) -> Result<Decision, ProviderError>;
+    async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError>;
+}
+
+/// A moderation verdict, stored as given: `categories` are the flagged
+/// ones, `scores` may cover every category the moderator knows (0.0–1.0),
+/// so policy thresholds can be tuned later against what was logged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Decision {
+    pub allowed: bool,
+    pub categories: Vec<String>,
+    pub scores: BTreeMap<String, f64>,
+}
+
+/// A provider call that did not produce an answer. The variant is the
+/// retry decision, made where the wire format is understood: `Transient`
+/// (429 rate limit, 408/409/5xx, timeouts, resets) retries, honouring the
+/// provider's `Retry-After`; `Permanent` (bad input, content blocked, quota
+/// exhausted, auth) fails the job at once.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{code}: {message}")]
+    Transient {
+        code: String,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{code}: {message}")]
+    Permanent { code: String, message: String },
+}
+
+impl ProviderError {
+    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Transient {
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(code: impl Into<String>, message: impl Into<String>) -> Self {
+        ProviderError::Permanent {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        match self {
+            ProviderError::Transient { code, .. } | ProviderError::Permanent { code, .. } => code,
+        }
+    }
+}
+
+/// One to one: the provider already decided whether retrying can help.
+impl From<ProviderError> for JobError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::Transient {
+                code,
+                message,
+                retry_after,
+            } => JobError::Transient {
+                code,
+                message,
+                retry_after,
+            },
+            ProviderError::Permanent { code, message } => JobError::Permanent { code, message },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn provider_errors_keep_their_retry_decision_as_job_errors() {
+        let transient = ProviderError::Transient {
+            code: "rate_limit_exceeded".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            JobError::from(transient),
+            JobError::Transient {
+                code: "rate_limit_exceeded".into(),
+                message: "slow down".into(),
+                retry_after: Some(Duration::from_millis(1500)),
+            }
+        );
+
+        let permanent = ProviderError::permanent("content_blocked", "moderation_blocked");
+        let job: JobError = permanent.into();
+        assert!(job.is_permanent());
+        assert_eq!(job.code(), "content_blocked");
+        assert_eq!(job.message(), "moderation_blocked");
+    }
+
+    #[test]
+    fn error_display_is_code_and_message() {
+        let e = ProviderError::transient("server_error", "502 from upstream");
+        assert_eq!(e.to_string(), "server_error: 502 from upstream");
+        assert_eq!(e.code(), "server_error");
+    }
+
+    #[test]
+    fn generated_image_debug_omits_the_bytes() {
+        let image = GeneratedImage {
+            png: Bytes::from(vec![0u8; 4096]),
+            width: 64,
+            height: 64,
+        };
+        assert_eq!(
+            format!("{image:?}"),
+            "GeneratedImage { png: <4096 bytes>, width: 64, height: 64 }"
+        );
+    }
+
+    #[test]
+    fn providers_are_usable_as_trait_objects() {
+        let generator: Arc<dyn ImageGenerator> = Arc::new(DevGenerator);
+        let moderator: Arc<dyn Moderator> = Arc::new(DevModerator::default());
+        assert_eq!(generator.name(), "dev");
+        assert_eq!(moderator.name(), "dev");
+    }
+
+    #[test]
+    fn decision_round_trips_as_json() {
+        let decision = Decision {
+            allowed: false,
+            categories: vec!["violence".into()],
+            scores: BTreeMap::from([("violence".into(), 0.93)]),
+        };
+        let json = serde_json::to_string(&decision).unwrap();
+        assert_eq!(
+            json,
+            r#"{"allowed":false,"categories":["violence"],"scores":{"violence":0.93}}"#
+        );
+        assert_eq!(serde_json::from_str::<Decision>(&json).unwrap(), decision);
+    }
+}
