@@ -69,6 +69,8 @@ impl KilnBuilder {
             .env("KILN_METRICS_ADDR", metrics.to_string())
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_LOG_LEVEL", "info,sqlx=warn")
+            // Tests need no brute-force resistance; cost 4 keeps them fast.
+            .env("KILN_API_BCRYPT_COST", "4")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -112,6 +114,11 @@ impl Kiln {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// `http://<public addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
     }
 
     pub fn log_text(&self) -> String {
@@ -208,4 +215,107 @@ impl Outage {
             task.abort();
         }
     }
+}
+
+/// A client of the public API, signed in or not.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_owned(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        req
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Registers an adult with this email and signs in.
+    pub async fn signed_up(base: &str, email: &str) -> Client {
+        let mut client = Client::new(base);
+        let password = "correct horse battery";
+        let r = client
+            .post(
+                "/v1/auth/register",
+                serde_json::json!({"email": email, "password": password, "birth_date": "1990-01-01"}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            202,
+            "register: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let r = client
+            .post(
+                "/v1/auth/login",
+                serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "login");
+        let session: serde_json::Value = r.json().await.expect("login body");
+        client.token = Some(session["token"].as_str().expect("token").to_owned());
+        client
+    }
+
+    /// Long-polls a job until it is final.
+    pub async fn wait_final(&self, job_id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let r = self.get(&format!("/v1/jobs/{job_id}?wait=10")).await;
+            assert_eq!(r.status(), 200);
+            let job: serde_json::Value = r.json().await.expect("job body");
+            if matches!(
+                job["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never finished: {job}");
+        }
+    }
+}
+
+/// Asserts a problem+json answer with this status and code.
+pub async fn assert_problem(r: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(r.status().as_u16(), status, "expected {status} {code}");
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = r.json().await.expect("problem body");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
 }

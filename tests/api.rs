@@ -1,0 +1,350 @@
+//! The product end to end: the real `kiln` binary, a client doing the
+//! whole job — register, log in, enqueue a generation, poll it to the end,
+//! download the image.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Client, assert_problem, kiln};
+use kiln_store::testing::TestDatabase;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+
+fn decode_png(bytes: &[u8]) -> (u32, u32) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_generates_an_image_a_client_can_download() {
+    let k = kiln(&[]).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "painter@example.com").await;
+
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a red fox in fresh snow", "size": "512x512"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
+    assert_eq!(job["kind"], "generate_image");
+
+    // Long-poll through the stages; progress never goes back.
+    let mut stages = Vec::new();
+    let mut last_progress = -1;
+    let job = loop {
+        let j: Value = client
+            .get(&format!("{location}?wait=10"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let progress = j["progress"].as_i64().unwrap();
+        assert!(progress >= last_progress, "progress went back: {j}");
+        last_progress = progress;
+        stages.push(j["stage"].as_str().unwrap().to_owned());
+        if j["state"] == "succeeded" || j["state"] == "failed" {
+            break j;
+        }
+    };
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["stage"], "done");
+    assert_eq!(job["progress"], 100);
+    assert_eq!(stages.last().unwrap(), "done");
+
+    let image = &job["result"]["images"][0];
+    let url = image["url"].as_str().unwrap();
+    let r = reqwest::get(k.url(url)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(decode_png(&bytes), (512, 512));
+
+    // The image resource gives a fresh signed URL to the same bytes.
+    let meta: Value = client
+        .get(&format!("/v1/images/{}", image["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again = reqwest::get(k.url(meta["url"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(again, bytes);
+
+    // A tampered signature is refused.
+    let tampered = url.replace("signature=", "signature=0");
+    let r = reqwest::get(k.url(&tampered)).await.unwrap();
+    assert_problem(r, 403, "bad_signature").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_gives_one_job_and_another_body_conflicts() {
+    let k = kiln(&[]).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "retry@example.com").await;
+    let body = json!({"prompt": "a quiet harbour", "size": "256x256"});
+    let send = |body: Value| {
+        client
+            .request(reqwest::Method::POST, "/v1/generations")
+            .header("Idempotency-Key", "order-42")
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let second = send(body.clone()).await.unwrap();
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+
+    let other = send(json!({"prompt": "a loud harbour", "size": "256x256"}))
+        .await
+        .unwrap();
+    assert_problem(other, 409, "conflict").await;
+
+    let page: Value = client.get("/v1/jobs").await.json().await.unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_prompt_fails_with_content_blocked_and_stores_nothing() {
+    let cwd = tempfile::tempdir().unwrap();
+    let k = kiln(&[]).cwd(cwd.path()).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "edgy@example.com").await;
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "extreme GORE poster", "size": "256x256"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = client.wait_final(&id).await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["stage"], "blocked");
+    assert_eq!(job["error"]["code"], "content_blocked");
+    assert_eq!(job["attempt"], 1, "a blocked prompt was retried");
+    assert!(job["result"].is_null());
+    let images_dir = cwd.path().join("data/objects/images");
+    let stored = std::fs::read_dir(&images_dir)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(stored, 0, "an image of a blocked prompt was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_queued_generation_and_listing_jobs_with_a_cursor() {
+    let k = kiln(&[]).env("KILN_WORKER_QUEUES", "[maintenance]").spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "pager@example.com").await;
+    // No worker serves the generation queue here: the jobs stay queued.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let r = client
+            .post(
+                "/v1/generations",
+                json!({"prompt": format!("tile {i}"), "size": "256x256"}),
+            )
+            .await;
+        ids.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/jobs?limit=2&cursor={c}"),
+            None => "/v1/jobs?limit=2".to_owned(),
+        };
+        let page: Value = client.get(&path).await.json().await.unwrap();
+        for j in page["jobs"].as_array().unwrap() {
+            seen.push(j["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first);
+
+    let r = client
+        .post(&format!("/v1/jobs/{}/cancel", ids[0]), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["state"], "cancelled");
+    let again = client
+        .post(&format!("/v1/jobs/{}/cancel", ids[0]), json!({}))
+        .await;
+    assert_problem(again, 409, "conflict").await;
+    let cancelled: Value = client
+        .get("/v1/jobs?state=cancelled")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_and_tokens_are_never_stored_or_logged_in_plain_text() {
+    let db = TestDatabase::postgres().await;
+    let k = kiln(&[]).database(&db.url).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let email = "secretive@example.com";
+    let client = Client::signed_up(&k.url(""), email).await;
+    let token = client.token.clone().unwrap();
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a locked diary", "size": "256x256"}),
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.wait_final(&id).await;
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let (hash,): (String,) = sqlx::query_as("SELECT password_hash FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(hash.starts_with("$2"), "not a bcrypt hash: {hash}");
+    assert!(!hash.contains("correct horse"));
+    let dump: Vec<(String,)> = sqlx::query_as(
+        "SELECT row_to_json(t)::text FROM (SELECT * FROM users) t
+         UNION ALL SELECT row_to_json(t)::text FROM (SELECT * FROM sessions) t
+         UNION ALL SELECT row_to_json(t)::text FROM (SELECT * FROM jobs) t",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for (row,) in &dump {
+        assert!(!row.contains("correct horse"), "password stored: {row}");
+        assert!(!row.contains(&token), "token stored: {row}");
+    }
+    let log = k.log_text();
+    for secret in ["correct horse", token.as_str(), email] {
+        assert!(!log.contains(secret), "log contains {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once() {
+    let db = TestDatabase::postgres().await;
+    let storage = tempfile::tempdir().unwrap();
+    let shared = |b: common::KilnBuilder| {
+        b.database(&db.url)
+            .env(
+                "KILN_STORAGE_ROOT",
+                storage.path().join("objects").display(),
+            )
+            .env("KILN_STORAGE_SIGNING_KEY", "ab".repeat(32))
+    };
+    let api = shared(kiln(&["serve"])).spawn();
+    api.wait_http(api.http, "/readyz").await;
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            shared(kiln(&["work"]))
+                .env("KILN_WORKER_CONCURRENCY", 8)
+                .spawn()
+        })
+        .collect();
+    for w in &workers {
+        w.wait_healthy().await;
+    }
+    let base = api.url("");
+    let clients = [
+        Client::signed_up(&base, "one@example.com").await,
+        Client::signed_up(&base, "two@example.com").await,
+    ];
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in 0..20 {
+        let client = clients[batch % 2].clone();
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                let r = client
+                    .post(
+                        "/v1/generations",
+                        json!({"prompt": format!("study {batch}-{i}"), "size": "256x256"}),
+                    )
+                    .await;
+                assert_eq!(r.status(), 202);
+                ids.push(
+                    r.json::<Value>().await.unwrap()["id"]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            let mut finished = Vec::new();
+            for id in ids {
+                finished.push(client.wait_final(&id).await);
+            }
+            finished
+        });
+    }
+    let mut jobs = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        jobs.extend(done.unwrap());
+    }
+    assert_eq!(jobs.len(), 500);
+    let ids: HashSet<_> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 500);
+    for job in &jobs {
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["attempt"], 1, "ran more than once: {job}");
+        assert_eq!(job["result"]["images"].as_array().unwrap().len(), 1);
+    }
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let (images, generations): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM generations)")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!((images, generations), (500, 500));
+    let failed_attempts: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT errors::text FROM jobs WHERE errors <> '[]'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert!(
+        workers_used.is_empty(),
+        "some attempts failed: {workers_used:?}"
+    );
+}
