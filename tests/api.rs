@@ -344,7 +344,7 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
             .await
             .unwrap();
     assert!(
-        workers_used.is_empty(),
-        "some attempts failed: {workers_used:?}"
+        failed_attempts.is_empty(),
+        "some attempts failed: {failed_attempts:?}"
     );
 }
