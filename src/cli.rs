@@ -29,6 +29,20 @@ use clap::{Parser, Subcommand};
 ///   worker.crash_loop_cap     KILN_WORKER_CRASH_LOOP_CAP    3 lost workers and a job ends failed
 ///   worker.finished_job_retention_ms  KILN_WORKER_FINISHED_JOB_RETENTION_MS  604800000 (7 days)
 ///   scheduler.prune_jobs_cron KILN_SCHEDULER_PRUNE_JOBS_CRON "0 17 * * * *"
+///   api.bcrypt_cost           KILN_API_BCRYPT_COST          12
+///   api.token_ttl_secs        KILN_API_TOKEN_TTL_SECS       2592000 (30 days)
+///   api.signed_url_ttl_secs   KILN_API_SIGNED_URL_TTL_SECS  600
+///   api.max_prompt_chars      KILN_API_MAX_PROMPT_CHARS     4000
+///   api.max_images            KILN_API_MAX_IMAGES           4
+///   api.sizes                 KILN_API_SIZES                '[256x256,512x512,1024x1024,1024x1536,1536x1024]'
+///   api.models                KILN_API_MODELS               '[dev-image-1]'
+///   api.default_model         KILN_API_DEFAULT_MODEL        dev-image-1
+///   api.body_limit_bytes      KILN_API_BODY_LIMIT_BYTES     65536
+///   api.request_timeout_ms    KILN_API_REQUEST_TIMEOUT_MS   40000
+///   storage.root              KILN_STORAGE_ROOT             data/objects
+///   storage.signing_key       KILN_STORAGE_SIGNING_KEY      (hex, >= 32 bytes; shared by all `serve`s)
+///   storage.signing_key_file  KILN_STORAGE_SIGNING_KEY_FILE data/signing.key (generated when no key is set)
+///   moderation.blocked_words  KILN_MODERATION_BLOCKED_WORDS '[csam,gore,nsfw,nude,porn]'
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, verbatim_doc_comment)]
 pub struct Cli {
