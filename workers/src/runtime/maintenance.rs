@@ -26,6 +26,18 @@ pub(crate) async fn rescue(store: &Store, crash_cap: u32) {
             let m = kiln_store::metrics::metrics();
             for r in &rescued {
                 m.leases_rescued.with_label_values(&[&r.kind]).inc();
+                // A rescue that ends the job is its final outcome.
+                match r.state {
+                    JobState::Failed => m
+                        .jobs_finished
+                        .with_label_values(&[&r.kind, "failed"])
+                        .inc(),
+                    JobState::Cancelled => m
+                        .jobs_finished
+                        .with_label_values(&[&r.kind, "cancelled"])
+                        .inc(),
+                    _ => {}
+                }
                 tracing::warn!(job_id = %r.id, kind = %r.kind, state = r.state.as_str(),
                     "rescued a job whose worker was lost");
             }

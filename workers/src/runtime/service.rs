@@ -74,6 +74,8 @@ impl RunJob {
 
         let lease = job.lease;
         let stop = self.inflight.start(lease);
+        let busy = m.workers_busy.with_label_values(&[&self.worker_id]);
+        busy.inc();
         let ctx = JobContext {
             store: self.store.clone(),
             lease,
@@ -95,6 +97,7 @@ impl RunJob {
             .with_label_values(&[&kind])
             .observe(started.elapsed().as_secs_f64());
         self.inflight.finish(lease.id);
+        busy.dec();
         self.record(&job, ending).await;
     }
 
