@@ -3,6 +3,7 @@
 //! run on the same server: a raw `SKIP LOCKED` loop and raw apalis 1.0
 //! backends. Each measurement gets a throwaway database of its own.
 
+mod apalis;
 mod kiln;
 mod raw_sql;
 mod scratch;
@@ -111,6 +112,20 @@ async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     }
     {
         let db = scratch::Database::postgres(&args.postgres).await?;
+        let took = apalis::postgres_throughput(&db.url, args.jobs, args.concurrency).await?;
+        eprintln!("apalis-postgres: {took:?}");
+        let db = scratch::Database::postgres(&args.postgres).await?;
+        let idle = apalis::postgres_pickup_latency(&db.url, args.samples).await?;
+        rows.push(Row {
+            database: "postgres",
+            system: "apalis-postgres 1.0 (pub/sub + 100 ms poll, batch 100)".to_owned(),
+            throughput: Some(jobs_per_sec(args.jobs, took)),
+            idle: Percentiles::of(idle),
+            load: None,
+        });
+    }
+    {
+        let db = scratch::Database::postgres(&args.postgres).await?;
         let took = raw_sql::postgres_skip_locked(&db.url, args.jobs, args.batch_size, 4).await?;
         eprintln!("raw SKIP LOCKED loop: {took:?}");
         rows.push(Row {
@@ -156,6 +171,21 @@ async fn sqlite(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let (idle, load) = kiln::latency(&db.url, args, rows[0].throughput.unwrap_or(1000.0)).await?;
     rows[0].idle = Percentiles::of(idle);
     rows[0].load = Percentiles::of(load);
+
+    let db = scratch::Database::sqlite()?;
+    let apalis_url = db.url.replace("bench.db", "apalis.db");
+    let took = apalis::sqlite_throughput(&apalis_url, args.jobs, args.concurrency).await?;
+    eprintln!("apalis-sqlite: {took:?}");
+    let db = scratch::Database::sqlite()?;
+    let apalis_url = db.url.replace("bench.db", "apalis.db");
+    let idle = apalis::sqlite_pickup_latency(&apalis_url, args.samples).await?;
+    rows.push(Row {
+        database: "sqlite",
+        system: "apalis-sqlite 1.0 (update hook + 100 ms poll, batch 100)".to_owned(),
+        throughput: Some(jobs_per_sec(args.jobs, took)),
+        idle: Percentiles::of(idle),
+        load: None,
+    });
     Ok(rows)
 }
 
