@@ -9,7 +9,7 @@ mod routes;
 mod state;
 
 pub use config::{ApiConfig, parse_size};
-pub use problem::{Json, Problem, Query};
+pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};
 pub use state::AppState;

@@ -2,6 +2,7 @@
 //! machine `code`, and the extractors that turn bad input into one.
 
 use axum::{
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Request, rejection::JsonRejection},
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
@@ -91,36 +92,92 @@ impl IntoResponse for Problem {
     }
 }
 
-/// `axum::Json`, but malformed bodies answer as problems.
+/// `axum::Json`, but malformed bodies answer as problems, and only a JSON
+/// object is a request body (serde would also read a struct from a
+/// positional array). Text may not contain NUL characters: Postgres cannot
+/// store them, and no field of ours needs one.
 pub struct Json<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rejection) => Err(json_problem(rejection)),
+        if !is_json(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ));
         }
+        let body = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    e.body_text(),
+                )
+            } else {
+                Problem::bad_request(e.body_text())
+            }
+        })?;
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some()
+            && first != Some(&b'{')
+            && serde_json::from_slice::<serde_json::Value>(&body).is_ok()
+        {
+            return Err(Problem::invalid("the request body must be a JSON object"));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&body).map_err(json_problem)?;
+        if contains_nul(&body) {
+            return Err(Problem::invalid("text must not contain NUL characters"));
+        }
+        Ok(Json(value))
     }
 }
 
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// A raw NUL byte, or the JSON escape for one (`\u0000`).
+fn contains_nul(body: &[u8]) -> bool {
+    body.contains(&0)
+        || body
+            .windows(6)
+            .any(|w| w[0] == b'\\' && w[1] == b'u' && &w[2..] == b"0000")
+}
+
 fn json_problem(rejection: JsonRejection) -> Problem {
-    let status = rejection.status();
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as application/json",
-        ),
         JsonRejection::JsonDataError(e) => Problem::invalid(e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => Problem::bad_request(e.body_text()),
-        other if status == StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            other.body_text(),
-        ),
         other => Problem::bad_request(other.body_text()),
+    }
+}
+
+/// `axum::extract::Path`, but a path that does not parse names nothing:
+/// 404 as a problem.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|_| Problem::not_found("resource"))
     }
 }
 

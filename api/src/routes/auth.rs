@@ -110,6 +110,8 @@ fn referral_code() -> String {
     responses(
         (status = 202, description = "account created", body = Registered),
         (status = 400, description = "malformed JSON", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
         (status = 409, description = "email or phone already registered", body = Problem),
         (status = 422, description = "invalid input, or under 18 (`underage`)", body = Problem),
     ))]
@@ -164,6 +166,8 @@ async fn register(
     responses(
         (status = 200, description = "signed in", body = Session),
         (status = 400, description = "malformed JSON", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
         (status = 401, description = "wrong email, phone or password", body = Problem),
         (status = 422, description = "invalid input", body = Problem),
     ))]

@@ -45,6 +45,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
         (status = 401, description = "no valid token", body = Problem),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
         (status = 422, description = "empty or oversized prompt, bad size, model or n", body = Problem),
     ))]
 async fn create(

@@ -1,7 +1,7 @@
 use axum::{
     Router,
     body::Body,
-    extract::{Path, State},
+    extract::State,
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -12,7 +12,8 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::{
-    AppState, Json, Problem, Query, auth::CurrentUser, problem::parse_id, resources::ImageResource,
+    AppState, Json, Path, Problem, Query, auth::CurrentUser, problem::parse_id,
+    resources::ImageResource,
 };
 
 pub fn routes() -> Router<AppState> {

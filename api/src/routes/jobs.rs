@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::{Path, State},
+    extract::State,
     http::StatusCode,
     routing::{get, post},
 };
@@ -13,7 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::{
-    AppState, Json, Problem, Query, auth::CurrentUser, problem::parse_id, resources::JobResource,
+    AppState, Json, Path, Problem, Query, auth::CurrentUser, problem::parse_id,
+    resources::JobResource,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -141,6 +142,9 @@ async fn list(
                 .map_err(|_| Problem::invalid("cursor is not one this API gave out"))?,
         ),
     };
+    if query.kind.as_deref().is_some_and(|k| k.contains('\0')) {
+        return Err(Problem::invalid("kind must not contain NUL characters"));
+    }
     let filter = JobFilter {
         state: job_state,
         kind: query.kind,

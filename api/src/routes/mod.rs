@@ -31,6 +31,13 @@ pub fn router(state: AppState) -> Router {
         .merge(images::routes())
         .merge(openapi::routes())
         .fallback(|| async { Problem::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(DefaultBodyLimit::max(state.config.body_limit_bytes))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             within(timeout, req, next)
