@@ -39,6 +39,7 @@ macro_rules! conformance {
 
 conformance!(
     claim_order_follows_priority_then_age,
+    one_claim_serves_several_queues_in_priority_order,
     scheduled_jobs_wait_for_run_at,
     claim_spends_an_attempt_and_takes_a_lease,
     stale_fencing_token_cannot_complete_or_update,
@@ -87,6 +88,21 @@ async fn claim_order_follows_priority_then_age(store: Store, _: &TestDatabase) {
     let low2 = store.enqueue(probe()).await.unwrap().id;
     let ids: Vec<_> = claim(&store, 3).await.iter().map(|j| j.lease.id).collect();
     assert_eq!(ids, vec![high, low, low2]);
+}
+
+async fn one_claim_serves_several_queues_in_priority_order(store: Store, _: &TestDatabase) {
+    let routine = store.enqueue(probe()).await.unwrap().id;
+    let urgent = store
+        .enqueue(NewJob::of(&PruneJobs {}).unwrap().priority(5))
+        .await
+        .unwrap()
+        .id;
+    let queues = ["default".to_owned(), "maintenance".to_owned()];
+    let first = store.claim("w", &queues, 1, LEASE).await.unwrap();
+    assert_eq!(first[0].lease.id, urgent);
+    let second = store.claim("w", &queues, 5, LEASE).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].lease.id, routine);
 }
 
 async fn scheduled_jobs_wait_for_run_at(store: Store, _: &TestDatabase) {
@@ -562,13 +578,13 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(
 ) {
     if db.is_postgres() {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        sqlx::query("CREATE TABLE generations (id uuid PRIMARY KEY)")
+        sqlx::query("CREATE TABLE orders (id uuid PRIMARY KEY)")
             .execute(&pool)
             .await
             .unwrap();
         let mut tx = pool.begin().await.unwrap();
         let gen_id = uuid::Uuid::now_v7();
-        sqlx::query("INSERT INTO generations (id) VALUES ($1)")
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
             .bind(gen_id)
             .execute(&mut *tx)
             .await
@@ -580,7 +596,7 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(
         tx.rollback().await.unwrap();
         assert!(store.get(rolled_back).await.unwrap().is_none());
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO generations (id) VALUES ($1)")
+        sqlx::query("INSERT INTO orders (id) VALUES ($1)")
             .bind(gen_id)
             .execute(&mut *tx)
             .await
@@ -593,12 +609,12 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(
         assert!(store.get(committed).await.unwrap().is_some());
     } else {
         let sqlite = kiln_store::SqliteStore::open(&db.url, 2).await.unwrap();
-        sqlx::query("CREATE TABLE generations (id TEXT PRIMARY KEY)")
+        sqlx::query("CREATE TABLE orders (id TEXT PRIMARY KEY)")
             .execute(sqlite.writer())
             .await
             .unwrap();
         let mut tx = sqlite.writer().begin().await.unwrap();
-        sqlx::query("INSERT INTO generations (id) VALUES ('g1')")
+        sqlx::query("INSERT INTO orders (id) VALUES ('g1')")
             .execute(&mut *tx)
             .await
             .unwrap();
@@ -609,7 +625,7 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(
         tx.rollback().await.unwrap();
         assert!(store.get(rolled_back).await.unwrap().is_none());
         let mut tx = sqlite.writer().begin().await.unwrap();
-        sqlx::query("INSERT INTO generations (id) VALUES ('g1')")
+        sqlx::query("INSERT INTO orders (id) VALUES ('g1')")
             .execute(&mut *tx)
             .await
             .unwrap();

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool, Row, postgres::PgListener, postgres::PgRow};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -329,41 +330,51 @@ impl Queue for PgStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let mut claimed = Vec::new();
-        // One ordered index scan per queue: `queue = ANY(..)` would sort
-        // every pending row of all the queues instead.
-        for queue in queues {
-            let want = limit as usize - claimed.len();
-            if want == 0 {
-                break;
-            }
-            let rows = sqlx::query(
-                "WITH picked AS (
-                     SELECT id FROM jobs
-                     WHERE queue = $1
+        // One round trip for every queue: a LATERAL index scan per queue
+        // (`queue = ANY(..)` would sort every pending row instead), then
+        // the best `limit` of those across queues. Rows locked but not
+        // picked are released at the end of the statement.
+        let rows = sqlx::query(
+            "WITH picked AS (
+                 SELECT j.id FROM unnest($1::text[]) AS q(name)
+                 CROSS JOIN LATERAL (
+                     SELECT id, priority, fair_seq, run_at FROM jobs
+                     WHERE queue = q.name
                        AND state IN ('available', 'scheduled', 'retryable')
                        AND run_at <= now()
-                       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = $1 AND q.paused)
+                       AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
                      ORDER BY priority DESC, fair_seq, run_at, id
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED
-                 )
-                 UPDATE jobs j
-                 SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
-                     lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
-                     started_at = now(), updated_at = now()
-                 FROM picked WHERE j.id = picked.id
-                 RETURNING j.id, j.token, j.kind, j.queue, j.owner, j.payload, j.schema_version,
-                           j.attempt, j.max_attempts, j.run_at, j.started_at",
-            )
-            .bind(queue)
-            .bind(want as i64)
-            .bind(worker)
-            .bind(secs(lease))
-            .fetch_all(&self.pool)
-            .await?;
-            for row in rows {
-                claimed.push(ClaimedJob {
+                 ) j
+                 ORDER BY j.priority DESC, j.fair_seq, j.run_at, j.id
+                 LIMIT $2
+             )
+             UPDATE jobs j
+             SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+                 lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+                 started_at = now(), updated_at = now()
+             FROM picked WHERE j.id = picked.id
+             RETURNING j.id, j.token, j.kind, j.queue, j.owner, j.payload, j.schema_version,
+                       j.attempt, j.max_attempts, j.run_at, j.started_at,
+                       j.priority, j.fair_seq",
+        )
+        .bind(queues)
+        .bind(i64::from(limit))
+        .bind(worker)
+        .bind(secs(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let order: (i16, i64, DateTime<Utc>) = (
+                -row.try_get::<i16, _>("priority")?,
+                row.try_get("fair_seq")?,
+                row.try_get("run_at")?,
+            );
+            claimed.push((
+                order,
+                ClaimedJob {
                     lease: Lease {
                         id: row.try_get("id")?,
                         token: row.try_get("token")?,
@@ -377,9 +388,12 @@ impl Queue for PgStore {
                     max_attempts: row.try_get::<i32, _>("max_attempts")? as u32,
                     due_at: row.try_get("run_at")?,
                     started_at: row.try_get("started_at")?,
-                });
-            }
+                },
+            ));
         }
+        // RETURNING comes in no particular order; hand jobs out in claim order.
+        claimed.sort_by_key(|(order, job)| (*order, job.lease.id));
+        let claimed: Vec<ClaimedJob> = claimed.into_iter().map(|(_, job)| job).collect();
         Ok(claimed)
     }
 

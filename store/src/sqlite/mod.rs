@@ -318,66 +318,72 @@ impl Queue for SqliteStore {
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let now = now_ms();
-        let mut claimed = Vec::new();
-        let mut tx = self.writer.begin().await?;
-        for queue in queues {
-            let want = limit as usize - claimed.len();
-            if want == 0 {
-                break;
-            }
-            let rows = sqlx::query(
-                "UPDATE jobs
-                 SET state = 'running', attempt = attempt + 1, token = token + 1,
-                     lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
-                 WHERE id IN (
-                     SELECT id FROM jobs
-                     WHERE queue = ?4
-                       AND state IN ('available', 'scheduled', 'retryable')
-                       AND run_at <= ?3
-                       AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = ?4 AND q.paused)
-                     ORDER BY priority DESC, fair_seq, run_at, id
-                     LIMIT ?5)
-                 RETURNING id, token, kind, queue, owner, payload, schema_version, attempt,
-                           max_attempts, run_at, started_at, priority, fair_seq",
-            )
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The same order as on Postgres: priority, then the owner
+        // round-robin, then age, across all the worker's queues.
+        // Numbered, because a bare `?` takes the next number after the
+        // largest seen so far in the text, which would collide with ?4.
+        let placeholders = (0..queues.len())
+            .map(|i| format!("?{}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE jobs
+             SET state = 'running', attempt = attempt + 1, token = token + 1,
+                 lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('available', 'scheduled', 'retryable')
+                   AND run_at <= ?3
+                   AND queue IN ({placeholders})
+                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
+                 ORDER BY priority DESC, fair_seq, run_at, id
+                 LIMIT ?4)
+             RETURNING id, token, kind, queue, owner, payload, schema_version, attempt,
+                       max_attempts, run_at, started_at, priority, fair_seq"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker)
             .bind(now + ms(lease))
             .bind(now)
-            .bind(queue)
-            .bind(want as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut batch = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id: String = row.try_get("id")?;
-                let order: (i64, i64, i64) = (
-                    -row.try_get::<i64, _>("priority")?,
-                    row.try_get("fair_seq")?,
-                    row.try_get("run_at")?,
-                );
-                batch.push((
-                    order,
-                    ClaimedJob {
-                        lease: Lease {
-                            id: uuid(&id)?,
-                            token: row.try_get("token")?,
-                        },
-                        kind: row.try_get("kind")?,
-                        queue: row.try_get("queue")?,
-                        owner: row.try_get("owner")?,
-                        payload: json(&row.try_get::<String, _>("payload")?)?,
-                        schema_version: row.try_get("schema_version")?,
-                        attempt: row.try_get::<i64, _>("attempt")? as u32,
-                        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-                        due_at: time(row.try_get("run_at")?)?,
-                        started_at: time(row.try_get("started_at")?)?,
-                    },
-                ));
-            }
-            // RETURNING comes in no particular order; hand jobs out in claim order.
-            batch.sort_by_key(|(order, job)| (*order, job.lease.id));
-            claimed.extend(batch.into_iter().map(|(_, job)| job));
+            .bind(i64::from(limit));
+        for queue in queues {
+            query = query.bind(queue);
         }
+        let mut tx = self.writer.begin().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut batch = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let order: (i64, i64, i64) = (
+                -row.try_get::<i64, _>("priority")?,
+                row.try_get("fair_seq")?,
+                row.try_get("run_at")?,
+            );
+            batch.push((
+                order,
+                ClaimedJob {
+                    lease: Lease {
+                        id: uuid(&id)?,
+                        token: row.try_get("token")?,
+                    },
+                    kind: row.try_get("kind")?,
+                    queue: row.try_get("queue")?,
+                    owner: row.try_get("owner")?,
+                    payload: json(&row.try_get::<String, _>("payload")?)?,
+                    schema_version: row.try_get("schema_version")?,
+                    attempt: row.try_get::<i64, _>("attempt")? as u32,
+                    max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+                    due_at: time(row.try_get("run_at")?)?,
+                    started_at: time(row.try_get("started_at")?)?,
+                },
+            ));
+        }
+        // RETURNING comes in no particular order; hand jobs out in claim order.
+        batch.sort_by_key(|(order, job)| (*order, job.lease.id));
+        let claimed: Vec<ClaimedJob> = batch.into_iter().map(|(_, job)| job).collect();
         tx.commit().await?;
         for job in &claimed {
             self.changed(job.lease.id);
