@@ -90,6 +90,13 @@ impl WorkerConfig {
         all
     }
 
+    /// Claim loops run at once: enough to keep `concurrency` slots fed in
+    /// batches of `batch_size`, at most 4 so idle workers do not crowd
+    /// the database with empty claims.
+    pub fn claimers(&self) -> u32 {
+        self.concurrency.div_ceil(self.batch_size).clamp(1, 4)
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         self.lease_ms / 3
     }

@@ -26,6 +26,15 @@ const CHANGED_CHANNEL: &str = "kiln_job_changed";
 pub struct PgStore {
     pool: PgPool,
     events: broadcast::Sender<StoreEvent>,
+    listener: tokio::task::AbortHandle,
+}
+
+/// The `LISTEN` task holds a clone of the pool; it ends with the store
+/// instead of reconnecting forever to a database nobody uses any more.
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
 }
 
 impl PgStore {
@@ -33,8 +42,12 @@ impl PgStore {
     /// into [`StoreEvent`]s.
     pub fn new(pool: PgPool) -> PgStore {
         let (events, _) = broadcast::channel(1024);
-        tokio::spawn(listen(pool.clone(), events.clone()));
-        PgStore { pool, events }
+        let listener = tokio::spawn(listen(pool.clone(), events.clone())).abort_handle();
+        PgStore {
+            pool,
+            events,
+            listener,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

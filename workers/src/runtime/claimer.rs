@@ -11,6 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::backend::Claimed;
 use crate::WorkerConfig;
 
+/// How long a claim waits for more free slots when there is a backlog:
+/// long enough for no-op jobs to hand back a batch, short next to any real
+/// job, so long-running jobs never leave slots idle for long.
+const LINGER: Duration = Duration::from_millis(2);
+
 pub(crate) struct Claimer {
     pub store: Store,
     pub worker_id: String,
@@ -24,8 +29,13 @@ pub(crate) struct Claimer {
 impl Claimer {
     pub async fn run(self) {
         let mut events = self.store.subscribe();
-        let mut queues = self.queues.clone();
         let mut error_delay = Duration::from_millis(100);
+        // After a full claim there is a backlog: linger a moment for more
+        // slots to free up, so claims stay near the configured batch size
+        // instead of one round trip per freed slot. Otherwise claim as soon
+        // as one slot is free, for the lowest pickup latency.
+        let mut backlog = false;
+        let batch = self.config.batch_size as usize;
         loop {
             let first = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -35,10 +45,22 @@ impl Claimer {
                 },
             };
             let mut slots = vec![first];
-            while slots.len() < self.config.batch_size as usize {
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(slot) => slots.push(slot),
-                    Err(_) => break,
+            let linger_until = tokio::time::Instant::now() + LINGER;
+            while slots.len() < batch {
+                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+                    slots.push(slot);
+                    continue;
+                }
+                if !backlog {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(linger_until) => break,
+                    slot = self.slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slots.push(slot),
+                        Err(_) => break,
+                    },
                 }
             }
             // Wake-ups that arrive from here on mean "look again".
@@ -46,7 +68,7 @@ impl Claimer {
             let asked = slots.len();
             let claimed = match self
                 .store
-                .claim(&self.worker_id, &queues, asked as u32, self.config.lease_ms)
+                .claim(&self.worker_id, &self.queues, asked as u32, self.config.lease_ms)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -63,11 +85,8 @@ impl Claimer {
                 }
             };
             error_delay = Duration::from_millis(100);
-            // Start the next claim at another queue, so no queue starves.
-            if !queues.is_empty() {
-                queues.rotate_left(1);
-            }
             let got = claimed.len();
+            backlog = got == asked;
             for (job, slot) in claimed.into_iter().zip(slots.drain(..)) {
                 if let Err(unsent) = self.out.send(Claimed { job, slot }).await {
                     // The worker is gone: hand the job back untouched.

@@ -32,13 +32,16 @@ pub(crate) async fn run(store: Store, mut done: mpsc::Receiver<(String, Completi
             }
         };
         let m = kiln_store::metrics::metrics();
-        if let Some(n) = accepted
-            && (n as usize) < completions.len()
-        {
-            tracing::warn!(
+        match accepted {
+            None => {
+                batch.clear();
+                continue;
+            }
+            Some(n) if (n as usize) < completions.len() => tracing::warn!(
                 stale = completions.len() - n as usize,
                 "some successes came from claims that were no longer current; ignored"
-            );
+            ),
+            Some(_) => {}
         }
         for (kind, _) in &batch {
             m.jobs_finished

@@ -13,7 +13,10 @@ mod service;
 
 use std::sync::{Arc, Mutex};
 
-use apalis_core::{monitor::Monitor, worker::builder::WorkerBuilder};
+use apalis_core::{
+    monitor::Monitor,
+    worker::{builder::WorkerBuilder, ext::parallelize::ParallelizeExt},
+};
 use kiln_store::Store;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -59,18 +62,25 @@ pub async fn run(
         background.clone(),
     ));
     let completer = tokio::spawn(completer::run(store.clone(), completed_rx));
-    let claimer = tokio::spawn(
-        claimer::Claimer {
-            store: store.clone(),
-            worker_id: worker_id.clone(),
-            config: config.clone(),
-            queues,
-            slots,
-            out: claimed_tx,
-            stop: shutdown.clone(),
-        }
-        .run(),
-    );
+    // Several claimers share the slots, so one claim's round-trip does not
+    // leave the workers idle while a batch is in flight.
+    let claimers: Vec<_> = (0..config.claimers())
+        .map(|_| {
+            tokio::spawn(
+                claimer::Claimer {
+                    store: store.clone(),
+                    worker_id: worker_id.clone(),
+                    config: config.clone(),
+                    queues: queues.clone(),
+                    slots: slots.clone(),
+                    out: claimed_tx.clone(),
+                    stop: shutdown.clone(),
+                }
+                .run(),
+            )
+        })
+        .collect();
+    drop(claimed_tx);
 
     let run_job = service::RunJob {
         store: store.clone(),
@@ -87,6 +97,8 @@ pub async fn run(
             .backend(KilnBackend {
                 claimed: worker_rx.clone(),
             })
+            // Each job on a task of its own, so jobs use every core.
+            .parallelize(tokio::spawn)
             .build(run_job.clone())
     });
 
@@ -122,7 +134,9 @@ pub async fn run(
             Ok(())
         })
         .await;
-    let _ = claimer.await;
+    for claimer in claimers {
+        let _ = claimer.await;
+    }
     grace_timer.abort();
 
     // Jobs claimed but never started: hand them back.
