@@ -97,7 +97,9 @@ impl Claimer {
                 }
             }
             drop(slots);
-            if got < asked && !self.wait_for_work(&mut events).await {
+            // Only an empty claim means the queues are drained: a short one may
+            // just have skipped rows other claimers were locking.
+            if got == 0 && !self.wait_for_work(&mut events).await {
                 break;
             }
         }

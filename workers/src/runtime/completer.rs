@@ -1,53 +1,72 @@
 //! Writes successes in batches: one statement for every job that finished
-//! since the last write, instead of one round-trip per job.
+//! since the last write, instead of one round-trip per job. A few writes
+//! may be in flight at once, so one slow commit does not hold back the
+//! successes that finish behind it.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use kiln_store::{Completion, Store};
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
 
 pub(crate) const BATCH: usize = 256;
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// Runs until every sender is dropped, then flushes what is left.
 pub(crate) async fn run(store: Store, mut done: mpsc::Receiver<(String, Completion)>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while done.recv_many(&mut batch, BATCH).await > 0 {
-        let completions: Vec<Completion> = batch.iter().map(|(_, c)| c.clone()).collect();
-        let mut delay = Duration::from_millis(50);
-        let accepted = loop {
-            match store.complete(&completions).await {
-                Ok(n) => break Some(n),
-                Err(e) if delay <= Duration::from_secs(5) => {
-                    tracing::warn!(error = %e, jobs = completions.len(), "recording successes failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                Err(e) => {
-                    // The jobs stay `running` and their leases expire: they
-                    // will be rescued and run again, not lost.
-                    tracing::error!(error = %e, jobs = completions.len(),
-                        "could not record successes; their leases will expire and they will run again");
-                    break None;
-                }
-            }
+    let writers = Arc::new(Semaphore::new(WRITES_IN_FLIGHT));
+    let mut writes = JoinSet::new();
+    loop {
+        let Ok(permit) = writers.clone().acquire_owned().await else {
+            break;
         };
-        let m = kiln_store::metrics::metrics();
-        match accepted {
-            None => {
-                batch.clear();
-                continue;
+        let mut batch = Vec::with_capacity(BATCH);
+        if done.recv_many(&mut batch, BATCH).await == 0 {
+            break;
+        }
+        let store = store.clone();
+        writes.spawn(async move {
+            write(&store, batch).await;
+            drop(permit);
+        });
+        // Reap finished writes so the set does not grow.
+        while writes.try_join_next().is_some() {}
+    }
+    while writes.join_next().await.is_some() {}
+}
+
+async fn write(store: &Store, batch: Vec<(String, Completion)>) {
+    let completions: Vec<Completion> = batch.iter().map(|(_, c)| c.clone()).collect();
+    let mut delay = Duration::from_millis(50);
+    let accepted = loop {
+        match store.complete(&completions).await {
+            Ok(n) => break n,
+            Err(e) if delay <= Duration::from_secs(5) => {
+                tracing::warn!(error = %e, jobs = completions.len(), "recording successes failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
             }
-            Some(n) if (n as usize) < completions.len() => tracing::warn!(
-                stale = completions.len() - n as usize,
-                "some successes came from claims that were no longer current; ignored"
-            ),
-            Some(_) => {}
+            Err(e) => {
+                // The jobs stay `running` and their leases expire: they
+                // will be rescued and run again, not lost.
+                tracing::error!(error = %e, jobs = completions.len(),
+                    "could not record successes; their leases will expire and they will run again");
+                return;
+            }
         }
-        for (kind, _) in &batch {
-            m.jobs_finished
-                .with_label_values(&[kind, "succeeded"])
-                .inc();
-        }
-        batch.clear();
+    };
+    if (accepted as usize) < completions.len() {
+        tracing::warn!(
+            stale = completions.len() - accepted as usize,
+            "some successes came from claims that were no longer current; ignored"
+        );
+    }
+    let m = kiln_store::metrics::metrics();
+    for (kind, _) in &batch {
+        m.jobs_finished
+            .with_label_values(&[kind, "succeeded"])
+            .inc();
     }
 }
