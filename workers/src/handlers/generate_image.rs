@@ -58,6 +58,7 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 width: generation.width,
                 height: generation.height,
                 n: generation.n,
+                reference_urls: Vec::new(),
             })
             .await?;
         let provider_latency = started.elapsed();

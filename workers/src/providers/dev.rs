@@ -313,6 +313,7 @@ mod tests {
 
     fn request(prompt: &str, width: u32, height: u32, n: u32) -> ImageRequest {
         ImageRequest {
+            reference_urls: Vec::new(),
             prompt: prompt.to_owned(),
             model: "dev".to_owned(),
             width,

@@ -5,6 +5,7 @@
 
 pub mod dev;
 pub mod http;
+pub mod openai;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,9 @@ pub struct ImageRequest {
     pub height: u32,
     /// How many images; providers cap it (OpenAI: 10).
     pub n: u32,
+    /// Signed URLs of reference images re-hosted in kiln's own storage
+    /// (never the URL the user gave); empty for a plain generation.
+    pub reference_urls: Vec<String>,
 }
 
 /// One image as PNG bytes, with the size the provider actually produced

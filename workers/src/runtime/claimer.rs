@@ -68,7 +68,12 @@ impl Claimer {
             let asked = slots.len();
             let claimed = match self
                 .store
-                .claim(&self.worker_id, &self.queues, asked as u32, self.config.lease_ms)
+                .claim(
+                    &self.worker_id,
+                    &self.queues,
+                    asked as u32,
+                    self.config.lease_ms,
+                )
                 .await
             {
                 Ok(claimed) => claimed,
