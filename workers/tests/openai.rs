@@ -2,6 +2,8 @@
 //! real service: both result shapes, edits, every retryable failure
 //! followed by recovery, and each permanent failure with its code.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::{collections::BTreeMap, io::Cursor, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
