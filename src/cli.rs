@@ -42,7 +42,18 @@ use clap::{Parser, Subcommand};
 ///   storage.root              KILN_STORAGE_ROOT             data/objects
 ///   storage.signing_key       KILN_STORAGE_SIGNING_KEY      (hex, >= 32 bytes; shared by all `serve`s)
 ///   storage.signing_key_file  KILN_STORAGE_SIGNING_KEY_FILE data/signing.key (generated when no key is set)
+///   images.provider           KILN_IMAGES_PROVIDER          dev | openai
+///   images.base_url           KILN_IMAGES_BASE_URL          https://api.openai.com
+///   images.api_key            KILN_IMAGES_API_KEY           (required with openai)
+///   images.quality            KILN_IMAGES_QUALITY           (server default)
+///   images.timeout_ms         KILN_IMAGES_TIMEOUT_MS        120000
+///   moderation.provider       KILN_MODERATION_PROVIDER      dev | openai
 ///   moderation.blocked_words  KILN_MODERATION_BLOCKED_WORDS '[csam,gore,nsfw,nude,porn]'
+///   moderation.base_url       KILN_MODERATION_BASE_URL      https://api.openai.com
+///   moderation.api_key        KILN_MODERATION_API_KEY       (required with openai)
+///   moderation.model          KILN_MODERATION_MODEL         omni-moderation-latest
+///   moderation.thresholds     KILN_MODERATION_THRESHOLDS    '{violence=0.5}' (category -> score)
+///   moderation.timeout_ms     KILN_MODERATION_TIMEOUT_MS    30000
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, verbatim_doc_comment)]
 pub struct Cli {

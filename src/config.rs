@@ -13,7 +13,10 @@ use figment::{
 };
 use kiln_api::ApiConfig;
 use kiln_scheduler::SchedulerConfig;
-use kiln_workers::WorkerConfig;
+use kiln_workers::{
+    WorkerConfig,
+    providers::config::{ImagesSettings, ModerationSettings},
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +30,7 @@ pub struct Settings {
     pub scheduler: SchedulerConfig,
     pub api: ApiConfig,
     pub storage: StorageSettings,
+    pub images: ImagesSettings,
     pub moderation: ModerationSettings,
 }
 
@@ -52,24 +56,6 @@ impl Default for StorageSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModerationSettings {
-    /// Words the offline `dev` moderator blocks (whole words, any case).
-    pub blocked_words: Vec<String>,
-}
-
-impl Default for ModerationSettings {
-    fn default() -> Self {
-        ModerationSettings {
-            blocked_words: kiln_workers::providers::DEFAULT_BLOCKED_WORDS
-                .iter()
-                .map(|w| w.to_string())
-                .collect(),
-        }
-    }
-}
-
 /// The sections settings live in; `KILN_<SECTION>_<KEY>` maps to
 /// `section.key`. Other `KILN_*` variables are not settings.
 const SECTIONS: &[&str] = &[
@@ -81,6 +67,7 @@ const SECTIONS: &[&str] = &[
     "scheduler",
     "api",
     "storage",
+    "images",
     "moderation",
 ];
 
@@ -216,6 +203,12 @@ impl Settings {
             .map_err(|e| format!("invalid setting {e}"))?;
         kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
         self.api
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.images
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.moderation
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         if let Some(key) = &self.storage.signing_key

@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -59,6 +61,48 @@ pub struct ImageRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// One moderation decision about a prompt or a generated image (P7),
+/// stored whether it allowed or blocked, and purged after the policy's
+/// retention (P13).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModerationRecord {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub generation_id: Option<Uuid>,
+    pub subject: ModerationSubject,
+    /// The moderator that decided (`dev`, `openai`).
+    pub provider: String,
+    pub allowed: bool,
+    /// The categories that blocked (empty when allowed).
+    pub categories: Vec<String>,
+    /// Every score the moderator gave, so thresholds can be tuned later.
+    pub scores: BTreeMap<String, f64>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModerationSubject {
+    Prompt,
+    Image,
+}
+
+impl ModerationSubject {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModerationSubject::Prompt => "prompt",
+            ModerationSubject::Image => "image",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ModerationSubject> {
+        match s {
+            "prompt" => Some(ModerationSubject::Prompt),
+            "image" => Some(ModerationSubject::Image),
+            _ => None,
+        }
+    }
+}
+
 /// Filters for an owner's job list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
@@ -91,6 +135,12 @@ pub trait Generations: Send + Sync {
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError>;
     /// An owner's image; `None` when it does not exist or is someone else's.
     async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
+    async fn record_moderation(&self, decision: &ModerationRecord) -> Result<(), StoreError>;
+    /// Decisions about one generation, oldest first.
+    async fn moderation_of_generation(
+        &self,
+        generation_id: Uuid,
+    ) -> Result<Vec<ModerationRecord>, StoreError>;
     /// An owner's jobs, newest first.
     async fn jobs_of_owner(
         &self,

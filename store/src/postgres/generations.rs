@@ -7,7 +7,8 @@ use super::{PgStore, RECORD_COLUMNS, record_from};
 use crate::{
     JobRecord, NewJob, StoreError,
     generations::{
-        Generation, GenerationEnqueued, Generations, ImageRecord, JobFilter, NewGeneration,
+        Generation, GenerationEnqueued, Generations, ImageRecord, JobFilter, ModerationRecord,
+        ModerationSubject, NewGeneration,
     },
 };
 
@@ -23,6 +24,24 @@ fn generation_from(row: &PgRow) -> Result<Generation, StoreError> {
         width: row.try_get::<i32, _>("width")? as u32,
         height: row.try_get::<i32, _>("height")? as u32,
         n: row.try_get::<i32, _>("n")? as u32,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn moderation_from(row: &PgRow) -> Result<ModerationRecord, StoreError> {
+    let subject: String = row.try_get("subject")?;
+    Ok(ModerationRecord {
+        id: row.try_get("id")?,
+        owner: row.try_get("owner")?,
+        generation_id: row.try_get("generation_id")?,
+        subject: ModerationSubject::parse(&subject)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown moderation subject {subject:?}")))?,
+        provider: row.try_get("provider")?,
+        allowed: row.try_get("allowed")?,
+        categories: serde_json::from_value(row.try_get("categories")?)
+            .map_err(|e| StoreError::Corrupt(format!("moderation categories: {e}")))?,
+        scores: serde_json::from_value(row.try_get("scores")?)
+            .map_err(|e| StoreError::Corrupt(format!("moderation scores: {e}")))?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -147,6 +166,41 @@ impl Generations for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn record_moderation(&self, d: &ModerationRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO moderation_decisions (id, owner, generation_id, subject, provider,
+                                               allowed, categories, scores, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(d.id)
+        .bind(d.owner)
+        .bind(d.generation_id)
+        .bind(d.subject.as_str())
+        .bind(&d.provider)
+        .bind(d.allowed)
+        .bind(serde_json::json!(d.categories))
+        .bind(serde_json::json!(d.scores))
+        .bind(d.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn moderation_of_generation(
+        &self,
+        generation_id: Uuid,
+    ) -> Result<Vec<ModerationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, owner, generation_id, subject, provider, allowed, categories, scores,
+                    created_at
+             FROM moderation_decisions WHERE generation_id = $1 ORDER BY created_at, id",
+        )
+        .bind(generation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(moderation_from).collect()
     }
 
     async fn images_of_generation(

@@ -4,6 +4,7 @@ use sqlx::{Row, sqlite::SqliteRow};
 use uuid::Uuid;
 
 use super::{RECORD_COLUMNS, SqliteStore, now_ms, record_from, time, uuid};
+use crate::generations::{ModerationRecord, ModerationSubject};
 use crate::{
     JobRecord, NewJob, StoreError,
     generations::{
@@ -12,6 +13,26 @@ use crate::{
 };
 
 const GENERATION_COLUMNS: &str = "id, job_id, owner, prompt, model, width, height, n, created_at";
+fn moderation_from(row: &SqliteRow) -> Result<ModerationRecord, StoreError> {
+    let subject: String = row.try_get("subject")?;
+    let generation_id: Option<String> = row.try_get("generation_id")?;
+    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("moderation {what}: {e}"));
+    Ok(ModerationRecord {
+        id: uuid(&row.try_get::<String, _>("id")?)?,
+        owner: uuid(&row.try_get::<String, _>("owner")?)?,
+        generation_id: generation_id.as_deref().map(uuid).transpose()?,
+        subject: ModerationSubject::parse(&subject)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown moderation subject {subject:?}")))?,
+        provider: row.try_get("provider")?,
+        allowed: row.try_get("allowed")?,
+        categories: serde_json::from_str(&row.try_get::<String, _>("categories")?)
+            .map_err(|e| corrupt("categories", e))?,
+        scores: serde_json::from_str(&row.try_get::<String, _>("scores")?)
+            .map_err(|e| corrupt("scores", e))?,
+        created_at: time(row.try_get("created_at")?)?,
+    })
+}
+
 const IMAGE_COLUMNS: &str =
     "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at";
 
@@ -151,6 +172,41 @@ impl Generations for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(())
+    }
+
+    async fn record_moderation(&self, d: &ModerationRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO moderation_decisions (id, owner, generation_id, subject, provider,
+                                               allowed, categories, scores, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(d.id.to_string())
+        .bind(d.owner.to_string())
+        .bind(d.generation_id.map(|g| g.to_string()))
+        .bind(d.subject.as_str())
+        .bind(&d.provider)
+        .bind(d.allowed)
+        .bind(serde_json::json!(d.categories).to_string())
+        .bind(serde_json::json!(d.scores).to_string())
+        .bind(d.created_at.timestamp_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn moderation_of_generation(
+        &self,
+        generation_id: Uuid,
+    ) -> Result<Vec<ModerationRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, owner, generation_id, subject, provider, allowed, categories, scores,
+                    created_at
+             FROM moderation_decisions WHERE generation_id = ? ORDER BY created_at, id",
+        )
+        .bind(generation_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(moderation_from).collect()
     }
 
     async fn images_of_generation(

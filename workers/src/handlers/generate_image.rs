@@ -3,12 +3,15 @@ use std::{sync::Arc, time::Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use kiln_jobs::{GenerateImage, JobError, stage};
-use kiln_store::{Objects, StoreError, generations::ImageRecord};
+use kiln_store::{
+    Objects, StoreError,
+    generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
+};
 use uuid::Uuid;
 
 use crate::{
     Handler, JobContext, Outcome,
-    providers::{ImageGenerator, ImageRequest, Moderator},
+    providers::{Decision, ImageGenerator, ImageRequest, Moderator},
 };
 
 /// Moderate the prompt, generate, moderate every output, deliver. Nothing
@@ -17,6 +20,32 @@ pub struct GenerateImageHandler {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
     pub objects: Objects,
+}
+
+impl GenerateImageHandler {
+    /// Every decision is kept, allowed or not (P7), for its retention (P13).
+    async fn record(
+        &self,
+        ctx: &JobContext,
+        generation: &Generation,
+        subject: ModerationSubject,
+        decision: &Decision,
+    ) -> Result<(), JobError> {
+        ctx.store()
+            .record_moderation(&ModerationRecord {
+                id: Uuid::now_v7(),
+                owner: generation.owner,
+                generation_id: Some(generation.id),
+                subject,
+                provider: self.moderator.name().to_owned(),
+                allowed: decision.allowed,
+                categories: decision.categories.clone(),
+                scores: decision.scores.clone(),
+                created_at: Utc::now(),
+            })
+            .await
+            .map_err(unavailable)
+    }
 }
 
 fn unavailable(e: StoreError) -> JobError {
@@ -43,7 +72,10 @@ impl Handler<GenerateImage> for GenerateImageHandler {
             })?;
 
         ctx.progress(stage::MODERATING_PROMPT, 5).await?;
-        if !self.moderator.check_text(&generation.prompt).await?.allowed {
+        let decision = self.moderator.check_text(&generation.prompt).await?;
+        self.record(ctx, &generation, ModerationSubject::Prompt, &decision)
+            .await?;
+        if !decision.allowed {
             ctx.progress(stage::BLOCKED, 100).await?;
             return Err(blocked("prompt"));
         }
@@ -65,7 +97,10 @@ impl Handler<GenerateImage> for GenerateImageHandler {
 
         ctx.progress(stage::MODERATING_OUTPUT, 70).await?;
         for image in &images {
-            if !self.moderator.check_image(&image.png).await?.allowed {
+            let decision = self.moderator.check_image(&image.png).await?;
+            self.record(ctx, &generation, ModerationSubject::Image, &decision)
+                .await?;
+            if !decision.allowed {
                 ctx.progress(stage::BLOCKED, 100).await?;
                 return Err(blocked("generated image"));
             }

@@ -12,7 +12,10 @@ pub use prune_jobs::PruneJobsHandler;
 
 use crate::{
     Registry, WorkerConfig,
-    providers::{DevGenerator, DevModerator, ImageGenerator, Moderator},
+    providers::{
+        DevGenerator, DevModerator, ImageGenerator, Moderator,
+        config::{ImagesSettings, ModerationSettings},
+    },
 };
 use kiln_store::Objects;
 
@@ -25,6 +28,19 @@ pub struct Deps {
 }
 
 impl Deps {
+    /// The providers the settings name, over the given storage.
+    pub fn from_settings(
+        images: &ImagesSettings,
+        moderation: &ModerationSettings,
+        objects: Objects,
+    ) -> Result<Deps, String> {
+        Ok(Deps {
+            generator: images.build()?,
+            moderator: moderation.build()?,
+            objects,
+        })
+    }
+
     /// The offline `dev` providers over the given storage.
     pub fn dev(objects: Objects, blocked_words: Vec<String>) -> Deps {
         Deps {

@@ -3,6 +3,7 @@
 //! `Arc<dyn Trait>`, picked by configuration, so a handler never knows
 //! which one it talks to and tests can swap in fakes.
 
+pub mod config;
 pub mod dev;
 pub mod http;
 pub mod openai;
