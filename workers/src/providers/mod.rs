@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod fetch;
 pub mod http;
 pub mod openai;
 
