@@ -34,8 +34,9 @@ fn moderation_from(row: &PgRow) -> Result<ModerationRecord, StoreError> {
         id: row.try_get("id")?,
         owner: row.try_get("owner")?,
         generation_id: row.try_get("generation_id")?,
-        subject: ModerationSubject::parse(&subject)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown moderation subject {subject:?}")))?,
+        subject: ModerationSubject::parse(&subject).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown moderation subject {subject:?}"))
+        })?,
         provider: row.try_get("provider")?,
         allowed: row.try_get("allowed")?,
         categories: serde_json::from_value(row.try_get("categories")?)

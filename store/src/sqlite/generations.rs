@@ -16,13 +16,15 @@ const GENERATION_COLUMNS: &str = "id, job_id, owner, prompt, model, width, heigh
 fn moderation_from(row: &SqliteRow) -> Result<ModerationRecord, StoreError> {
     let subject: String = row.try_get("subject")?;
     let generation_id: Option<String> = row.try_get("generation_id")?;
-    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("moderation {what}: {e}"));
+    let corrupt =
+        |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("moderation {what}: {e}"));
     Ok(ModerationRecord {
         id: uuid(&row.try_get::<String, _>("id")?)?,
         owner: uuid(&row.try_get::<String, _>("owner")?)?,
         generation_id: generation_id.as_deref().map(uuid).transpose()?,
-        subject: ModerationSubject::parse(&subject)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown moderation subject {subject:?}")))?,
+        subject: ModerationSubject::parse(&subject).ok_or_else(|| {
+            StoreError::Corrupt(format!("unknown moderation subject {subject:?}"))
+        })?,
         provider: row.try_get("provider")?,
         allowed: row.try_get("allowed")?,
         categories: serde_json::from_str(&row.try_get::<String, _>("categories")?)

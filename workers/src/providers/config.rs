@@ -88,7 +88,10 @@ impl Default for ModerationSettings {
     fn default() -> Self {
         ModerationSettings {
             provider: ProviderKind::Dev,
-            blocked_words: DEFAULT_BLOCKED_WORDS.iter().map(|w| w.to_string()).collect(),
+            blocked_words: DEFAULT_BLOCKED_WORDS
+                .iter()
+                .map(|w| w.to_string())
+                .collect(),
             base_url: "https://api.openai.com".to_owned(),
             api_key: None,
             model: "omni-moderation-latest".to_owned(),
@@ -180,7 +183,12 @@ mod tests {
         images.api_key = Some("sk-x".to_owned().into());
         assert_eq!(images.build().unwrap().name(), "openai");
         images.base_url = "ftp://x".into();
-        assert!(images.validate().unwrap_err().starts_with("images.base_url"));
+        assert!(
+            images
+                .validate()
+                .unwrap_err()
+                .starts_with("images.base_url")
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
         // Only fails when the TLS backend cannot initialise: a broken build,

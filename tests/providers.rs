@@ -1,0 +1,240 @@
+//! kiln with its image and moderation providers pointed at a local fake of
+//! the OpenAI API: a generation succeeds with every check recorded, a
+//! flagged prompt and a flagged output image each end `content_blocked`
+//! with nothing stored, a 429 is retried, and no request the fake saw
+//! carries the user's email, id or anything else that names them (P8).
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::io::Cursor;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use common::{Client, kiln};
+use kiln_store::testing::TestDatabase;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{body_string_contains, method, path},
+};
+
+fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(Cursor::new(&mut out), width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    let mut writer = encoder.write_header().unwrap();
+    writer
+        .write_image_data(&vec![shade; (width * height * 3) as usize])
+        .unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+fn images(png: &[u8]) -> Value {
+    json!({ "created": 1_700_000_000, "data": [{ "b64_json": BASE64.encode(png) }] })
+}
+
+fn verdict(flagged: bool) -> Value {
+    json!({ "id": "modr-1", "model": "omni-moderation-latest", "results": [{
+        "flagged": flagged,
+        "categories": { "violence": flagged, "sexual": false },
+        "category_scores": { "violence": if flagged { 0.98 } else { 0.01 }, "sexual": 0.001 },
+    }]})
+}
+
+/// The fake: a calm image for most prompts, a "bad" image for one, a
+/// flag for one prompt and for the bad image, one 429 before the first
+/// generation.
+async fn fake_openai(good: &[u8], bad: &[u8]) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(
+            ResponseTemplate::new(429)
+                .insert_header("retry-after-ms", "100")
+                .set_body_json(json!({"error": {"message": "Rate limit reached",
+                    "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .and(body_string_contains("a storm of knives"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(images(bad)))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/images/generations"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(images(good)))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/moderations"))
+        .and(body_string_contains("a forbidden massacre"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verdict(true)))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/moderations"))
+        .and(body_string_contains(BASE64.encode(bad)))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verdict(true)))
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/moderations"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(verdict(false)))
+        .with_priority(3)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn enqueue(client: &Client, prompt: &str) -> Value {
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": prompt, "size": "1024x1024", "model": "gpt-image-1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client.wait_final(&id).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_and_moderation_through_an_openai_compatible_provider() {
+    let good = png(64, 64, 200);
+    let bad = png(64, 64, 7);
+    let fake = fake_openai(&good, &bad).await;
+    let db = TestDatabase::postgres().await;
+    let storage = tempfile::tempdir().unwrap();
+    let k = kiln(&[])
+        .database(&db.url)
+        .env("KILN_STORAGE_ROOT", storage.path().display())
+        .env("KILN_IMAGES_PROVIDER", "openai")
+        .env("KILN_IMAGES_BASE_URL", fake.uri())
+        .env("KILN_IMAGES_API_KEY", "sk-images-secret")
+        .env("KILN_MODERATION_PROVIDER", "openai")
+        .env("KILN_MODERATION_BASE_URL", fake.uri())
+        .env("KILN_MODERATION_API_KEY", "sk-moderation-secret")
+        .env("KILN_API_MODELS", "[gpt-image-1]")
+        .env("KILN_API_DEFAULT_MODEL", "gpt-image-1")
+        .env("KILN_API_SIZES", "[1024x1024]")
+        .spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let email = "private.person@example.com";
+    let client = Client::signed_up(&k.url(""), email).await;
+
+    // Success, after one 429 the job retried.
+    let job = enqueue(&client, "a lighthouse at dusk").await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 2, "the 429 was not retried: {job}");
+    let url = job["result"]["images"][0]["url"].as_str().unwrap();
+    let bytes = reqwest::get(k.url(url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        bytes.as_ref(),
+        good.as_slice(),
+        "the provider's image, as made"
+    );
+
+    // A flagged prompt: no generation request, nothing stored.
+    let blocked_prompt = enqueue(&client, "a forbidden massacre").await;
+    assert_eq!(blocked_prompt["state"], "failed");
+    assert_eq!(blocked_prompt["error"]["code"], "content_blocked");
+    assert_eq!(blocked_prompt["attempt"], 1);
+
+    // A flagged output image: never stored, never shown.
+    let blocked_image = enqueue(&client, "a storm of knives").await;
+    assert_eq!(blocked_image["state"], "failed");
+    assert_eq!(blocked_image["error"]["code"], "content_blocked");
+    assert!(
+        blocked_image["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("generated image")
+    );
+    assert_eq!(
+        std::fs::read_dir(storage.path().join("images"))
+            .unwrap()
+            .count(),
+        1,
+        "only the allowed image is stored"
+    );
+
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let history: Value = sqlx::query_scalar("SELECT errors FROM jobs WHERE id = $1::uuid")
+        .bind(job["id"].as_str().unwrap())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(history[0]["code"], "rate_limit_exceeded", "{history}");
+    assert_eq!(history[0]["permanent"], false);
+
+    // Every decision is kept, one per check of every attempt: the prompt
+    // twice (the 429 attempt, then the one that succeeded) and its image;
+    // the blocked prompt; the third prompt and its blocked image.
+    let decisions: Vec<(String, bool, Value)> = sqlx::query_as(
+        "SELECT subject, allowed, categories FROM moderation_decisions ORDER BY created_at, id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let summary: Vec<(&str, bool)> = decisions.iter().map(|(s, a, _)| (s.as_str(), *a)).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("prompt", true),
+            ("prompt", true),
+            ("image", true),
+            ("prompt", false),
+            ("prompt", true),
+            ("image", false),
+        ]
+    );
+    assert_eq!(decisions[5].2, json!(["violence"]));
+
+    // Nothing that names the user reached the provider (P8).
+    let user_id: String = sqlx::query_scalar("SELECT id::text FROM users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let token = client.token.clone().unwrap();
+    let requests = fake.received_requests().await.unwrap();
+    assert!(requests.len() >= 9, "{} requests", requests.len());
+    for r in &requests {
+        let body = String::from_utf8_lossy(&r.body);
+        let headers = format!("{:?}", r.headers);
+        for secret in [email, "private.person", &user_id, &token, "127.0.0.1\""] {
+            assert!(!body.contains(secret), "{secret} sent to {}", r.url.path());
+            assert!(
+                !headers.contains(secret),
+                "{secret} in headers to {}",
+                r.url.path()
+            );
+        }
+        let json: Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(
+            json.get("user").is_none(),
+            "an OpenAI `user` field was sent"
+        );
+    }
+    // Keys never land in the log.
+    let log = k.log_text();
+    assert!(!log.contains("sk-images-secret") && !log.contains("sk-moderation-secret"));
+}
