@@ -5,6 +5,8 @@
 
 pub mod dev;
 pub mod http;
+mod message;
+pub mod sms;
 
 use std::collections::BTreeMap;
 use std::fmt;
