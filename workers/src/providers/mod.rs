@@ -4,6 +4,7 @@
 //! which one it talks to and tests can swap in fakes.
 
 pub mod dev;
+pub mod email;
 pub mod http;
 mod message;
 pub mod sms;
