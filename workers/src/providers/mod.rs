@@ -8,6 +8,7 @@ pub mod email;
 pub mod http;
 mod message;
 pub mod sms;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;
