@@ -5,9 +5,13 @@
 
 pub mod config;
 pub mod dev;
+pub mod email;
 pub mod fetch;
 pub mod http;
+mod message;
 pub mod openai;
+pub mod sms;
+pub mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;
