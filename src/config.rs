@@ -15,7 +15,11 @@ use kiln_api::ApiConfig;
 use kiln_scheduler::SchedulerConfig;
 use kiln_workers::{
     WorkerConfig,
-    providers::config::{ImagesSettings, ModerationSettings},
+    providers::{
+        config::{ImagesSettings, ModerationSettings},
+        email::EmailSettings,
+        sms::SmsSettings,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +36,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub images: ImagesSettings,
     pub moderation: ModerationSettings,
+    pub email: EmailSettings,
+    pub sms: SmsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +75,8 @@ const SECTIONS: &[&str] = &[
     "storage",
     "images",
     "moderation",
+    "email",
+    "sms",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,22 +165,34 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        let setting_key = |key: &str| {
+            let key = key.to_ascii_lowercase();
+            SECTIONS
+                .iter()
+                .any(|s| {
+                    key.strip_prefix(s)
+                        .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
+                })
+                .then(|| key.replacen('_', ".", 1))
+        };
         figment = figment.merge(
             Env::prefixed("KILN_")
-                .filter(|key| {
-                    let key = key.as_str().to_ascii_lowercase();
-                    SECTIONS.iter().any(|s| {
-                        key.strip_prefix(s)
-                            .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
-                    })
-                })
-                .map(|key| {
-                    key.as_str()
-                        .to_ascii_lowercase()
-                        .replacen('_', ".", 1)
-                        .into()
-                }),
+                .filter(move |key| setting_key(key.as_str()).is_some())
+                .map(move |key| setting_key(key.as_str()).unwrap_or_default().into()),
         );
+        // figment reads `+15005550006` or `007` as numbers, losing the `+`
+        // or the zeros: such values are text (phone numbers, codes).
+        for (key, value) in std::env::vars() {
+            if let Some(key) = key.strip_prefix("KILN_").and_then(setting_key)
+                && (value.starts_with('+') || {
+                    let mut chars = value.chars();
+                    chars.next() == Some('0') && chars.next().is_some_and(|c| c.is_ascii_digit())
+                })
+                && value.parse::<f64>().is_ok()
+            {
+                figment = figment.merge(figment::providers::Serialized::global(&key, value));
+            }
+        }
         let settings: Settings = figment.extract().map_err(describe)?;
         settings.validate()?;
         Ok(settings)
@@ -209,6 +229,12 @@ impl Settings {
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         self.moderation
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.email
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.sms
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         if let Some(key) = &self.storage.signing_key

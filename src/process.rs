@@ -119,6 +119,8 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         let deps = kiln_workers::handlers::Deps::from_settings(
             &settings.images,
             &settings.moderation,
+            &settings.email,
+            &settings.sms,
             objects.clone(),
         )
         .map_err(anyhow::Error::msg)?;

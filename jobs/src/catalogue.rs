@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs};
+use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs, SendEmail, SendSms};
 
 /// A kind's policy as data, for code that meets jobs by their kind name
 /// (the store, the worker runtime, the admin API).
@@ -34,6 +34,8 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<Probe>(),
     KindSpec::of::<PruneJobs>(),
+    KindSpec::of::<SendEmail>(),
+    KindSpec::of::<SendSms>(),
 ];
 
 pub fn spec(kind: &str) -> Option<&'static KindSpec> {

@@ -6,13 +6,17 @@ mod catalogue;
 mod error;
 mod generate_image;
 mod job;
+mod notice;
 mod probe;
 mod prune_jobs;
+mod send_notice;
 
 pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, spec};
 pub use error::{DecodeError, JobError};
 pub use generate_image::{GenerateImage, stage};
 pub use job::{Job, decode};
+pub use notice::{Notice, escape_html};
 pub use probe::{Probe, ProbeFailure};
 pub use prune_jobs::PruneJobs;
+pub use send_notice::{SendEmail, SendSms};

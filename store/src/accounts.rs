@@ -25,6 +25,23 @@ pub struct NewUser {
 }
 
 /// What login needs to check a password.
+/// A user's email and phone, as registered. `Debug` shows only which are
+/// present, so a logged value never leaks them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Contacts {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+impl std::fmt::Debug for Contacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Contacts")
+            .field("email", &self.email.as_ref().map(|_| "<set>"))
+            .field("phone", &self.phone.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct LoginRecord {
     pub user_id: Uuid,
@@ -37,6 +54,8 @@ pub trait Accounts: Send + Sync {
     /// `StoreError::Conflict` when the email or phone is taken;
     /// `StoreError::UnknownReferral` when the referral code matches no one.
     async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError>;
+    /// Where to reach a user who is not deleted; `None` otherwise.
+    async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError>;
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
     /// Stores a session under the SHA-256 of its bearer token.
     async fn create_session(

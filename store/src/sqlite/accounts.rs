@@ -5,7 +5,7 @@ use uuid::Uuid;
 use super::{SqliteStore, now_ms, uuid};
 use crate::{
     StoreError,
-    accounts::{Accounts, Identifier, LoginRecord, NewUser},
+    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser},
 };
 
 fn split(id: &Identifier) -> (Option<&str>, Option<&str>) {
@@ -52,6 +52,15 @@ impl Accounts for SqliteStore {
             )),
             Err(e) => Err(e.into()),
         }
+    }
+
+    async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError> {
+        let row: Option<(Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT email, phone FROM users WHERE id = ? AND deleted_at IS NULL")
+                .bind(user_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(row.map(|(email, phone)| Contacts { email, phone }))
     }
 
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {

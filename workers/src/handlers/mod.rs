@@ -3,18 +3,22 @@
 mod generate_image;
 mod probe;
 mod prune_jobs;
+mod send_notice;
 
 use std::sync::Arc;
 
 pub use generate_image::GenerateImageHandler;
 pub use probe::ProbeHandler;
 pub use prune_jobs::PruneJobsHandler;
+pub use send_notice::{SendEmailHandler, SendSmsHandler};
 
 use crate::{
     Registry, WorkerConfig,
     providers::{
         DevGenerator, DevModerator, ImageGenerator, Moderator,
         config::{ImagesSettings, ModerationSettings},
+        email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
+        sms::{DevSms, SmsSender, SmsSettings},
     },
 };
 use kiln_store::Objects;
@@ -24,6 +28,10 @@ use kiln_store::Objects;
 pub struct Deps {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
+    pub mailer: Arc<dyn Mailer>,
+    pub sms: Arc<dyn SmsSender>,
+    /// The product's name in notices.
+    pub product_name: String,
     pub objects: Objects,
 }
 
@@ -32,20 +40,30 @@ impl Deps {
     pub fn from_settings(
         images: &ImagesSettings,
         moderation: &ModerationSettings,
+        email: &EmailSettings,
+        sms: &SmsSettings,
         objects: Objects,
     ) -> Result<Deps, String> {
         Ok(Deps {
             generator: images.build()?,
             moderator: moderation.build()?,
+            mailer: email.build()?,
+            sms: sms.build()?,
+            product_name: email.product_name.clone(),
             objects,
         })
     }
 
-    /// The offline `dev` providers over the given storage.
+    /// The offline `dev` providers over the given storage; notices go to
+    /// the default outbox directory.
     pub fn dev(objects: Objects, blocked_words: Vec<String>) -> Deps {
+        let email = EmailSettings::default();
         Deps {
             generator: Arc::new(DevGenerator),
             moderator: Arc::new(DevModerator::new(blocked_words)),
+            mailer: Arc::new(DevMailer::new(email.outbox_dir.clone(), DEV_FROM)),
+            sms: Arc::new(DevSms::new(SmsSettings::default().outbox_dir)),
+            product_name: email.product_name,
             objects,
         }
     }
@@ -60,6 +78,14 @@ pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
             objects: deps.objects.clone(),
         })
         .register(ProbeHandler)
+        .register(SendEmailHandler {
+            mailer: deps.mailer.clone(),
+            product_name: deps.product_name.clone(),
+        })
+        .register(SendSmsHandler {
+            sms: deps.sms.clone(),
+            product_name: deps.product_name.clone(),
+        })
         .register(PruneJobsHandler {
             retention: config.finished_job_retention_ms,
         })

@@ -417,6 +417,8 @@ pub enum EmailProvider {
 pub struct EmailSettings {
     /// `dev` (default), `smtp` or `http`.
     pub provider: EmailProvider,
+    /// The product's name in every notice, email and SMS.
+    pub product_name: String,
     /// The sender mailbox, `Kiln <noreply@example.com>` or a bare address;
     /// required for `smtp` and `http` (dev uses `kiln <noreply@localhost>`).
     pub from: Option<String>,
@@ -445,6 +447,7 @@ impl Default for EmailSettings {
     fn default() -> Self {
         EmailSettings {
             provider: EmailProvider::Dev,
+            product_name: "kiln".to_owned(),
             from: None,
             smtp_host: None,
             smtp_port: None,
@@ -459,7 +462,8 @@ impl Default for EmailSettings {
     }
 }
 
-const DEV_FROM: &str = "kiln <noreply@localhost>";
+/// The sender of the offline `dev` mailer when `email.from` is unset.
+pub const DEV_FROM: &str = "kiln <noreply@localhost>";
 
 /// `Some` only when set to something other than blanks.
 fn present(value: &Option<String>) -> Option<&str> {

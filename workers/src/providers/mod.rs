@@ -11,7 +11,6 @@ pub mod http;
 mod message;
 pub mod openai;
 pub mod sms;
-pub mod templates;
 
 use std::collections::BTreeMap;
 use std::fmt;
