@@ -6,6 +6,7 @@
 pub mod config;
 pub mod dev;
 pub mod email;
+pub mod fal;
 pub mod fetch;
 pub mod http;
 mod message;
@@ -19,8 +20,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use kiln_jobs::JobError;
+use tokio_util::sync::CancellationToken;
 
 pub use dev::{DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator};
+pub use fal::{DevUpscaler, FalUpscaler};
 
 /// Turns a prompt into images (OpenAI-compatible `/v1/images/generations`,
 /// or the offline `dev` renderer).
@@ -77,6 +80,72 @@ pub trait Moderator: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     async fn check_text(&self, text: &str) -> Result<Decision, ProviderError>;
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError>;
+}
+
+/// Makes an image larger (fal.ai's queue API, or the offline `dev`
+/// nearest-neighbour scaler).
+#[async_trait]
+pub trait Upscaler: Send + Sync + 'static {
+    /// Recorded with each result: which provider upscaled it.
+    fn name(&self) -> &'static str;
+    /// The upscaled image, or an error. When `cancel` fires while the
+    /// provider still queues or runs the request, the provider is told to
+    /// drop it and the answer is `Permanent` with code `cancelled`.
+    async fn upscale(
+        &self,
+        req: &UpscaleRequest,
+        cancel: &CancellationToken,
+    ) -> Result<UpscaledImage, ProviderError>;
+}
+
+/// Only the image and the factor: nothing about who asked leaves kiln.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpscaleRequest {
+    /// A signed URL of the source image in kiln's own storage (never a URL
+    /// the user gave). Real providers fetch it themselves.
+    pub image_url: String,
+    /// Output side = input side × `scale`.
+    pub scale: u32,
+    /// The source PNG, for the offline `dev` upscaler only (it cannot fetch
+    /// `image_url` without a server); real providers ignore it.
+    pub source_png: Option<Bytes>,
+}
+
+/// Neither the signature of `image_url` nor megabytes of PNG belong in
+/// logs: prints the URL without its query string and the source's size.
+impl fmt::Debug for UpscaleRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.image_url.split(['?', '#']).next().unwrap_or_default();
+        let mut s = f.debug_struct("UpscaleRequest");
+        s.field("image_url", &url).field("scale", &self.scale);
+        match &self.source_png {
+            Some(png) => s.field("source_png", &format_args!("<{} bytes>", png.len())),
+            None => s.field("source_png", &None::<()>),
+        };
+        s.finish()
+    }
+}
+
+/// The upscaled image as the provider made it (PNG, JPEG or WebP, named by
+/// `content_type`), with its size.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpscaledImage {
+    pub bytes: Bytes,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Prints the size instead of the bytes.
+impl fmt::Debug for UpscaledImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpscaledImage")
+            .field("bytes", &format_args!("<{} bytes>", self.bytes.len()))
+            .field("content_type", &self.content_type)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .finish()
+    }
 }
 
 /// A moderation verdict, stored as given: `categories` are the flagged
@@ -197,11 +266,38 @@ mod tests {
     }
 
     #[test]
+    fn upscale_debug_omits_bytes_and_signatures() {
+        let req = UpscaleRequest {
+            image_url: "https://kiln.example/v1/files/a.png?exp=1&sig=secret".to_owned(),
+            scale: 2,
+            source_png: Some(Bytes::from(vec![0u8; 10])),
+        };
+        assert_eq!(
+            format!("{req:?}"),
+            "UpscaleRequest { image_url: \"https://kiln.example/v1/files/a.png\", scale: 2, \
+             source_png: <10 bytes> }"
+        );
+        let image = UpscaledImage {
+            bytes: Bytes::from(vec![0u8; 2048]),
+            content_type: "image/png".to_owned(),
+            width: 16,
+            height: 12,
+        };
+        assert_eq!(
+            format!("{image:?}"),
+            "UpscaledImage { bytes: <2048 bytes>, content_type: \"image/png\", width: 16, \
+             height: 12 }"
+        );
+    }
+
+    #[test]
     fn providers_are_usable_as_trait_objects() {
         let generator: Arc<dyn ImageGenerator> = Arc::new(DevGenerator);
         let moderator: Arc<dyn Moderator> = Arc::new(DevModerator::default());
+        let upscaler: Arc<dyn Upscaler> = Arc::new(DevUpscaler);
         assert_eq!(generator.name(), "dev");
         assert_eq!(moderator.name(), "dev");
+        assert_eq!(upscaler.name(), "dev");
     }
 
     #[test]
