@@ -54,6 +54,26 @@ use clap::{Parser, Subcommand};
 ///   moderation.model          KILN_MODERATION_MODEL         omni-moderation-latest
 ///   moderation.thresholds     KILN_MODERATION_THRESHOLDS    '{violence=0.5}' (category -> score)
 ///   moderation.timeout_ms     KILN_MODERATION_TIMEOUT_MS    30000
+///   email.provider            KILN_EMAIL_PROVIDER           dev | smtp | http
+///   email.product_name        KILN_EMAIL_PRODUCT_NAME       kiln (in every notice)
+///   email.from                KILN_EMAIL_FROM               (required for smtp, http)
+///   email.smtp_host           KILN_EMAIL_SMTP_HOST          (required for smtp)
+///   email.smtp_port           KILN_EMAIL_SMTP_PORT          587 | 465 | 25 by smtp_tls
+///   email.smtp_tls            KILN_EMAIL_SMTP_TLS           starttls | tls | none
+///   email.smtp_username       KILN_EMAIL_SMTP_USERNAME      (with smtp_password)
+///   email.smtp_password       KILN_EMAIL_SMTP_PASSWORD
+///   email.http_base_url       KILN_EMAIL_HTTP_BASE_URL      https://api.resend.com
+///   email.http_api_key        KILN_EMAIL_HTTP_API_KEY       (required for http)
+///   email.timeout_ms          KILN_EMAIL_TIMEOUT_MS         10000
+///   email.outbox_dir          KILN_EMAIL_OUTBOX_DIR         data/outbox (dev)
+///   sms.provider              KILN_SMS_PROVIDER             dev | twilio
+///   sms.account_sid           KILN_SMS_ACCOUNT_SID          (required for twilio)
+///   sms.auth_token            KILN_SMS_AUTH_TOKEN           (required for twilio)
+///   sms.from                  KILN_SMS_FROM                 +15005550006 (or messaging_service_sid)
+///   sms.messaging_service_sid KILN_SMS_MESSAGING_SERVICE_SID MG...
+///   sms.base_url              KILN_SMS_BASE_URL             https://api.twilio.com
+///   sms.timeout_ms            KILN_SMS_TIMEOUT_MS           10000
+///   sms.outbox_dir            KILN_SMS_OUTBOX_DIR           data/outbox (dev)
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, verbatim_doc_comment)]
 pub struct Cli {
