@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod fetch;
 pub mod http;
+pub mod limits;
 pub mod openai;
 
 use std::collections::BTreeMap;
