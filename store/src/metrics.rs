@@ -20,6 +20,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub oldest_due_seconds: GaugeVec,
     pub workers_busy: IntGaugeVec,
+    pub provider_rate_limit_wait_seconds: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -102,6 +103,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             registry.register(Box::new(g.clone()))?;
             g
         },
+        provider_rate_limit_wait_seconds: histogram(
+            "kiln_provider_rate_limit_wait_seconds",
+            "Time a provider call waited for its shared rate or concurrency limit",
+            &["provider"],
+        )?,
         registry,
     };
     Ok(metrics)

@@ -9,6 +9,7 @@ pub mod email;
 pub mod fal;
 pub mod fetch;
 pub mod http;
+pub mod limits;
 mod message;
 pub mod openai;
 pub mod sms;
