@@ -74,6 +74,10 @@ use clap::{Parser, Subcommand};
 ///   sms.base_url              KILN_SMS_BASE_URL             https://api.twilio.com
 ///   sms.timeout_ms            KILN_SMS_TIMEOUT_MS           10000
 ///   sms.outbox_dir            KILN_SMS_OUTBOX_DIR           data/outbox (dev)
+///   rate_limits.providers     KILN_RATE_LIMITS_PROVIDERS    '{images={requests_per_second=5}}'
+///   rate_limits.redis_url     KILN_RATE_LIMITS_REDIS_URL    (unset: limits per process)
+///   rate_limits.key_prefix    KILN_RATE_LIMITS_KEY_PREFIX   kiln:ratelimit:
+///   rate_limits.concurrency_lease_ms KILN_RATE_LIMITS_CONCURRENCY_LEASE_MS 60000
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, verbatim_doc_comment)]
 pub struct Cli {

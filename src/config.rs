@@ -16,8 +16,10 @@ use kiln_scheduler::SchedulerConfig;
 use kiln_workers::{
     WorkerConfig,
     providers::{
-        config::{ImagesSettings, ModerationSettings},
+        config::{ImagesSettings, ModerationSettings, ProviderSettings},
         email::EmailSettings,
+        fal::UpscaleSettings,
+        limits::RateLimitSettings,
         sms::SmsSettings,
     },
 };
@@ -36,8 +38,10 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub images: ImagesSettings,
     pub moderation: ModerationSettings,
+    pub upscale: UpscaleSettings,
     pub email: EmailSettings,
     pub sms: SmsSettings,
+    pub rate_limits: RateLimitSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,8 +79,10 @@ const SECTIONS: &[&str] = &[
     "storage",
     "images",
     "moderation",
+    "upscale",
     "email",
     "sms",
+    "rate_limits",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -155,6 +161,18 @@ impl Default for LogSettings {
 }
 
 impl Settings {
+    /// The provider sections together, as the workers build them.
+    pub fn providers(&self) -> ProviderSettings {
+        ProviderSettings {
+            images: self.images.clone(),
+            moderation: self.moderation.clone(),
+            upscale: self.upscale.clone(),
+            email: self.email.clone(),
+            sms: self.sms.clone(),
+            rate_limits: self.rate_limits.clone(),
+        }
+    }
+
     /// Reads the file (when given) and the environment, then validates.
     /// Errors name the offending setting.
     pub fn load(file: Option<&Path>) -> Result<Settings, String> {
@@ -165,15 +183,16 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
+        // `RATE_LIMITS_REDIS_URL` -> `rate_limits.redis_url`: the section
+        // name may hold underscores itself.
         let setting_key = |key: &str| {
             let key = key.to_ascii_lowercase();
-            SECTIONS
-                .iter()
-                .any(|s| {
-                    key.strip_prefix(s)
-                        .is_some_and(|rest| rest.starts_with('_') && rest.len() > 1)
-                })
-                .then(|| key.replacen('_', ".", 1))
+            SECTIONS.iter().find_map(|section| {
+                key.strip_prefix(section)
+                    .and_then(|rest| rest.strip_prefix('_'))
+                    .filter(|rest| !rest.is_empty())
+                    .map(|rest| format!("{section}.{rest}"))
+            })
         };
         figment = figment.merge(
             Env::prefixed("KILN_")
@@ -225,16 +244,7 @@ impl Settings {
         self.api
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
-        self.images
-            .validate()
-            .map_err(|e| format!("invalid setting {e}"))?;
-        self.moderation
-            .validate()
-            .map_err(|e| format!("invalid setting {e}"))?;
-        self.email
-            .validate()
-            .map_err(|e| format!("invalid setting {e}"))?;
-        self.sms
+        self.providers()
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         if let Some(key) = &self.storage.signing_key

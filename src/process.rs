@@ -116,14 +116,9 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %internal_addr, "metrics listening");
     if roles.workers {
-        let deps = kiln_workers::handlers::Deps::from_settings(
-            &settings.images,
-            &settings.moderation,
-            &settings.email,
-            &settings.sms,
-            objects.clone(),
-        )
-        .map_err(anyhow::Error::msg)?;
+        let deps =
+            kiln_workers::handlers::Deps::from_settings(&settings.providers(), objects.clone())
+                .map_err(anyhow::Error::msg)?;
         let registry = kiln_workers::handlers::registry(&settings.worker, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();

@@ -15,8 +15,8 @@ pub use send_notice::{SendEmailHandler, SendSmsHandler};
 use crate::{
     Registry, WorkerConfig,
     providers::{
-        DevGenerator, DevModerator, ImageGenerator, Moderator,
-        config::{ImagesSettings, ModerationSettings},
+        DevGenerator, DevModerator, DevUpscaler, ImageGenerator, Moderator, Upscaler,
+        config::ProviderSettings,
         email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
         sms::{DevSms, SmsSender, SmsSettings},
     },
@@ -28,6 +28,7 @@ use kiln_store::Objects;
 pub struct Deps {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
+    pub upscaler: Arc<dyn Upscaler>,
     pub mailer: Arc<dyn Mailer>,
     pub sms: Arc<dyn SmsSender>,
     /// The product's name in notices.
@@ -36,20 +37,17 @@ pub struct Deps {
 }
 
 impl Deps {
-    /// The providers the settings name, over the given storage.
-    pub fn from_settings(
-        images: &ImagesSettings,
-        moderation: &ModerationSettings,
-        email: &EmailSettings,
-        sms: &SmsSettings,
-        objects: Objects,
-    ) -> Result<Deps, String> {
+    /// The providers the settings name, behind the shared rate limits,
+    /// over the given storage.
+    pub fn from_settings(settings: &ProviderSettings, objects: Objects) -> Result<Deps, String> {
+        let built = settings.build()?;
         Ok(Deps {
-            generator: images.build()?,
-            moderator: moderation.build()?,
-            mailer: email.build()?,
-            sms: sms.build()?,
-            product_name: email.product_name.clone(),
+            generator: built.generator,
+            moderator: built.moderator,
+            upscaler: built.upscaler,
+            mailer: built.mailer,
+            sms: built.sms,
+            product_name: settings.email.product_name.clone(),
             objects,
         })
     }
@@ -61,6 +59,7 @@ impl Deps {
         Deps {
             generator: Arc::new(DevGenerator),
             moderator: Arc::new(DevModerator::new(blocked_words)),
+            upscaler: Arc::new(DevUpscaler),
             mailer: Arc::new(DevMailer::new(email.outbox_dir.clone(), DEV_FROM)),
             sms: Arc::new(DevSms::new(SmsSettings::default().outbox_dir)),
             product_name: email.product_name,

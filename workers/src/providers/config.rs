@@ -1,6 +1,7 @@
-//! Which image and moderation providers run, and how to reach them: the
-//! `images` and `moderation` settings sections. `dev` (offline, the
-//! embedded default) or `openai` (any OpenAI-compatible server).
+//! Which providers run, and how to reach them: the `images` and
+//! `moderation` settings sections (`dev`, offline, the embedded default;
+//! or `openai`, any OpenAI-compatible server), and [`ProviderSettings`],
+//! every provider section together with the shared rate limits.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -8,9 +9,69 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{
-    DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator, ImageGenerator, Moderator,
+    DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator, ImageGenerator, Moderator, Upscaler,
+    email::{EmailSettings, Mailer},
+    fal::UpscaleSettings,
+    limits::{Limited, RateLimitSettings},
     openai::{OpenAiEndpoint, OpenAiImages, OpenAiModerator},
+    sms::{SmsSender, SmsSettings},
 };
+
+/// Every provider section, as the binary's settings hold them.
+#[derive(Clone, Default)]
+pub struct ProviderSettings {
+    pub images: ImagesSettings,
+    pub moderation: ModerationSettings,
+    pub upscale: UpscaleSettings,
+    pub email: EmailSettings,
+    pub sms: SmsSettings,
+    pub rate_limits: RateLimitSettings,
+}
+
+/// Each provider behind the shared limiter, keyed by its settings section
+/// (`rate_limits.providers.images`, `.moderation`, `.upscale`, `.email`,
+/// `.sms`); a key without a limit costs nothing.
+pub struct BuiltProviders {
+    pub generator: Arc<dyn ImageGenerator>,
+    pub moderator: Arc<dyn Moderator>,
+    pub upscaler: Arc<dyn Upscaler>,
+    pub mailer: Arc<dyn Mailer>,
+    pub sms: Arc<dyn SmsSender>,
+}
+
+impl ProviderSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        self.images.validate()?;
+        self.moderation.validate()?;
+        self.upscale.validate()?;
+        self.email.validate()?;
+        self.sms.validate()?;
+        self.rate_limits.validate()
+    }
+
+    pub fn build(&self) -> Result<BuiltProviders, String> {
+        let limiter = self.rate_limits.build()?;
+        Ok(BuiltProviders {
+            generator: Arc::new(Limited::new(
+                self.images.build()?,
+                limiter.clone(),
+                "images",
+            )),
+            moderator: Arc::new(Limited::new(
+                self.moderation.build()?,
+                limiter.clone(),
+                "moderation",
+            )),
+            upscaler: Arc::new(Limited::new(
+                self.upscale.build()?,
+                limiter.clone(),
+                "upscale",
+            )),
+            mailer: Arc::new(Limited::new(self.email.build()?, limiter.clone(), "email")),
+            sms: Arc::new(Limited::new(self.sms.build()?, limiter, "sms")),
+        })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

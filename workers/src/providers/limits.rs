@@ -35,7 +35,13 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Decision, GeneratedImage, ImageGenerator, ImageRequest, Moderator, ProviderError};
+use super::{
+    Decision, GeneratedImage, ImageGenerator, ImageRequest, Moderator, ProviderError,
+    UpscaleRequest, UpscaledImage, Upscaler,
+    email::{EmailMessage, Mailer},
+    sms::{SentMessage, SmsSender},
+};
+use tokio_util::sync::CancellationToken;
 
 /// The error code of a limiter that cannot answer (Redis down): the job
 /// retries later rather than calling the provider unlimited.
@@ -194,6 +200,43 @@ impl Moderator for Limited<dyn Moderator> {
 
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
         limited(&*self.limiter, &self.key, self.inner.check_image(png)).await
+    }
+}
+
+#[async_trait]
+impl Mailer for Limited<dyn Mailer> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn send(&self, msg: &EmailMessage) -> Result<SentMessage, ProviderError> {
+        limited(&*self.limiter, &self.key, self.inner.send(msg)).await
+    }
+}
+
+#[async_trait]
+impl SmsSender for Limited<dyn SmsSender> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn send(&self, to: &str, body: &str) -> Result<SentMessage, ProviderError> {
+        limited(&*self.limiter, &self.key, self.inner.send(to, body)).await
+    }
+}
+
+#[async_trait]
+impl Upscaler for Limited<dyn Upscaler> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn upscale(
+        &self,
+        req: &UpscaleRequest,
+        cancel: &CancellationToken,
+    ) -> Result<UpscaledImage, ProviderError> {
+        limited(&*self.limiter, &self.key, self.inner.upscale(req, cancel)).await
     }
 }
 
