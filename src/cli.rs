@@ -54,6 +54,14 @@ use clap::{Parser, Subcommand};
 ///   moderation.model          KILN_MODERATION_MODEL         omni-moderation-latest
 ///   moderation.thresholds     KILN_MODERATION_THRESHOLDS    '{violence=0.5}' (category -> score)
 ///   moderation.timeout_ms     KILN_MODERATION_TIMEOUT_MS    30000
+///   upscale.provider          KILN_UPSCALE_PROVIDER         dev | fal
+///   upscale.queue_base_url    KILN_UPSCALE_QUEUE_BASE_URL   https://queue.fal.run
+///   upscale.api_key           KILN_UPSCALE_API_KEY          (required with fal)
+///   upscale.model_id          KILN_UPSCALE_MODEL_ID         fal-ai/esrgan
+///   upscale.poll_interval_ms  KILN_UPSCALE_POLL_INTERVAL_MS 1000
+///   upscale.max_wait_ms       KILN_UPSCALE_MAX_WAIT_MS      600000
+///   upscale.timeout_ms        KILN_UPSCALE_TIMEOUT_MS       30000
+///   storage.public_base_url   KILN_STORAGE_PUBLIC_BASE_URL  (required with fal) https://kiln.example.com
 ///   email.provider            KILN_EMAIL_PROVIDER           dev | smtp | http
 ///   email.product_name        KILN_EMAIL_PRODUCT_NAME       kiln (in every notice)
 ///   email.from                KILN_EMAIL_FROM               (required for smtp, http)

@@ -54,6 +54,11 @@ pub struct StorageSettings {
     /// `storage.signing_key_file` on first start and reused.
     pub signing_key: Option<String>,
     pub signing_key_file: PathBuf,
+    /// Where clients and providers reach the API, e.g.
+    /// `https://kiln.example.com`: links handed to providers (an image to
+    /// upscale, a reference image) are absolute under it. Required with a
+    /// provider that fetches images (`upscale.provider = "fal"`).
+    pub public_base_url: Option<String>,
 }
 
 impl Default for StorageSettings {
@@ -62,6 +67,7 @@ impl Default for StorageSettings {
             root: PathBuf::from("data/objects"),
             signing_key: None,
             signing_key_file: PathBuf::from("data/signing.key"),
+            public_base_url: None,
         }
     }
 }
@@ -247,6 +253,21 @@ impl Settings {
         self.providers()
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
+        if let Some(base) = &self.storage.public_base_url
+            && !(base.starts_with("https://") || base.starts_with("http://"))
+        {
+            return Err(format!(
+                "invalid setting storage.public_base_url (KILN_STORAGE_PUBLIC_BASE_URL): {base:?} is not an http(s) URL"
+            ));
+        }
+        if self.upscale.provider == kiln_workers::providers::fal::UpscaleProviderKind::Fal
+            && self.storage.public_base_url.is_none()
+        {
+            return Err(
+                "invalid setting storage.public_base_url (KILN_STORAGE_PUBLIC_BASE_URL): required when upscale.provider = \"fal\", which fetches the image by link"
+                    .to_owned(),
+            );
+        }
         if let Some(key) = &self.storage.signing_key
             && hex::decode(key).map_or(true, |k| k.len() < 32)
         {

@@ -91,10 +91,11 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         None => kiln_store::UrlSigner::load_or_create(&settings.storage.signing_key_file)
             .context("loading the URL signing key (storage.signing_key_file)")?,
     };
+    let signer = std::sync::Arc::new(signer);
     let state = AppState {
         store: store.clone(),
         objects: objects.clone(),
-        signer: std::sync::Arc::new(signer),
+        signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -116,9 +117,17 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     }
     tracing::info!(addr = %internal_addr, "metrics listening");
     if roles.workers {
-        let deps =
-            kiln_workers::handlers::Deps::from_settings(&settings.providers(), objects.clone())
-                .map_err(anyhow::Error::msg)?;
+        let links = kiln_workers::handlers::ObjectLinks {
+            signer: signer.clone(),
+            public_base_url: settings.storage.public_base_url.clone(),
+            ttl: std::time::Duration::from_secs(settings.api.signed_url_ttl_secs),
+        };
+        let deps = kiln_workers::handlers::Deps::from_settings(
+            &settings.providers(),
+            objects.clone(),
+            links,
+        )
+        .map_err(anyhow::Error::msg)?;
         let registry = kiln_workers::handlers::registry(&settings.worker, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();

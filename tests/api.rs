@@ -348,3 +348,88 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
         "some attempts failed: {failed_attempts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_upscaled_twice_its_size_is_a_new_image_of_the_generation() {
+    let k = kiln(&[]).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "enlarger@example.com").await;
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a small boat", "size": "256x256"}),
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let generated = client.wait_final(&id).await;
+    let source = generated["result"]["images"][0].clone();
+    let source_id = source["id"].as_str().unwrap();
+
+    let upscale = |body: Value, key: &'static str| {
+        client
+            .request(reqwest::Method::POST, "/v1/upscales")
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let r = upscale(json!({"image_id": source_id, "scale": 2}), "up-1")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    assert_eq!(job["kind"], "upscale_image");
+    let again = upscale(json!({"image_id": source_id, "scale": 2}), "up-1")
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], job["id"]);
+    let other = upscale(json!({"image_id": source_id, "scale": 4}), "up-1")
+        .await
+        .unwrap();
+    assert_problem(other, 409, "conflict").await;
+
+    let done = client.wait_final(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["stage"], "done");
+    let image = &done["result"]["image"];
+    assert_ne!(image["id"], source["id"]);
+    assert_eq!(image["generation_id"], source["generation_id"]);
+    assert_eq!(
+        (image["width"].as_u64(), image["height"].as_u64()),
+        (Some(512), Some(512))
+    );
+    let bytes = reqwest::get(k.url(image["url"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(decode_png(&bytes), (512, 512));
+
+    // The generation still lists only what it generated.
+    let generated = client
+        .get(&format!("/v1/jobs/{id}"))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(generated["result"]["images"].as_array().unwrap().len(), 1);
+
+    // Bad scale, unknown or foreign image.
+    let r = client
+        .post("/v1/upscales", json!({"image_id": source_id, "scale": 3}))
+        .await;
+    assert_problem(r, 422, "invalid_input").await;
+    let r = client
+        .post("/v1/upscales", json!({"image_id": "not-an-id"}))
+        .await;
+    assert_problem(r, 404, "not_found").await;
+    let stranger = Client::signed_up(&k.url(""), "stranger@example.com").await;
+    let r = stranger
+        .post("/v1/upscales", json!({"image_id": source_id}))
+        .await;
+    assert_problem(r, 404, "not_found").await;
+}

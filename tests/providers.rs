@@ -94,6 +94,35 @@ async fn fake_openai(good: &[u8], bad: &[u8]) -> MockServer {
         .with_priority(3)
         .mount(&server)
         .await;
+    // fal's queue API: submitted, then completed at the first poll.
+    let base = server.uri();
+    Mock::given(method("POST"))
+        .and(path("/fal-ai/esrgan"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+            "request_id": "req-1", "status": "IN_QUEUE", "queue_position": 0,
+            "status_url": format!("{base}/fal-ai/esrgan/requests/req-1/status"),
+            "response_url": format!("{base}/fal-ai/esrgan/requests/req-1"),
+            "cancel_url": format!("{base}/fal-ai/esrgan/requests/req-1/cancel"),
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fal-ai/esrgan/requests/req-1/status"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"status": "COMPLETED"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/fal-ai/esrgan/requests/req-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"image": {
+            "url": format!("{base}/files/upscaled.png"),
+            "width": 128, "height": 128, "content_type": "image/png"}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files/upscaled.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_bytes(png(128, 128, 200)))
+        .mount(&server)
+        .await;
     server
 }
 
@@ -131,6 +160,11 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         .env("KILN_API_MODELS", "[gpt-image-1]")
         .env("KILN_API_DEFAULT_MODEL", "gpt-image-1")
         .env("KILN_API_SIZES", "[1024x1024]")
+        .env("KILN_UPSCALE_PROVIDER", "fal")
+        .env("KILN_UPSCALE_QUEUE_BASE_URL", fake.uri())
+        .env("KILN_UPSCALE_API_KEY", "fal-key-secret")
+        .env("KILN_UPSCALE_POLL_INTERVAL_MS", 50)
+        .env("KILN_STORAGE_PUBLIC_BASE_URL", "https://kiln.example")
         .spawn();
     k.wait_http(k.http, "/readyz").await;
     let email = "private.person@example.com";
@@ -209,6 +243,40 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
     );
     assert_eq!(decisions[5].2, json!(["violence"]));
 
+    // An upscale through fal: the provider gets a signed link to our copy,
+    // the result is moderated and stored as a new image.
+    let r = client
+        .post(
+            "/v1/upscales",
+            json!({"image_id": job["result"]["images"][0]["id"], "scale": 2}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let upscale = client
+        .wait_final(r.json::<Value>().await.unwrap()["id"].as_str().unwrap())
+        .await;
+    assert_eq!(upscale["state"], "succeeded", "{upscale}");
+    assert_eq!(upscale["result"]["image"]["width"], 128);
+    let submitted = fake
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/fal-ai/esrgan")
+        .unwrap();
+    assert_eq!(submitted.headers["authorization"], "Key fal-key-secret");
+    let body: Value = serde_json::from_slice(&submitted.body).unwrap();
+    let link = body["image_url"].as_str().unwrap();
+    assert!(
+        link.starts_with("https://kiln.example/v1/files/images/") && link.contains("signature="),
+        "{link}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only image_url and scale: {body}"
+    );
+
     // Nothing that names the user reached the provider (P8).
     let user_id: String = sqlx::query_scalar("SELECT id::text FROM users")
         .fetch_one(&mut conn)
@@ -228,13 +296,17 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
                 r.url.path()
             );
         }
-        let json: Value = serde_json::from_slice(&r.body).unwrap();
-        assert!(
-            json.get("user").is_none(),
-            "an OpenAI `user` field was sent"
-        );
+        // GETs (fal polling, downloads) have no body.
+        if let Ok(json) = serde_json::from_slice::<Value>(&r.body) {
+            assert!(
+                json.get("user").is_none(),
+                "an OpenAI `user` field was sent"
+            );
+        }
     }
     // Keys never land in the log.
     let log = k.log_text();
-    assert!(!log.contains("sk-images-secret") && !log.contains("sk-moderation-secret"));
+    for key in ["sk-images-secret", "sk-moderation-secret", "fal-key-secret"] {
+        assert!(!log.contains(key), "{key} in the log");
+    }
 }

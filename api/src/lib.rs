@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod idempotency;
 mod problem;
 mod resources;
 mod routes;

@@ -26,7 +26,8 @@ pub struct JobResource {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// For a finished generation: its images with signed URLs.
+    /// For a finished generation: `{"images": [...]}`; for a finished
+    /// upscale: `{"image": ...}`; images with signed URLs.
     pub result: Option<serde_json::Value>,
     pub error: Option<JobErrorBody>,
 }
@@ -57,8 +58,7 @@ impl AppState {
     pub fn image_url(&self, image: &ImageRecord) -> (String, DateTime<Utc>) {
         let expires =
             Utc::now() + chrono::Duration::seconds(self.config.signed_url_ttl_secs as i64);
-        let path = format!("/v1/files/{}", image.object_key);
-        (self.signer.sign(&path, expires), expires)
+        (self.signer.object_url(&image.object_key, expires), expires)
     }
 
     pub fn image_resource(&self, image: &ImageRecord) -> ImageResource {
@@ -89,6 +89,16 @@ impl AppState {
                 Some(serde_json::json!({
                     "images": images.iter().map(|i| self.image_resource(i)).collect::<Vec<_>>(),
                 }))
+            }
+            (Some(result), JobState::Succeeded, "upscale_image") => {
+                let image = match (
+                    result["image_id"].as_str().and_then(|id| id.parse().ok()),
+                    job.owner.as_deref().and_then(|o| o.parse().ok()),
+                ) {
+                    (Some(id), Some(owner)) => self.store.image(id, owner).await?,
+                    _ => None,
+                };
+                Some(serde_json::json!({ "image": image.map(|i| self.image_resource(&i)) }))
             }
             (result, _, _) => result.clone(),
         };

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs, SendEmail, SendSms};
+use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs, SendEmail, SendSms, UpscaleImage};
 
 /// A kind's policy as data, for code that meets jobs by their kind name
 /// (the store, the worker runtime, the admin API).
@@ -36,6 +36,7 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<PruneJobs>(),
     KindSpec::of::<SendEmail>(),
     KindSpec::of::<SendSms>(),
+    KindSpec::of::<UpscaleImage>(),
 ];
 
 pub fn spec(kind: &str) -> Option<&'static KindSpec> {

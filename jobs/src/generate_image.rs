@@ -21,10 +21,12 @@ impl Job for GenerateImage {
     const TIMEOUT: Duration = Duration::from_secs(180);
 }
 
-/// The stages a generation's job reports, in order.
+/// The stages image jobs report, in order.
 pub mod stage {
     pub const MODERATING_PROMPT: &str = "moderating_prompt";
     pub const GENERATING: &str = "generating";
+    /// An upscale's provider call.
+    pub const UPSCALING: &str = "upscaling";
     pub const MODERATING_OUTPUT: &str = "moderating_output";
     pub const DONE: &str = "done";
     pub const BLOCKED: &str = "blocked";

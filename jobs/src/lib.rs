@@ -10,6 +10,7 @@ mod notice;
 mod probe;
 mod prune_jobs;
 mod send_notice;
+mod upscale_image;
 
 pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, spec};
@@ -20,3 +21,4 @@ pub use notice::{Notice, escape_html};
 pub use probe::{Probe, ProbeFailure};
 pub use prune_jobs::PruneJobs;
 pub use send_notice::{SendEmail, SendSms};
+pub use upscale_image::UpscaleImage;

@@ -59,6 +59,8 @@ pub struct ImageRecord {
     pub content_type: String,
     pub bytes: i64,
     pub created_at: DateTime<Utc>,
+    /// The image this one was upscaled from; `None` for a generated one.
+    pub source_image_id: Option<Uuid>,
 }
 
 /// One moderation decision about a prompt or a generated image (P7),
@@ -131,7 +133,8 @@ pub trait Generations: Send + Sync {
         &self,
         generation_id: Uuid,
     ) -> Result<Vec<ImageRecord>, StoreError>;
-    /// Removes image rows of a generation (a retried attempt starts clean).
+    /// Removes the generated image rows of a generation (a retried attempt
+    /// starts clean); upscales made from them stay.
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError>;
     /// An owner's image; `None` when it does not exist or is someone else's.
     async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;

@@ -44,6 +44,9 @@ pub enum SignatureError {
     Invalid,
 }
 
+/// Where the API serves stored objects.
+pub const OBJECT_ROUTE: &str = "/v1/files/";
+
 impl UrlSigner {
     /// Refuses keys shorter than [`MIN_KEY_LEN`] bytes.
     pub fn new(key: Vec<u8>) -> Result<UrlSigner, StoreError> {
@@ -75,6 +78,11 @@ impl UrlSigner {
         let expires = expires_at.timestamp();
         let signature = hex::encode(self.mac(path, expires).finalize().into_bytes());
         format!("{path}?expires={expires}&signature={signature}")
+    }
+
+    /// The signed link to a stored object, served by `GET /v1/files/{key}`.
+    pub fn object_url(&self, object_key: &str, expires_at: DateTime<Utc>) -> String {
+        self.sign(&format!("{OBJECT_ROUTE}{object_key}"), expires_at)
     }
 
     /// Checks the signature (in constant time) before the expiry. A link is

@@ -46,6 +46,12 @@ impl JobContext {
         self.cancel.cancelled().await
     }
 
+    /// Fires when the job is cancelled or its claim is lost: for provider
+    /// calls that must tell the provider to stop too.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }

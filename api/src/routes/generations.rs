@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::{
-    AppState, Json, Problem, auth::CurrentUser, config::parse_size, resources::JobResource,
+    AppState, Json, Problem, auth::CurrentUser, config::parse_size, idempotency,
+    resources::JobResource,
 };
 
 pub fn routes() -> Router<AppState> {
@@ -30,8 +31,6 @@ pub struct GenerationRequest {
     /// Images to make, 1 to `api.max_images`; default 1.
     pub n: Option<u32>,
 }
-
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 #[utoipa::path(post, path = "/v1/generations", tag = "generations",
     security(("bearer" = [])),
@@ -89,21 +88,7 @@ async fn create(
             config.max_images
         )));
     }
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .map_err(|_| Problem::bad_request("Idempotency-Key must be visible ASCII"))?
-                .trim();
-            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
-                return Err(Problem::bad_request(format!(
-                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
-                )));
-            }
-            Some(key.to_owned())
-        }
-    };
+    let idempotency_key = idempotency::key(&headers)?;
     // The canonical request, to compare idempotent retries.
     let canonical = serde_json::json!({"prompt": prompt, "model": model, "size": size, "n": n});
     let request_hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));

@@ -5,6 +5,7 @@ mod images;
 mod jobs;
 mod metrics;
 mod openapi;
+mod upscales;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())
+        .merge(upscales::routes())
         .merge(openapi::routes())
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async {

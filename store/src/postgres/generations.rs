@@ -58,11 +58,13 @@ fn image_from(row: &PgRow) -> Result<ImageRecord, StoreError> {
         content_type: row.try_get("content_type")?,
         bytes: row.try_get("bytes")?,
         created_at: row.try_get("created_at")?,
+        source_image_id: row.try_get("source_image_id")?,
     })
 }
 
 const IMAGE_COLUMNS: &str =
-    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at";
+    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at,
+     source_image_id";
 
 impl PgStore {
     async fn generation_where(
@@ -152,8 +154,8 @@ impl Generations for PgStore {
     async fn add_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO images (id, generation_id, owner, object_key, width, height,
-                                 content_type, bytes, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 content_type, bytes, created_at, source_image_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(image.id)
         .bind(image.generation_id)
@@ -164,6 +166,7 @@ impl Generations for PgStore {
         .bind(&image.content_type)
         .bind(image.bytes)
         .bind(image.created_at)
+        .bind(image.source_image_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -210,7 +213,8 @@ impl Generations for PgStore {
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images
-             WHERE generation_id = $1 AND deleted_at IS NULL ORDER BY id"
+             WHERE generation_id = $1 AND source_image_id IS NULL AND deleted_at IS NULL
+             ORDER BY id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(generation_id)
@@ -220,7 +224,7 @@ impl Generations for PgStore {
     }
 
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM images WHERE generation_id = $1")
+        sqlx::query("DELETE FROM images WHERE generation_id = $1 AND source_image_id IS NULL")
             .bind(generation_id)
             .execute(&self.pool)
             .await?;

@@ -36,7 +36,8 @@ fn moderation_from(row: &SqliteRow) -> Result<ModerationRecord, StoreError> {
 }
 
 const IMAGE_COLUMNS: &str =
-    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at";
+    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at,
+     source_image_id";
 
 fn generation_from(row: &SqliteRow) -> Result<Generation, StoreError> {
     Ok(Generation {
@@ -63,6 +64,11 @@ fn image_from(row: &SqliteRow) -> Result<ImageRecord, StoreError> {
         content_type: row.try_get("content_type")?,
         bytes: row.try_get("bytes")?,
         created_at: time(row.try_get("created_at")?)?,
+        source_image_id: row
+            .try_get::<Option<String>, _>("source_image_id")?
+            .as_deref()
+            .map(uuid)
+            .transpose()?,
     })
 }
 
@@ -159,8 +165,8 @@ impl Generations for SqliteStore {
     async fn add_image(&self, image: &ImageRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO images (id, generation_id, owner, object_key, width, height,
-                                 content_type, bytes, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 content_type, bytes, created_at, source_image_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(image.id.to_string())
         .bind(image.generation_id.to_string())
@@ -171,6 +177,7 @@ impl Generations for SqliteStore {
         .bind(&image.content_type)
         .bind(image.bytes)
         .bind(image.created_at.timestamp_millis())
+        .bind(image.source_image_id.map(|id| id.to_string()))
         .execute(&self.writer)
         .await?;
         Ok(())
@@ -217,7 +224,8 @@ impl Generations for SqliteStore {
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images
-             WHERE generation_id = ? AND deleted_at IS NULL ORDER BY id"
+             WHERE generation_id = ? AND source_image_id IS NULL AND deleted_at IS NULL
+             ORDER BY id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(generation_id.to_string())
@@ -227,7 +235,7 @@ impl Generations for SqliteStore {
     }
 
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM images WHERE generation_id = ?")
+        sqlx::query("DELETE FROM images WHERE generation_id = ? AND source_image_id IS NULL")
             .bind(generation_id.to_string())
             .execute(&self.writer)
             .await?;

@@ -5,13 +5,14 @@ use chrono::Utc;
 use kiln_jobs::{GenerateImage, JobError, stage};
 use kiln_store::{
     Objects, StoreError,
-    generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
+    generations::{ImageRecord, ModerationSubject},
 };
 use uuid::Uuid;
 
 use crate::{
     Handler, JobContext, Outcome,
-    providers::{Decision, ImageGenerator, ImageRequest, Moderator},
+    handlers::moderation,
+    providers::{ImageGenerator, ImageRequest, Moderator},
 };
 
 /// Moderate the prompt, generate, moderate every output, deliver. Nothing
@@ -20,32 +21,6 @@ pub struct GenerateImageHandler {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
     pub objects: Objects,
-}
-
-impl GenerateImageHandler {
-    /// Every decision is kept, allowed or not (P7), for its retention (P13).
-    async fn record(
-        &self,
-        ctx: &JobContext,
-        generation: &Generation,
-        subject: ModerationSubject,
-        decision: &Decision,
-    ) -> Result<(), JobError> {
-        ctx.store()
-            .record_moderation(&ModerationRecord {
-                id: Uuid::now_v7(),
-                owner: generation.owner,
-                generation_id: Some(generation.id),
-                subject,
-                provider: self.moderator.name().to_owned(),
-                allowed: decision.allowed,
-                categories: decision.categories.clone(),
-                scores: decision.scores.clone(),
-                created_at: Utc::now(),
-            })
-            .await
-            .map_err(unavailable)
-    }
 }
 
 fn unavailable(e: StoreError) -> JobError {
@@ -73,8 +48,15 @@ impl Handler<GenerateImage> for GenerateImageHandler {
 
         ctx.progress(stage::MODERATING_PROMPT, 5).await?;
         let decision = self.moderator.check_text(&generation.prompt).await?;
-        self.record(ctx, &generation, ModerationSubject::Prompt, &decision)
-            .await?;
+        moderation::record(
+            store,
+            generation.owner,
+            generation.id,
+            ModerationSubject::Prompt,
+            self.moderator.name(),
+            &decision,
+        )
+        .await?;
         if !decision.allowed {
             ctx.progress(stage::BLOCKED, 100).await?;
             return Err(blocked("prompt"));
@@ -98,8 +80,15 @@ impl Handler<GenerateImage> for GenerateImageHandler {
         ctx.progress(stage::MODERATING_OUTPUT, 70).await?;
         for image in &images {
             let decision = self.moderator.check_image(&image.png).await?;
-            self.record(ctx, &generation, ModerationSubject::Image, &decision)
-                .await?;
+            moderation::record(
+                store,
+                generation.owner,
+                generation.id,
+                ModerationSubject::Image,
+                self.moderator.name(),
+                &decision,
+            )
+            .await?;
             if !decision.allowed {
                 ctx.progress(stage::BLOCKED, 100).await?;
                 return Err(blocked("generated image"));
@@ -134,6 +123,7 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 content_type: "image/png".to_owned(),
                 bytes: image.png.len() as i64,
                 created_at: Utc::now(),
+                source_image_id: None,
             };
             self.objects
                 .put(&record.object_key, image.png)

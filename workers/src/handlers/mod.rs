@@ -1,16 +1,21 @@
 //! One handler per job kind, and the list that registers them all.
 
 mod generate_image;
+mod links;
+mod moderation;
 mod probe;
 mod prune_jobs;
 mod send_notice;
+mod upscale_image;
 
 use std::sync::Arc;
 
 pub use generate_image::GenerateImageHandler;
+pub use links::ObjectLinks;
 pub use probe::ProbeHandler;
 pub use prune_jobs::PruneJobsHandler;
 pub use send_notice::{SendEmailHandler, SendSmsHandler};
+pub use upscale_image::UpscaleImageHandler;
 
 use crate::{
     Registry, WorkerConfig,
@@ -21,7 +26,7 @@ use crate::{
         sms::{DevSms, SmsSender, SmsSettings},
     },
 };
-use kiln_store::Objects;
+use kiln_store::{Objects, UrlSigner};
 
 /// What handlers need from outside: providers and object storage.
 #[derive(Clone)]
@@ -34,12 +39,18 @@ pub struct Deps {
     /// The product's name in notices.
     pub product_name: String,
     pub objects: Objects,
+    /// Signed links providers fetch stored images by.
+    pub links: ObjectLinks,
 }
 
 impl Deps {
     /// The providers the settings name, behind the shared rate limits,
     /// over the given storage.
-    pub fn from_settings(settings: &ProviderSettings, objects: Objects) -> Result<Deps, String> {
+    pub fn from_settings(
+        settings: &ProviderSettings,
+        objects: Objects,
+        links: ObjectLinks,
+    ) -> Result<Deps, String> {
         let built = settings.build()?;
         Ok(Deps {
             generator: built.generator,
@@ -49,6 +60,7 @@ impl Deps {
             sms: built.sms,
             product_name: settings.email.product_name.clone(),
             objects,
+            links,
         })
     }
 
@@ -64,7 +76,24 @@ impl Deps {
             sms: Arc::new(DevSms::new(SmsSettings::default().outbox_dir)),
             product_name: email.product_name,
             objects,
+            // A throwaway key: nothing verifies these links in-process.
+            links: ObjectLinks {
+                signer: Arc::new(throwaway_signer()),
+                public_base_url: None,
+                ttl: std::time::Duration::from_secs(600),
+            },
         }
+    }
+}
+
+fn throwaway_signer() -> UrlSigner {
+    let key: Vec<u8> = (0..4)
+        .flat_map(|_| uuid::Uuid::now_v7().into_bytes())
+        .collect();
+    match UrlSigner::new(key) {
+        Ok(signer) => signer,
+        // 64 bytes always meet the minimum key length.
+        Err(e) => unreachable!("a 64-byte key was refused: {e}"),
     }
 }
 
@@ -75,6 +104,12 @@ pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
             generator: deps.generator.clone(),
             moderator: deps.moderator.clone(),
             objects: deps.objects.clone(),
+        })
+        .register(UpscaleImageHandler {
+            upscaler: deps.upscaler.clone(),
+            moderator: deps.moderator.clone(),
+            objects: deps.objects.clone(),
+            links: deps.links.clone(),
         })
         .register(ProbeHandler)
         .register(SendEmailHandler {

@@ -336,8 +336,28 @@ impl Moderator for OpenAiModerator {
     /// The image goes inline as a data URL: generated images are not yet
     /// visible anywhere, and no URL of ours has to be reachable from the
     /// provider.
-    async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
-        let url = format!("data:image/png;base64,{}", BASE64.encode(png));
+    async fn check_image(&self, image: &[u8]) -> Result<Decision, ProviderError> {
+        // Upscalers may answer JPEG or WebP: label the bytes as what they are.
+        let mime = match image {
+            [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
+            [
+                b'R',
+                b'I',
+                b'F',
+                b'F',
+                _,
+                _,
+                _,
+                _,
+                b'W',
+                b'E',
+                b'B',
+                b'P',
+                ..,
+            ] => "image/webp",
+            _ => "image/png",
+        };
+        let url = format!("data:{mime};base64,{}", BASE64.encode(image));
         self.moderate(json!({ "type": "image_url", "image_url": { "url": url } }))
             .await
     }

@@ -1,0 +1,96 @@
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use kiln_jobs::UpscaleImage;
+use kiln_store::NewJob;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::{
+    AppState, Json, Problem, auth::CurrentUser, idempotency, problem::parse_id,
+    resources::JobResource,
+};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/v1/upscales", post(create))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpscaleRequest {
+    /// One of your images (from a generation's result).
+    pub image_id: String,
+    /// 2 or 4; default 2.
+    pub scale: Option<u32>,
+}
+
+#[utoipa::path(post, path = "/v1/upscales", tag = "upscales",
+    security(("bearer" = [])),
+    request_body = UpscaleRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "the same key with the same body returns the same job; with another body, 409")),
+    responses(
+        (status = 202, description = "enqueued; poll the job at `Location`; its result names the new image", body = JobResource),
+        (status = 200, description = "the job an earlier request with this Idempotency-Key made", body = JobResource),
+        (status = 400, description = "malformed JSON or header", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 404, description = "no such image of yours", body = Problem),
+        (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
+        (status = 422, description = "scale is not 2 or 4", body = Problem),
+    ))]
+async fn create(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Json(req): Json<UpscaleRequest>,
+) -> Result<Response, Problem> {
+    let image_id = parse_id(&req.image_id, "image")?;
+    let scale = req.scale.unwrap_or(2);
+    if !UpscaleImage::SCALES.contains(&scale) {
+        return Err(Problem::invalid(format!(
+            "scale must be one of {:?}",
+            UpscaleImage::SCALES
+        )));
+    }
+    let key = idempotency::key(&headers)?;
+    // Another user's image is as absent as a missing one.
+    state
+        .store
+        .image(image_id, user.id)
+        .await?
+        .ok_or_else(|| Problem::not_found("image"))?;
+
+    let payload = UpscaleImage { image_id, scale };
+    let mut job = NewJob::of(&payload)
+        .map_err(Problem::internal)?
+        .owner(user.id.to_string());
+    job.idempotency_key = key;
+    let enqueued = state.store.enqueue(job).await?;
+    let job = state
+        .store
+        .get(enqueued.id)
+        .await?
+        .ok_or_else(|| Problem::internal("enqueued job vanished"))?;
+    let status = if enqueued.created {
+        StatusCode::ACCEPTED
+    } else if serde_json::from_value::<UpscaleImage>(job.payload.clone()).ok() == Some(payload) {
+        StatusCode::OK
+    } else {
+        return Err(Problem::conflict(
+            "this Idempotency-Key was used with a different request",
+        ));
+    };
+    let location = format!("/v1/jobs/{}", job.id);
+    let body = state.job_resource(job).await?;
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
