@@ -34,6 +34,7 @@ use clap::{Parser, Subcommand};
 ///   api.signed_url_ttl_secs   KILN_API_SIGNED_URL_TTL_SECS  600
 ///   api.max_prompt_chars      KILN_API_MAX_PROMPT_CHARS     4000
 ///   api.max_images            KILN_API_MAX_IMAGES           4
+///   api.max_reference_images  KILN_API_MAX_REFERENCE_IMAGES 4
 ///   api.sizes                 KILN_API_SIZES                '[256x256,512x512,1024x1024,1024x1536,1536x1024]'
 ///   api.models                KILN_API_MODELS               '[dev-image-1]'
 ///   api.default_model         KILN_API_DEFAULT_MODEL        dev-image-1
@@ -62,6 +63,10 @@ use clap::{Parser, Subcommand};
 ///   upscale.max_wait_ms       KILN_UPSCALE_MAX_WAIT_MS      600000
 ///   upscale.timeout_ms        KILN_UPSCALE_TIMEOUT_MS       30000
 ///   storage.public_base_url   KILN_STORAGE_PUBLIC_BASE_URL  (required with fal) https://kiln.example.com
+///   reference_images.max_bytes KILN_REFERENCE_IMAGES_MAX_BYTES 20971520
+///   reference_images.timeout_ms KILN_REFERENCE_IMAGES_TIMEOUT_MS 15000
+///   reference_images.allow_http KILN_REFERENCE_IMAGES_ALLOW_HTTP false (tests only)
+///   reference_images.allow_private_addresses KILN_REFERENCE_IMAGES_ALLOW_PRIVATE_ADDRESSES false (tests only)
 ///   email.provider            KILN_EMAIL_PROVIDER           dev | smtp | http
 ///   email.product_name        KILN_EMAIL_PRODUCT_NAME       kiln (in every notice)
 ///   email.from                KILN_EMAIL_FROM               (required for smtp, http)

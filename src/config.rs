@@ -19,6 +19,7 @@ use kiln_workers::{
         config::{ImagesSettings, ModerationSettings, ProviderSettings},
         email::EmailSettings,
         fal::UpscaleSettings,
+        fetch::FetchPolicy,
         limits::RateLimitSettings,
         sms::SmsSettings,
     },
@@ -42,6 +43,7 @@ pub struct Settings {
     pub email: EmailSettings,
     pub sms: SmsSettings,
     pub rate_limits: RateLimitSettings,
+    pub reference_images: FetchPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +91,7 @@ const SECTIONS: &[&str] = &[
     "email",
     "sms",
     "rate_limits",
+    "reference_images",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ impl Settings {
             email: self.email.clone(),
             sms: self.sms.clone(),
             rate_limits: self.rate_limits.clone(),
+            reference_images: self.reference_images.clone(),
         }
     }
 

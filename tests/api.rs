@@ -433,3 +433,61 @@ async fn an_image_upscaled_twice_its_size_is_a_new_image_of_the_generation() {
         .await;
     assert_problem(r, 404, "not_found").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_images_at_private_addresses_are_refused() {
+    let k = kiln(&[]).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "sneaky@example.com").await;
+    let refused = [
+        "https://127.0.0.1/cat.png",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:10.0.0.1]/cat.png",
+        "https://localhost/cat.png",
+        // Plain http is refused before any address is looked at.
+        "http://images.example/cat.png",
+    ];
+    for url in refused {
+        let r = client
+            .post(
+                "/v1/generations",
+                json!({"prompt": "a cat", "size": "256x256", "reference_image_urls": [url]}),
+            )
+            .await;
+        assert_eq!(r.status(), 202, "{url}");
+        let id = r.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let job = client.wait_final(&id).await;
+        assert_eq!(job["state"], "failed", "{url}: {job}");
+        let code = job["error"]["code"].as_str().unwrap();
+        assert!(
+            ["address_not_allowed", "scheme_not_allowed"].contains(&code),
+            "{url}: {code}"
+        );
+        assert_eq!(job["attempt"], 1, "{url}: a refused address is not retried");
+    }
+
+    for (body, why) in [
+        (
+            json!({"prompt": "a cat", "reference_image_urls": ["ftp://x/cat.png"]}),
+            "not http(s)",
+        ),
+        (
+            json!({"prompt": "a cat", "reference_image_urls": ["cat.png"]}),
+            "not a URL",
+        ),
+        (
+            json!({"prompt": "a cat", "reference_image_urls": vec!["https://a.example/1.png"; 5]}),
+            "too many",
+        ),
+        (
+            json!({"prompt": "a cat", "reference_image_urls": "https://a.example/1.png"}),
+            "not a list",
+        ),
+    ] {
+        let r = client.post("/v1/generations", body).await;
+        assert!(r.status() == 422, "{why}: {}", r.status());
+    }
+}

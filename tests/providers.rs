@@ -94,6 +94,22 @@ async fn fake_openai(good: &[u8], bad: &[u8]) -> MockServer {
         .with_priority(3)
         .mount(&server)
         .await;
+    // Edits with reference images, and a client's photo to start from.
+    Mock::given(method("POST"))
+        .and(path("/v1/images/edits"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(images(good)))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/photos/cat.png"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "image/png")
+                .set_body_bytes(png(16, 16, 120)),
+        )
+        .mount(&server)
+        .await;
+
     // fal's queue API: submitted, then completed at the first poll.
     let base = server.uri();
     Mock::given(method("POST"))
@@ -165,6 +181,10 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         .env("KILN_UPSCALE_API_KEY", "fal-key-secret")
         .env("KILN_UPSCALE_POLL_INTERVAL_MS", 50)
         .env("KILN_STORAGE_PUBLIC_BASE_URL", "https://kiln.example")
+        // The fake's "photo host" is on 127.0.0.1 over http: allowed here
+        // only, by the test-only settings.
+        .env("KILN_REFERENCE_IMAGES_ALLOW_HTTP", true)
+        .env("KILN_REFERENCE_IMAGES_ALLOW_PRIVATE_ADDRESSES", true)
         .spawn();
     k.wait_http(k.http, "/readyz").await;
     let email = "private.person@example.com";
@@ -242,6 +262,44 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         ]
     );
     assert_eq!(decisions[5].2, json!(["violence"]));
+
+    // A reference image: fetched once, re-hosted, and the provider gets a
+    // signed link to kiln's copy, not the client's URL.
+    let photo = format!("{}/photos/cat.png", fake.uri());
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "this cat as a lighthouse keeper", "size": "1024x1024",
+                   "model": "gpt-image-1", "reference_image_urls": [photo]}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let edited = client
+        .wait_final(r.json::<Value>().await.unwrap()["id"].as_str().unwrap())
+        .await;
+    assert_eq!(edited["state"], "succeeded", "{edited}");
+    let edit = fake
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.url.path() == "/v1/images/edits")
+        .unwrap();
+    let body: Value = serde_json::from_slice(&edit.body).unwrap();
+    let link = body["images"][0]["image_url"].as_str().unwrap();
+    assert!(
+        link.starts_with("https://kiln.example/v1/files/refs/") && link.contains("signature="),
+        "{link}"
+    );
+    assert!(!String::from_utf8_lossy(&edit.body).contains("/photos/cat.png"));
+    let photo_fetches = fake
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.url.path() == "/photos/cat.png")
+        .count();
+    assert_eq!(photo_fetches, 1, "the client's URL is fetched once");
 
     // An upscale through fal: the provider gets a signed link to our copy,
     // the result is moderated and stored as a new image.

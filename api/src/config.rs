@@ -14,6 +14,8 @@ pub struct ApiConfig {
     pub max_prompt_chars: usize,
     /// The most images one generation may ask for.
     pub max_images: u32,
+    /// The most reference images one generation may give.
+    pub max_reference_images: usize,
     /// Image sizes a generation may ask for, as `WIDTHxHEIGHT`.
     pub sizes: Vec<String>,
     /// The model used when a request names none.
@@ -34,6 +36,7 @@ impl Default for ApiConfig {
             signed_url_ttl_secs: 600,
             max_prompt_chars: 4000,
             max_images: 4,
+            max_reference_images: 4,
             sizes: ["256x256", "512x512", "1024x1024", "1024x1536", "1536x1024"]
                 .map(String::from)
                 .to_vec(),

@@ -24,6 +24,8 @@ impl Job for GenerateImage {
 /// The stages image jobs report, in order.
 pub mod stage {
     pub const MODERATING_PROMPT: &str = "moderating_prompt";
+    /// Fetching, checking and re-hosting the client's reference images.
+    pub const FETCHING_REFERENCES: &str = "fetching_references";
     pub const GENERATING: &str = "generating";
     /// An upscale's provider call.
     pub const UPSCALING: &str = "upscaling";

@@ -16,6 +16,8 @@ pub struct NewGeneration {
     pub width: u32,
     pub height: u32,
     pub n: u32,
+    /// Images to start from, as the client gave them (fetched by a worker).
+    pub reference_urls: Vec<String>,
     /// SHA-256 of the canonical request, to tell an idempotent retry from a
     /// different request under the same key.
     pub request_hash: String,
@@ -45,6 +47,7 @@ pub struct Generation {
     pub width: u32,
     pub height: u32,
     pub n: u32,
+    pub reference_urls: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 

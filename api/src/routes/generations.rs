@@ -30,7 +30,14 @@ pub struct GenerationRequest {
     pub size: Option<String>,
     /// Images to make, 1 to `api.max_images`; default 1.
     pub n: Option<u32>,
+    /// Up to `api.max_reference_images` https URLs of images to start
+    /// from. kiln fetches each once (public addresses only, no redirects,
+    /// images only, size-capped) and gives the provider its own copy.
+    pub reference_image_urls: Option<Vec<String>>,
 }
+
+/// The longest reference URL accepted.
+const MAX_URL_LEN: usize = 2048;
 
 #[utoipa::path(post, path = "/v1/generations", tag = "generations",
     security(("bearer" = [])),
@@ -45,7 +52,7 @@ pub struct GenerationRequest {
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 422, description = "empty or oversized prompt, bad size, model or n", body = Problem),
+        (status = 422, description = "empty or oversized prompt, bad size, model, n or reference_image_urls", body = Problem),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -88,9 +95,30 @@ async fn create(
             config.max_images
         )));
     }
+    let reference_urls = req.reference_image_urls.unwrap_or_default();
+    if reference_urls.len() > config.max_reference_images {
+        return Err(Problem::invalid(format!(
+            "at most {} reference_image_urls",
+            config.max_reference_images
+        )));
+    }
+    for url in &reference_urls {
+        let parsed = url::Url::parse(url).ok();
+        let web = parsed
+            .as_ref()
+            .is_some_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+        if !web || url.len() > MAX_URL_LEN {
+            return Err(Problem::invalid(format!(
+                "reference_image_urls must be http(s) URLs of at most {MAX_URL_LEN} characters"
+            )));
+        }
+    }
     let idempotency_key = idempotency::key(&headers)?;
     // The canonical request, to compare idempotent retries.
-    let canonical = serde_json::json!({"prompt": prompt, "model": model, "size": size, "n": n});
+    let canonical = serde_json::json!({
+        "prompt": prompt, "model": model, "size": size, "n": n,
+        "reference_image_urls": reference_urls,
+    });
     let request_hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
     let outcome = state
         .store
@@ -101,6 +129,7 @@ async fn create(
             width,
             height,
             n,
+            reference_urls,
             request_hash,
             idempotency_key,
         })

@@ -12,7 +12,8 @@ use crate::{
     },
 };
 
-const GENERATION_COLUMNS: &str = "id, job_id, owner, prompt, model, width, height, n, created_at";
+const GENERATION_COLUMNS: &str =
+    "id, job_id, owner, prompt, model, width, height, n, reference_urls, created_at";
 
 fn generation_from(row: &PgRow) -> Result<Generation, StoreError> {
     Ok(Generation {
@@ -24,6 +25,8 @@ fn generation_from(row: &PgRow) -> Result<Generation, StoreError> {
         width: row.try_get::<i32, _>("width")? as u32,
         height: row.try_get::<i32, _>("height")? as u32,
         n: row.try_get::<i32, _>("n")? as u32,
+        reference_urls: serde_json::from_value(row.try_get("reference_urls")?)
+            .map_err(|e| StoreError::Corrupt(format!("generation reference_urls: {e}")))?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -105,8 +108,9 @@ impl Generations for PgStore {
             });
         }
         sqlx::query(
-            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n, request_hash)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                      request_hash, reference_urls)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(enqueued.id)
@@ -117,6 +121,7 @@ impl Generations for PgStore {
         .bind(g.height as i32)
         .bind(g.n as i32)
         .bind(&g.request_hash)
+        .bind(serde_json::json!(g.reference_urls))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

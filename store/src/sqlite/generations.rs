@@ -12,7 +12,8 @@ use crate::{
     },
 };
 
-const GENERATION_COLUMNS: &str = "id, job_id, owner, prompt, model, width, height, n, created_at";
+const GENERATION_COLUMNS: &str =
+    "id, job_id, owner, prompt, model, width, height, n, reference_urls, created_at";
 fn moderation_from(row: &SqliteRow) -> Result<ModerationRecord, StoreError> {
     let subject: String = row.try_get("subject")?;
     let generation_id: Option<String> = row.try_get("generation_id")?;
@@ -49,6 +50,8 @@ fn generation_from(row: &SqliteRow) -> Result<Generation, StoreError> {
         width: row.try_get::<i64, _>("width")? as u32,
         height: row.try_get::<i64, _>("height")? as u32,
         n: row.try_get::<i64, _>("n")? as u32,
+        reference_urls: serde_json::from_str(&row.try_get::<String, _>("reference_urls")?)
+            .map_err(|e| StoreError::Corrupt(format!("generation reference_urls: {e}")))?,
         created_at: time(row.try_get("created_at")?)?,
     })
 }
@@ -113,8 +116,8 @@ impl Generations for SqliteStore {
         }
         sqlx::query(
             "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
-                                     request_hash, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     request_hash, created_at, reference_urls)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(enqueued.id.to_string())
@@ -126,6 +129,7 @@ impl Generations for SqliteStore {
         .bind(i64::from(g.n))
         .bind(&g.request_hash)
         .bind(now_ms())
+        .bind(serde_json::json!(g.reference_urls).to_string())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

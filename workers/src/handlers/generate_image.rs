@@ -5,14 +5,14 @@ use chrono::Utc;
 use kiln_jobs::{GenerateImage, JobError, stage};
 use kiln_store::{
     Objects, StoreError,
-    generations::{ImageRecord, ModerationSubject},
+    generations::{Generation, ImageRecord, ModerationSubject},
 };
 use uuid::Uuid;
 
 use crate::{
     Handler, JobContext, Outcome,
-    handlers::moderation,
-    providers::{ImageGenerator, ImageRequest, Moderator},
+    handlers::{ObjectLinks, moderation},
+    providers::{ImageGenerator, ImageRequest, Moderator, fetch::GuardedFetcher},
 };
 
 /// Moderate the prompt, generate, moderate every output, deliver. Nothing
@@ -21,6 +21,50 @@ pub struct GenerateImageHandler {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
     pub objects: Objects,
+    pub fetcher: Arc<GuardedFetcher>,
+    pub links: ObjectLinks,
+}
+
+impl GenerateImageHandler {
+    /// Fetches each reference image once (guarded), moderates it like any
+    /// image, and re-hosts it under `refs/<generation>/`: the provider gets
+    /// a signed link to kiln's copy, never the client's URL.
+    async fn rehost_references(
+        &self,
+        ctx: &JobContext,
+        generation: &Generation,
+    ) -> Result<Vec<String>, JobError> {
+        let mut links = Vec::with_capacity(generation.reference_urls.len());
+        for (index, url) in generation.reference_urls.iter().enumerate() {
+            let image = self.fetcher.fetch_image(url).await?;
+            let decision = self.moderator.check_image(&image.bytes).await?;
+            moderation::record(
+                ctx.store(),
+                generation.owner,
+                generation.id,
+                ModerationSubject::Image,
+                self.moderator.name(),
+                &decision,
+            )
+            .await?;
+            if !decision.allowed {
+                ctx.progress(stage::BLOCKED, 100).await?;
+                return Err(blocked("reference image"));
+            }
+            let extension = image
+                .content_type
+                .strip_prefix("image/")
+                .unwrap_or("bin")
+                .replace("jpeg", "jpg");
+            let key = format!("refs/{}/{index}.{extension}", generation.id);
+            self.objects
+                .put(&key, image.bytes)
+                .await
+                .map_err(unavailable)?;
+            links.push(self.links.url(&key));
+        }
+        Ok(links)
+    }
 }
 
 fn unavailable(e: StoreError) -> JobError {
@@ -62,6 +106,13 @@ impl Handler<GenerateImage> for GenerateImageHandler {
             return Err(blocked("prompt"));
         }
 
+        let reference_urls = if generation.reference_urls.is_empty() {
+            Vec::new()
+        } else {
+            ctx.progress(stage::FETCHING_REFERENCES, 10).await?;
+            self.rehost_references(ctx, &generation).await?
+        };
+
         ctx.progress(stage::GENERATING, 20).await?;
         let started = Instant::now();
         let images = self
@@ -72,7 +123,7 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 width: generation.width,
                 height: generation.height,
                 n: generation.n,
-                reference_urls: Vec::new(),
+                reference_urls,
             })
             .await?;
         let provider_latency = started.elapsed();

@@ -23,6 +23,7 @@ use crate::{
         DevGenerator, DevModerator, DevUpscaler, ImageGenerator, Moderator, Upscaler,
         config::ProviderSettings,
         email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
+        fetch::{FetchPolicy, GuardedFetcher},
         sms::{DevSms, SmsSender, SmsSettings},
     },
 };
@@ -41,6 +42,8 @@ pub struct Deps {
     pub objects: Objects,
     /// Signed links providers fetch stored images by.
     pub links: ObjectLinks,
+    /// Fetches clients' reference images, guarded against SSRF.
+    pub fetcher: Arc<GuardedFetcher>,
 }
 
 impl Deps {
@@ -61,6 +64,7 @@ impl Deps {
             product_name: settings.email.product_name.clone(),
             objects,
             links,
+            fetcher: built.fetcher,
         })
     }
 
@@ -82,6 +86,7 @@ impl Deps {
                 public_base_url: None,
                 ttl: std::time::Duration::from_secs(600),
             },
+            fetcher: Arc::new(GuardedFetcher::new(FetchPolicy::default())),
         }
     }
 }
@@ -104,6 +109,8 @@ pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
             generator: deps.generator.clone(),
             moderator: deps.moderator.clone(),
             objects: deps.objects.clone(),
+            fetcher: deps.fetcher.clone(),
+            links: deps.links.clone(),
         })
         .register(UpscaleImageHandler {
             upscaler: deps.upscaler.clone(),

@@ -12,6 +12,7 @@ use super::{
     DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator, ImageGenerator, Moderator, Upscaler,
     email::{EmailSettings, Mailer},
     fal::UpscaleSettings,
+    fetch::{FetchPolicy, GuardedFetcher},
     limits::{Limited, RateLimitSettings},
     openai::{OpenAiEndpoint, OpenAiImages, OpenAiModerator},
     sms::{SmsSender, SmsSettings},
@@ -26,6 +27,8 @@ pub struct ProviderSettings {
     pub email: EmailSettings,
     pub sms: SmsSettings,
     pub rate_limits: RateLimitSettings,
+    /// How reference images from clients are fetched (`[reference_images]`).
+    pub reference_images: FetchPolicy,
 }
 
 /// Each provider behind the shared limiter, keyed by its settings section
@@ -37,6 +40,7 @@ pub struct BuiltProviders {
     pub upscaler: Arc<dyn Upscaler>,
     pub mailer: Arc<dyn Mailer>,
     pub sms: Arc<dyn SmsSender>,
+    pub fetcher: Arc<GuardedFetcher>,
 }
 
 impl ProviderSettings {
@@ -69,6 +73,7 @@ impl ProviderSettings {
             )),
             mailer: Arc::new(Limited::new(self.email.build()?, limiter.clone(), "email")),
             sms: Arc::new(Limited::new(self.sms.build()?, limiter, "sms")),
+            fetcher: Arc::new(GuardedFetcher::new(self.reference_images.clone())),
         })
     }
 }

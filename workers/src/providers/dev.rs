@@ -253,6 +253,11 @@ impl Moderator for DevModerator {
     /// Judges the prompt the dev generator embedded; an image without one
     /// (from elsewhere) is allowed, since there is nothing to judge offline.
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
+        // Only kiln's own PNGs carry a prompt to judge by; a reference
+        // image in another format has nothing the word list can read.
+        if !png.starts_with(b"\x89PNG") {
+            return Ok(self.judge(""));
+        }
         let png = png.to_vec();
         let prompt = blocking(move || {
             embedded_prompt(&png).map_err(|e| {

@@ -48,7 +48,10 @@ pub struct FetchPolicy {
     pub max_bytes: u64,
     /// Connecting, sending and reading the whole body, together. Written as
     /// whole milliseconds (`timeout_ms`) in settings.
-    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    #[serde(
+        rename = "timeout_ms",
+        deserialize_with = "crate::config::millis::deserialize"
+    )]
     pub timeout: Duration,
 }
 
@@ -61,10 +64,6 @@ impl Default for FetchPolicy {
             timeout: Duration::from_secs(15),
         }
     }
-}
-
-fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    u64::deserialize(d).map(Duration::from_millis)
 }
 
 /// A downloaded image whose bytes were checked to be one of the accepted

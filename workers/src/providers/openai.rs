@@ -337,7 +337,8 @@ impl Moderator for OpenAiModerator {
     /// visible anywhere, and no URL of ours has to be reachable from the
     /// provider.
     async fn check_image(&self, image: &[u8]) -> Result<Decision, ProviderError> {
-        // Upscalers may answer JPEG or WebP: label the bytes as what they are.
+        // Upscalers and reference images may be JPEG, WebP or GIF: label
+        // the bytes as what they are.
         let mime = match image {
             [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
             [
