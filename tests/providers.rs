@@ -336,17 +336,22 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
     );
 
     // Nothing that names the user reached the provider (P8).
-    let user_id: String = sqlx::query_scalar("SELECT id::text FROM users")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (user_id, referral_code): (String, String) =
+        sqlx::query_as("SELECT id::text, referral_code FROM users")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
     let token = client.token.clone().unwrap();
     let requests = fake.received_requests().await.unwrap();
     assert!(requests.len() >= 9, "{} requests", requests.len());
     for r in &requests {
         let body = String::from_utf8_lossy(&r.body);
         let headers = format!("{:?}", r.headers);
-        for secret in [email, "private.person", &user_id, &token, "127.0.0.1\""] {
+        // The client's IP would travel in a forwarding header: none is sent.
+        for forwarding in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+            assert!(!r.headers.contains_key(forwarding), "{forwarding} sent");
+        }
+        for secret in [email, "private.person", &user_id, &referral_code, &token] {
             assert!(!body.contains(secret), "{secret} sent to {}", r.url.path());
             assert!(
                 !headers.contains(secret),
