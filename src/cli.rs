@@ -40,7 +40,15 @@ use clap::{Parser, Subcommand};
 ///   api.default_model         KILN_API_DEFAULT_MODEL        dev-image-1
 ///   api.body_limit_bytes      KILN_API_BODY_LIMIT_BYTES     65536
 ///   api.request_timeout_ms    KILN_API_REQUEST_TIMEOUT_MS   40000
+///   storage.backend           KILN_STORAGE_BACKEND          local | s3
 ///   storage.root              KILN_STORAGE_ROOT             data/objects
+///   storage.s3_bucket         KILN_STORAGE_S3_BUCKET        (required with s3)
+///   storage.s3_region         KILN_STORAGE_S3_REGION        us-east-1
+///   storage.s3_endpoint       KILN_STORAGE_S3_ENDPOINT      https://oss-cn-hangzhou.aliyuncs.com
+///   storage.s3_access_key_id  KILN_STORAGE_S3_ACCESS_KEY_ID (required with s3)
+///   storage.s3_secret_access_key KILN_STORAGE_S3_SECRET_ACCESS_KEY (required with s3)
+///   storage.s3_virtual_hosted_style KILN_STORAGE_S3_VIRTUAL_HOSTED_STYLE true
+///   storage.s3_allow_http     KILN_STORAGE_S3_ALLOW_HTTP    false (tests only)
 ///   storage.signing_key       KILN_STORAGE_SIGNING_KEY      (hex, >= 32 bytes; shared by all `serve`s)
 ///   storage.signing_key_file  KILN_STORAGE_SIGNING_KEY_FILE data/signing.key (generated when no key is set)
 ///   images.provider           KILN_IMAGES_PROVIDER          dev | openai

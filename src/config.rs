@@ -24,6 +24,7 @@ use kiln_workers::{
         sms::SmsSettings,
     },
 };
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,11 +47,26 @@ pub struct Settings {
     pub reference_images: FetchPolicy,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
+    /// `local` (files under `root`) or `s3` (an S3-compatible bucket:
+    /// AWS, Alibaba OSS, MinIO). Either way nothing is public: objects are
+    /// served by kiln behind signed, expiring links.
+    pub backend: StorageBackend,
     /// Local directory for private objects (images, exports).
     pub root: PathBuf,
+    pub s3_bucket: Option<String>,
+    pub s3_region: String,
+    /// The region endpoint, e.g. `https://oss-cn-hangzhou.aliyuncs.com`;
+    /// unset for AWS.
+    pub s3_endpoint: Option<String>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<SecretString>,
+    /// `<bucket>.<endpoint host>` requests, which OSS requires.
+    pub s3_virtual_hosted_style: bool,
+    /// TEST ONLY: a plain-http endpoint.
+    pub s3_allow_http: bool,
     /// Hex key (32+ bytes) that signs object URLs. Every `serve` process
     /// must share it. When unset, a key is generated into
     /// `storage.signing_key_file` on first start and reused.
@@ -63,10 +79,61 @@ pub struct StorageSettings {
     pub public_base_url: Option<String>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    #[default]
+    Local,
+    S3,
+}
+
+impl StorageSettings {
+    /// The bucket, as the settings describe it.
+    pub fn objects(&self) -> Result<kiln_store::Objects, String> {
+        match self.backend {
+            StorageBackend::Local => {
+                kiln_store::Objects::local(&self.root).map_err(|e| format!("storage.root: {e}"))
+            }
+            StorageBackend::S3 => {
+                let required = |value: &Option<String>, name: &str| {
+                    value
+                        .clone()
+                        .filter(|v| !v.trim().is_empty())
+                        .ok_or_else(|| {
+                            format!("storage.{name}: required when storage.backend = \"s3\"")
+                        })
+                };
+                let secret = self
+                    .s3_secret_access_key
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned());
+                kiln_store::Objects::s3(&kiln_store::S3Options {
+                    bucket: required(&self.s3_bucket, "s3_bucket")?,
+                    region: self.s3_region.clone(),
+                    endpoint: self.s3_endpoint.clone(),
+                    access_key_id: required(&self.s3_access_key_id, "s3_access_key_id")?,
+                    secret_access_key: required(&secret, "s3_secret_access_key")?,
+                    virtual_hosted_style: self.s3_virtual_hosted_style,
+                    allow_http: self.s3_allow_http,
+                })
+                .map_err(|e| format!("storage.s3_bucket: {e}"))
+            }
+        }
+    }
+}
+
 impl Default for StorageSettings {
     fn default() -> Self {
         StorageSettings {
+            backend: StorageBackend::Local,
             root: PathBuf::from("data/objects"),
+            s3_bucket: None,
+            s3_region: "us-east-1".to_owned(),
+            s3_endpoint: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_virtual_hosted_style: true,
+            s3_allow_http: false,
             signing_key: None,
             signing_key_file: PathBuf::from("data/signing.key"),
             public_base_url: None,
@@ -271,6 +338,23 @@ impl Settings {
                 "invalid setting storage.public_base_url (KILN_STORAGE_PUBLIC_BASE_URL): required when upscale.provider = \"fal\", which fetches the image by link"
                     .to_owned(),
             );
+        }
+        if self.storage.backend == StorageBackend::S3 {
+            for (name, missing) in [
+                ("s3_bucket", self.storage.s3_bucket.is_none()),
+                ("s3_access_key_id", self.storage.s3_access_key_id.is_none()),
+                (
+                    "s3_secret_access_key",
+                    self.storage.s3_secret_access_key.is_none(),
+                ),
+            ] {
+                if missing {
+                    return Err(format!(
+                        "invalid setting storage.{name} (KILN_STORAGE_{}): required when storage.backend = \"s3\"",
+                        name.to_ascii_uppercase()
+                    ));
+                }
+            }
         }
         if let Some(key) = &self.storage.signing_key
             && hex::decode(key).map_or(true, |k| k.len() < 32)

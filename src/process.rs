@@ -84,8 +84,10 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         store = open_store(&settings) => store?,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let objects = kiln_store::Objects::local(&settings.storage.root)
-        .context("opening object storage (storage.root)")?;
+    let objects = settings
+        .storage
+        .objects()
+        .map_err(|e| anyhow::anyhow!("opening object storage: {e}"))?;
     let signer = match &settings.storage.signing_key {
         Some(hex_key) => kiln_store::UrlSigner::new(hex::decode(hex_key)?)?,
         None => kiln_store::UrlSigner::load_or_create(&settings.storage.signing_key_file)

@@ -373,3 +373,99 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         assert!(!log.contains(key), "{key} in the log");
     }
 }
+
+/// A fake S3 bucket: keeps what is PUT, serves it on GET (path style).
+#[derive(Clone, Default)]
+struct FakeBucket(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>);
+
+impl wiremock::Respond for FakeBucket {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let key = request.url.path().to_owned();
+        let mut objects = self.0.lock().unwrap();
+        match request.method.as_str() {
+            "PUT" => {
+                objects.insert(key, request.body.clone());
+                ResponseTemplate::new(200).insert_header("etag", "\"1\"")
+            }
+            "GET" | "HEAD" => match objects.get(&key) {
+                Some(body) => ResponseTemplate::new(200)
+                    .insert_header("etag", "\"1\"")
+                    .insert_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
+                    .set_body_bytes(body.clone()),
+                None => ResponseTemplate::new(404)
+                    .set_body_string("<Error><Code>NoSuchKey</Code></Error>"),
+            },
+            "DELETE" => {
+                objects.remove(&key);
+                ResponseTemplate::new(204)
+            }
+            _ => ResponseTemplate::new(405),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_live_in_a_private_s3_bucket_and_are_served_by_signed_links() {
+    let bucket = FakeBucket::default();
+    let s3 = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(bucket.clone())
+        .mount(&s3)
+        .await;
+    let k = kiln(&[])
+        .env("KILN_STORAGE_BACKEND", "s3")
+        .env("KILN_STORAGE_S3_BUCKET", "kiln-images")
+        .env("KILN_STORAGE_S3_REGION", "oss-cn-hangzhou")
+        .env("KILN_STORAGE_S3_ENDPOINT", s3.uri())
+        .env("KILN_STORAGE_S3_ACCESS_KEY_ID", "LTAI-test")
+        .env("KILN_STORAGE_S3_SECRET_ACCESS_KEY", "oss-secret")
+        .env("KILN_STORAGE_S3_VIRTUAL_HOSTED_STYLE", false)
+        .env("KILN_STORAGE_S3_ALLOW_HTTP", true)
+        .spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "bucketed@example.com").await;
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a lantern", "size": "256x256"}),
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = client.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let image = &job["result"]["images"][0];
+
+    // The bytes went to the bucket, signed; kiln serves them by its link.
+    let key = format!("/kiln-images/images/{}.png", image["id"].as_str().unwrap());
+    let stored = bucket
+        .0
+        .lock()
+        .unwrap()
+        .get(&key)
+        .cloned()
+        .expect("object in the bucket");
+    let put = s3
+        .received_requests()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.method.as_str() == "PUT")
+        .unwrap();
+    assert!(
+        put.headers["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("AWS4-HMAC-SHA256 Credential=LTAI-test/")
+    );
+    let served = reqwest::get(k.url(image["url"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(served.as_ref(), stored.as_slice());
+    assert!(!k.log_text().contains("oss-secret"));
+}

@@ -22,7 +22,7 @@ pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
     Lease, NewJob, QueueStat, Rescued, StoreEvent,
 };
-pub use objects::Objects;
+pub use objects::{Objects, S3Options};
 pub use postgres::PgStore;
 pub use queue::{Database, Queue};
 pub use signed_url::{SignatureError, UrlSigner};
