@@ -10,7 +10,7 @@
 use std::{io::Cursor, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::{
     Response, StatusCode, Url,
     header::{AUTHORIZATION, HeaderValue},
@@ -34,7 +34,6 @@ const MAX_POLL_FAILURES: u32 = 3;
 
 /// The largest image kiln downloads: an upscaled 4096² RGBA PNG is ~64 MiB
 /// uncompressed; anything beyond this is not an answer we want to hold.
-const MAX_IMAGE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The factors the dev upscaler accepts.
 pub const DEV_MAX_SCALE: u32 = 4;
@@ -327,51 +326,6 @@ impl FalUpscaler {
                 )
             })
     }
-
-    /// Downloads from fal's file CDN, without the key (it is not the queue
-    /// host), stopping at [`MAX_IMAGE_BYTES`].
-    async fn download(&self, url: &str) -> Result<Bytes, ProviderError> {
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(PROVIDER, &e))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(http::status_error(
-                PROVIDER,
-                status,
-                response.headers(),
-                Some("image_download_failed".to_owned()),
-                Some("the upscaled image could not be downloaded".to_owned()),
-            ));
-        }
-        let too_large = || {
-            ProviderError::transient(
-                "invalid_image",
-                format!("{PROVIDER} sent an image over {MAX_IMAGE_BYTES} bytes"),
-            )
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_IMAGE_BYTES as u64)
-        {
-            return Err(too_large());
-        }
-        let mut bytes = BytesMut::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| http::transport_error(PROVIDER, &e))?
-        {
-            if bytes.len() + chunk.len() > MAX_IMAGE_BYTES {
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes.freeze())
-    }
 }
 
 #[async_trait]
@@ -397,7 +351,10 @@ impl Upscaler for FalUpscaler {
         // Completed (and billed): cancelling now only stops our own work.
         let fetch = async {
             let file = self.result(&queued, req).await?;
-            let bytes = self.download(&file.url).await?;
+            // fal's file CDN, without the key: it is not the queue host.
+            let bytes =
+                http::download_image(&self.client, PROVIDER, &file.url, "the upscaled image")
+                    .await?;
             described(bytes, file.width, file.height)
         };
         tokio::select! {

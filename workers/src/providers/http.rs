@@ -134,6 +134,58 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ProviderError {
     }
 }
 
+/// The largest image a provider may hand back (an 8K PNG stays well under).
+pub const MAX_IMAGE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Downloads a provider's result file (no key: CDN links are signed by the
+/// provider), stopping as soon as it passes [`MAX_IMAGE_BYTES`]. `what`
+/// names the file in errors, e.g. "the upscaled image".
+pub async fn download_image(
+    client: &reqwest::Client,
+    provider: &str,
+    url: &str,
+    what: &str,
+) -> Result<bytes::Bytes, ProviderError> {
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, &e))?;
+    if !response.status().is_success() {
+        return Err(status_error(
+            provider,
+            response.status(),
+            response.headers(),
+            Some("image_download_failed".to_owned()),
+            Some(format!("{what} could not be downloaded")),
+        ));
+    }
+    let too_large = || {
+        ProviderError::transient(
+            "invalid_image",
+            format!("{provider} sent {what} over {MAX_IMAGE_BYTES} bytes"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_IMAGE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(provider, &e))?
+    {
+        if bytes.len() + chunk.len() > MAX_IMAGE_BYTES {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
 /// reqwest's message without the request URL: the error history needs the
 /// cause, not the address (which may carry a signed query string).
 fn without_url(e: &reqwest::Error) -> String {

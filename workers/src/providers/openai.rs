@@ -121,30 +121,6 @@ impl OpenAiImages {
             quality,
         }
     }
-
-    /// A `url` result expires within the hour: fetch it now.
-    async fn download(&self, url: &str) -> Result<Bytes, ProviderError> {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(PROVIDER, &e))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            return Err(http::status_error(
-                PROVIDER,
-                status,
-                response.headers(),
-                Some("image_download_failed".to_owned()),
-                Some("the generated image could not be downloaded".to_owned()),
-            ));
-        }
-        response
-            .bytes()
-            .await
-            .map_err(|e| http::transport_error(PROVIDER, &e))
-    }
 }
 
 #[derive(Deserialize)]
@@ -211,7 +187,11 @@ impl ImageGenerator for OpenAiImages {
                         format!("{PROVIDER} sent an image that is not base64: {e}"),
                     )
                 })?),
-                (None, Some(url)) => self.download(&url).await?,
+                // A `url` result expires within the hour: fetch it now.
+                (None, Some(url)) => {
+                    http::download_image(&self.client, PROVIDER, &url, "the generated image")
+                        .await?
+                }
                 (None, None) => {
                     return Err(ProviderError::transient(
                         "invalid_response",
