@@ -253,9 +253,11 @@ impl Moderator for DevModerator {
     /// Judges the prompt the dev generator embedded; an image without one
     /// (from elsewhere) is allowed, since there is nothing to judge offline.
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
-        // Only kiln's own PNGs carry a prompt to judge by; a reference
-        // image in another format has nothing the word list can read.
-        if !png.starts_with(b"\x89PNG") {
+        // Only kiln's own PNGs carry a prompt to judge by; a JPEG, WebP or
+        // GIF (a reference image, an upscaler's answer) has nothing the
+        // word list can read. Anything else must decode as a PNG.
+        let other_format = super::image_type(png).is_some_and(|t| t != "image/png");
+        if other_format {
             return Ok(self.judge(""));
         }
         let png = png.to_vec();
@@ -550,6 +552,17 @@ mod tests {
                 matches!(&err, ProviderError::Permanent { code, .. } if code == "invalid_image"),
                 "{err}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn other_image_formats_pass_the_word_list() {
+        let m = DevModerator::default();
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F'];
+        let webp = *b"RIFF\x10\x00\x00\x00WEBPVP8 ";
+        let gif = *b"GIF89a\x01\x00\x01\x00";
+        for image in [&jpeg[..], &webp[..], &gif[..]] {
+            assert!(m.check_image(image).await.unwrap().allowed);
         }
     }
 }

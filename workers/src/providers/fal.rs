@@ -32,9 +32,6 @@ pub const DEFAULT_MODEL_ID: &str = "fal-ai/esrgan";
 /// already queued and paid for, so a blip must not abandon it.
 const MAX_POLL_FAILURES: u32 = 3;
 
-/// The largest image kiln downloads: an upscaled 4096² RGBA PNG is ~64 MiB
-/// uncompressed; anything beyond this is not an answer we want to hold.
-
 /// The factors the dev upscaler accepts.
 pub const DEV_MAX_SCALE: u32 = 4;
 /// The largest output side the dev upscaler produces.
@@ -380,7 +377,7 @@ fn described(
 ) -> Result<UpscaledImage, ProviderError> {
     let invalid =
         |what: String| ProviderError::transient("invalid_image", format!("{PROVIDER} sent {what}"));
-    let content_type = sniff(&bytes)
+    let content_type = crate::providers::image_type(&bytes)
         .ok_or_else(|| invalid("a result that is not a PNG, JPEG or WebP image".to_owned()))?;
     let (width, height) = if content_type == "image/png" {
         let reader = png::Decoder::new(Cursor::new(&bytes))
@@ -399,19 +396,6 @@ fn described(
         width,
         height,
     })
-}
-
-/// The content type from the magic bytes.
-fn sniff(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
-        Some("image/jpeg")
-    } else if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
-        Some("image/webp")
-    } else {
-        None
-    }
 }
 
 /// Reads a non-success answer. fal's body is `{"detail": "…"}` or, for
@@ -767,11 +751,20 @@ mod tests {
 
     #[test]
     fn images_are_named_by_their_bytes() {
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
-        assert_eq!(sniff(&[0xff, 0xd8, 0xff, 0xe0]), Some("image/jpeg"));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some("image/webp"));
-        assert_eq!(sniff(b"<html>"), None);
-        assert_eq!(sniff(b"RIFF\0\0\0\0WAVE"), None);
+        assert_eq!(
+            crate::providers::image_type(b"\x89PNG\r\n\x1a\nrest"),
+            Some("image/png")
+        );
+        assert_eq!(
+            crate::providers::image_type(&[0xff, 0xd8, 0xff, 0xe0]),
+            Some("image/jpeg")
+        );
+        assert_eq!(
+            crate::providers::image_type(b"RIFF\0\0\0\0WEBPVP8 "),
+            Some("image/webp")
+        );
+        assert_eq!(crate::providers::image_type(b"<html>"), None);
+        assert_eq!(crate::providers::image_type(b"RIFF\0\0\0\0WAVE"), None);
     }
 
     #[test]

@@ -217,7 +217,7 @@ impl GuardedFetcher {
             body.extend_from_slice(&chunk);
         }
 
-        let Some(content_type) = sniff_image_type(&body) else {
+        let Some(content_type) = crate::providers::image_type(&body) else {
             return Err(not_an_image(
                 &host,
                 "its content is not a PNG, JPEG, WebP or GIF image",
@@ -402,21 +402,6 @@ fn printable_type(essence: &str) -> String {
         "no content type".to_owned()
     } else {
         "an unrecognised content type".to_owned()
-    }
-}
-
-/// The image format from the first bytes, if it is one kiln accepts.
-fn sniff_image_type(bytes: &[u8]) -> Option<&'static str> {
-    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
-        Some("image/jpeg")
-    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
-        Some("image/gif")
-    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
-        Some("image/webp")
-    } else {
-        None
     }
 }
 
@@ -686,21 +671,33 @@ mod tests {
 
     #[test]
     fn magic_bytes_are_recognised() {
-        assert_eq!(sniff_image_type(&png_bytes()), Some("image/png"));
         assert_eq!(
-            sniff_image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]),
+            crate::providers::image_type(&png_bytes()),
+            Some("image/png")
+        );
+        assert_eq!(
+            crate::providers::image_type(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]),
             Some("image/jpeg")
         );
-        assert_eq!(sniff_image_type(b"GIF89a\x01\x00"), Some("image/gif"));
-        assert_eq!(sniff_image_type(b"GIF87a\x01\x00"), Some("image/gif"));
         assert_eq!(
-            sniff_image_type(b"RIFF\x24\x00\x00\x00WEBPVP8 "),
+            crate::providers::image_type(b"GIF89a\x01\x00"),
+            Some("image/gif")
+        );
+        assert_eq!(
+            crate::providers::image_type(b"GIF87a\x01\x00"),
+            Some("image/gif")
+        );
+        assert_eq!(
+            crate::providers::image_type(b"RIFF\x24\x00\x00\x00WEBPVP8 "),
             Some("image/webp")
         );
-        assert_eq!(sniff_image_type(b"RIFF\x24\x00\x00\x00WAVEfmt "), None);
-        assert_eq!(sniff_image_type(b"<svg xmlns="), None);
-        assert_eq!(sniff_image_type(b"\x89PN"), None);
-        assert_eq!(sniff_image_type(b""), None);
+        assert_eq!(
+            crate::providers::image_type(b"RIFF\x24\x00\x00\x00WAVEfmt "),
+            None
+        );
+        assert_eq!(crate::providers::image_type(b"<svg xmlns="), None);
+        assert_eq!(crate::providers::image_type(b"\x89PN"), None);
+        assert_eq!(crate::providers::image_type(b""), None);
     }
 
     #[test]

@@ -26,6 +26,22 @@ use tokio_util::sync::CancellationToken;
 pub use dev::{DEFAULT_BLOCKED_WORDS, DevGenerator, DevModerator};
 pub use fal::{DevUpscaler, FalUpscaler};
 
+/// The image format from the first bytes, if it is one kiln accepts:
+/// what a file is, whatever a server's `Content-Type` said.
+pub fn image_type(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
 /// Turns a prompt into images (OpenAI-compatible `/v1/images/generations`,
 /// or the offline `dev` renderer).
 #[async_trait]

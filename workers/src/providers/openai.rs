@@ -319,25 +319,7 @@ impl Moderator for OpenAiModerator {
     async fn check_image(&self, image: &[u8]) -> Result<Decision, ProviderError> {
         // Upscalers and reference images may be JPEG, WebP or GIF: label
         // the bytes as what they are.
-        let mime = match image {
-            [0xFF, 0xD8, 0xFF, ..] => "image/jpeg",
-            [
-                b'R',
-                b'I',
-                b'F',
-                b'F',
-                _,
-                _,
-                _,
-                _,
-                b'W',
-                b'E',
-                b'B',
-                b'P',
-                ..,
-            ] => "image/webp",
-            _ => "image/png",
-        };
+        let mime = super::image_type(image).unwrap_or("image/png");
         let url = format!("data:{mime};base64,{}", BASE64.encode(image));
         self.moderate(json!({ "type": "image_url", "image_url": { "url": url } }))
             .await
