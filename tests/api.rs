@@ -491,3 +491,82 @@ async fn reference_images_at_private_addresses_are_refused() {
         assert!(r.status() == 422, "{why}: {}", r.status());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_listed_newest_first_and_deleted_at_once() {
+    let cwd = tempfile::tempdir().unwrap();
+    let k = kiln(&[]).cwd(cwd.path()).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "collector@example.com").await;
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "three pebbles", "size": "256x256", "n": 3}),
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = client.wait_final(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    // Two pages: 2 + 1, newest first.
+    let first: Value = client.get("/v1/images?limit=2").await.json().await.unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second: Value = client
+        .get(&format!("/v1/images?limit=2&cursor={cursor}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(second["next_cursor"].is_null());
+    let ids: Vec<String> = first["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["images"].as_array().unwrap())
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "not newest first: {ids:?}"
+    );
+
+    let victim = &ids[0];
+    let url = first["images"][0]["url"].as_str().unwrap().to_owned();
+    let stranger = Client::signed_up(&k.url(""), "vandal@example.com").await;
+    let r = stranger
+        .request(reqwest::Method::DELETE, &format!("/v1/images/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 404, "not_found").await;
+
+    let r = client
+        .request(reqwest::Method::DELETE, &format!("/v1/images/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    // Gone everywhere at once: metadata, list, bytes behind a still-valid link.
+    let r = client.get(&format!("/v1/images/{victim}")).await;
+    assert_problem(r, 404, "not_found").await;
+    let all: Value = client.get("/v1/images").await.json().await.unwrap();
+    assert_eq!(all["images"].as_array().unwrap().len(), 2);
+    assert_eq!(reqwest::get(k.url(&url)).await.unwrap().status(), 404);
+    assert!(
+        !cwd.path()
+            .join(format!("data/objects/images/{victim}.png"))
+            .exists()
+    );
+    let r = client
+        .request(reqwest::Method::DELETE, &format!("/v1/images/{victim}"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 404, "not_found").await;
+    let r = client.get("/v1/images?limit=0").await;
+    assert_problem(r, 422, "invalid_input").await;
+}

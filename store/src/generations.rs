@@ -139,6 +139,17 @@ pub trait Generations: Send + Sync {
     /// Removes the generated image rows of a generation (a retried attempt
     /// starts clean); upscales made from them stay.
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError>;
+    /// An owner's images, newest first, older than `before` when given.
+    async fn images_of_owner(
+        &self,
+        owner: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<ImageRecord>, StoreError>;
+    /// Marks an owner's image deleted (it disappears from every read) and
+    /// returns it, so its object can be removed; `None` when there is no
+    /// such image of theirs.
+    async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
     /// An owner's image; `None` when it does not exist or is someone else's.
     async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
     async fn record_moderation(&self, decision: &ModerationRecord) -> Result<(), StoreError>;

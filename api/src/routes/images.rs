@@ -8,8 +8,8 @@ use axum::{
 };
 use chrono::Utc;
 use kiln_store::SignatureError;
-use serde::Deserialize;
-use utoipa::IntoParams;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState, Json, Path, Problem, Query, auth::CurrentUser, problem::parse_id,
@@ -18,7 +18,8 @@ use crate::{
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/images/{id}", get(show))
+        .route("/v1/images", get(list))
+        .route("/v1/images/{id}", get(show).delete(delete))
         .route("/v1/files/{*key}", get(file))
 }
 
@@ -42,6 +43,88 @@ async fn show(
         .await?
         .ok_or_else(|| Problem::not_found("image"))?;
     Ok(Json(state.image_resource(&image)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ImageListQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImagePage {
+    pub images: Vec<ImageResource>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/images", tag = "images",
+    security(("bearer" = [])),
+    params(ImageListQuery),
+    responses(
+        (status = 200, description = "the caller's images (generated and upscaled), newest first", body = ImagePage),
+        (status = 400, description = "bad query", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 422, description = "bad limit or cursor", body = Problem),
+    ))]
+async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Query(query): Query<ImageListQuery>,
+) -> Result<Json<ImagePage>, Problem> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::invalid("limit must be between 1 and 100"));
+    }
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            c.parse::<uuid::Uuid>()
+                .map_err(|_| Problem::invalid("cursor is not one this API gave out"))?,
+        ),
+    };
+    let mut rows = state
+        .store
+        .images_of_owner(user.id, before, limit + 1)
+        .await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|i| i.id.to_string()))
+        .flatten();
+    Ok(Json(ImagePage {
+        images: rows.iter().map(|i| state.image_resource(i)).collect(),
+        next_cursor,
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/images/{id}", tag = "images",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "image id")),
+    responses(
+        (status = 204, description = "deleted at once: its bytes are gone and its links stop working"),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 404, description = "no such image (or not yours)", body = Problem),
+    ))]
+async fn delete(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Problem> {
+    let id = parse_id(&id, "image")?;
+    let image = state
+        .store
+        .image(id, user.id)
+        .await?
+        .ok_or_else(|| Problem::not_found("image"))?;
+    // The bytes first, then the row (P10: at once): if either step fails
+    // the image is still listed, so the client's retry finishes the job.
+    state.objects.delete(&image.object_key).await?;
+    state.store.delete_image(id, user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

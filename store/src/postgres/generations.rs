@@ -236,6 +236,40 @@ impl Generations for PgStore {
         Ok(())
     }
 
+    async fn images_of_owner(
+        &self,
+        owner: Uuid,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images
+             WHERE owner = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(image_from).collect()
+    }
+
+    async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+        let sql = format!(
+            "UPDATE images SET deleted_at = now()
+             WHERE id = $1 AND owner = $2 AND deleted_at IS NULL
+             RETURNING {IMAGE_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(image_from).transpose()
+    }
+
     async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 AND owner = $2 AND deleted_at IS NULL"
