@@ -94,7 +94,12 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
             .context("loading the URL signing key (storage.signing_key_file)")?,
     };
     let signer = std::sync::Arc::new(signer);
+    let mut dependencies: Vec<std::sync::Arc<dyn kiln_api::Dependency>> = Vec::new();
+    if let Some(url) = &settings.rate_limits.redis_url {
+        dependencies.push(std::sync::Arc::new(RedisDependency(url.clone())));
+    }
     let state = AppState {
+        dependencies,
         store: store.clone(),
         objects: objects.clone(),
         signer: signer.clone(),
@@ -209,4 +214,19 @@ fn worker_id() -> String {
         std::process::id(),
         &uuid::Uuid::now_v7().simple().to_string()[24..]
     )
+}
+
+/// The Redis that provider limits live in, for `/readyz`.
+struct RedisDependency(String);
+
+#[async_trait::async_trait]
+impl kiln_api::Dependency for RedisDependency {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        kiln_workers::providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2))
+            .await
+    }
 }

@@ -76,3 +76,29 @@ async fn a_bad_setting_stops_kiln_with_a_message_naming_it() {
     let log = refused(&mut k).await;
     assert!(log.contains("scheduler.prune_jobs_cron"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_includes_the_redis_of_shared_rate_limits() {
+    let ready = kiln(&[])
+        .env("KILN_RATE_LIMITS_REDIS_URL", "redis://127.0.0.1:6379")
+        .spawn();
+    ready.wait_http(ready.http, "/readyz").await;
+    let body: serde_json::Value = reqwest::get(ready.url("/readyz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["dependencies"], serde_json::json!(["redis"]));
+
+    // Nothing listens on port 1: live, but not ready.
+    let unready = kiln(&[])
+        .env("KILN_RATE_LIMITS_REDIS_URL", "redis://127.0.0.1:1")
+        .spawn();
+    unready.wait_http(unready.http, "/healthz").await;
+    let r = reqwest::get(unready.url("/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "not_ready");
+    assert_eq!(problem["detail"], "redis does not answer");
+}

@@ -13,4 +13,4 @@ pub use config::{ApiConfig, parse_size};
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};
-pub use state::AppState;
+pub use state::{AppState, Dependency};

@@ -11,4 +11,15 @@ pub struct AppState {
     pub objects: Objects,
     pub signer: Arc<UrlSigner>,
     pub config: Arc<ApiConfig>,
+    /// Services besides the database that must answer for `/readyz`
+    /// (Redis, when configured).
+    pub dependencies: Vec<Arc<dyn Dependency>>,
+}
+
+/// A service the process needs, as `/readyz` sees it.
+#[async_trait::async_trait]
+pub trait Dependency: Send + Sync {
+    /// Named in the readiness answer, e.g. `redis`.
+    fn name(&self) -> &'static str;
+    async fn ping(&self) -> Result<(), String>;
 }

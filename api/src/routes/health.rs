@@ -31,10 +31,22 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
             "the database does not answer",
         ));
     }
+    for dependency in &state.dependencies {
+        if let Err(e) = dependency.ping().await {
+            tracing::warn!(dependency = dependency.name(), error = %e, "readiness: dependency unreachable");
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("{} does not answer", dependency.name()),
+            ));
+        }
+    }
     match state.store.migrations_current().await {
-        Ok(true) => Ok(Json(
-            json!({ "status": "ready", "database": state.store.backend_name() }),
-        )),
+        Ok(true) => Ok(Json(json!({
+            "status": "ready",
+            "database": state.store.backend_name(),
+            "dependencies": state.dependencies.iter().map(|d| d.name()).collect::<Vec<_>>(),
+        }))),
         Ok(false) => Err(Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",

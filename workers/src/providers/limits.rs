@@ -649,6 +649,26 @@ impl Drop for RedisSlot {
 // ---------------------------------------------------------------------------
 // Settings
 
+/// Answers whether the Redis the limits live in is reachable, for
+/// readiness checks: a fresh connection and a `PING`, bounded by `timeout`.
+pub async fn ping_redis(url: &str, timeout: Duration) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
+    let ping = async {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(timeout, ping)
+        .await
+        .map_err(|_| format!("no answer in {timeout:?}"))?
+}
+
 /// The `rate_limits` settings section.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
