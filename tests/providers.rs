@@ -1,8 +1,11 @@
-//! kiln with its image and moderation providers pointed at a local fake of
-//! the OpenAI API: a generation succeeds with every check recorded, a
-//! flagged prompt and a flagged output image each end `content_blocked`
-//! with nothing stored, a 429 is retried, and no request the fake saw
-//! carries the user's email, id or anything else that names them (P8).
+//! kiln with every provider pointed at local fakes in their wire formats
+//! (OpenAI images and moderation, fal, a mail API, Twilio, an S3 bucket):
+//! a generation succeeds after a 429 with every check recorded, a flagged
+//! prompt and a flagged output image each end `content_blocked` with
+//! nothing stored, a reference image and an upscale go through signed
+//! links, the verification code reaches the registered email and phone,
+//! and no request to the image, upscale or moderation fakes carries the
+//! user's email, phone, id, referral code or token (P8).
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -157,11 +160,26 @@ async fn enqueue(client: &Client, prompt: &str) -> Value {
     client.wait_final(&id).await
 }
 
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789abcdef";
+const MESSAGES: &str = "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generation_and_moderation_through_an_openai_compatible_provider() {
+async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
     let good = png(64, 64, 200);
     let bad = png(64, 64, 7);
     let fake = fake_openai(&good, &bad).await;
+    // The mail API and Twilio on the same fake, at their own paths.
+    Mock::given(method("POST"))
+        .and(path("/emails"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "em_1"})))
+        .mount(&fake)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(MESSAGES))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({
+            "sid": "SM0123456789abcdef0123456789abcdef", "status": "queued"})))
+        .mount(&fake)
+        .await;
     let db = TestDatabase::postgres().await;
     let storage = tempfile::tempdir().unwrap();
     let k = kiln(&[])
@@ -185,10 +203,32 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         // only, by the test-only settings.
         .env("KILN_REFERENCE_IMAGES_ALLOW_HTTP", true)
         .env("KILN_REFERENCE_IMAGES_ALLOW_PRIVATE_ADDRESSES", true)
+        .env("KILN_EMAIL_PROVIDER", "http")
+        .env("KILN_EMAIL_HTTP_BASE_URL", fake.uri())
+        .env("KILN_EMAIL_HTTP_API_KEY", "re_mail_secret")
+        .env("KILN_EMAIL_FROM", "noreply@kiln.example")
+        .env("KILN_SMS_PROVIDER", "twilio")
+        .env("KILN_SMS_BASE_URL", fake.uri())
+        .env("KILN_SMS_ACCOUNT_SID", TWILIO_SID)
+        .env("KILN_SMS_AUTH_TOKEN", "twilio-secret")
+        .env("KILN_SMS_FROM", "+15005550006")
         .spawn();
     k.wait_http(k.http, "/readyz").await;
     let email = "private.person@example.com";
     let client = Client::signed_up(&k.url(""), email).await;
+    let phone = "+4915112345678";
+    let r = reqwest::Client::new()
+        .post(k.url("/v1/auth/register"))
+        .json(&json!({"phone": phone, "password": "correct horse battery", "birth_date": "1990-01-01"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let phone_user: uuid::Uuid = r.json::<Value>().await.unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     // Success, after one 429 the job retried.
     let job = enqueue(&client, "a lighthouse at dusk").await;
@@ -335,23 +375,88 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
         "only image_url and scale: {body}"
     );
 
+    // The verification-code notice, by email to the email user and by SMS
+    // to the phone user.
+    let store = db.store().await.unwrap();
+    let email_user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let code = kiln_jobs::Notice::VerificationCode {
+        code: "730519".into(),
+        minutes_valid: 10,
+    };
+    for job in [
+        kiln_store::NewJob::of(&kiln_jobs::SendEmail {
+            user_id: email_user,
+            notice: code.clone(),
+        }),
+        kiln_store::NewJob::of(&kiln_jobs::SendSms {
+            user_id: phone_user,
+            notice: code.clone(),
+        }),
+    ] {
+        let id = store.enqueue(job.unwrap()).await.unwrap().id;
+        let done = common::wait_job(&store, id, "finished", |j| j.state.is_final()).await;
+        assert_eq!(done.state, kiln_store::JobState::Succeeded, "{done:?}");
+    }
+    let requests = fake.received_requests().await.unwrap();
+    let mail: Value = serde_json::from_slice(
+        &requests
+            .iter()
+            .find(|r| r.url.path() == "/emails")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(mail["to"], json!([email]));
+    assert!(mail["text"].as_str().unwrap().contains("730519"));
+    let sms = String::from_utf8_lossy(
+        &requests
+            .iter()
+            .find(|r| r.url.path() == MESSAGES)
+            .unwrap()
+            .body,
+    )
+    .to_string();
+    assert!(
+        sms.contains("To=%2B4915112345678") && sms.contains("730519"),
+        "{sms}"
+    );
+
     // Nothing that names the user reached the provider (P8).
-    let (user_id, referral_code): (String, String) =
+    // Both accounts' ids and referral codes.
+    let accounts: Vec<(String, String)> =
         sqlx::query_as("SELECT id::text, referral_code FROM users")
-            .fetch_one(&mut conn)
+            .fetch_all(&mut conn)
             .await
             .unwrap();
+    assert_eq!(accounts.len(), 2);
     let token = client.token.clone().unwrap();
-    let requests = fake.received_requests().await.unwrap();
-    assert!(requests.len() >= 9, "{} requests", requests.len());
-    for r in &requests {
+    // Mail and SMS must carry the address; image, upscale and moderation
+    // requests must carry nothing about the person.
+    let to_ai = |r: &&wiremock::Request| r.url.path() != "/emails" && r.url.path() != MESSAGES;
+    let ai_requests: Vec<_> = requests.iter().filter(to_ai).collect();
+    assert!(ai_requests.len() >= 9, "{} requests", ai_requests.len());
+    for r in ai_requests {
         let body = String::from_utf8_lossy(&r.body);
         let headers = format!("{:?}", r.headers);
         // The client's IP would travel in a forwarding header: none is sent.
         for forwarding in ["x-forwarded-for", "forwarded", "x-real-ip"] {
             assert!(!r.headers.contains_key(forwarding), "{forwarding} sent");
         }
-        for secret in [email, "private.person", &user_id, &referral_code, &token] {
+        let personal = [
+            email,
+            "private.person",
+            phone,
+            "4915112345678",
+            token.as_str(),
+        ];
+        let ids = accounts
+            .iter()
+            .flat_map(|(id, code)| [id.as_str(), code.as_str()]);
+        for secret in personal.into_iter().chain(ids) {
             assert!(!body.contains(secret), "{secret} sent to {}", r.url.path());
             assert!(
                 !headers.contains(secret),
@@ -369,7 +474,14 @@ async fn generation_and_moderation_through_an_openai_compatible_provider() {
     }
     // Keys never land in the log.
     let log = k.log_text();
-    for key in ["sk-images-secret", "sk-moderation-secret", "fal-key-secret"] {
+    for key in [
+        "sk-images-secret",
+        "sk-moderation-secret",
+        "fal-key-secret",
+        "re_mail_secret",
+        "twilio-secret",
+        "730519",
+    ] {
         assert!(!log.contains(key), "{key} in the log");
     }
 }
