@@ -5,13 +5,16 @@ use chrono::Utc;
 use kiln_jobs::{GenerateImage, JobError, stage};
 use kiln_store::{
     Objects, StoreError,
-    generations::{Generation, ImageRecord, ModerationSubject},
+    generations::{Generation, ImageRecord},
 };
 use uuid::Uuid;
 
 use crate::{
     Handler, JobContext, Outcome,
-    handlers::{ObjectLinks, moderation},
+    handlers::{
+        ObjectLinks,
+        moderation::{Content, Subject, gate},
+    },
     providers::{ImageGenerator, ImageRequest, Moderator, fetch::GuardedFetcher},
 };
 
@@ -37,20 +40,15 @@ impl GenerateImageHandler {
         let mut links = Vec::with_capacity(generation.reference_urls.len());
         for (index, url) in generation.reference_urls.iter().enumerate() {
             let image = self.fetcher.fetch_image(url).await?;
-            let decision = self.moderator.check_image(&image.bytes).await?;
-            moderation::record(
-                ctx.store(),
-                generation.owner,
-                generation.id,
-                ModerationSubject::Image,
-                self.moderator.name(),
-                &decision,
+            let content = Content::Image(&image.bytes);
+            gate(
+                ctx,
+                &*self.moderator,
+                &subject(generation),
+                content,
+                "reference image",
             )
             .await?;
-            if !decision.allowed {
-                ctx.progress(stage::BLOCKED, 100).await?;
-                return Err(blocked("reference image"));
-            }
             let extension = image
                 .content_type
                 .strip_prefix("image/")
@@ -71,11 +69,11 @@ fn unavailable(e: StoreError) -> JobError {
     JobError::transient("store_unavailable", e.to_string())
 }
 
-fn blocked(what: &str) -> JobError {
-    JobError::permanent(
-        "content_blocked",
-        format!("the {what} was blocked by content moderation"),
-    )
+fn subject(generation: &Generation) -> Subject {
+    Subject {
+        owner: generation.owner,
+        generation_id: generation.id,
+    }
 }
 
 #[async_trait]
@@ -91,20 +89,15 @@ impl Handler<GenerateImage> for GenerateImageHandler {
             })?;
 
         ctx.progress(stage::MODERATING_PROMPT, 5).await?;
-        let decision = self.moderator.check_text(&generation.prompt).await?;
-        moderation::record(
-            store,
-            generation.owner,
-            generation.id,
-            ModerationSubject::Prompt,
-            self.moderator.name(),
-            &decision,
+        let prompt = Content::Text(&generation.prompt);
+        gate(
+            ctx,
+            &*self.moderator,
+            &subject(&generation),
+            prompt,
+            "prompt",
         )
         .await?;
-        if !decision.allowed {
-            ctx.progress(stage::BLOCKED, 100).await?;
-            return Err(blocked("prompt"));
-        }
 
         let reference_urls = if generation.reference_urls.is_empty() {
             Vec::new()
@@ -130,20 +123,15 @@ impl Handler<GenerateImage> for GenerateImageHandler {
 
         ctx.progress(stage::MODERATING_OUTPUT, 70).await?;
         for image in &images {
-            let decision = self.moderator.check_image(&image.png).await?;
-            moderation::record(
-                store,
-                generation.owner,
-                generation.id,
-                ModerationSubject::Image,
-                self.moderator.name(),
-                &decision,
+            let output = Content::Image(&image.png);
+            gate(
+                ctx,
+                &*self.moderator,
+                &subject(&generation),
+                output,
+                "generated image",
             )
             .await?;
-            if !decision.allowed {
-                ctx.progress(stage::BLOCKED, 100).await?;
-                return Err(blocked("generated image"));
-            }
         }
 
         // A retried attempt replaces what an earlier one may have stored.

@@ -1,36 +1,62 @@
-//! Keeping every moderation decision, allowed or not (P7), for its
-//! retention (P13): one place for every handler that moderates.
+//! The moderation gate every handler passes content through: ask the
+//! moderator, keep the decision whether it allows or blocks (P7, kept for
+//! its retention, P13), and end the job `content_blocked` when it blocks.
 
 use chrono::Utc;
-use kiln_jobs::JobError;
-use kiln_store::{
-    Store,
-    generations::{ModerationRecord, ModerationSubject},
-};
+use kiln_jobs::{JobError, stage};
+use kiln_store::generations::{ModerationRecord, ModerationSubject};
 use uuid::Uuid;
 
-use crate::providers::Decision;
+use crate::{JobContext, providers::Moderator};
 
-pub(crate) async fn record(
-    store: &Store,
-    owner: Uuid,
-    generation_id: Uuid,
-    subject: ModerationSubject,
-    moderator: &str,
-    decision: &Decision,
+/// What is being judged.
+pub(crate) enum Content<'a> {
+    Text(&'a str),
+    Image(&'a [u8]),
+}
+
+/// Whose content, for the stored decision.
+pub(crate) struct Subject {
+    pub owner: Uuid,
+    pub generation_id: Uuid,
+}
+
+/// Ok when allowed. Blocked: the job's stage becomes `blocked` and the
+/// error is a permanent `content_blocked` naming `what` (e.g. "prompt").
+pub(crate) async fn gate(
+    ctx: &JobContext,
+    moderator: &dyn Moderator,
+    subject: &Subject,
+    content: Content<'_>,
+    what: &str,
 ) -> Result<(), JobError> {
-    store
+    let (decision, kind) = match content {
+        Content::Text(text) => (moderator.check_text(text).await?, ModerationSubject::Prompt),
+        Content::Image(bytes) => (
+            moderator.check_image(bytes).await?,
+            ModerationSubject::Image,
+        ),
+    };
+    ctx.store()
         .record_moderation(&ModerationRecord {
             id: Uuid::now_v7(),
-            owner,
-            generation_id: Some(generation_id),
-            subject,
-            provider: moderator.to_owned(),
+            owner: subject.owner,
+            generation_id: Some(subject.generation_id),
+            subject: kind,
+            provider: moderator.name().to_owned(),
             allowed: decision.allowed,
-            categories: decision.categories.clone(),
-            scores: decision.scores.clone(),
+            categories: decision.categories,
+            scores: decision.scores,
             created_at: Utc::now(),
         })
         .await
-        .map_err(|e| JobError::transient("store_unavailable", e.to_string()))
+        .map_err(|e| JobError::transient("store_unavailable", e.to_string()))?;
+    if decision.allowed {
+        return Ok(());
+    }
+    ctx.progress(stage::BLOCKED, 100).await?;
+    Err(JobError::permanent(
+        "content_blocked",
+        format!("the {what} was blocked by content moderation"),
+    ))
 }

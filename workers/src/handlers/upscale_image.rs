@@ -8,13 +8,13 @@ use std::{sync::Arc, time::Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use kiln_jobs::{JobError, UpscaleImage, stage};
-use kiln_store::{
-    Objects, StoreError,
-    generations::{ImageRecord, ModerationSubject},
-};
+use kiln_store::{Objects, StoreError, generations::ImageRecord};
 use uuid::Uuid;
 
-use super::{links::ObjectLinks, moderation};
+use super::{
+    links::ObjectLinks,
+    moderation::{Content, Subject, gate},
+};
 use crate::{
     Handler, JobContext, Outcome,
     providers::{Moderator, UpscaleRequest, Upscaler},
@@ -80,23 +80,12 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
         let provider_latency_ms = started.elapsed().as_millis() as u64;
 
         ctx.progress(stage::MODERATING_OUTPUT, 80).await?;
-        let decision = self.moderator.check_image(&upscaled.bytes).await?;
-        moderation::record(
-            store,
+        let subject = Subject {
             owner,
-            source.generation_id,
-            ModerationSubject::Image,
-            self.moderator.name(),
-            &decision,
-        )
-        .await?;
-        if !decision.allowed {
-            ctx.progress(stage::BLOCKED, 100).await?;
-            return Err(JobError::permanent(
-                "content_blocked",
-                "the upscaled image was blocked by content moderation",
-            ));
-        }
+            generation_id: source.generation_id,
+        };
+        let output = Content::Image(&upscaled.bytes);
+        gate(ctx, &*self.moderator, &subject, output, "upscaled image").await?;
 
         let id = Uuid::now_v7();
         let record = ImageRecord {

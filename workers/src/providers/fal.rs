@@ -165,10 +165,17 @@ impl FalUpscaler {
         Ok(queued)
     }
 
-    async fn poll(&self, queued: &Queued, req: &UpscaleRequest) -> Result<Poll, ProviderError> {
+    /// An authenticated GET of one of the queue's URLs, read as `T`;
+    /// `what` names the answer in errors ("status", "result").
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        req: &UpscaleRequest,
+        what: &str,
+    ) -> Result<T, ProviderError> {
         let response = self
             .client
-            .get(&queued.status_url)
+            .get(url)
             .header(AUTHORIZATION, self.auth()?)
             .send()
             .await
@@ -176,12 +183,16 @@ impl FalUpscaler {
         if !response.status().is_success() {
             return Err(failure(response, req).await);
         }
-        let answer: StatusAnswer = response.json().await.map_err(|e| {
+        response.json().await.map_err(|e| {
             ProviderError::transient(
                 "invalid_response",
-                format!("{PROVIDER} sent an unexpected status: {}", no_url(&e)),
+                format!("{PROVIDER} sent an unexpected {what}: {}", no_url(&e)),
             )
-        })?;
+        })
+    }
+
+    async fn poll(&self, queued: &Queued, req: &UpscaleRequest) -> Result<Poll, ProviderError> {
+        let answer: StatusAnswer = self.get_json(&queued.status_url, req, "status").await?;
         match answer.status.as_str() {
             "IN_QUEUE" | "IN_PROGRESS" => {
                 tracing::debug!(
@@ -297,22 +308,7 @@ impl FalUpscaler {
         queued: &Queued,
         req: &UpscaleRequest,
     ) -> Result<ImageFile, ProviderError> {
-        let response = self
-            .client
-            .get(&queued.response_url)
-            .header(AUTHORIZATION, self.auth()?)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(PROVIDER, &e))?;
-        if !response.status().is_success() {
-            return Err(failure(response, req).await);
-        }
-        let answer: ResultAnswer = response.json().await.map_err(|e| {
-            ProviderError::transient(
-                "invalid_response",
-                format!("{PROVIDER} sent an unexpected result: {}", no_url(&e)),
-            )
-        })?;
+        let answer: ResultAnswer = self.get_json(&queued.response_url, req, "result").await?;
         answer
             .image
             .or_else(|| answer.images.into_iter().next())
