@@ -12,6 +12,16 @@ pub enum Identifier {
     Phone(String),
 }
 
+impl Identifier {
+    /// The `(email, phone)` columns: one set, the other NULL.
+    pub(crate) fn columns(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Identifier::Email(e) => (Some(e.as_str()), None),
+            Identifier::Phone(p) => (None, Some(p.as_str())),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewUser {
     pub identifier: Identifier,

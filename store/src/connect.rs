@@ -5,10 +5,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{Database, PgStore, SqliteStore, StoreError};
-
-/// The queue engine this process talks to, whichever database it is.
-pub type Store = Arc<dyn Database>;
+use crate::{PgStore, SqliteStore, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -47,11 +44,14 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
             }
         }
         let pool = pool_options.connect_with(connect).await?;
-        Ok(Arc::new(PgStore::new(pool)))
-    } else if url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            SqliteStore::open(url, options.max_connections).await?,
+        let events = Store::channel();
+        Ok(Store::new(
+            Arc::new(PgStore::new(pool, events.clone())),
+            events,
         ))
+    } else if url.starts_with("sqlite:") {
+        let engine = SqliteStore::open(url, options.max_connections).await?;
+        Ok(Store::new(Arc::new(engine), Store::channel()))
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))
     }

@@ -121,7 +121,6 @@ pub struct JobFilter {
 /// Generations, their images, and the jobs clients see.
 #[async_trait]
 pub trait Generations: Send + Sync {
-    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError>;
     async fn generation(&self, id: Uuid) -> Result<Option<Generation>, StoreError>;
     async fn generation_for_job(&self, job_id: Uuid) -> Result<Option<Generation>, StoreError>;
     /// Records which provider made it and how long the provider took (P4).
@@ -136,8 +135,9 @@ pub trait Generations: Send + Sync {
         &self,
         generation_id: Uuid,
     ) -> Result<Vec<ImageRecord>, StoreError>;
-    /// Removes the generated image rows of a generation (a retried attempt
-    /// starts clean); upscales made from them stay.
+    /// Removes the generated image rows of a generation, so a retried
+    /// attempt starts clean. (Upscales are made only from a finished
+    /// generation, so none refers to these yet.)
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError>;
     /// An owner's images, newest first, older than `before` when given.
     async fn images_of_owner(

@@ -1,7 +1,9 @@
-//! Persistence: the `jobs` table on PostgreSQL and SQLite behind one
-//! interface ([`Queue`]), migrations, and the process's metrics registry.
+//! Persistence: one [`Store`] in front of two engines (PostgreSQL and
+//! SQLite; SQL and binding only), migrations, object storage, signed URLs,
+//! and the process's metrics registry.
 
 pub mod accounts;
+mod codec;
 mod connect;
 mod error;
 pub mod generations;
@@ -11,12 +13,14 @@ mod objects;
 mod postgres;
 mod queue;
 mod rescue;
+mod rows;
 mod signed_url;
 mod sqlite;
+mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use connect::{ConnectOptions, Store, connect};
+pub use connect::{ConnectOptions, connect};
 pub use error::StoreError;
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
@@ -24,6 +28,7 @@ pub use model::{
 };
 pub use objects::{Objects, S3Options};
 pub use postgres::PgStore;
-pub use queue::{Database, Queue};
+pub use queue::{Database, Engine, JobWrites, Queue};
 pub use signed_url::{SignatureError, UrlSigner};
 pub use sqlite::SqliteStore;
+pub use store::Store;

@@ -1,21 +1,18 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, Lease, NewJob, QueueStat,
-    Rescued, StoreError, StoreEvent,
+    Rescued, StoreError,
+    generations::{GenerationEnqueued, NewGeneration},
 };
 
-/// The queue engine: every operation on the `jobs` table, one
+/// The queue operations the [`Store`](crate::Store) hands straight to
+/// the engine: they change nothing a subscriber waits for. One
 /// implementation per database, one conformance suite for both
 /// (`store/tests/conformance.rs`).
-///
-/// Writes that concern a claimed job take its [`Lease`] and succeed only
-/// while that claim is current (`Ok(false)` otherwise), so a worker whose
-/// job was rescued cannot complete it a second time.
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Which database this is, for logs and the benchmark.
@@ -26,16 +23,48 @@ pub trait Queue: Send + Sync + 'static {
     async fn migrations_current(&self) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Extends the leases that are still ours. Returns the ones whose
+    /// handler must stop: cancelled by someone, or no longer ours.
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError>;
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError>;
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes up to `limit` finished jobs that finished before `older_than` ago.
+    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+    /// Counts by queue and state, and the age of the oldest due job.
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;
+}
+
+/// The writes after which subscribers may have something to do (a job
+/// became available, changed, or is to be cancelled). Engines implement
+/// them as SQL only; callers go through [`Store`](crate::Store), which
+/// counts them in the metrics and tells this process's subscribers where
+/// the database does not ([`JobWrites::notifies`]).
+///
+/// Writes that concern a claimed job take its [`Lease`] and succeed only
+/// while that claim is current (`Ok(false)` otherwise), so a worker whose
+/// job was rescued cannot complete it a second time.
+#[async_trait]
+pub trait JobWrites: Send + Sync + 'static {
+    /// True when the database itself tells every process of these changes
+    /// (Postgres: triggers and `NOTIFY`); false when only the `Store` can
+    /// (SQLite, one process).
+    fn notifies(&self) -> bool;
+
     /// Inserts a job, or returns the existing one with the same owner, kind
     /// and idempotency key.
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError>;
-    /// Inserts many jobs in one statement. Idempotency keys are honoured:
-    /// a job whose key exists already is skipped.
-    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError>;
+    /// Inserts many jobs at once. A job whose idempotency key exists already
+    /// is skipped. Returns, for each inserted job, its position in `jobs`
+    /// and its id.
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError>;
 
-    /// Claims up to `limit` due jobs from `queues` (all queues when empty)
-    /// for `worker`, skipping paused queues, in priority then per-owner
-    /// round-robin order. Each claim spends an attempt and bumps the token.
+    /// Claims up to `limit` due jobs from `queues` for `worker`, skipping
+    /// paused queues, in priority then per-owner round-robin order. Each
+    /// claim spends an attempt and bumps the token.
     async fn claim(
         &self,
         worker: &str,
@@ -43,10 +72,6 @@ pub trait Queue: Send + Sync + 'static {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError>;
-
-    /// Extends the leases that are still ours. Returns the ones whose
-    /// handler must stop: cancelled by someone, or no longer ours.
-    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError>;
 
     /// Records successes; returns how many were still ours.
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError>;
@@ -70,25 +95,23 @@ pub trait Queue: Send + Sync + 'static {
     /// Cancels a job: at once when waiting, by telling its worker when
     /// running. `owner` restricts it to that owner's jobs.
     async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError>;
-    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError>;
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError>;
-    async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
 
     /// Takes back running jobs whose lease expired: retryable after backoff,
     /// or failed when out of attempts or past `crash_cap` rescues.
     async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError>;
-    /// Deletes up to `limit` finished jobs that finished before `older_than` ago.
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
 
-    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
-    /// Counts by queue and state, and the age of the oldest due job.
-    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;
-
-    /// Wake-ups: jobs available, cancellations asked for.
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent>;
+    /// Stores a generation request with its `generate_image` job in one
+    /// transaction.
+    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError>;
 }
 
-/// Everything a process needs from its database, as one trait object.
+/// The operations a [`Store`](crate::Store) passes straight through.
 pub trait Database: Queue + crate::accounts::Accounts + crate::generations::Generations {}
 
 impl<T: Queue + crate::accounts::Accounts + crate::generations::Generations> Database for T {}
+
+/// A database engine: everything, as the [`Store`](crate::Store) sees it.
+pub trait Engine: Database + JobWrites {}
+
+impl<T: Database + JobWrites> Engine for T {}

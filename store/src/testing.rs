@@ -3,6 +3,9 @@
 //!
 //! The Postgres server is `KILN_TEST_POSTGRES_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`.
+//!
+//! [`both_databases!`](crate::both_databases) runs each named test once on
+//! each engine, so every suite that touches storage proves both.
 
 use sqlx::{Connection, PgConnection};
 
@@ -93,4 +96,40 @@ impl Drop for TestDatabase {
         })
         .join();
     }
+}
+
+/// Runs each named `async fn name(store: Store, db: &TestDatabase)` once on
+/// a fresh PostgreSQL database and once on a fresh SQLite file, as the
+/// tests `postgres::name` and `sqlite::name`. The calling crate needs
+/// `tokio` (macros, multi-threaded runtime) as a dev-dependency.
+///
+/// ```ignore
+/// kiln_store::both_databases!(enqueue_then_get);
+///
+/// async fn enqueue_then_get(store: Store, _: &TestDatabase) { /* … */ }
+/// ```
+#[macro_export]
+macro_rules! both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::testing::TestDatabase::postgres().await;
+                    let store = db.store().await.expect("postgres store");
+                    super::$name(store, &db).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::testing::TestDatabase::sqlite();
+                    let store = db.store().await.expect("sqlite store");
+                    super::$name(store, &db).await;
+                }
+            )*
+        }
+    };
 }

@@ -12,32 +12,7 @@ use kiln_store::{
 };
 use serde_json::json;
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = kiln_store::testing::TestDatabase::postgres().await;
-                    let store = db.store().await.expect("postgres store");
-                    super::$name(store, &db).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = kiln_store::testing::TestDatabase::sqlite();
-                    let store = db.store().await.expect("sqlite store");
-                    super::$name(store, &db).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(
+kiln_store::both_databases!(
     claim_order_follows_priority_then_age,
     one_claim_serves_several_queues_in_priority_order,
     scheduled_jobs_wait_for_run_at,

@@ -13,7 +13,9 @@ use kiln_store::{
 };
 use uuid::Uuid;
 
-async fn decisions_round_trip(store: Store) {
+kiln_store::both_databases!(decisions_round_trip);
+
+async fn decisions_round_trip(store: Store, _: &TestDatabase) {
     let generation = Uuid::now_v7();
     let owner = Uuid::now_v7();
     // Both databases keep milliseconds or finer.
@@ -53,16 +55,4 @@ async fn decisions_round_trip(store: Store) {
             .unwrap()
             .is_empty()
     );
-}
-
-#[tokio::test]
-async fn postgres_keeps_moderation_decisions() {
-    let db = TestDatabase::postgres().await;
-    decisions_round_trip(db.store().await.unwrap()).await;
-}
-
-#[tokio::test]
-async fn sqlite_keeps_moderation_decisions() {
-    let db = TestDatabase::sqlite();
-    decisions_round_trip(db.store().await.unwrap()).await;
 }

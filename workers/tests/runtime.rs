@@ -8,36 +8,13 @@
 use std::time::Duration;
 
 use kiln_jobs::{Probe, ProbeFailure};
-use kiln_store::{JobRecord, JobState, NewJob, Store};
+use kiln_store::{JobRecord, JobState, NewJob, Store, testing::TestDatabase};
 use kiln_workers::WorkerConfig;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = kiln_store::testing::TestDatabase::postgres().await;
-                    super::$name(db.store().await.expect("postgres store")).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let db = kiln_store::testing::TestDatabase::sqlite();
-                    super::$name(db.store().await.expect("sqlite store")).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_databases!(
+kiln_store::both_databases!(
     runs_every_job_exactly_once,
     panicking_handler_ends_failed_with_history,
     failing_handler_retries_then_ends_failed,
@@ -119,7 +96,7 @@ async fn wait_final(store: &Store, id: Uuid) -> JobRecord {
     wait_until(store, id, "final", |j| j.state.is_final()).await
 }
 
-async fn runs_every_job_exactly_once(store: Store) {
+async fn runs_every_job_exactly_once(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let jobs: Vec<_> = (0..100)
         .map(|_| NewJob::of(&Probe::default()).unwrap())
@@ -135,7 +112,7 @@ async fn runs_every_job_exactly_once(store: Store) {
     worker.shutdown().await;
 }
 
-async fn panicking_handler_ends_failed_with_history(store: Store) {
+async fn panicking_handler_ends_failed_with_history(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let id = enqueue(
         &store,
@@ -160,7 +137,7 @@ async fn panicking_handler_ends_failed_with_history(store: Store) {
     worker.shutdown().await;
 }
 
-async fn failing_handler_retries_then_ends_failed(store: Store) {
+async fn failing_handler_retries_then_ends_failed(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let probe = Probe {
         fail: Some(ProbeFailure::Transient),
@@ -175,7 +152,7 @@ async fn failing_handler_retries_then_ends_failed(store: Store) {
     worker.shutdown().await;
 }
 
-async fn permanent_error_fails_without_retry(store: Store) {
+async fn permanent_error_fails_without_retry(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let probe = Probe {
         fail: Some(ProbeFailure::Permanent),
@@ -190,7 +167,7 @@ async fn permanent_error_fails_without_retry(store: Store) {
     worker.shutdown().await;
 }
 
-async fn unknown_kind_and_bad_payload_fail_the_job_not_the_worker(store: Store) {
+async fn unknown_kind_and_bad_payload_fail_the_job_not_the_worker(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let mut unknown = NewJob::of(&Probe::default()).unwrap();
     unknown.kind = "no_such_kind".into();
@@ -217,7 +194,7 @@ async fn unknown_kind_and_bad_payload_fail_the_job_not_the_worker(store: Store) 
     worker.shutdown().await;
 }
 
-async fn cancelled_running_job_stops_its_handler(store: Store) {
+async fn cancelled_running_job_stops_its_handler(store: Store, _: &TestDatabase) {
     let worker = start(
         &store,
         WorkerConfig {
@@ -247,7 +224,10 @@ async fn cancelled_running_job_stops_its_handler(store: Store) {
     worker.shutdown().await;
 }
 
-async fn shutdown_hands_back_unfinished_jobs_without_spending_an_attempt(store: Store) {
+async fn shutdown_hands_back_unfinished_jobs_without_spending_an_attempt(
+    store: Store,
+    _: &TestDatabase,
+) {
     let cfg = WorkerConfig {
         shutdown_grace_ms: Duration::from_millis(300),
         ..config()
@@ -270,7 +250,7 @@ async fn shutdown_hands_back_unfinished_jobs_without_spending_an_attempt(store: 
     assert!(job.lease_owner.is_none());
 }
 
-async fn shutdown_lets_running_jobs_finish_within_grace(store: Store) {
+async fn shutdown_lets_running_jobs_finish_within_grace(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let id = enqueue(
         &store,
@@ -291,7 +271,7 @@ async fn shutdown_lets_running_jobs_finish_within_grace(store: Store) {
     assert_eq!(job.attempt, 1);
 }
 
-async fn job_of_a_lost_worker_is_rescued_and_succeeds(store: Store) {
+async fn job_of_a_lost_worker_is_rescued_and_succeeds(store: Store, _: &TestDatabase) {
     let id = enqueue(&store, Probe::default()).await;
     // A worker claims it and dies without a word.
     let claimed = store
@@ -313,7 +293,7 @@ async fn job_of_a_lost_worker_is_rescued_and_succeeds(store: Store) {
     worker.shutdown().await;
 }
 
-async fn handler_progress_is_visible(store: Store) {
+async fn handler_progress_is_visible(store: Store, _: &TestDatabase) {
     let worker = start(&store, config());
     let id = enqueue(
         &store,

@@ -8,13 +8,6 @@ use crate::{
     accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser},
 };
 
-fn split(id: &Identifier) -> (Option<&str>, Option<&str>) {
-    match id {
-        Identifier::Email(e) => (Some(e.as_str()), None),
-        Identifier::Phone(p) => (None, Some(p.as_str())),
-    }
-}
-
 #[async_trait]
 impl Accounts for PgStore {
     async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError> {
@@ -29,7 +22,7 @@ impl Accounts for PgStore {
             None => None,
         };
         let id = Uuid::now_v7();
-        let (email, phone) = split(&user.identifier);
+        let (email, phone) = user.identifier.columns();
         let inserted = sqlx::query(
             "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code, referred_by)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -62,7 +55,7 @@ impl Accounts for PgStore {
     }
 
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
-        let (email, phone) = split(id);
+        let (email, phone) = id.columns();
         let row: Option<(Uuid, String)> = sqlx::query_as(
             "SELECT id, password_hash FROM users
              WHERE deleted_at IS NULL AND (email = $1 OR phone = $2)",

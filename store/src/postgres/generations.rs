@@ -1,73 +1,15 @@
 use async_trait::async_trait;
-use kiln_jobs::GenerateImage;
-use sqlx::{Row, postgres::PgRow};
 use uuid::Uuid;
 
-use super::{PgStore, RECORD_COLUMNS, record_from};
+use super::PgStore;
 use crate::{
-    JobRecord, NewJob, StoreError,
-    generations::{
-        Generation, GenerationEnqueued, Generations, ImageRecord, JobFilter, ModerationRecord,
-        ModerationSubject, NewGeneration,
+    JobRecord, StoreError,
+    generations::{Generation, Generations, ImageRecord, JobFilter, ModerationRecord},
+    rows::{
+        self, GENERATION_COLUMNS, GenerationRow, IMAGE_COLUMNS, ImageRow, JOB_COLUMNS, JobRow,
+        MODERATION_COLUMNS, ModerationRow,
     },
 };
-
-const GENERATION_COLUMNS: &str =
-    "id, job_id, owner, prompt, model, width, height, n, reference_urls, created_at";
-
-fn generation_from(row: &PgRow) -> Result<Generation, StoreError> {
-    Ok(Generation {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        owner: row.try_get("owner")?,
-        prompt: row.try_get("prompt")?,
-        model: row.try_get("model")?,
-        width: row.try_get::<i32, _>("width")? as u32,
-        height: row.try_get::<i32, _>("height")? as u32,
-        n: row.try_get::<i32, _>("n")? as u32,
-        reference_urls: serde_json::from_value(row.try_get("reference_urls")?)
-            .map_err(|e| StoreError::Corrupt(format!("generation reference_urls: {e}")))?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn moderation_from(row: &PgRow) -> Result<ModerationRecord, StoreError> {
-    let subject: String = row.try_get("subject")?;
-    Ok(ModerationRecord {
-        id: row.try_get("id")?,
-        owner: row.try_get("owner")?,
-        generation_id: row.try_get("generation_id")?,
-        subject: ModerationSubject::parse(&subject).ok_or_else(|| {
-            StoreError::Corrupt(format!("unknown moderation subject {subject:?}"))
-        })?,
-        provider: row.try_get("provider")?,
-        allowed: row.try_get("allowed")?,
-        categories: serde_json::from_value(row.try_get("categories")?)
-            .map_err(|e| StoreError::Corrupt(format!("moderation categories: {e}")))?,
-        scores: serde_json::from_value(row.try_get("scores")?)
-            .map_err(|e| StoreError::Corrupt(format!("moderation scores: {e}")))?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn image_from(row: &PgRow) -> Result<ImageRecord, StoreError> {
-    Ok(ImageRecord {
-        id: row.try_get("id")?,
-        generation_id: row.try_get("generation_id")?,
-        owner: row.try_get("owner")?,
-        object_key: row.try_get("object_key")?,
-        width: row.try_get::<i32, _>("width")? as u32,
-        height: row.try_get::<i32, _>("height")? as u32,
-        content_type: row.try_get("content_type")?,
-        bytes: row.try_get("bytes")?,
-        created_at: row.try_get("created_at")?,
-        source_image_id: row.try_get("source_image_id")?,
-    })
-}
-
-const IMAGE_COLUMNS: &str =
-    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at,
-     source_image_id";
 
 impl PgStore {
     async fn generation_where(
@@ -76,60 +18,16 @@ impl PgStore {
         id: Uuid,
     ) -> Result<Option<Generation>, StoreError> {
         let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE {column} = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<GenerationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(generation_from).transpose()
+        row.map(Generation::try_from).transpose()
     }
 }
 
 #[async_trait]
 impl Generations for PgStore {
-    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
-        let id = Uuid::now_v7();
-        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner.to_string());
-        job.idempotency_key = g.idempotency_key.clone();
-        let mut tx = self.pool.begin().await?;
-        let enqueued = PgStore::enqueue_in(&mut tx, job).await?;
-        if !enqueued.created {
-            tx.rollback().await?;
-            let hash: Option<String> =
-                sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
-                    .bind(enqueued.id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            return Ok(if hash.as_deref() == Some(g.request_hash.as_str()) {
-                GenerationEnqueued::Existing {
-                    job_id: enqueued.id,
-                }
-            } else {
-                GenerationEnqueued::KeyReused
-            });
-        }
-        sqlx::query(
-            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
-                                      request_hash, reference_urls)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(enqueued.id)
-        .bind(g.owner)
-        .bind(&g.prompt)
-        .bind(&g.model)
-        .bind(g.width as i32)
-        .bind(g.height as i32)
-        .bind(g.n as i32)
-        .bind(&g.request_hash)
-        .bind(serde_json::json!(g.reference_urls))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(GenerationEnqueued::Created {
-            job_id: enqueued.id,
-        })
-    }
-
     async fn generation(&self, id: Uuid) -> Result<Option<Generation>, StoreError> {
         self.generation_where("id", id).await
     }
@@ -201,15 +99,15 @@ impl Generations for PgStore {
         &self,
         generation_id: Uuid,
     ) -> Result<Vec<ModerationRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, owner, generation_id, subject, provider, allowed, categories, scores,
-                    created_at
-             FROM moderation_decisions WHERE generation_id = $1 ORDER BY created_at, id",
-        )
-        .bind(generation_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(moderation_from).collect()
+        let sql = format!(
+            "SELECT {MODERATION_COLUMNS} FROM moderation_decisions
+             WHERE generation_id = $1 ORDER BY created_at, id"
+        );
+        let rows: Vec<ModerationRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(generation_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(ModerationRecord::try_from).collect()
     }
 
     async fn images_of_generation(
@@ -221,11 +119,11 @@ impl Generations for PgStore {
              WHERE generation_id = $1 AND source_image_id IS NULL AND deleted_at IS NULL
              ORDER BY id"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(generation_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(image_from).collect()
+        Ok(rows::images(rows))
     }
 
     async fn delete_images_of_generation(&self, generation_id: Uuid) -> Result<(), StoreError> {
@@ -247,13 +145,13 @@ impl Generations for PgStore {
              WHERE owner = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id < $2)
              ORDER BY id DESC LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(before)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(image_from).collect()
+        Ok(rows::images(rows))
     }
 
     async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
@@ -262,24 +160,24 @@ impl Generations for PgStore {
              WHERE id = $1 AND owner = $2 AND deleted_at IS NULL
              RETURNING {IMAGE_COLUMNS}"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(image_from).transpose()
+        Ok(row.map(ImageRecord::from))
     }
 
     async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 AND owner = $2 AND deleted_at IS NULL"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let row: Option<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(image_from).transpose()
+        Ok(row.map(ImageRecord::from))
     }
 
     async fn jobs_of_owner(
@@ -288,12 +186,12 @@ impl Generations for PgStore {
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let sql = format!(
-            "SELECT {RECORD_COLUMNS} FROM jobs
+            "SELECT {JOB_COLUMNS} FROM jobs
              WHERE owner = $1 AND ($2::text IS NULL OR state = $2)
                AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
              ORDER BY id DESC LIMIT $5"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner.to_string())
             .bind(filter.state.map(|s| s.as_str()))
             .bind(&filter.kind)
@@ -301,6 +199,6 @@ impl Generations for PgStore {
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(record_from).collect()
+        rows::jobs(rows)
     }
 }

@@ -4,14 +4,17 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row, postgres::PgListener, postgres::PgRow};
+use kiln_jobs::GenerateImage;
+use sqlx::{PgConnection, PgPool, Row, postgres::PgListener};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
-    CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
-    Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent, rescue::rescue_decision,
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, JobState, JobWrites,
+    Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent,
+    generations::{GenerationEnqueued, NewGeneration},
+    rescue::rescue_decision,
+    rows::{self, CLAIM_COLUMNS, ClaimRow, JOB_COLUMNS, JobRow},
 };
 
 mod accounts;
@@ -25,7 +28,6 @@ const CHANGED_CHANNEL: &str = "kiln_job_changed";
 
 pub struct PgStore {
     pool: PgPool,
-    events: broadcast::Sender<StoreEvent>,
     listener: tokio::task::AbortHandle,
 }
 
@@ -39,15 +41,10 @@ impl Drop for PgStore {
 
 impl PgStore {
     /// Wraps a pool and starts the `LISTEN` task that turns notifications
-    /// into [`StoreEvent`]s.
-    pub fn new(pool: PgPool) -> PgStore {
-        let (events, _) = broadcast::channel(1024);
-        let listener = tokio::spawn(listen(pool.clone(), events.clone())).abort_handle();
-        PgStore {
-            pool,
-            events,
-            listener,
-        }
+    /// into [`StoreEvent`]s on `events`.
+    pub fn new(pool: PgPool, events: broadcast::Sender<StoreEvent>) -> PgStore {
+        let listener = tokio::spawn(listen(pool.clone(), events)).abort_handle();
+        PgStore { pool, listener }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -55,7 +52,8 @@ impl PgStore {
     }
 
     /// Inserts a job inside the caller's transaction, so it commits or rolls
-    /// back together with the rows it belongs to.
+    /// back together with the rows it belongs to. (Workers hear of it from
+    /// the trigger's `NOTIFY` at commit.)
     pub async fn enqueue_in(conn: &mut PgConnection, job: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
         let fair_seq = fair_seq(&mut *conn, job.owner.as_deref()).await?;
@@ -83,10 +81,6 @@ impl PgStore {
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(id) = inserted {
-            crate::metrics::metrics()
-                .jobs_enqueued
-                .with_label_values(&[job.kind.as_str()])
-                .inc();
             return Ok(Enqueued { id, created: true });
         }
         let existing: Uuid = sqlx::query_scalar(
@@ -176,46 +170,6 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-const RECORD_COLUMNS: &str =
-    "id, kind, queue, owner, payload, schema_version, state, stage, progress,
-    priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
-    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
-
-fn state_of(row: &PgRow) -> Result<JobState, StoreError> {
-    let s: String = row.try_get("state")?;
-    JobState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
-}
-
-fn record_from(row: &PgRow) -> Result<JobRecord, StoreError> {
-    let errors: serde_json::Value = row.try_get("errors")?;
-    Ok(JobRecord {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        queue: row.try_get("queue")?,
-        owner: row.try_get("owner")?,
-        payload: row.try_get("payload")?,
-        schema_version: row.try_get("schema_version")?,
-        state: state_of(row)?,
-        stage: row.try_get("stage")?,
-        progress: row.try_get("progress")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get::<i32, _>("attempt")? as u32,
-        max_attempts: row.try_get::<i32, _>("max_attempts")? as u32,
-        run_at: row.try_get("run_at")?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_expires_at: row.try_get("lease_expires_at")?,
-        token: row.try_get("token")?,
-        rescues: row.try_get::<i32, _>("rescues")? as u32,
-        cancel_requested: row.try_get("cancel_requested")?,
-        result: row.try_get("result")?,
-        errors: serde_json::from_value::<Vec<ErrorEntry>>(errors)?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: row.try_get("created_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-    })
-}
-
 #[async_trait]
 impl Queue for PgStore {
     fn backend_name(&self) -> &'static str {
@@ -242,6 +196,109 @@ impl Queue for PgStore {
         Ok(())
     }
 
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let rows = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
+             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+             WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'
+             RETURNING jobs.id, jobs.cancel_requested",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(secs(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut still_ours = std::collections::HashMap::new();
+        for row in rows {
+            let id: Uuid = row.try_get("id")?;
+            let cancel: bool = row.try_get("cancel_requested")?;
+            still_ours.insert(id, cancel);
+        }
+        Ok(leases
+            .iter()
+            .filter(|l| still_ours.get(&l.id).is_none_or(|cancel| *cancel))
+            .copied()
+            .collect())
+    }
+
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO queues (name, paused) VALUES ($1, true)
+             ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now()",
+        )
+        .bind(queue)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM queues WHERE paused ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled')
+                   AND finished_at < now() - make_interval(secs => $1)
+                 LIMIT $2)",
+        )
+        .bind(secs(older_than))
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
+        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n,
+                    extract(epoch FROM now() - min(run_at) FILTER (
+                        WHERE run_at <= now()
+                          AND state IN ('available', 'scheduled', 'retryable')))::float8 AS age
+             FROM jobs GROUP BY queue, state ORDER BY queue, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let age: Option<f64> = row.try_get("age")?;
+                Ok(QueueStat {
+                    queue: row.try_get("queue")?,
+                    state: row.try_get("state")?,
+                    count: row.try_get("n")?,
+                    oldest_due_age: age.map(|a| Duration::from_secs_f64(a.max(0.0))),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobWrites for PgStore {
+    fn notifies(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
         let mut tx = self.pool.begin().await?;
         let enqueued = PgStore::enqueue_in(&mut tx, job).await?;
@@ -249,7 +306,7 @@ impl Queue for PgStore {
         Ok(enqueued)
     }
 
-    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError> {
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
@@ -323,17 +380,13 @@ impl Queue for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        // Count by kind only what was inserted (idempotent duplicates are skipped).
-        let inserted_set: std::collections::HashSet<&Uuid> = inserted.iter().collect();
-        for (id, kind) in ids.iter().zip(&kinds) {
-            if inserted_set.contains(id) {
-                crate::metrics::metrics()
-                    .jobs_enqueued
-                    .with_label_values(&[kind.as_str()])
-                    .inc();
-            }
-        }
-        Ok(inserted)
+        // Idempotent duplicates were skipped: say which positions went in.
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        Ok(ids
+            .into_iter()
+            .enumerate()
+            .filter(|(_, id)| inserted.contains(id))
+            .collect())
     }
 
     async fn claim(
@@ -347,9 +400,9 @@ impl Queue for PgStore {
         // (`queue = ANY(..)` would sort every pending row instead), then
         // the best `limit` of those across queues. Rows locked but not
         // picked are released at the end of the statement.
-        let rows = sqlx::query(
+        let sql = format!(
             "WITH picked AS (
-                 SELECT j.id FROM unnest($1::text[]) AS q(name)
+                 SELECT j.id AS picked_id FROM unnest($1::text[]) AS q(name)
                  CROSS JOIN LATERAL (
                      SELECT id, priority, fair_seq, run_at FROM jobs
                      WHERE queue = q.name
@@ -367,77 +420,17 @@ impl Queue for PgStore {
              SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
                  lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
                  started_at = now(), updated_at = now()
-             FROM picked WHERE j.id = picked.id
-             RETURNING j.id, j.token, j.kind, j.queue, j.owner, j.payload, j.schema_version,
-                       j.attempt, j.max_attempts, j.run_at, j.started_at,
-                       j.priority, j.fair_seq",
-        )
-        .bind(queues)
-        .bind(i64::from(limit))
-        .bind(worker)
-        .bind(secs(lease))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let order: (i16, i64, DateTime<Utc>) = (
-                -row.try_get::<i16, _>("priority")?,
-                row.try_get("fair_seq")?,
-                row.try_get("run_at")?,
-            );
-            claimed.push((
-                order,
-                ClaimedJob {
-                    lease: Lease {
-                        id: row.try_get("id")?,
-                        token: row.try_get("token")?,
-                    },
-                    kind: row.try_get("kind")?,
-                    queue: row.try_get("queue")?,
-                    owner: row.try_get("owner")?,
-                    payload: row.try_get("payload")?,
-                    schema_version: row.try_get("schema_version")?,
-                    attempt: row.try_get::<i32, _>("attempt")? as u32,
-                    max_attempts: row.try_get::<i32, _>("max_attempts")? as u32,
-                    due_at: row.try_get("run_at")?,
-                    started_at: row.try_get("started_at")?,
-                },
-            ));
-        }
-        // RETURNING comes in no particular order; hand jobs out in claim order.
-        claimed.sort_by_key(|(order, job)| (*order, job.lease.id));
-        let claimed: Vec<ClaimedJob> = claimed.into_iter().map(|(_, job)| job).collect();
-        Ok(claimed)
-    }
-
-    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
-        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-        let rows = sqlx::query(
-            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $3)
-             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
-             WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'
-             RETURNING jobs.id, jobs.cancel_requested",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(secs(lease))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut still_ours = std::collections::HashMap::new();
-        for row in rows {
-            let id: Uuid = row.try_get("id")?;
-            let cancel: bool = row.try_get("cancel_requested")?;
-            still_ours.insert(id, cancel);
-        }
-        Ok(leases
-            .iter()
-            .filter(|l| still_ours.get(&l.id).is_none_or(|cancel| *cancel))
-            .copied()
-            .collect())
+             FROM picked WHERE j.id = picked.picked_id
+             RETURNING {CLAIM_COLUMNS}",
+        );
+        let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(queues)
+            .bind(i64::from(limit))
+            .bind(worker)
+            .bind(secs(lease))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows::claimed(rows))
     }
 
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
@@ -577,7 +570,7 @@ impl Queue for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
-            return Ok(match state_of(&row)? {
+            return Ok(match row.try_get("state")? {
                 JobState::Running => CancelOutcome::Cancelling,
                 _ => CancelOutcome::Cancelled,
             });
@@ -590,20 +583,9 @@ impl Queue for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
-            Some(row) => CancelOutcome::AlreadyFinished(state_of(&row)?),
+            Some(row) => CancelOutcome::AlreadyFinished(row.try_get("state")?),
             None => CancelOutcome::NotFound,
         })
-    }
-
-    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO queues (name, paused) VALUES ($1, true)
-             ON CONFLICT (name) DO UPDATE SET paused = true, updated_at = now()",
-        )
-        .bind(queue)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
     }
 
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
@@ -618,14 +600,6 @@ impl Queue for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM queues WHERE paused ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?,
-        )
     }
 
     async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError> {
@@ -682,54 +656,47 @@ impl Queue for PgStore {
         Ok(rescued)
     }
 
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'failed', 'cancelled')
-                   AND finished_at < now() - make_interval(secs => $1)
-                 LIMIT $2)",
+    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
+        let id = Uuid::now_v7();
+        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner.to_string());
+        job.idempotency_key = g.idempotency_key.clone();
+        let mut tx = self.pool.begin().await?;
+        let enqueued = PgStore::enqueue_in(&mut tx, job).await?;
+        if !enqueued.created {
+            tx.rollback().await?;
+            let hash: Option<String> =
+                sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
+                    .bind(enqueued.id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            return Ok(if hash.as_deref() == Some(g.request_hash.as_str()) {
+                GenerationEnqueued::Existing {
+                    job_id: enqueued.id,
+                }
+            } else {
+                GenerationEnqueued::KeyReused
+            });
+        }
+        sqlx::query(
+            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                      request_hash, reference_urls)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
-        .bind(secs(older_than))
-        .bind(i64::from(limit))
-        .execute(&self.pool)
+        .bind(id)
+        .bind(enqueued.id)
+        .bind(g.owner)
+        .bind(&g.prompt)
+        .bind(&g.model)
+        .bind(g.width as i32)
+        .bind(g.height as i32)
+        .bind(g.n as i32)
+        .bind(&g.request_hash)
+        .bind(serde_json::json!(g.reference_urls))
+        .execute(&mut *tx)
         .await?;
-        Ok(deleted.rows_affected())
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = $1");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(record_from).transpose()
-    }
-
-    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT queue, state, count(*) AS n,
-                    extract(epoch FROM now() - min(run_at) FILTER (
-                        WHERE run_at <= now()
-                          AND state IN ('available', 'scheduled', 'retryable')))::float8 AS age
-             FROM jobs GROUP BY queue, state ORDER BY queue, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let age: Option<f64> = row.try_get("age")?;
-                Ok(QueueStat {
-                    queue: row.try_get("queue")?,
-                    state: state_of(row)?,
-                    count: row.try_get("n")?,
-                    oldest_due_age: age.map(|a| Duration::from_secs_f64(a.max(0.0))),
-                })
-            })
-            .collect()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
-        self.events.subscribe()
+        tx.commit().await?;
+        Ok(GenerationEnqueued::Created {
+            job_id: enqueued.id,
+        })
     }
 }

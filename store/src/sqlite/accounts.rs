@@ -2,18 +2,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{SqliteStore, now_ms, uuid};
+use super::{SqliteStore, now_ms};
+use crate::codec::Id;
 use crate::{
     StoreError,
     accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser},
 };
-
-fn split(id: &Identifier) -> (Option<&str>, Option<&str>) {
-    match id {
-        Identifier::Email(e) => (Some(e.as_str()), None),
-        Identifier::Phone(p) => (None, Some(p.as_str())),
-    }
-}
 
 #[async_trait]
 impl Accounts for SqliteStore {
@@ -29,7 +23,7 @@ impl Accounts for SqliteStore {
             None => None,
         };
         let id = Uuid::now_v7();
-        let (email, phone) = split(&user.identifier);
+        let (email, phone) = user.identifier.columns();
         let inserted = sqlx::query(
             "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code,
                                 referred_by, created_at)
@@ -64,8 +58,8 @@ impl Accounts for SqliteStore {
     }
 
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
-        let (email, phone) = split(id);
-        let row: Option<(String, String)> = sqlx::query_as(
+        let (email, phone) = id.columns();
+        let row: Option<(Id, String)> = sqlx::query_as(
             "SELECT id, password_hash FROM users
              WHERE deleted_at IS NULL AND (email = ? OR phone = ?)",
         )
@@ -73,13 +67,10 @@ impl Accounts for SqliteStore {
         .bind(phone)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|(id, password_hash)| {
-            Ok(LoginRecord {
-                user_id: uuid(&id)?,
-                password_hash,
-            })
-        })
-        .transpose()
+        Ok(row.map(|(id, password_hash)| LoginRecord {
+            user_id: id.0,
+            password_hash,
+        }))
     }
 
     async fn create_session(
@@ -101,7 +92,7 @@ impl Accounts for SqliteStore {
     }
 
     async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError> {
-        let id: Option<String> = sqlx::query_scalar(
+        let id: Option<Id> = sqlx::query_scalar(
             "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
                AND u.deleted_at IS NULL",
@@ -110,7 +101,7 @@ impl Accounts for SqliteStore {
         .bind(now_ms())
         .fetch_optional(&self.reader)
         .await?;
-        id.as_deref().map(uuid).transpose()
+        Ok(id.map(|id| id.0))
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {

@@ -6,19 +6,21 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
+use kiln_jobs::GenerateImage;
 use sqlx::{
     Row, SqliteConnection, SqlitePool,
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
-    CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
-    Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent, rescue::rescue_decision,
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, JobState, JobWrites,
+    Lease, NewJob, Queue, QueueStat, Rescued, StoreError,
+    codec::Id,
+    generations::{GenerationEnqueued, NewGeneration},
+    rescue::rescue_decision,
+    rows::{self, CLAIM_COLUMNS, ClaimRow, JOB_COLUMNS, JobRow},
 };
 
 mod accounts;
@@ -29,7 +31,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite"
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    events: broadcast::Sender<StoreEvent>,
 }
 
 fn now_ms() -> i64 {
@@ -38,19 +39,6 @@ fn now_ms() -> i64 {
 
 fn ms(d: Duration) -> i64 {
     d.as_millis().min(i64::MAX as u128) as i64
-}
-
-fn time(ms: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| StoreError::Corrupt(format!("time {ms}")))
-}
-
-fn opt_time(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    ms.map(time).transpose()
-}
-
-fn uuid(s: &str) -> Result<Uuid, StoreError> {
-    s.parse()
-        .map_err(|_| StoreError::Corrupt(format!("job id {s:?}")))
 }
 
 impl SqliteStore {
@@ -79,12 +67,7 @@ impl SqliteStore {
             .max_connections(readers.max(1))
             .connect_with(options.read_only(false))
             .await?;
-        let (events, _) = broadcast::channel(1024);
-        Ok(SqliteStore {
-            writer,
-            reader,
-            events,
-        })
+        Ok(SqliteStore { writer, reader })
     }
 
     /// The one connection that writes; transactional enqueues go through
@@ -98,7 +81,8 @@ impl SqliteStore {
     }
 
     /// Inserts a job inside the caller's transaction. Call
-    /// [`SqliteStore::notify_available`] after the commit to wake workers.
+    /// [`Store::jobs_available`](crate::Store::jobs_available) after the
+    /// commit to wake this process's workers.
     pub async fn enqueue_in(
         conn: &mut SqliteConnection,
         job: NewJob,
@@ -145,13 +129,9 @@ impl SqliteStore {
         .execute(&mut *conn)
         .await?;
         if inserted.rows_affected() == 1 {
-            crate::metrics::metrics()
-                .jobs_enqueued
-                .with_label_values(&[job.kind.as_str()])
-                .inc();
             return Ok(Enqueued { id, created: true });
         }
-        let existing: String = sqlx::query_scalar(
+        let existing: Id = sqlx::query_scalar(
             "SELECT id FROM jobs
              WHERE coalesce(owner, '') = coalesce(?, '') AND kind = ? AND idempotency_key = ?",
         )
@@ -161,21 +141,9 @@ impl SqliteStore {
         .fetch_one(&mut *conn)
         .await?;
         Ok(Enqueued {
-            id: uuid(&existing)?,
+            id: existing.0,
             created: false,
         })
-    }
-
-    /// Tells long-polling clients in this process that a job changed.
-    fn changed(&self, id: Uuid) {
-        let _ = self.events.send(StoreEvent::JobChanged(id));
-    }
-
-    /// Wakes this process's idle workers: SQLite has no NOTIFY.
-    pub fn notify_available(&self, queue: &str) {
-        let _ = self
-            .events
-            .send(StoreEvent::JobsAvailable(Some(queue.to_owned())));
     }
 }
 
@@ -189,52 +157,6 @@ async fn fair_seq(conn: &mut SqliteConnection, owner: Option<&str>) -> Result<i6
     .fetch_one(conn)
     .await?;
     Ok(pending + 1)
-}
-
-const RECORD_COLUMNS: &str =
-    "id, kind, queue, owner, payload, schema_version, state, stage, progress,
-    priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
-    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
-
-fn state_of(row: &SqliteRow) -> Result<JobState, StoreError> {
-    let s: String = row.try_get("state")?;
-    JobState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("unknown state {s:?}")))
-}
-
-fn json(text: &str) -> Result<serde_json::Value, StoreError> {
-    Ok(serde_json::from_str(text)?)
-}
-
-fn record_from(row: &SqliteRow) -> Result<JobRecord, StoreError> {
-    let errors: String = row.try_get("errors")?;
-    let result: Option<String> = row.try_get("result")?;
-    let id: String = row.try_get("id")?;
-    Ok(JobRecord {
-        id: uuid(&id)?,
-        kind: row.try_get("kind")?,
-        queue: row.try_get("queue")?,
-        owner: row.try_get("owner")?,
-        payload: json(&row.try_get::<String, _>("payload")?)?,
-        schema_version: row.try_get("schema_version")?,
-        state: state_of(row)?,
-        stage: row.try_get("stage")?,
-        progress: row.try_get("progress")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get::<i64, _>("attempt")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        run_at: time(row.try_get("run_at")?)?,
-        lease_owner: row.try_get("lease_owner")?,
-        lease_expires_at: opt_time(row.try_get("lease_expires_at")?)?,
-        token: row.try_get("token")?,
-        rescues: row.try_get::<i64, _>("rescues")? as u32,
-        cancel_requested: row.try_get("cancel_requested")?,
-        result: result.as_deref().map(json).transpose()?,
-        errors: serde_json::from_str::<Vec<ErrorEntry>>(&errors)?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: time(row.try_get("created_at")?)?,
-        started_at: opt_time(row.try_get("started_at")?)?,
-        finished_at: opt_time(row.try_get("finished_at")?)?,
-    })
 }
 
 /// Appends one entry to a job's error history (a JSON array in a text column).
@@ -268,129 +190,6 @@ impl Queue for SqliteStore {
         Ok(())
     }
 
-    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
-        let queue = job.queue.clone();
-        let mut tx = self.writer.begin().await?;
-        let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
-        tx.commit().await?;
-        if enqueued.created {
-            self.notify_available(&queue);
-        }
-        Ok(enqueued)
-    }
-
-    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError> {
-        let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        let mut next_seq: std::collections::HashMap<Option<String>, i64> = Default::default();
-        let mut queues = std::collections::BTreeSet::new();
-        let mut ids = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let seq = match next_seq.get_mut(&job.owner) {
-                Some(s) => s,
-                None => {
-                    let first = fair_seq(&mut tx, job.owner.as_deref()).await?;
-                    next_seq.entry(job.owner.clone()).or_insert(first)
-                }
-            };
-            let this_seq = *seq;
-            if job.owner.is_some() {
-                *seq += 1;
-            }
-            queues.insert(job.queue.clone());
-            let enqueued = Self::insert(&mut tx, job, this_seq, now).await?;
-            if enqueued.created {
-                ids.push(enqueued.id);
-            }
-        }
-        tx.commit().await?;
-        for queue in queues {
-            self.notify_available(&queue);
-        }
-        Ok(ids)
-    }
-
-    async fn claim(
-        &self,
-        worker: &str,
-        queues: &[String],
-        limit: u32,
-        lease: Duration,
-    ) -> Result<Vec<ClaimedJob>, StoreError> {
-        let now = now_ms();
-        if queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The same order as on Postgres: priority, then the owner
-        // round-robin, then age, across all the worker's queues.
-        // Numbered, because a bare `?` takes the next number after the
-        // largest seen so far in the text, which would collide with ?4.
-        let placeholders = (0..queues.len())
-            .map(|i| format!("?{}", i + 5))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "UPDATE jobs
-             SET state = 'running', attempt = attempt + 1, token = token + 1,
-                 lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
-             WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('available', 'scheduled', 'retryable')
-                   AND run_at <= ?3
-                   AND queue IN ({placeholders})
-                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
-                 ORDER BY priority DESC, fair_seq, run_at, id
-                 LIMIT ?4)
-             RETURNING id, token, kind, queue, owner, payload, schema_version, attempt,
-                       max_attempts, run_at, started_at, priority, fair_seq"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(worker)
-            .bind(now + ms(lease))
-            .bind(now)
-            .bind(i64::from(limit));
-        for queue in queues {
-            query = query.bind(queue);
-        }
-        let mut tx = self.writer.begin().await?;
-        let rows = query.fetch_all(&mut *tx).await?;
-        let mut batch = Vec::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let order: (i64, i64, i64) = (
-                -row.try_get::<i64, _>("priority")?,
-                row.try_get("fair_seq")?,
-                row.try_get("run_at")?,
-            );
-            batch.push((
-                order,
-                ClaimedJob {
-                    lease: Lease {
-                        id: uuid(&id)?,
-                        token: row.try_get("token")?,
-                    },
-                    kind: row.try_get("kind")?,
-                    queue: row.try_get("queue")?,
-                    owner: row.try_get("owner")?,
-                    payload: json(&row.try_get::<String, _>("payload")?)?,
-                    schema_version: row.try_get("schema_version")?,
-                    attempt: row.try_get::<i64, _>("attempt")? as u32,
-                    max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-                    due_at: time(row.try_get("run_at")?)?,
-                    started_at: time(row.try_get("started_at")?)?,
-                },
-            ));
-        }
-        // RETURNING comes in no particular order; hand jobs out in claim order.
-        batch.sort_by_key(|(order, job)| (*order, job.lease.id));
-        let claimed: Vec<ClaimedJob> = batch.into_iter().map(|(_, job)| job).collect();
-        tx.commit().await?;
-        for job in &claimed {
-            self.changed(job.lease.id);
-        }
-        Ok(claimed)
-    }
-
     async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Lease>, StoreError> {
         let expires = now_ms() + ms(lease);
         let mut stop = Vec::new();
@@ -414,6 +213,159 @@ impl Queue for SqliteStore {
         Ok(stop)
     }
 
+    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO queues (name, paused, updated_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (name) DO UPDATE SET paused = 1, updated_at = ?2",
+        )
+        .bind(queue)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM queues WHERE paused ORDER BY name")
+                .fetch_all(&self.reader)
+                .await?,
+        )
+    }
+
+    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
+                 LIMIT ?)",
+        )
+        .bind(now_ms() - ms(older_than))
+        .bind(i64::from(limit))
+        .execute(&self.writer)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(Id(id))
+            .fetch_optional(&self.reader)
+            .await?;
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT queue, state, count(*) AS n,
+                    min(CASE WHEN run_at <= ?1
+                              AND state IN ('available', 'scheduled', 'retryable')
+                             THEN run_at END) AS oldest_due
+             FROM jobs GROUP BY queue, state ORDER BY queue, state",
+        )
+        .bind(now)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let oldest: Option<i64> = row.try_get("oldest_due")?;
+                Ok(QueueStat {
+                    queue: row.try_get("queue")?,
+                    state: row.try_get("state")?,
+                    count: row.try_get("n")?,
+                    oldest_due_age: oldest
+                        .map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl JobWrites for SqliteStore {
+    fn notifies(&self) -> bool {
+        false
+    }
+
+    async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(enqueued)
+    }
+
+    async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.writer.begin().await?;
+        let mut next_seq: std::collections::HashMap<Option<String>, i64> = Default::default();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            let seq = match next_seq.get_mut(&job.owner) {
+                Some(s) => s,
+                None => {
+                    let first = fair_seq(&mut tx, job.owner.as_deref()).await?;
+                    next_seq.entry(job.owner.clone()).or_insert(first)
+                }
+            };
+            let this_seq = *seq;
+            if job.owner.is_some() {
+                *seq += 1;
+            }
+            let enqueued = Self::insert(&mut tx, job, this_seq, now).await?;
+            if enqueued.created {
+                ids.push((i, enqueued.id));
+            }
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let now = now_ms();
+        // The same order as on Postgres: priority, then the owner
+        // round-robin, then age, across all the worker's queues.
+        // Numbered, because a bare `?` takes the next number after the
+        // largest seen so far in the text, which would collide with ?4.
+        let placeholders = (0..queues.len())
+            .map(|i| format!("?{}", i + 5))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "UPDATE jobs
+             SET state = 'running', attempt = attempt + 1, token = token + 1,
+                 lease_owner = ?1, lease_expires_at = ?2, started_at = ?3, updated_at = ?3
+             WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE state IN ('available', 'scheduled', 'retryable')
+                   AND run_at <= ?3
+                   AND queue IN ({placeholders})
+                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
+                 ORDER BY priority DESC, fair_seq, run_at, id
+                 LIMIT ?4)
+             RETURNING {CLAIM_COLUMNS}"
+        );
+        let mut query = sqlx::query_as::<_, ClaimRow>(sqlx::AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(i64::from(limit));
+        for queue in queues {
+            query = query.bind(queue);
+        }
+        let mut tx = self.writer.begin().await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows::claimed(rows))
+    }
+
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
         let now = now_ms();
         let mut n = 0;
@@ -435,9 +387,6 @@ impl Queue for SqliteStore {
             .rows_affected();
         }
         tx.commit().await?;
-        for c in done {
-            self.changed(c.lease.id);
-        }
         Ok(n)
     }
 
@@ -464,9 +413,6 @@ impl Queue for SqliteStore {
             .bind(lease.token)
             .execute(&self.writer)
             .await?;
-        if updated.rows_affected() == 1 {
-            self.changed(lease.id);
-        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -483,16 +429,12 @@ impl Queue for SqliteStore {
         .bind(lease.token)
         .execute(&self.writer)
         .await?;
-        if updated.rows_affected() == 1 {
-            self.changed(lease.id);
-        }
         Ok(updated.rows_affected() == 1)
     }
 
     async fn release(&self, leases: &[Lease]) -> Result<u64, StoreError> {
         let now = now_ms();
         let mut n = 0;
-        let mut queues = std::collections::BTreeSet::new();
         let mut tx = self.writer.begin().await?;
         for l in leases {
             let queue: Option<String> = sqlx::query_scalar(
@@ -509,16 +451,11 @@ impl Queue for SqliteStore {
             .bind(l.token)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some(queue) = queue {
+            if queue.is_some() {
                 n += 1;
-                queues.insert(queue);
-                self.changed(l.id);
             }
         }
         tx.commit().await?;
-        for queue in queues {
-            self.notify_available(&queue);
-        }
         Ok(n)
     }
 
@@ -537,9 +474,6 @@ impl Queue for SqliteStore {
             .bind(lease.token)
             .execute(&self.writer)
             .await?;
-        if updated.rows_affected() == 1 {
-            self.changed(lease.id);
-        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -560,9 +494,6 @@ impl Queue for SqliteStore {
         .bind(lease.token)
         .execute(&self.writer)
         .await?;
-        if updated.rows_affected() == 1 {
-            self.changed(lease.id);
-        }
         Ok(updated.rows_affected() == 1)
     }
 
@@ -583,14 +514,8 @@ impl Queue for SqliteStore {
         .bind(owner)
         .fetch_optional(&self.writer)
         .await?;
-        if state.is_some() {
-            self.changed(id);
-        }
         match state.as_deref() {
-            Some("running") => {
-                let _ = self.events.send(StoreEvent::CancelRequested(id));
-                return Ok(CancelOutcome::Cancelling);
-            }
+            Some("running") => return Ok(CancelOutcome::Cancelling),
             Some(_) => return Ok(CancelOutcome::Cancelled),
             None => {}
         }
@@ -601,21 +526,9 @@ impl Queue for SqliteStore {
                 .fetch_optional(&self.writer)
                 .await?;
         Ok(match row {
-            Some(row) => CancelOutcome::AlreadyFinished(state_of(&row)?),
+            Some(row) => CancelOutcome::AlreadyFinished(row.try_get("state")?),
             None => CancelOutcome::NotFound,
         })
-    }
-
-    async fn pause_queue(&self, queue: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO queues (name, paused, updated_at) VALUES (?1, 1, ?2)
-             ON CONFLICT (name) DO UPDATE SET paused = 1, updated_at = ?2",
-        )
-        .bind(queue)
-        .bind(now_ms())
-        .execute(&self.writer)
-        .await?;
-        Ok(())
     }
 
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
@@ -624,16 +537,7 @@ impl Queue for SqliteStore {
             .bind(queue)
             .execute(&self.writer)
             .await?;
-        self.notify_available(queue);
         Ok(())
-    }
-
-    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT name FROM queues WHERE paused ORDER BY name")
-                .fetch_all(&self.reader)
-                .await?,
-        )
     }
 
     async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError> {
@@ -649,7 +553,7 @@ impl Queue for SqliteStore {
         .await?;
         let mut rescued = Vec::with_capacity(rows.len());
         for row in rows {
-            let id: String = row.try_get("id")?;
+            let id: Id = row.try_get("id")?;
             let kind: String = row.try_get("kind")?;
             let next = rescue_decision(
                 &kind,
@@ -677,12 +581,11 @@ impl Queue for SqliteStore {
                 })
                 .bind(next.state.as_str())
                 .bind(next.retry_in.map(|d| now + ms(d)))
-                .bind(&id)
+                .bind(id)
                 .execute(&mut *tx)
                 .await?;
-            self.changed(uuid(&id)?);
             rescued.push(Rescued {
-                id: uuid(&id)?,
+                id: id.0,
                 kind,
                 state: next.state,
             });
@@ -691,56 +594,48 @@ impl Queue for SqliteStore {
         Ok(rescued)
     }
 
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
-                 LIMIT ?)",
+    async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
+        let id = Uuid::now_v7();
+        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner.to_string());
+        job.idempotency_key = g.idempotency_key.clone();
+        let mut tx = self.writer.begin().await?;
+        let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
+        if !enqueued.created {
+            let hash: Option<String> =
+                sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = ?")
+                    .bind(enqueued.id.to_string())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(if hash.as_deref() == Some(g.request_hash.as_str()) {
+                GenerationEnqueued::Existing {
+                    job_id: enqueued.id,
+                }
+            } else {
+                GenerationEnqueued::KeyReused
+            });
+        }
+        sqlx::query(
+            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                     request_hash, created_at, reference_urls)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(now_ms() - ms(older_than))
-        .bind(i64::from(limit))
-        .execute(&self.writer)
+        .bind(id.to_string())
+        .bind(enqueued.id.to_string())
+        .bind(g.owner.to_string())
+        .bind(&g.prompt)
+        .bind(&g.model)
+        .bind(i64::from(g.width))
+        .bind(i64::from(g.height))
+        .bind(i64::from(g.n))
+        .bind(&g.request_hash)
+        .bind(now_ms())
+        .bind(serde_json::json!(g.reference_urls).to_string())
+        .execute(&mut *tx)
         .await?;
-        Ok(deleted.rows_affected())
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let sql = format!("SELECT {RECORD_COLUMNS} FROM jobs WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(record_from).transpose()
-    }
-
-    async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
-        let now = now_ms();
-        let rows = sqlx::query(
-            "SELECT queue, state, count(*) AS n,
-                    min(CASE WHEN run_at <= ?1
-                              AND state IN ('available', 'scheduled', 'retryable')
-                             THEN run_at END) AS oldest_due
-             FROM jobs GROUP BY queue, state ORDER BY queue, state",
-        )
-        .bind(now)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let oldest: Option<i64> = row.try_get("oldest_due")?;
-                Ok(QueueStat {
-                    queue: row.try_get("queue")?,
-                    state: state_of(row)?,
-                    count: row.try_get("n")?,
-                    oldest_due_age: oldest
-                        .map(|t| Duration::from_millis(now.saturating_sub(t).max(0) as u64)),
-                })
-            })
-            .collect()
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
-        self.events.subscribe()
+        tx.commit().await?;
+        Ok(GenerationEnqueued::Created {
+            job_id: enqueued.id,
+        })
     }
 }

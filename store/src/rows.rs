@@ -1,0 +1,242 @@
+//! Rows as both databases return them, read once: each engine selects the
+//! same columns (the lists below) and `FromRow` decodes them through the
+//! [`codec`](crate::codec) newtypes, whichever database it is.
+
+use chrono::{DateTime, Utc};
+
+use crate::{
+    ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
+    codec::{Id, Json, Time},
+    generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
+};
+
+/// Every column of `jobs` that [`JobRecord`] holds.
+pub(crate) const JOB_COLUMNS: &str =
+    "id, kind, queue, owner, payload, schema_version, state, stage, progress,
+    priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
+    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
+
+/// What a claim returns of each job it took (`RETURNING` these).
+pub(crate) const CLAIM_COLUMNS: &str = "id, token, kind, queue, owner, payload, schema_version,
+    attempt, max_attempts, run_at, started_at, priority, fair_seq";
+
+pub(crate) const GENERATION_COLUMNS: &str =
+    "id, job_id, owner, prompt, model, width, height, n, reference_urls, created_at";
+
+pub(crate) const IMAGE_COLUMNS: &str =
+    "id, generation_id, owner, object_key, width, height, content_type, bytes, created_at,
+     source_image_id";
+
+pub(crate) const MODERATION_COLUMNS: &str =
+    "id, owner, generation_id, subject, provider, allowed, categories, scores, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct JobRow {
+    id: Id,
+    kind: String,
+    queue: String,
+    owner: Option<String>,
+    payload: Json,
+    schema_version: i32,
+    state: JobState,
+    stage: Option<String>,
+    progress: i16,
+    priority: i16,
+    attempt: i32,
+    max_attempts: i32,
+    run_at: Time,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<Time>,
+    token: i64,
+    rescues: i32,
+    cancel_requested: bool,
+    result: Option<Json>,
+    errors: Json,
+    idempotency_key: Option<String>,
+    created_at: Time,
+    started_at: Option<Time>,
+    finished_at: Option<Time>,
+}
+
+fn time(t: Option<Time>) -> Option<DateTime<Utc>> {
+    t.map(|t| t.0)
+}
+
+impl TryFrom<JobRow> for JobRecord {
+    type Error = StoreError;
+
+    fn try_from(r: JobRow) -> Result<JobRecord, StoreError> {
+        Ok(JobRecord {
+            id: r.id.0,
+            kind: r.kind,
+            queue: r.queue,
+            owner: r.owner,
+            payload: r.payload.0,
+            schema_version: r.schema_version,
+            state: r.state,
+            stage: r.stage,
+            progress: r.progress,
+            priority: r.priority,
+            attempt: r.attempt as u32,
+            max_attempts: r.max_attempts as u32,
+            run_at: r.run_at.0,
+            lease_owner: r.lease_owner,
+            lease_expires_at: time(r.lease_expires_at),
+            token: r.token,
+            rescues: r.rescues as u32,
+            cancel_requested: r.cancel_requested,
+            result: r.result.map(|j| j.0),
+            errors: r.errors.parse::<Vec<ErrorEntry>>("job error history")?,
+            idempotency_key: r.idempotency_key,
+            created_at: r.created_at.0,
+            started_at: time(r.started_at),
+            finished_at: time(r.finished_at),
+        })
+    }
+}
+
+/// Decodes whole job rows.
+pub(crate) fn jobs(rows: Vec<JobRow>) -> Result<Vec<JobRecord>, StoreError> {
+    rows.into_iter().map(JobRecord::try_from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ClaimRow {
+    id: Id,
+    token: i64,
+    kind: String,
+    queue: String,
+    owner: Option<String>,
+    payload: Json,
+    schema_version: i32,
+    attempt: i32,
+    max_attempts: i32,
+    run_at: Time,
+    started_at: Time,
+    priority: i16,
+    fair_seq: i64,
+}
+
+/// Claimed jobs in claim order (priority, the owner round-robin, age):
+/// `RETURNING` gives them in no particular order.
+pub(crate) fn claimed(mut rows: Vec<ClaimRow>) -> Vec<ClaimedJob> {
+    rows.sort_by_key(|r| (-r.priority, r.fair_seq, r.run_at.0, r.id.0));
+    rows.into_iter()
+        .map(|r| ClaimedJob {
+            lease: Lease {
+                id: r.id.0,
+                token: r.token,
+            },
+            kind: r.kind,
+            queue: r.queue,
+            owner: r.owner,
+            payload: r.payload.0,
+            schema_version: r.schema_version,
+            attempt: r.attempt as u32,
+            max_attempts: r.max_attempts as u32,
+            due_at: r.run_at.0,
+            started_at: r.started_at.0,
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct GenerationRow {
+    id: Id,
+    job_id: Id,
+    owner: Id,
+    prompt: String,
+    model: String,
+    width: i32,
+    height: i32,
+    n: i32,
+    reference_urls: Json,
+    created_at: Time,
+}
+
+impl TryFrom<GenerationRow> for Generation {
+    type Error = StoreError;
+
+    fn try_from(r: GenerationRow) -> Result<Generation, StoreError> {
+        Ok(Generation {
+            id: r.id.0,
+            job_id: r.job_id.0,
+            owner: r.owner.0,
+            prompt: r.prompt,
+            model: r.model,
+            width: r.width as u32,
+            height: r.height as u32,
+            n: r.n as u32,
+            reference_urls: r.reference_urls.parse("generation reference_urls")?,
+            created_at: r.created_at.0,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ImageRow {
+    id: Id,
+    generation_id: Id,
+    owner: Id,
+    object_key: String,
+    width: i32,
+    height: i32,
+    content_type: String,
+    bytes: i64,
+    created_at: Time,
+    source_image_id: Option<Id>,
+}
+
+impl From<ImageRow> for ImageRecord {
+    fn from(r: ImageRow) -> ImageRecord {
+        ImageRecord {
+            id: r.id.0,
+            generation_id: r.generation_id.0,
+            owner: r.owner.0,
+            object_key: r.object_key,
+            width: r.width as u32,
+            height: r.height as u32,
+            content_type: r.content_type,
+            bytes: r.bytes,
+            created_at: r.created_at.0,
+            source_image_id: r.source_image_id.map(|id| id.0),
+        }
+    }
+}
+
+pub(crate) fn images(rows: Vec<ImageRow>) -> Vec<ImageRecord> {
+    rows.into_iter().map(ImageRecord::from).collect()
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ModerationRow {
+    id: Id,
+    owner: Id,
+    generation_id: Option<Id>,
+    subject: String,
+    provider: String,
+    allowed: bool,
+    categories: Json,
+    scores: Json,
+    created_at: Time,
+}
+
+impl TryFrom<ModerationRow> for ModerationRecord {
+    type Error = StoreError;
+
+    fn try_from(r: ModerationRow) -> Result<ModerationRecord, StoreError> {
+        Ok(ModerationRecord {
+            id: r.id.0,
+            owner: r.owner.0,
+            generation_id: r.generation_id.map(|id| id.0),
+            subject: ModerationSubject::parse(&r.subject).ok_or_else(|| {
+                StoreError::Corrupt(format!("unknown moderation subject {:?}", r.subject))
+            })?,
+            provider: r.provider,
+            allowed: r.allowed,
+            categories: r.categories.parse("moderation categories")?,
+            scores: r.scores.parse("moderation scores")?,
+            created_at: r.created_at.0,
+        })
+    }
+}

@@ -1,0 +1,235 @@
+use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
+
+use kiln_jobs::{GenerateImage, Job};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::{
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Rescued, StoreError,
+    StoreEvent,
+    generations::{GenerationEnqueued, NewGeneration},
+    metrics::metrics,
+    queue::{Database, Engine},
+};
+
+/// The one store every process holds, in front of its database engine
+/// (PostgreSQL or SQLite). Engines are SQL and binding only; what both
+/// share lives here once: the enqueue metrics and the change events that
+/// wake workers and long-polling clients.
+///
+/// The writes that matter to subscribers are methods of `Store`; every
+/// other operation ([`Queue`](crate::Queue), [`Accounts`](crate::accounts::Accounts),
+/// [`Generations`](crate::generations::Generations)) is the engine's, reached
+/// through `Deref`, so a new read is two SQL statements and nothing else.
+#[derive(Clone)]
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    events: broadcast::Sender<StoreEvent>,
+}
+
+impl Deref for Store {
+    type Target = dyn Database;
+
+    fn deref(&self) -> &dyn Database {
+        &*self.engine
+    }
+}
+
+impl Store {
+    /// Puts an engine behind a store. `events` is the channel the engine's
+    /// own notifications (if it has any) are sent on.
+    pub(crate) fn new(engine: Arc<dyn Engine>, events: broadcast::Sender<StoreEvent>) -> Store {
+        Store { engine, events }
+    }
+
+    /// A channel for engines to send their notifications on.
+    pub(crate) fn channel() -> broadcast::Sender<StoreEvent> {
+        broadcast::channel(1024).0
+    }
+
+    /// Wake-ups: jobs available, cancellations asked for, jobs changed.
+    pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
+    }
+
+    /// Wakes this process's idle workers for `queue` after a job was
+    /// enqueued inside a caller's own transaction (an engine's
+    /// `enqueue_in`), once that transaction committed.
+    pub fn jobs_available(&self, queue: &str) {
+        self.tell([StoreEvent::JobsAvailable(Some(queue.to_owned()))]);
+    }
+
+    /// Tells this process's subscribers, where the database does not tell
+    /// every process itself.
+    fn tell(&self, events: impl IntoIterator<Item = StoreEvent>) {
+        if self.engine.notifies() {
+            return;
+        }
+        for event in events {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn changed(&self, ids: impl IntoIterator<Item = Uuid>) {
+        self.tell(ids.into_iter().map(StoreEvent::JobChanged));
+    }
+
+    /// Inserts a job, or returns the existing one with the same owner, kind
+    /// and idempotency key.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
+        let (kind, queue) = (job.kind.clone(), job.queue.clone());
+        let enqueued = self.engine.enqueue(job).await?;
+        if enqueued.created {
+            metrics().jobs_enqueued.with_label_values(&[&kind]).inc();
+            self.tell([StoreEvent::JobsAvailable(Some(queue))]);
+        }
+        Ok(enqueued)
+    }
+
+    /// Inserts many jobs at once; returns the ids of those inserted (a job
+    /// whose idempotency key exists already is skipped).
+    pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| (j.kind.clone(), j.queue.clone()))
+            .collect();
+        let inserted = self.engine.enqueue_many(jobs).await?;
+        let mut queues = BTreeSet::new();
+        for (i, _) in &inserted {
+            let (kind, queue) = &names[*i];
+            metrics().jobs_enqueued.with_label_values(&[kind]).inc();
+            queues.insert(queue.clone());
+        }
+        self.tell(
+            queues
+                .into_iter()
+                .map(|q| StoreEvent::JobsAvailable(Some(q))),
+        );
+        Ok(inserted.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Claims up to `limit` due jobs from `queues` for `worker`; see
+    /// [`JobWrites::claim`](crate::JobWrites::claim).
+    pub async fn claim(
+        &self,
+        worker: &str,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if queues.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let claimed = self.engine.claim(worker, queues, limit, lease).await?;
+        self.changed(claimed.iter().map(|j| j.lease.id));
+        Ok(claimed)
+    }
+
+    /// Records successes; returns how many were still ours.
+    pub async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
+        if done.is_empty() {
+            return Ok(0);
+        }
+        let n = self.engine.complete(done).await?;
+        self.changed(done.iter().map(|c| c.lease.id));
+        Ok(n)
+    }
+
+    /// Records a failed attempt: retry later, or fail for good.
+    pub async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
+        let ours = self.engine.fail(lease, failure).await?;
+        self.changed(ours.then_some(lease.id));
+        Ok(ours)
+    }
+
+    /// Puts a running job back to wait `delay` without spending its attempt.
+    pub async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError> {
+        let ours = self.engine.snooze(lease, delay).await?;
+        self.changed(ours.then_some(lease.id));
+        Ok(ours)
+    }
+
+    /// Hands jobs back unfinished (graceful shutdown): available again at
+    /// once, the attempt not spent.
+    pub async fn release(&self, leases: &[Lease]) -> Result<u64, StoreError> {
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let n = self.engine.release(leases).await?;
+        if n > 0 {
+            self.changed(leases.iter().map(|l| l.id));
+            self.tell([StoreEvent::JobsAvailable(None)]);
+        }
+        Ok(n)
+    }
+
+    /// Ends a running job whose cancellation was asked for.
+    pub async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError> {
+        let ours = self.engine.finish_cancelled(lease, reason).await?;
+        self.changed(ours.then_some(lease.id));
+        Ok(ours)
+    }
+
+    /// Stage and progress (0-100) of a running job, as its handler reports them.
+    pub async fn set_progress(
+        &self,
+        lease: Lease,
+        stage: Option<&str>,
+        progress: u8,
+    ) -> Result<bool, StoreError> {
+        let ours = self.engine.set_progress(lease, stage, progress).await?;
+        self.changed(ours.then_some(lease.id));
+        Ok(ours)
+    }
+
+    /// Cancels a job: at once when waiting, by telling its worker when
+    /// running. `owner` restricts it to that owner's jobs.
+    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+        let outcome = self.engine.cancel(id, owner).await?;
+        match outcome {
+            CancelOutcome::Cancelled => self.changed([id]),
+            CancelOutcome::Cancelling => {
+                self.tell([StoreEvent::JobChanged(id), StoreEvent::CancelRequested(id)])
+            }
+            CancelOutcome::AlreadyFinished(_) | CancelOutcome::NotFound => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Claims from this queue again; its idle workers look at once.
+    pub async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
+        self.engine.resume_queue(queue).await?;
+        self.tell([StoreEvent::JobsAvailable(Some(queue.to_owned()))]);
+        Ok(())
+    }
+
+    /// Takes back running jobs whose lease expired: retryable after backoff,
+    /// or failed when out of attempts or past `crash_cap` rescues.
+    pub async fn rescue_expired(&self, crash_cap: u32) -> Result<Vec<Rescued>, StoreError> {
+        let rescued = self.engine.rescue_expired(crash_cap).await?;
+        self.changed(rescued.iter().map(|r| r.id));
+        Ok(rescued)
+    }
+
+    /// Stores a generation request with its `generate_image` job in one
+    /// transaction.
+    pub async fn create_generation(
+        &self,
+        g: NewGeneration,
+    ) -> Result<GenerationEnqueued, StoreError> {
+        let enqueued = self.engine.create_generation(g).await?;
+        if let GenerationEnqueued::Created { .. } = enqueued {
+            metrics()
+                .jobs_enqueued
+                .with_label_values(&[GenerateImage::KIND])
+                .inc();
+            self.tell([StoreEvent::JobsAvailable(Some(
+                GenerateImage::QUEUE.to_owned(),
+            ))]);
+        }
+        Ok(enqueued)
+    }
+}

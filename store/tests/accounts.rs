@@ -1,0 +1,143 @@
+//! Accounts and sessions, each behaviour on PostgreSQL and SQLite.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use chrono::{NaiveDate, TimeDelta, Utc};
+use kiln_store::{
+    Store, StoreError,
+    accounts::{Identifier, NewUser},
+    testing::TestDatabase,
+};
+use uuid::Uuid;
+
+kiln_store::both_databases!(
+    a_user_signs_in_by_email_or_phone,
+    an_email_or_phone_is_taken_once,
+    a_referral_code_must_exist,
+    a_session_lives_until_revoked_or_expired,
+);
+
+fn user(identifier: Identifier, code: &str) -> NewUser {
+    NewUser {
+        identifier,
+        password_hash: "$2b$04$hash".into(),
+        birth_date: NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
+        referral_code: code.into(),
+        referred_by_code: None,
+    }
+}
+
+fn email(e: &str) -> Identifier {
+    Identifier::Email(e.into())
+}
+
+async fn a_user_signs_in_by_email_or_phone(store: Store, _: &TestDatabase) {
+    let ada = store
+        .create_user(user(email("ada@example.com"), "ADA1"))
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(user(Identifier::Phone("+15005550006".into()), "BOB1"))
+        .await
+        .unwrap();
+
+    let login = store
+        .login_record(&email("ada@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(login.user_id, ada);
+    assert_eq!(login.password_hash, "$2b$04$hash");
+    let login = store
+        .login_record(&Identifier::Phone("+15005550006".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(login.user_id, bob);
+    assert!(
+        store
+            .login_record(&email("nobody@example.com"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let contacts = store.contacts(ada).await.unwrap().unwrap();
+    assert_eq!(contacts.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(contacts.phone, None);
+    let contacts = store.contacts(bob).await.unwrap().unwrap();
+    assert_eq!(contacts.phone.as_deref(), Some("+15005550006"));
+    assert!(store.contacts(Uuid::now_v7()).await.unwrap().is_none());
+}
+
+async fn an_email_or_phone_is_taken_once(store: Store, _: &TestDatabase) {
+    store
+        .create_user(user(email("ada@example.com"), "ADA1"))
+        .await
+        .unwrap();
+    let again = store
+        .create_user(user(email("ada@example.com"), "ADA2"))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    store
+        .create_user(user(Identifier::Phone("+15005550006".into()), "BOB1"))
+        .await
+        .unwrap();
+    let again = store
+        .create_user(user(Identifier::Phone("+15005550006".into()), "BOB2"))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+}
+
+async fn a_referral_code_must_exist(store: Store, _: &TestDatabase) {
+    store
+        .create_user(user(email("ada@example.com"), "ADA1"))
+        .await
+        .unwrap();
+    let referred = NewUser {
+        referred_by_code: Some("ADA1".into()),
+        ..user(email("bob@example.com"), "BOB1")
+    };
+    store.create_user(referred).await.unwrap();
+    let unknown = NewUser {
+        referred_by_code: Some("NOPE".into()),
+        ..user(email("eve@example.com"), "EVE1")
+    };
+    let outcome = store.create_user(unknown).await;
+    assert!(
+        matches!(outcome, Err(StoreError::UnknownReferral)),
+        "{outcome:?}"
+    );
+    assert!(
+        store
+            .login_record(&email("eve@example.com"))
+            .await
+            .unwrap()
+            .is_none(),
+        "a refused sign-up leaves no account"
+    );
+}
+
+async fn a_session_lives_until_revoked_or_expired(store: Store, _: &TestDatabase) {
+    let ada = store
+        .create_user(user(email("ada@example.com"), "ADA1"))
+        .await
+        .unwrap();
+    let tomorrow = Utc::now() + TimeDelta::days(1);
+    store.create_session(ada, "live", tomorrow).await.unwrap();
+    store
+        .create_session(ada, "expired", Utc::now() - TimeDelta::seconds(1))
+        .await
+        .unwrap();
+
+    assert_eq!(store.session_user("live").await.unwrap(), Some(ada));
+    assert_eq!(store.session_user("expired").await.unwrap(), None);
+    assert_eq!(store.session_user("unknown").await.unwrap(), None);
+
+    assert!(store.revoke_session("live").await.unwrap());
+    assert!(
+        !store.revoke_session("live").await.unwrap(),
+        "a session is revoked once"
+    );
+    assert_eq!(store.session_user("live").await.unwrap(), None);
+}
