@@ -55,7 +55,9 @@ async fn two_workers_together_keep_to_the_providers_rate() {
             referred_by_code: None,
         })
         .await
-        .unwrap();
+        .unwrap()
+        .id()
+        .expect("a new account");
     let prefix = format!("kiln-test:{}:", uuid::Uuid::now_v7());
     let workers: Vec<_> = (0..2)
         .map(|_| {

@@ -34,7 +34,26 @@ pub struct NewUser {
     pub referred_by_code: Option<String>,
 }
 
-/// What login needs to check a password.
+/// What became of a sign-up: domain outcomes, not storage failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserCreated {
+    Created(Uuid),
+    /// The email or phone belongs to an account already.
+    Taken,
+    /// The referral code matches no one; nothing was stored.
+    UnknownReferral,
+}
+
+impl UserCreated {
+    /// The new account's id, if one was made.
+    pub fn id(self) -> Option<Uuid> {
+        match self {
+            UserCreated::Created(id) => Some(id),
+            UserCreated::Taken | UserCreated::UnknownReferral => None,
+        }
+    }
+}
+
 /// A user's email and phone, as registered. `Debug` shows only which are
 /// present, so a logged value never leaks them.
 #[derive(Clone, PartialEq, Eq)]
@@ -52,6 +71,7 @@ impl std::fmt::Debug for Contacts {
     }
 }
 
+/// What login needs to check a password.
 #[derive(Debug, Clone)]
 pub struct LoginRecord {
     pub user_id: Uuid,
@@ -61,9 +81,7 @@ pub struct LoginRecord {
 /// Accounts and their sessions.
 #[async_trait]
 pub trait Accounts: Send + Sync {
-    /// `StoreError::Conflict` when the email or phone is taken;
-    /// `StoreError::UnknownReferral` when the referral code matches no one.
-    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError>;
+    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError>;
     /// Where to reach a user who is not deleted; `None` otherwise.
     async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError>;
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;

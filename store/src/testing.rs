@@ -9,7 +9,11 @@
 
 use sqlx::{Connection, PgConnection};
 
-use crate::{ConnectOptions, Store, StoreError, connect};
+use crate::{
+    ConnectOptions, Store, StoreError,
+    accounts::{Identifier, NewUser},
+    connect,
+};
 
 pub fn postgres_admin_url() -> String {
     std::env::var("KILN_TEST_POSTGRES_URL")
@@ -68,6 +72,25 @@ impl TestDatabase {
         store.migrate().await?;
         Ok(store)
     }
+}
+
+/// A fresh account with a unique email (generations, images and an
+/// owner's jobs belong to one).
+pub async fn account(store: &Store) -> uuid::Uuid {
+    let n = uuid::Uuid::now_v7().simple().to_string();
+    let user = NewUser {
+        identifier: Identifier::Email(format!("{n}@example.com")),
+        password_hash: "$2b$04$test.account.password.hash.is.never.checked".into(),
+        birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).expect("a valid date"),
+        referral_code: n,
+        referred_by_code: None,
+    };
+    store
+        .create_user(user)
+        .await
+        .expect("create a test account")
+        .id()
+        .expect("a unique email makes a new account")
 }
 
 impl Drop for TestDatabase {

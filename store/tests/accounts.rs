@@ -4,8 +4,8 @@
 
 use chrono::{NaiveDate, TimeDelta, Utc};
 use kiln_store::{
-    Store, StoreError,
-    accounts::{Identifier, NewUser},
+    Store,
+    accounts::{Identifier, NewUser, UserCreated},
     testing::TestDatabase,
 };
 use uuid::Uuid;
@@ -27,19 +27,24 @@ fn user(identifier: Identifier, code: &str) -> NewUser {
     }
 }
 
+async fn created(store: &Store, user: NewUser) -> Uuid {
+    match store.create_user(user).await.unwrap() {
+        UserCreated::Created(id) => id,
+        other => panic!("expected a new account, got {other:?}"),
+    }
+}
+
 fn email(e: &str) -> Identifier {
     Identifier::Email(e.into())
 }
 
 async fn a_user_signs_in_by_email_or_phone(store: Store, _: &TestDatabase) {
-    let ada = store
-        .create_user(user(email("ada@example.com"), "ADA1"))
-        .await
-        .unwrap();
-    let bob = store
-        .create_user(user(Identifier::Phone("+15005550006".into()), "BOB1"))
-        .await
-        .unwrap();
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let bob = created(
+        &store,
+        user(Identifier::Phone("+15005550006".into()), "BOB1"),
+    )
+    .await;
 
     let login = store
         .login_record(&email("ada@example.com"))
@@ -71,43 +76,35 @@ async fn a_user_signs_in_by_email_or_phone(store: Store, _: &TestDatabase) {
 }
 
 async fn an_email_or_phone_is_taken_once(store: Store, _: &TestDatabase) {
-    store
-        .create_user(user(email("ada@example.com"), "ADA1"))
-        .await
-        .unwrap();
+    created(&store, user(email("ada@example.com"), "ADA1")).await;
     let again = store
         .create_user(user(email("ada@example.com"), "ADA2"))
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
-    store
-        .create_user(user(Identifier::Phone("+15005550006".into()), "BOB1"))
-        .await
-        .unwrap();
+    assert_eq!(again.unwrap(), UserCreated::Taken);
+    created(
+        &store,
+        user(Identifier::Phone("+15005550006".into()), "BOB1"),
+    )
+    .await;
     let again = store
         .create_user(user(Identifier::Phone("+15005550006".into()), "BOB2"))
         .await;
-    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(again.unwrap(), UserCreated::Taken);
 }
 
 async fn a_referral_code_must_exist(store: Store, _: &TestDatabase) {
-    store
-        .create_user(user(email("ada@example.com"), "ADA1"))
-        .await
-        .unwrap();
+    created(&store, user(email("ada@example.com"), "ADA1")).await;
     let referred = NewUser {
         referred_by_code: Some("ADA1".into()),
         ..user(email("bob@example.com"), "BOB1")
     };
-    store.create_user(referred).await.unwrap();
+    created(&store, referred).await;
     let unknown = NewUser {
         referred_by_code: Some("NOPE".into()),
         ..user(email("eve@example.com"), "EVE1")
     };
     let outcome = store.create_user(unknown).await;
-    assert!(
-        matches!(outcome, Err(StoreError::UnknownReferral)),
-        "{outcome:?}"
-    );
+    assert_eq!(outcome.unwrap(), UserCreated::UnknownReferral);
     assert!(
         store
             .login_record(&email("eve@example.com"))
@@ -119,10 +116,7 @@ async fn a_referral_code_must_exist(store: Store, _: &TestDatabase) {
 }
 
 async fn a_session_lives_until_revoked_or_expired(store: Store, _: &TestDatabase) {
-    let ada = store
-        .create_user(user(email("ada@example.com"), "ADA1"))
-        .await
-        .unwrap();
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
     let tomorrow = Utc::now() + TimeDelta::days(1);
     store.create_session(ada, "live", tomorrow).await.unwrap();
     store

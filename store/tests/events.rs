@@ -207,16 +207,7 @@ async fn a_rescued_job_is_a_change(store: Store, _: &TestDatabase) {
 
 async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
     use kiln_jobs::{GenerateImage, Job};
-    let owner = store
-        .create_user(kiln_store::accounts::NewUser {
-            identifier: kiln_store::accounts::Identifier::Email("ada@example.com".into()),
-            password_hash: "$2b$04$hash".into(),
-            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
-            referral_code: "ADA1".into(),
-            referred_by_code: None,
-        })
-        .await
-        .unwrap();
+    let owner = kiln_store::testing::account(&store).await;
     let mut events = listening(&store).await;
     store
         .create_generation(kiln_store::generations::NewGeneration {

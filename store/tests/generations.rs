@@ -3,13 +3,12 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use chrono::{DurationRound, NaiveDate, TimeDelta, Utc};
+use chrono::{DurationRound, TimeDelta, Utc};
 use kiln_jobs::{GenerateImage, Job};
 use kiln_store::{
     JobState, NewJob, Store,
-    accounts::{Identifier, NewUser},
     generations::{GenerationEnqueued, ImageRecord, JobFilter, NewGeneration},
-    testing::TestDatabase,
+    testing::{self, TestDatabase},
 };
 use uuid::Uuid;
 
@@ -21,21 +20,6 @@ kiln_store::both_databases!(
     a_retry_starts_with_no_generated_images,
     an_owners_jobs_filter_and_page,
 );
-
-/// A fresh account (generations and images belong to a user).
-async fn account(store: &Store) -> Uuid {
-    let n = Uuid::now_v7().simple().to_string();
-    store
-        .create_user(NewUser {
-            identifier: Identifier::Email(format!("{n}@example.com")),
-            password_hash: "$2b$04$hash".into(),
-            birth_date: NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
-            referral_code: n,
-            referred_by_code: None,
-        })
-        .await
-        .unwrap()
-}
 
 fn request(owner: Uuid, key: Option<&str>, hash: &str) -> NewGeneration {
     NewGeneration {
@@ -77,7 +61,7 @@ fn image(owner: Uuid, generation_id: Uuid, source: Option<Uuid>) -> ImageRecord 
 }
 
 async fn a_generation_is_stored_with_its_job(store: Store, _: &TestDatabase) {
-    let owner = account(&store).await;
+    let owner = testing::account(&store).await;
     let job_id = created(
         store
             .create_generation(request(owner, None, "h1"))
@@ -108,7 +92,7 @@ async fn an_idempotency_key_returns_the_first_generation_or_conflicts(
     store: Store,
     _: &TestDatabase,
 ) {
-    let owner = account(&store).await;
+    let owner = testing::account(&store).await;
     let first = created(
         store
             .create_generation(request(owner, Some("k1"), "h1"))
@@ -132,7 +116,7 @@ async fn an_idempotency_key_returns_the_first_generation_or_conflicts(
     // The same key is another owner's own.
     created(
         store
-            .create_generation(request(account(&store).await, Some("k1"), "h1"))
+            .create_generation(request(testing::account(&store).await, Some("k1"), "h1"))
             .await
             .unwrap(),
     );
@@ -150,7 +134,10 @@ async fn an_idempotency_key_returns_the_first_generation_or_conflicts(
 }
 
 async fn images_belong_to_their_owner_and_page_newest_first(store: Store, _: &TestDatabase) {
-    let (ada, bob) = (account(&store).await, account(&store).await);
+    let (ada, bob) = (
+        testing::account(&store).await,
+        testing::account(&store).await,
+    );
     let g = store
         .generation_for_job(created(
             store
@@ -193,7 +180,10 @@ async fn images_belong_to_their_owner_and_page_newest_first(store: Store, _: &Te
 }
 
 async fn deleted_images_disappear_from_every_read(store: Store, _: &TestDatabase) {
-    let (ada, bob) = (account(&store).await, account(&store).await);
+    let (ada, bob) = (
+        testing::account(&store).await,
+        testing::account(&store).await,
+    );
     let g = store
         .generation_for_job(created(
             store
@@ -233,7 +223,7 @@ async fn deleted_images_disappear_from_every_read(store: Store, _: &TestDatabase
 }
 
 async fn a_retry_starts_with_no_generated_images(store: Store, _: &TestDatabase) {
-    let ada = account(&store).await;
+    let ada = testing::account(&store).await;
     let job = |hash| request(ada, None, hash);
     let first = store
         .generation_for_job(created(store.create_generation(job("a")).await.unwrap()))
@@ -277,7 +267,10 @@ async fn a_retry_starts_with_no_generated_images(store: Store, _: &TestDatabase)
 }
 
 async fn an_owners_jobs_filter_and_page(store: Store, _: &TestDatabase) {
-    let (ada, bob) = (account(&store).await, account(&store).await);
+    let (ada, bob) = (
+        testing::account(&store).await,
+        testing::account(&store).await,
+    );
     let probe = || NewJob::of(&kiln_jobs::Probe::default()).unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {

@@ -1,9 +1,6 @@
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
 use chrono::{Datelike, NaiveDate, Utc};
-use kiln_store::{
-    StoreError,
-    accounts::{Identifier, NewUser},
-};
+use kiln_store::accounts::{Identifier, NewUser, UserCreated};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -145,19 +142,18 @@ async fn register(
         referral_code: referral_code.clone(),
         referred_by_code: req.referral_code.map(|c| c.trim().to_uppercase()),
     };
-    match state.store.create_user(user).await {
-        Ok(user_id) => Ok((
+    match state.store.create_user(user).await? {
+        UserCreated::Created(user_id) => Ok((
             StatusCode::ACCEPTED,
             Json(Registered {
                 user_id,
                 referral_code,
             }),
         )),
-        Err(StoreError::Conflict(_)) => Err(Problem::conflict(
+        UserCreated::Taken => Err(Problem::conflict(
             "an account with this email or phone already exists",
         )),
-        Err(StoreError::UnknownReferral) => Err(Problem::invalid("referral_code is not known")),
-        Err(e) => Err(e.into()),
+        UserCreated::UnknownReferral => Err(Problem::invalid("referral_code is not known")),
     }
 }
 

@@ -5,20 +5,21 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser},
+    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser, UserCreated},
 };
 
 #[async_trait]
 impl Accounts for PgStore {
-    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError> {
+    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError> {
         let referred_by: Option<Uuid> = match &user.referred_by_code {
-            Some(code) => Some(
-                sqlx::query_scalar("SELECT id FROM users WHERE referral_code = $1")
-                    .bind(code)
-                    .fetch_optional(&self.pool)
-                    .await?
-                    .ok_or(StoreError::UnknownReferral)?,
-            ),
+            Some(code) => match sqlx::query_scalar("SELECT id FROM users WHERE referral_code = $1")
+                .bind(code)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                Some(id) => Some(id),
+                None => return Ok(UserCreated::UnknownReferral),
+            },
             None => None,
         };
         let id = Uuid::now_v7();
@@ -37,10 +38,8 @@ impl Accounts for PgStore {
         .execute(&self.pool)
         .await;
         match inserted {
-            Ok(_) => Ok(id),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
-                "an account with this email or phone exists".into(),
-            )),
+            Ok(_) => Ok(UserCreated::Created(id)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(UserCreated::Taken),
             Err(e) => Err(e.into()),
         }
     }

@@ -6,20 +6,21 @@ use super::{SqliteStore, now_ms};
 use crate::codec::Id;
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser},
+    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser, UserCreated},
 };
 
 #[async_trait]
 impl Accounts for SqliteStore {
-    async fn create_user(&self, user: NewUser) -> Result<Uuid, StoreError> {
+    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError> {
         let referred_by: Option<String> = match &user.referred_by_code {
-            Some(code) => Some(
-                sqlx::query_scalar("SELECT id FROM users WHERE referral_code = ?")
-                    .bind(code)
-                    .fetch_optional(&self.reader)
-                    .await?
-                    .ok_or(StoreError::UnknownReferral)?,
-            ),
+            Some(code) => match sqlx::query_scalar("SELECT id FROM users WHERE referral_code = ?")
+                .bind(code)
+                .fetch_optional(&self.reader)
+                .await?
+            {
+                Some(id) => Some(id),
+                None => return Ok(UserCreated::UnknownReferral),
+            },
             None => None,
         };
         let id = Uuid::now_v7();
@@ -40,10 +41,8 @@ impl Accounts for SqliteStore {
         .execute(&self.writer)
         .await;
         match inserted {
-            Ok(_) => Ok(id),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::Conflict(
-                "an account with this email or phone exists".into(),
-            )),
+            Ok(_) => Ok(UserCreated::Created(id)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(UserCreated::Taken),
             Err(e) => Err(e.into()),
         }
     }

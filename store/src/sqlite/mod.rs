@@ -63,9 +63,11 @@ impl SqliteStore {
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
+        // Read-only, so a write sent to a reader by mistake fails at once
+        // instead of contending with the writer for the lock.
         let reader = SqlitePoolOptions::new()
             .max_connections(readers.max(1))
-            .connect_with(options.read_only(false))
+            .connect_with(options.read_only(true))
             .await?;
         Ok(SqliteStore { writer, reader })
     }
