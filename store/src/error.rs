@@ -8,12 +8,6 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
-    #[error("job {0} not found")]
-    NotFound(uuid::Uuid),
-    #[error("conflict: {0}")]
-    Conflict(String),
-    #[error("unknown referral code")]
-    UnknownReferral,
     /// The object storage backend failed (I/O, network, permissions).
     #[error("object storage: {0}")]
     Objects(String),
