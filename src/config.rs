@@ -12,18 +12,13 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use kiln_api::ApiConfig;
-use kiln_scheduler::SchedulerConfig;
-use kiln_workers::{
-    WorkerConfig,
-    providers::{
-        config::{ImagesSettings, ModerationSettings, ProviderSettings},
-        email::EmailSettings,
-        fal::UpscaleSettings,
-        fetch::FetchPolicy,
-        limits::RateLimitSettings,
-        sms::SmsSettings,
-    },
+use kiln_providers::{
+    ProviderSettings, email::EmailSettings, fetch::FetchPolicy, images::ImagesSettings,
+    limits::RateLimitSettings, moderation::ModerationSettings, sms::SmsSettings,
+    upscale::UpscaleSettings,
 };
+use kiln_scheduler::SchedulerConfig;
+use kiln_workers::WorkerConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -331,7 +326,7 @@ impl Settings {
                 "invalid setting storage.public_base_url (KILN_STORAGE_PUBLIC_BASE_URL): {base:?} is not an http(s) URL"
             ));
         }
-        if self.upscale.provider == kiln_workers::providers::fal::UpscaleProviderKind::Fal
+        if self.upscale.provider == kiln_providers::upscale::Provider::Fal
             && self.storage.public_base_url.is_none()
         {
             return Err(

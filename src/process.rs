@@ -226,7 +226,6 @@ impl kiln_api::Dependency for RedisDependency {
     }
 
     async fn ping(&self) -> Result<(), String> {
-        kiln_workers::providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2))
-            .await
+        kiln_providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2)).await
     }
 }

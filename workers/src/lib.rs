@@ -1,10 +1,10 @@
 //! The worker runtime (apalis 1.0 over kiln's own `jobs` table) and one
-//! handler per job kind.
+//! handler per job kind. The providers the handlers call live in
+//! `kiln-providers`.
 
 mod config;
 mod context;
 pub mod handlers;
-pub mod providers;
 mod registry;
 mod runtime;
 

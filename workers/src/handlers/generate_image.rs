@@ -15,7 +15,11 @@ use crate::{
         ObjectLinks,
         moderation::{Content, Subject, gate},
     },
-    providers::{ImageGenerator, ImageRequest, Moderator, fetch::GuardedFetcher},
+};
+use kiln_providers::{
+    fetch::GuardedFetcher,
+    images::{ImageGenerator, ImageRequest},
+    moderation::Moderator,
 };
 
 /// Moderate the prompt, generate, moderate every output, deliver. Nothing

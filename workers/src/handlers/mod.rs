@@ -17,15 +17,15 @@ pub use prune_jobs::PruneJobsHandler;
 pub use send_notice::{SendEmailHandler, SendSmsHandler};
 pub use upscale_image::UpscaleImageHandler;
 
-use crate::{
-    Registry, WorkerConfig,
-    providers::{
-        DevGenerator, DevModerator, DevUpscaler, ImageGenerator, Moderator, Upscaler,
-        config::ProviderSettings,
-        email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
-        fetch::{FetchPolicy, GuardedFetcher},
-        sms::{DevSms, SmsSender, SmsSettings},
-    },
+use crate::{Registry, WorkerConfig};
+use kiln_providers::{
+    ProviderSettings,
+    email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
+    fetch::{FetchPolicy, GuardedFetcher},
+    images::{DevGenerator, ImageGenerator},
+    moderation::{DevModerator, Moderator},
+    sms::{DevSms, SmsSender, SmsSettings},
+    upscale::{DevUpscaler, Upscaler},
 };
 use kiln_store::{Objects, UrlSigner};
 

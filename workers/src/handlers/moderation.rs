@@ -7,7 +7,8 @@ use kiln_jobs::{JobError, stage};
 use kiln_store::generations::{ModerationRecord, ModerationSubject};
 use uuid::Uuid;
 
-use crate::{JobContext, providers::Moderator};
+use crate::JobContext;
+use kiln_providers::moderation::Moderator;
 
 /// What is being judged.
 pub(crate) enum Content<'a> {

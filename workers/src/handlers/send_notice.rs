@@ -10,12 +10,10 @@ use kiln_jobs::{JobError, SendEmail, SendSms};
 use kiln_store::accounts::Contacts;
 use uuid::Uuid;
 
-use crate::{
-    Handler, JobContext, Outcome,
-    providers::{
-        email::{EmailMessage, Mailer},
-        sms::SmsSender,
-    },
+use crate::{Handler, JobContext, Outcome};
+use kiln_providers::{
+    email::{EmailMessage, Mailer},
+    sms::SmsSender,
 };
 
 pub struct SendEmailHandler {

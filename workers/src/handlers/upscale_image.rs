@@ -15,9 +15,10 @@ use super::{
     links::ObjectLinks,
     moderation::{Content, Subject, gate},
 };
-use crate::{
-    Handler, JobContext, Outcome,
-    providers::{Moderator, UpscaleRequest, Upscaler},
+use crate::{Handler, JobContext, Outcome};
+use kiln_providers::{
+    moderation::Moderator,
+    upscale::{UpscaleRequest, Upscaler},
 };
 
 pub struct UpscaleImageHandler {

@@ -35,6 +35,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     config.validate()?;
+    // The providers' rate-limit waits go to kiln's metrics.
+    kiln_providers::limits::observe_waits_with(observe_provider_wait);
     let queues = config.queue_names();
     tracing::info!(worker = %worker_id, ?queues, concurrency = config.concurrency,
         backend = store.backend_name(), "worker starting");
@@ -162,4 +164,13 @@ pub async fn run(
     let _ = maintenance.await;
     tracing::info!(worker = %worker_id, "worker stopped");
     monitor_result.map_err(|e| format!("worker runtime failed: {e}"))
+}
+
+/// Records how long a provider call waited for the shared rate limits
+/// (`kiln_provider_rate_limit_wait_seconds`).
+fn observe_provider_wait(provider: &str, waited: std::time::Duration) {
+    kiln_store::metrics::metrics()
+        .provider_rate_limit_wait_seconds
+        .with_label_values(&[provider])
+        .observe(waited.as_secs_f64());
 }

@@ -12,7 +12,7 @@ use reqwest::{
     header::{HeaderMap, RETRY_AFTER},
 };
 
-use super::ProviderError;
+use crate::ProviderError;
 
 /// The longest `Retry-After` kiln honours: beyond it the job's own backoff
 /// (and the next attempt's answer) decides.

@@ -1,28 +1,24 @@
-//! Offline providers for the embedded default: a generator that renders
-//! real PNGs from the prompt and a keyword moderator, so the whole
-//! generation pipeline runs on a fresh machine with no network and no keys.
+//! The offline image generator of the embedded default: it renders real
+//! PNGs from the prompt, so the whole generation pipeline runs on a fresh
+//! machine with no network and no keys.
 
-use std::collections::BTreeMap;
 use std::io::Cursor;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{Decision, GeneratedImage, ImageGenerator, ImageRequest, Moderator, ProviderError};
+use super::{GeneratedImage, ImageGenerator, ImageRequest};
+use crate::{ProviderError, blocking::blocking};
 
 /// The largest width or height the dev generator renders.
 pub const MAX_SIDE: u32 = 4096;
 /// The most images one request may ask for (OpenAI's limit too).
 pub const MAX_IMAGES: u32 = 10;
-/// The PNG text keyword carrying the prompt, so [`DevModerator`] can judge
+/// The PNG text keyword carrying the prompt, so the offline moderator
+/// ([`DevModerator`](crate::moderation::DevModerator)) can judge
 /// an image offline by what it was asked to show.
 pub const PROMPT_KEYWORD: &str = "prompt";
-
-/// Words the embedded default refuses when no list is configured.
-pub const DEFAULT_BLOCKED_WORDS: &[&str] = &["csam", "gore", "nsfw", "nude", "porn"];
-
-const BLOCKED_CATEGORY: &str = "blocked_word";
 
 /// Renders one abstract picture per image: a two-colour gradient, stripes
 /// and a disc, all chosen by SHA-256 of the prompt and the image's index.
@@ -190,90 +186,9 @@ fn encode(
     Ok(out)
 }
 
-/// Blocks words and phrases from a list, matched whole and regardless of
-/// case. Words are runs of letters and digits: `"gore"` blocks `"GORE
-/// scene"`, `"gore-fest"` and `"gore's"`, but not `"gorgeous"` or
-/// `"goreous"`. A multi-word entry (`"blood bath"`) matches those words in
-/// a row, whatever separates them.
-#[derive(Debug, Clone)]
-pub struct DevModerator {
-    pub blocked_words: Vec<String>,
-}
-
-impl Default for DevModerator {
-    /// [`DEFAULT_BLOCKED_WORDS`].
-    fn default() -> Self {
-        DevModerator::new(DEFAULT_BLOCKED_WORDS.iter().map(|w| (*w).to_owned()))
-    }
-}
-
-impl DevModerator {
-    pub fn new(blocked_words: impl IntoIterator<Item = String>) -> DevModerator {
-        DevModerator {
-            blocked_words: blocked_words.into_iter().collect(),
-        }
-    }
-
-    fn judge(&self, text: &str) -> Decision {
-        let words = words(text);
-        let blocked = self.blocked_words.iter().any(|entry| {
-            let phrase = self::words(entry);
-            !phrase.is_empty() && words.windows(phrase.len()).any(|w| w == phrase.as_slice())
-        });
-        let score = if blocked { 1.0 } else { 0.0 };
-        Decision {
-            allowed: !blocked,
-            categories: if blocked {
-                vec![BLOCKED_CATEGORY.to_owned()]
-            } else {
-                Vec::new()
-            },
-            scores: BTreeMap::from([(BLOCKED_CATEGORY.to_owned(), score)]),
-        }
-    }
-}
-
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect()
-}
-
-#[async_trait]
-impl Moderator for DevModerator {
-    fn name(&self) -> &'static str {
-        "dev"
-    }
-
-    async fn check_text(&self, text: &str) -> Result<Decision, ProviderError> {
-        Ok(self.judge(text))
-    }
-
-    /// Judges the prompt the dev generator embedded; an image without one
-    /// (from elsewhere) is allowed, since there is nothing to judge offline.
-    async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
-        // Only kiln's own PNGs carry a prompt to judge by; a JPEG, WebP or
-        // GIF (a reference image, an upscaler's answer) has nothing the
-        // word list can read. Anything else must decode as a PNG.
-        let other_format = super::image_type(png).is_some_and(|t| t != "image/png");
-        if other_format {
-            return Ok(self.judge(""));
-        }
-        let png = png.to_vec();
-        let prompt = blocking(move || {
-            embedded_prompt(&png).map_err(|e| {
-                ProviderError::permanent("invalid_image", format!("not a readable PNG: {e}"))
-            })
-        })
-        .await?;
-        Ok(self.judge(prompt.as_deref().unwrap_or_default()))
-    }
-}
-
 /// Decodes the whole image (so a truncated or corrupt one is refused) and
 /// returns the text of its `prompt` chunks, of whichever text chunk type.
-fn embedded_prompt(png: &[u8]) -> Result<Option<String>, png::DecodingError> {
+pub(crate) fn embedded_prompt(png: &[u8]) -> Result<Option<String>, png::DecodingError> {
     let mut reader = png::Decoder::new(Cursor::new(png)).read_info()?;
     while reader.next_row()?.is_some() {}
     reader.finish()?;
@@ -296,21 +211,6 @@ fn embedded_prompt(png: &[u8]) -> Result<Option<String>, png::DecodingError> {
         }
     }
     Ok((!texts.is_empty()).then(|| texts.join("\n")))
-}
-
-/// Runs CPU-bound work on tokio's blocking pool. A panic in it is re-raised
-/// in the handler, where the runtime counts it as a failed attempt.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ProviderError> + Send + 'static,
-) -> Result<T, ProviderError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => Err(ProviderError::transient(
-            "worker_shutting_down",
-            format!("the blocking task did not run: {e}"),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -443,126 +343,5 @@ mod tests {
             embedded_prompt(&image.png).unwrap().as_deref(),
             Some("一只红狐狸 🦊")
         );
-    }
-
-    fn blocks(moderator: &DevModerator, text: &str) -> bool {
-        !moderator.judge(text).allowed
-    }
-
-    #[test]
-    fn blocked_words_match_whole_words_in_any_case() {
-        let m = DevModerator::default();
-        for text in [
-            "gore",
-            "GORE scene",
-            "a scene full of Gore.",
-            "gore-fest",
-            "gore's aftermath",
-            "(nsfw)",
-            "snake_case_nsfw_tag",
-        ] {
-            assert!(blocks(&m, text), "{text:?} should be blocked");
-        }
-        for text in [
-            "goreous",
-            "gorgeous sunset",
-            "Al Gorey",
-            "nsfw2",
-            "",
-            "a red fox",
-        ] {
-            assert!(!blocks(&m, text), "{text:?} should be allowed");
-        }
-    }
-
-    #[test]
-    fn phrases_match_consecutive_words() {
-        let m = DevModerator::new(["Blood Bath".to_owned()]);
-        assert!(blocks(&m, "a blood   bath at dawn"));
-        assert!(blocks(&m, "BLOOD-BATH"));
-        assert!(!blocks(&m, "blood in the bath"));
-        assert!(!blocks(&m, "bloodbath"));
-    }
-
-    #[test]
-    fn empty_list_entries_block_nothing() {
-        let m = DevModerator::new(["".to_owned(), " - ".to_owned()]);
-        assert!(!blocks(&m, "anything at all"));
-    }
-
-    #[tokio::test]
-    async fn text_decisions_carry_category_and_score() {
-        let m = DevModerator::default();
-        let blocked = m.check_text("nsfw please").await.unwrap();
-        assert_eq!(
-            blocked,
-            Decision {
-                allowed: false,
-                categories: vec!["blocked_word".to_owned()],
-                scores: BTreeMap::from([("blocked_word".to_owned(), 1.0)]),
-            }
-        );
-        let allowed = m.check_text("a red fox").await.unwrap();
-        assert!(allowed.allowed);
-        assert!(allowed.categories.is_empty());
-        assert_eq!(allowed.scores["blocked_word"], 0.0);
-    }
-
-    #[tokio::test]
-    async fn image_checks_judge_the_embedded_prompt() {
-        let m = DevModerator::default();
-        let bad = one("a GORE scene", 16, 16).await;
-        let decision = m.check_image(&bad.png).await.unwrap();
-        assert!(!decision.allowed);
-        assert_eq!(decision.categories, vec!["blocked_word".to_owned()]);
-
-        let good = one("a gorgeous scene", 16, 16).await;
-        assert!(m.check_image(&good.png).await.unwrap().allowed);
-    }
-
-    #[tokio::test]
-    async fn images_without_a_prompt_are_allowed() {
-        let mut png = Vec::new();
-        let mut encoder = png::Encoder::new(&mut png, 2, 2);
-        encoder.set_color(png::ColorType::Rgba);
-        encoder
-            .write_header()
-            .unwrap()
-            .write_image_data(&[0; 16])
-            .unwrap();
-        let decision = DevModerator::default().check_image(&png).await.unwrap();
-        assert!(decision.allowed);
-    }
-
-    #[tokio::test]
-    async fn undecodable_images_are_permanent_errors() {
-        let m = DevModerator::default();
-        let whole = one("a red fox", 64, 64).await.png;
-        let mut corrupt = whole.to_vec();
-        let last_idat_byte = corrupt.len() - 20;
-        corrupt[last_idat_byte] ^= 0xff;
-        for bytes in [
-            &b""[..],
-            b"not a png",
-            &whole[..whole.len() / 2],
-            corrupt.as_slice(),
-        ] {
-            let err = m.check_image(bytes).await.unwrap_err();
-            assert!(
-                matches!(&err, ProviderError::Permanent { code, .. } if code == "invalid_image"),
-                "{err}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn other_image_formats_pass_the_word_list() {
-        let m = DevModerator::default();
-        let jpeg = [0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10, b'J', b'F', b'I', b'F'];
-        let webp = *b"RIFF\x10\x00\x00\x00WEBPVP8 ";
-        let gif = *b"GIF89a\x01\x00\x01\x00";
-        for image in [&jpeg[..], &webp[..], &gif[..]] {
-            assert!(m.check_image(image).await.unwrap().allowed);
-        }
     }
 }

@@ -9,9 +9,9 @@
 use std::{io::Cursor, time::Duration};
 
 use bytes::Bytes;
-use kiln_workers::providers::{
-    DevUpscaler, ProviderError, UpscaleRequest, Upscaler,
-    fal::{FalEndpoint, FalUpscaler},
+use kiln_providers::{
+    ProviderError,
+    upscale::{DevUpscaler, FalEndpoint, FalUpscaler, UpscaleRequest, Upscaler},
 };
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

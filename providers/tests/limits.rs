@@ -22,12 +22,14 @@ use std::{
 };
 
 use async_trait::async_trait;
-use kiln_workers::providers::{
-    Decision, GeneratedImage, ImageGenerator, ImageRequest, Moderator, ProviderError,
+use kiln_providers::{
+    ProviderError,
+    images::{GeneratedImage, ImageGenerator, ImageRequest},
     limits::{
         Limit, LimitedGenerator, LimitedModerator, LocalLimiter, RateLimiter, RedisLimiter,
         UNAVAILABLE,
     },
+    moderation::{Decision, Moderator},
 };
 use tokio::time::Instant;
 

@@ -7,9 +7,11 @@
 use std::{collections::BTreeMap, io::Cursor, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use kiln_workers::providers::{
-    ImageGenerator, ImageRequest, Moderator, ProviderError,
-    openai::{OpenAiEndpoint, OpenAiImages, OpenAiModerator},
+use kiln_providers::{
+    ProviderError,
+    images::{ImageGenerator, ImageRequest, OpenAiImages},
+    moderation::{Moderator, OpenAiModerator},
+    openai::OpenAiEndpoint,
 };
 use serde_json::{Value, json};
 use wiremock::{

@@ -1,13 +1,13 @@
-//! Upscaling through fal.ai's queue API, the offline `dev` upscaler, and
-//! the `upscale` settings section that picks one.
+//! Upscaling through fal.ai's queue API.
 //!
 //! The queue API is asynchronous: `POST {queue}/{model_id}` queues the
 //! request and answers with its status, result and cancel URLs; kiln polls
 //! the status until `COMPLETED`, fetches the result and downloads the image
 //! at once (fal's file URLs expire). The request carries only the source
-//! image's URL and the factor (P8). The key goes only to the queue host.
+//! image's URL and the factor, nothing that names a person. The key goes
+//! only to the queue host.
 
-use std::{io::Cursor, sync::Arc, time::Duration};
+use std::{io::Cursor, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ProviderError, UpscaleRequest, UpscaledImage, Upscaler, http};
+use super::{UpscaleRequest, UpscaledImage, Upscaler, cancelled_error};
+use crate::{ProviderError, http};
 
 const PROVIDER: &str = "fal";
 
@@ -31,11 +32,6 @@ pub const DEFAULT_MODEL_ID: &str = "fal-ai/esrgan";
 /// Consecutive transient status-poll failures tolerated: the request is
 /// already queued and paid for, so a blip must not abandon it.
 const MAX_POLL_FAILURES: u32 = 3;
-
-/// The factors the dev upscaler accepts.
-pub const DEV_MAX_SCALE: u32 = 4;
-/// The largest output side the dev upscaler produces.
-pub const DEV_MAX_SIDE: u32 = 8192;
 
 /// Where and how to reach fal's queue, and how long to wait for a result.
 #[derive(Clone)]
@@ -358,10 +354,6 @@ impl Upscaler for FalUpscaler {
     }
 }
 
-fn cancelled_error() -> ProviderError {
-    ProviderError::permanent("cancelled", "the upscale was cancelled")
-}
-
 /// Names the image by its bytes, not by what the server claims, and
 /// refuses anything that is not PNG, JPEG or WebP before it is stored. A
 /// PNG's size is read from its header (what will be stored); otherwise
@@ -373,7 +365,7 @@ fn described(
 ) -> Result<UpscaledImage, ProviderError> {
     let invalid =
         |what: String| ProviderError::transient("invalid_image", format!("{PROVIDER} sent {what}"));
-    let content_type = crate::providers::image_type(&bytes)
+    let content_type = crate::image_type(&bytes)
         .ok_or_else(|| invalid("a result that is not a PNG, JPEG or WebP image".to_owned()))?;
     let (width, height) = if content_type == "image/png" {
         let reader = png::Decoder::new(Cursor::new(&bytes))
@@ -453,315 +445,9 @@ fn same_origin(url: &str, base: &str) -> bool {
     }
 }
 
-/// Offline: nearest-neighbour scaling of `req.source_png` (it ignores
-/// `image_url`), so the upscale pipeline runs with no network and no keys.
-/// The output is a PNG of the same colour type.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DevUpscaler;
-
-#[async_trait]
-impl Upscaler for DevUpscaler {
-    fn name(&self) -> &'static str {
-        "dev"
-    }
-
-    async fn upscale(
-        &self,
-        req: &UpscaleRequest,
-        cancel: &CancellationToken,
-    ) -> Result<UpscaledImage, ProviderError> {
-        if !(1..=DEV_MAX_SCALE).contains(&req.scale) {
-            return Err(ProviderError::permanent(
-                "invalid_scale",
-                format!(
-                    "scale {} is not one the dev upscaler makes (1 to {DEV_MAX_SCALE})",
-                    req.scale
-                ),
-            ));
-        }
-        let Some(source) = req.source_png.clone() else {
-            return Err(ProviderError::permanent(
-                "missing_source",
-                "the dev upscaler needs the source PNG in the request",
-            ));
-        };
-        if cancel.is_cancelled() {
-            return Err(cancelled_error());
-        }
-        let scale = req.scale;
-        // Decoding, scaling and deflate are CPU work: off the async threads.
-        let work = tokio::task::spawn_blocking(move || scale_png(&source, scale));
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => Err(cancelled_error()),
-            done = work => match done {
-                Ok(result) => result,
-                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                Err(e) => Err(ProviderError::transient(
-                    "worker_shutting_down",
-                    format!("the blocking task did not run: {e}"),
-                )),
-            },
-        }
-    }
-}
-
-fn scale_png(source: &[u8], scale: u32) -> Result<UpscaledImage, ProviderError> {
-    let unreadable = |e: png::DecodingError| {
-        ProviderError::permanent(
-            "invalid_image",
-            format!("the source is not a readable PNG: {e}"),
-        )
-    };
-    let mut decoder = png::Decoder::new(Cursor::new(source));
-    // 8 bits per sample, palettes expanded: one pixel = `samples` bytes.
-    decoder.set_transformations(png::Transformations::normalize_to_color8());
-    let mut reader = decoder.read_info().map_err(unreadable)?;
-    let (width, height) = (reader.info().width, reader.info().height);
-    let side = |n: u32| n.checked_mul(scale).filter(|s| *s <= DEV_MAX_SIDE);
-    let (Some(out_w), Some(out_h)) = (side(width), side(height)) else {
-        return Err(ProviderError::permanent(
-            "invalid_size",
-            format!(
-                "{width}x{height} × {scale} is over the dev upscaler's {DEV_MAX_SIDE} per side"
-            ),
-        ));
-    };
-    let size = reader.output_buffer_size().ok_or_else(|| {
-        ProviderError::permanent("invalid_image", "the source PNG is too large to decode")
-    })?;
-    let mut pixels = vec![0; size];
-    let frame = reader.next_frame(&mut pixels).map_err(unreadable)?;
-    let px = frame.color_type.samples();
-    let (scale, in_w) = (scale as usize, width as usize);
-    let mut out = Vec::with_capacity(size * scale * scale);
-    for row in pixels[..frame.buffer_size()].chunks_exact(frame.line_size) {
-        let mut line = Vec::with_capacity(in_w * px * scale);
-        for pixel in row[..in_w * px].chunks_exact(px) {
-            for _ in 0..scale {
-                line.extend_from_slice(pixel);
-            }
-        }
-        for _ in 0..scale {
-            out.extend_from_slice(&line);
-        }
-    }
-    let encoded = encode(&out, out_w, out_h, frame.color_type).map_err(|e| {
-        ProviderError::permanent(
-            "encode_failed",
-            format!("the PNG could not be written: {e}"),
-        )
-    })?;
-    Ok(UpscaledImage {
-        bytes: Bytes::from(encoded),
-        content_type: "image/png".to_owned(),
-        width: out_w,
-        height: out_h,
-    })
-}
-
-fn encode(
-    pixels: &[u8],
-    width: u32,
-    height: u32,
-    color: png::ColorType,
-) -> Result<Vec<u8>, png::EncodingError> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(color);
-    encoder.set_depth(png::BitDepth::Eight);
-    encoder.set_compression(png::Compression::Fastest);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(pixels)?;
-    writer.finish()?;
-    Ok(out)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpscaleProviderKind {
-    /// Offline: nearest-neighbour, no network, no keys.
-    #[default]
-    Dev,
-    /// fal.ai's queue API.
-    Fal,
-}
-
-/// The `upscale` settings section.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpscaleSettings {
-    pub provider: UpscaleProviderKind,
-    pub queue_base_url: String,
-    /// Required with `provider = "fal"`.
-    pub api_key: Option<SecretString>,
-    /// The fal model, e.g. `fal-ai/esrgan` or `fal-ai/clarity-upscaler`.
-    pub model_id: String,
-    #[serde(with = "crate::config::millis")]
-    pub poll_interval_ms: Duration,
-    /// From submission to result; past it the request is cancelled at fal.
-    #[serde(with = "crate::config::millis")]
-    pub max_wait_ms: Duration,
-    /// Per HTTP request (submit, each poll, result, download).
-    #[serde(with = "crate::config::millis")]
-    pub timeout_ms: Duration,
-}
-
-impl Default for UpscaleSettings {
-    fn default() -> Self {
-        UpscaleSettings {
-            provider: UpscaleProviderKind::Dev,
-            queue_base_url: DEFAULT_QUEUE_BASE_URL.to_owned(),
-            api_key: None,
-            model_id: DEFAULT_MODEL_ID.to_owned(),
-            poll_interval_ms: Duration::from_secs(1),
-            max_wait_ms: Duration::from_secs(600),
-            timeout_ms: Duration::from_secs(30),
-        }
-    }
-}
-
-impl UpscaleSettings {
-    /// Checks the settings; the error names the bad one.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.provider == UpscaleProviderKind::Dev {
-            return Ok(());
-        }
-        if self.api_key.is_none() {
-            return Err("upscale.api_key: required when upscale.provider = \"fal\"".into());
-        }
-        match Url::parse(&self.queue_base_url) {
-            Ok(url) if matches!(url.scheme(), "https" | "http") => {}
-            _ => {
-                return Err(format!(
-                    "upscale.queue_base_url: {:?} is not an http(s) URL",
-                    self.queue_base_url
-                ));
-            }
-        }
-        let id = self.model_id.trim_matches('/');
-        if id.is_empty() || id.contains(['?', '#', ' ']) {
-            return Err(format!(
-                "upscale.model_id: {:?} is not a fal model id (e.g. \"{DEFAULT_MODEL_ID}\")",
-                self.model_id
-            ));
-        }
-        for (name, value) in [
-            ("poll_interval_ms", self.poll_interval_ms),
-            ("max_wait_ms", self.max_wait_ms),
-            ("timeout_ms", self.timeout_ms),
-        ] {
-            if value.is_zero() {
-                return Err(format!("upscale.{name}: must be above 0"));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn build(&self) -> Result<Arc<dyn Upscaler>, String> {
-        self.validate()?;
-        Ok(match self.provider {
-            UpscaleProviderKind::Dev => Arc::new(DevUpscaler),
-            UpscaleProviderKind::Fal => Arc::new(FalUpscaler::new(FalEndpoint {
-                queue_base_url: self.queue_base_url.clone(),
-                model_id: self.model_id.clone(),
-                // Checked by validate() above.
-                api_key: self
-                    .api_key
-                    .clone()
-                    .unwrap_or_else(|| SecretString::from("")),
-                timeout: self.timeout_ms,
-                poll_interval: self.poll_interval_ms,
-                max_wait: self.max_wait_ms,
-            })),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_default_is_offline() {
-        assert_eq!(UpscaleSettings::default().build().unwrap().name(), "dev");
-    }
-
-    #[test]
-    fn fal_needs_a_key_a_url_and_a_model() {
-        let mut settings = UpscaleSettings {
-            provider: UpscaleProviderKind::Fal,
-            ..Default::default()
-        };
-        assert_eq!(
-            settings.validate().unwrap_err(),
-            "upscale.api_key: required when upscale.provider = \"fal\""
-        );
-        settings.api_key = Some("fal-key".to_owned().into());
-        assert_eq!(settings.build().unwrap().name(), "fal");
-        settings.queue_base_url = "ftp://x".into();
-        assert!(
-            settings
-                .validate()
-                .unwrap_err()
-                .starts_with("upscale.queue_base_url")
-        );
-        settings.queue_base_url = DEFAULT_QUEUE_BASE_URL.into();
-        settings.model_id = "/".into();
-        assert!(
-            settings
-                .validate()
-                .unwrap_err()
-                .starts_with("upscale.model_id")
-        );
-        settings.model_id = DEFAULT_MODEL_ID.into();
-        settings.poll_interval_ms = Duration::ZERO;
-        assert_eq!(
-            settings.validate().unwrap_err(),
-            "upscale.poll_interval_ms: must be above 0"
-        );
-    }
-
-    #[test]
-    fn settings_read_milliseconds_and_refuse_unknown_fields() {
-        let settings: UpscaleSettings = serde_json::from_value(json!({
-            "provider": "fal", "api_key": "k", "poll_interval_ms": 250, "max_wait_ms": 5000,
-        }))
-        .unwrap();
-        assert_eq!(settings.provider, UpscaleProviderKind::Fal);
-        assert_eq!(settings.poll_interval_ms, Duration::from_millis(250));
-        assert_eq!(settings.max_wait_ms, Duration::from_secs(5));
-        assert_eq!(settings.timeout_ms, Duration::from_secs(30));
-        assert_eq!(settings.model_id, "fal-ai/esrgan");
-        assert!(serde_json::from_value::<UpscaleSettings>(json!({ "scale": 2 })).is_err());
-    }
-
-    #[test]
-    fn the_key_never_prints() {
-        let settings = UpscaleSettings {
-            api_key: Some("fal-very-secret".to_owned().into()),
-            ..Default::default()
-        };
-        assert!(!format!("{settings:?}").contains("fal-very-secret"));
-    }
-
-    #[test]
-    fn images_are_named_by_their_bytes() {
-        assert_eq!(
-            crate::providers::image_type(b"\x89PNG\r\n\x1a\nrest"),
-            Some("image/png")
-        );
-        assert_eq!(
-            crate::providers::image_type(&[0xff, 0xd8, 0xff, 0xe0]),
-            Some("image/jpeg")
-        );
-        assert_eq!(
-            crate::providers::image_type(b"RIFF\0\0\0\0WEBPVP8 "),
-            Some("image/webp")
-        );
-        assert_eq!(crate::providers::image_type(b"<html>"), None);
-        assert_eq!(crate::providers::image_type(b"RIFF\0\0\0\0WAVE"), None);
-    }
 
     #[test]
     fn messages_lose_signed_urls() {

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::ProviderError;
+use crate::ProviderError;
 
 /// A message the provider accepted for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,135 @@
+//! Limits within this process only.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+
+use super::{Limit, Permit, RateLimiter, UNAVAILABLE, observe_wait};
+use crate::ProviderError;
+
+/// Limits within this process only: a semaphore per provider for the
+/// concurrency and a GCRA under a mutex for the rate.
+pub struct LocalLimiter {
+    providers: BTreeMap<String, LocalProvider>,
+}
+
+struct LocalProvider {
+    slots: Option<Arc<Semaphore>>,
+    rate: Option<Mutex<Gcra>>,
+}
+
+impl LocalLimiter {
+    pub fn new(limits: BTreeMap<String, Limit>) -> Self {
+        let providers = limits
+            .into_iter()
+            .map(|(key, limit)| {
+                let provider = LocalProvider {
+                    slots: limit
+                        .max_concurrent
+                        .map(|n| Arc::new(Semaphore::new(n as usize))),
+                    rate: limit
+                        .rate()
+                        .map(|(interval, burst)| Mutex::new(Gcra::new(interval, burst))),
+                };
+                (key, provider)
+            })
+            .collect();
+        LocalLimiter { providers }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalLimiter {
+    async fn acquire(&self, provider: &str) -> Result<Permit, ProviderError> {
+        let Some(limits) = self.providers.get(provider) else {
+            return Ok(Permit::unlimited());
+        };
+        let started = Instant::now();
+        // The slot first, the rate second: a rate token taken while still
+        // waiting for a slot would let the calls out in a burst later.
+        let slot = match &limits.slots {
+            Some(slots) => Some(slots.clone().acquire_owned().await.map_err(|_| {
+                ProviderError::transient(UNAVAILABLE, "the local limiter was closed")
+            })?),
+            None => None,
+        };
+        if let Some(rate) = &limits.rate {
+            loop {
+                let verdict = rate
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(Instant::now());
+                match verdict {
+                    Ok(()) => break,
+                    Err(wait) => tokio::time::sleep(wait).await,
+                }
+            }
+        }
+        observe_wait(provider, started);
+        Ok(slot.map_or_else(Permit::unlimited, |s: OwnedSemaphorePermit| Permit::new(s)))
+    }
+}
+
+/// GCRA state: the theoretical arrival time of the next request.
+struct Gcra {
+    interval: Duration,
+    /// `burst * interval`: how far ahead of now the TAT may run.
+    tolerance: Duration,
+    tat: Option<Instant>,
+}
+
+impl Gcra {
+    fn new(interval: Duration, burst: u32) -> Self {
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(burst),
+            tat: None,
+        }
+    }
+
+    /// Takes one request at `now`, or tells how long until one is allowed.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let tat = self.tat.map_or(now, |tat| tat.max(now));
+        let new_tat = tat + self.interval;
+        let allowed_from = new_tat.checked_sub(self.tolerance).unwrap_or(now);
+        if allowed_from > now {
+            return Err(allowed_from - now);
+        }
+        self.tat = Some(new_tat);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_the_burst_then_one_per_interval() {
+        let start = Instant::now();
+        let mut gcra = Gcra::new(Duration::from_millis(100), 10);
+        for _ in 0..10 {
+            assert_eq!(gcra.take(start), Ok(()));
+        }
+        assert_eq!(gcra.take(start), Err(Duration::from_millis(100)));
+        assert_eq!(gcra.take(start + Duration::from_millis(100)), Ok(()));
+        assert_eq!(
+            gcra.take(start + Duration::from_millis(150)),
+            Err(Duration::from_millis(50))
+        );
+        // Idle for long: the burst comes back, never more.
+        let later = start + Duration::from_secs(60);
+        for _ in 0..10 {
+            assert_eq!(gcra.take(later), Ok(()));
+        }
+        assert!(gcra.take(later).is_err());
+    }
+}
