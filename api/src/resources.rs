@@ -1,8 +1,9 @@
 //! What clients see of jobs and images.
 
 use chrono::{DateTime, Utc};
+use kiln_jobs::{GenerateImageResult, UpscaleImageResult};
 use kiln_store::{JobRecord, JobState, generations::ImageRecord};
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -81,9 +82,9 @@ impl AppState {
         job: JobRecord,
     ) -> Result<JobResource, kiln_store::StoreError> {
         let result = match (&job.result, job.state, job.kind.as_str()) {
-            (Some(_), JobState::Succeeded, "generate_image") => {
-                let images = match self.store.generation_for_job(job.id).await? {
-                    Some(g) => self.store.images_of_generation(g.id).await?,
+            (Some(result), JobState::Succeeded, "generate_image") => {
+                let images = match typed::<GenerateImageResult>(result) {
+                    Some(done) => self.store.images_of_generation(done.generation_id).await?,
                     None => Vec::new(),
                 };
                 Some(serde_json::json!({
@@ -92,10 +93,10 @@ impl AppState {
             }
             (Some(result), JobState::Succeeded, "upscale_image") => {
                 let image = match (
-                    result["image_id"].as_str().and_then(|id| id.parse().ok()),
+                    typed::<UpscaleImageResult>(result),
                     job.owner.as_deref().and_then(|o| o.parse().ok()),
                 ) {
-                    (Some(id), Some(owner)) => self.store.image(id, owner).await?,
+                    (Some(done), Some(owner)) => self.store.image(done.image_id, owner).await?,
                     _ => None,
                 };
                 Some(serde_json::json!({ "image": image.map(|i| self.image_resource(&i)) }))
@@ -129,4 +130,10 @@ impl AppState {
             error,
         })
     }
+}
+
+/// A stored result read as its kind's result type; `None` when it does not
+/// have that shape (nothing is shown for it, as for a missing image).
+fn typed<R: DeserializeOwned>(result: &serde_json::Value) -> Option<R> {
+    R::deserialize(result).ok()
 }

@@ -9,10 +9,11 @@ use crate::{JobContext, Outcome};
 /// Runs jobs of kind `J`.
 #[async_trait]
 pub trait Handler<J: Job>: Send + Sync + 'static {
-    async fn run(&self, job: J, ctx: &JobContext) -> Result<Outcome, JobError>;
+    async fn run(&self, job: J, ctx: &JobContext) -> Result<Outcome<J::Result>, JobError>;
 }
 
-/// A handler seen through the kind name: decodes the payload, then runs.
+/// A handler seen through the kind name: decodes the payload, runs, and
+/// turns the typed result into the JSON stored with the job.
 #[async_trait]
 pub(crate) trait ErasedHandler: Send + Sync {
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<Outcome, JobError>;
@@ -27,7 +28,12 @@ struct Typed<J, H> {
 impl<J: Job, H: Handler<J>> ErasedHandler for Typed<J, H> {
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<Outcome, JobError> {
         let payload: J = kiln_jobs::decode(job.schema_version, job.payload.clone())?;
-        self.handler.run(payload, ctx).await
+        match self.handler.run(payload, ctx).await? {
+            Outcome::Done(result) => serde_json::to_value(result)
+                .map(Outcome::Done)
+                .map_err(|e| JobError::permanent("unserializable_result", e.to_string())),
+            Outcome::Snooze(delay) => Ok(Outcome::Snooze(delay)),
+        }
     }
 }
 

@@ -2,7 +2,7 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{GenerateImage, JobError, stage};
+use kiln_jobs::{GenerateImage, GenerateImageResult, GeneratedImage, JobError, stage};
 use kiln_store::{
     Objects, StoreError,
     generations::{Generation, ImageRecord},
@@ -78,7 +78,11 @@ fn subject(generation: &Generation) -> Subject {
 
 #[async_trait]
 impl Handler<GenerateImage> for GenerateImageHandler {
-    async fn run(&self, job: GenerateImage, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(
+        &self,
+        job: GenerateImage,
+        ctx: &JobContext,
+    ) -> Result<Outcome<GenerateImageResult>, JobError> {
         let store = ctx.store();
         let generation = store
             .generation(job.generation_id)
@@ -169,9 +173,11 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 .await
                 .map_err(unavailable)?;
             store.add_image(&record).await.map_err(unavailable)?;
-            delivered.push(serde_json::json!({
-                "id": id, "width": record.width, "height": record.height,
-            }));
+            delivered.push(GeneratedImage {
+                id,
+                width: record.width,
+                height: record.height,
+            });
         }
         store
             .finish_generation(
@@ -182,9 +188,9 @@ impl Handler<GenerateImage> for GenerateImageHandler {
             .await
             .map_err(unavailable)?;
         ctx.progress(stage::DONE, 100).await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "generation_id": generation.id,
-            "images": delivered,
-        })))
+        Ok(Outcome::Done(GenerateImageResult {
+            generation_id: generation.id,
+            images: delivered,
+        }))
     }
 }

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kiln_jobs::{JobError, PruneJobs};
+use kiln_jobs::{JobError, PruneJobs, PruneJobsResult};
 
 use crate::{Handler, JobContext, Outcome};
 
@@ -13,7 +13,11 @@ const BATCH: u32 = 1000;
 
 #[async_trait]
 impl Handler<PruneJobs> for PruneJobsHandler {
-    async fn run(&self, _job: PruneJobs, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(
+        &self,
+        _job: PruneJobs,
+        ctx: &JobContext,
+    ) -> Result<Outcome<PruneJobsResult>, JobError> {
         let mut deleted = 0u64;
         // Small batches keep each delete's locks short.
         loop {
@@ -30,6 +34,6 @@ impl Handler<PruneJobs> for PruneJobsHandler {
                 break;
             }
         }
-        Ok(Outcome::Done(serde_json::json!({ "deleted": deleted })))
+        Ok(Outcome::Done(PruneJobsResult { deleted }))
     }
 }

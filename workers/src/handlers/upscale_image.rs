@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{JobError, UpscaleImage, stage};
+use kiln_jobs::{JobError, UpscaleImage, UpscaleImageResult, stage};
 use kiln_store::{Objects, StoreError, generations::ImageRecord};
 use uuid::Uuid;
 
@@ -45,7 +45,11 @@ fn extension(content_type: &str) -> &'static str {
 
 #[async_trait]
 impl Handler<UpscaleImage> for UpscaleImageHandler {
-    async fn run(&self, job: UpscaleImage, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(
+        &self,
+        job: UpscaleImage,
+        ctx: &JobContext,
+    ) -> Result<Outcome<UpscaleImageResult>, JobError> {
         let store = ctx.store();
         let owner = ctx
             .owner
@@ -106,13 +110,13 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             .map_err(unavailable)?;
         store.add_image(&record).await.map_err(unavailable)?;
         ctx.progress(stage::DONE, 100).await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "image_id": id,
-            "source_image_id": source.id,
-            "width": record.width,
-            "height": record.height,
-            "provider": self.upscaler.name(),
-            "provider_latency_ms": provider_latency_ms,
-        })))
+        Ok(Outcome::Done(UpscaleImageResult {
+            image_id: id,
+            source_image_id: source.id,
+            width: record.width,
+            height: record.height,
+            provider: self.upscaler.name().to_owned(),
+            provider_latency_ms,
+        }))
     }
 }
