@@ -1,7 +1,7 @@
 //! What clients see of jobs and images.
 
 use chrono::{DateTime, Utc};
-use kiln_jobs::{GenerateImageResult, UpscaleImageResult};
+use kiln_jobs::{GenerateImage, GenerateImageResult, Job, UpscaleImage, UpscaleImageResult};
 use kiln_store::{JobRecord, JobState, generations::ImageRecord};
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
@@ -82,7 +82,7 @@ impl AppState {
         job: JobRecord,
     ) -> Result<JobResource, kiln_store::StoreError> {
         let result = match (&job.result, job.state, job.kind.as_str()) {
-            (Some(result), JobState::Succeeded, "generate_image") => {
+            (Some(result), JobState::Succeeded, GenerateImage::KIND) => {
                 let images = match typed::<GenerateImageResult>(result) {
                     Some(done) => self.store.images_of_generation(done.generation_id).await?,
                     None => Vec::new(),
@@ -91,7 +91,7 @@ impl AppState {
                     "images": images.iter().map(|i| self.image_resource(i)).collect::<Vec<_>>(),
                 }))
             }
-            (Some(result), JobState::Succeeded, "upscale_image") => {
+            (Some(result), JobState::Succeeded, UpscaleImage::KIND) => {
                 let image = match (
                     typed::<UpscaleImageResult>(result),
                     job.owner.as_deref().and_then(|o| o.parse().ok()),

@@ -62,7 +62,7 @@ mod tests {
 
     #[test]
     fn lookup_by_name() {
-        assert_eq!(spec("probe").map(|s| s.queue), Some("default"));
+        assert_eq!(spec(Probe::KIND).map(|s| s.queue), Some("default"));
         assert!(spec("no_such_kind").is_none());
     }
 }
