@@ -2,7 +2,7 @@
 //! their queue, attempts, timeout and priority beside them. No I/O here.
 
 mod backoff;
-mod catalogue;
+pub mod catalogue;
 mod error;
 mod generate_image;
 mod job;
@@ -13,7 +13,7 @@ mod send_notice;
 mod upscale_image;
 
 pub use backoff::Backoff;
-pub use catalogue::{KINDS, KindSpec, spec};
+pub use catalogue::{KINDS, KindSpec, Policy, spec};
 pub use error::{DecodeError, JobError};
 pub use generate_image::{GenerateImage, GenerateImageResult, GeneratedImage, stage};
 pub use job::{Job, decode};

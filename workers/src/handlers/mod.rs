@@ -144,4 +144,19 @@ mod tests {
         kinds.sort();
         assert_eq!(handled, kinds);
     }
+
+    #[test]
+    fn every_handler_runs_under_its_kinds_policy() {
+        let deps = super::Deps::dev(kiln_store::Objects::memory(), Vec::new());
+        let registry = super::registry(&crate::WorkerConfig::default(), &deps);
+        for spec in kiln_jobs::KINDS {
+            assert_eq!(
+                registry.policy(spec.kind),
+                Some(spec.policy()),
+                "{}",
+                spec.kind
+            );
+        }
+        assert_eq!(registry.policy("no_such_kind"), None);
+    }
 }
