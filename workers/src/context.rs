@@ -35,7 +35,7 @@ impl JobContext {
                 "lease_lost",
                 "this worker no longer holds the job",
             )),
-            Err(e) => Err(JobError::transient("store_unavailable", e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 

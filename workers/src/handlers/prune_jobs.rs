@@ -24,11 +24,7 @@ impl Handler<PruneJobs> for PruneJobsHandler {
             if ctx.is_cancelled() {
                 break;
             }
-            let n = ctx
-                .store()
-                .prune_finished(self.retention, BATCH)
-                .await
-                .map_err(|e| JobError::transient("store_unavailable", e.to_string()))?;
+            let n = ctx.store().prune_finished(self.retention, BATCH).await?;
             deleted += n;
             if n < u64::from(BATCH) {
                 break;

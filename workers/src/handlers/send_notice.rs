@@ -31,8 +31,7 @@ pub struct SendSmsHandler {
 async fn contacts(ctx: &JobContext, user_id: Uuid) -> Result<Contacts, JobError> {
     ctx.store()
         .contacts(user_id)
-        .await
-        .map_err(|e| JobError::transient("store_unavailable", e.to_string()))?
+        .await?
         .ok_or_else(|| JobError::permanent("user_missing", "the user no longer exists"))
 }
 

@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use kiln_jobs::{JobError, UpscaleImage, UpscaleImageResult, stage};
-use kiln_store::{Objects, StoreError, generations::ImageRecord};
+use kiln_store::{Objects, generations::ImageRecord};
 use uuid::Uuid;
 
 use super::{
@@ -25,10 +25,6 @@ pub struct UpscaleImageHandler {
     pub moderator: Arc<dyn Moderator>,
     pub objects: Objects,
     pub links: ObjectLinks,
-}
-
-fn unavailable(e: StoreError) -> JobError {
-    JobError::transient("store_unavailable", e.to_string())
 }
 
 fn missing() -> JobError {
@@ -58,14 +54,12 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             .ok_or_else(|| JobError::permanent("owner_missing", "an upscale needs its owner"))?;
         let source = store
             .image(job.image_id, owner)
-            .await
-            .map_err(unavailable)?
+            .await?
             .ok_or_else(missing)?;
         let bytes = self
             .objects
             .get(&source.object_key)
-            .await
-            .map_err(unavailable)?
+            .await?
             .ok_or_else(missing)?;
 
         ctx.progress(stage::UPSCALING, 10).await?;
@@ -104,11 +98,8 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             created_at: Utc::now(),
             source_image_id: Some(source.id),
         };
-        self.objects
-            .put(&record.object_key, upscaled.bytes)
-            .await
-            .map_err(unavailable)?;
-        store.add_image(&record).await.map_err(unavailable)?;
+        self.objects.put(&record.object_key, upscaled.bytes).await?;
+        store.add_image(&record).await?;
         ctx.progress(stage::DONE, 100).await?;
         Ok(Outcome::Done(UpscaleImageResult {
             image_id: id,
