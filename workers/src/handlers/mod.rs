@@ -29,6 +29,12 @@ use crate::{
 };
 use kiln_store::{Objects, UrlSigner};
 
+/// Why the configured providers could not be built; the text names the
+/// setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderSetupError(pub String);
+
 /// What handlers need from outside: providers and object storage.
 #[derive(Clone)]
 pub struct Deps {
@@ -53,8 +59,8 @@ impl Deps {
         settings: &ProviderSettings,
         objects: Objects,
         links: ObjectLinks,
-    ) -> Result<Deps, String> {
-        let built = settings.build()?;
+    ) -> Result<Deps, ProviderSetupError> {
+        let built = settings.build().map_err(ProviderSetupError)?;
         Ok(Deps {
             generator: built.generator,
             moderator: built.moderator,
