@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+pub mod generation_request;
 mod idempotency;
 mod problem;
 mod resources;
