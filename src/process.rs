@@ -225,7 +225,9 @@ impl kiln_api::Dependency for RedisDependency {
         "redis"
     }
 
-    async fn ping(&self) -> Result<(), String> {
-        kiln_providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2)).await
+    async fn ping(&self) -> Result<(), kiln_api::DependencyError> {
+        kiln_providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2))
+            .await
+            .map_err(kiln_api::DependencyError)
     }
 }

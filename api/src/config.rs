@@ -48,22 +48,37 @@ impl Default for ApiConfig {
     }
 }
 
+/// A bad `[api]` setting; the text names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ApiConfigError {
+    #[error("api.bcrypt_cost must be between 4 and 31")]
+    BcryptCost,
+    #[error("api.token_ttl_secs and api.signed_url_ttl_secs must be above 0")]
+    ZeroTtl,
+    #[error("api.sizes entries must look like 1024x1024")]
+    Size,
+    #[error("api.default_model must be one of api.models")]
+    DefaultModel,
+    #[error("api.request_timeout_ms must exceed the 30 s long-poll")]
+    RequestTimeout,
+}
+
 impl ApiConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ApiConfigError> {
         if !(4..=31).contains(&self.bcrypt_cost) {
-            return Err("api.bcrypt_cost must be between 4 and 31".into());
+            return Err(ApiConfigError::BcryptCost);
         }
         if self.token_ttl_secs == 0 || self.signed_url_ttl_secs == 0 {
-            return Err("api.token_ttl_secs and api.signed_url_ttl_secs must be above 0".into());
+            return Err(ApiConfigError::ZeroTtl);
         }
         if self.sizes.iter().any(|s| parse_size(s).is_none()) {
-            return Err("api.sizes entries must look like 1024x1024".into());
+            return Err(ApiConfigError::Size);
         }
         if !self.models.contains(&self.default_model) {
-            return Err("api.default_model must be one of api.models".into());
+            return Err(ApiConfigError::DefaultModel);
         }
         if self.request_timeout_ms < 31_000 {
-            return Err("api.request_timeout_ms must exceed the 30 s long-poll".into());
+            return Err(ApiConfigError::RequestTimeout);
         }
         Ok(())
     }

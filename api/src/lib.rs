@@ -3,14 +3,15 @@
 
 mod auth;
 mod config;
+pub mod generation_request;
 mod idempotency;
 mod problem;
 mod resources;
 mod routes;
 mod state;
 
-pub use config::{ApiConfig, parse_size};
+pub use config::{ApiConfig, ApiConfigError, parse_size};
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};
-pub use state::{AppState, Dependency};
+pub use state::{AppState, Dependency, DependencyError};

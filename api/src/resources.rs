@@ -1,8 +1,11 @@
 //! What clients see of jobs and images.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
+use kiln_jobs::{GenerateImage, GenerateImageResult, Job, UpscaleImage, UpscaleImageResult};
 use kiln_store::{JobRecord, JobState, generations::ImageRecord};
-use serde::Serialize;
+use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -80,27 +83,73 @@ impl AppState {
         &self,
         job: JobRecord,
     ) -> Result<JobResource, kiln_store::StoreError> {
-        let result = match (&job.result, job.state, job.kind.as_str()) {
-            (Some(_), JobState::Succeeded, "generate_image") => {
-                let images = match self.store.generation_for_job(job.id).await? {
-                    Some(g) => self.store.images_of_generation(g.id).await?,
-                    None => Vec::new(),
-                };
+        let shown = Shown::of(&job);
+        let images = self.result_images(std::slice::from_ref(&shown)).await?;
+        Ok(self.resource(job, shown, &images))
+    }
+
+    /// [`AppState::job_resource`] for a page of jobs, with the images their
+    /// results show read in one query per kind, not one per job.
+    pub async fn job_resources(
+        &self,
+        jobs: Vec<JobRecord>,
+    ) -> Result<Vec<JobResource>, kiln_store::StoreError> {
+        let shown: Vec<Shown> = jobs.iter().map(Shown::of).collect();
+        let images = self.result_images(&shown).await?;
+        Ok(jobs
+            .into_iter()
+            .zip(shown)
+            .map(|(job, shown)| self.resource(job, shown, &images))
+            .collect())
+    }
+
+    /// Reads every image the given results show.
+    async fn result_images(&self, shown: &[Shown]) -> Result<ResultImages, kiln_store::StoreError> {
+        let mut generations = Vec::new();
+        let mut upscaled: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        for s in shown {
+            match *s {
+                Shown::Generation(Some(id)) => generations.push(id),
+                Shown::Upscale(Some(image)) => {
+                    upscaled.entry(image.owner).or_default().push(image.id)
+                }
+                _ => {}
+            }
+        }
+        let mut images = ResultImages::default();
+        if !generations.is_empty() {
+            for image in self.store.images_of_generations(&generations).await? {
+                images
+                    .of_generation
+                    .entry(image.generation_id)
+                    .or_default()
+                    .push(image);
+            }
+        }
+        for (owner, ids) in upscaled {
+            for image in self.store.images_by_ids(&ids, owner).await? {
+                images.by_id.insert(image.id, image);
+            }
+        }
+        Ok(images)
+    }
+
+    fn resource(&self, job: JobRecord, shown: Shown, images: &ResultImages) -> JobResource {
+        let result = match shown {
+            Shown::Generation(id) => {
+                let generated = id
+                    .and_then(|id| images.of_generation.get(&id))
+                    .map_or(&[][..], Vec::as_slice);
                 Some(serde_json::json!({
-                    "images": images.iter().map(|i| self.image_resource(i)).collect::<Vec<_>>(),
+                    "images": generated.iter().map(|i| self.image_resource(i)).collect::<Vec<_>>(),
                 }))
             }
-            (Some(result), JobState::Succeeded, "upscale_image") => {
-                let image = match (
-                    result["image_id"].as_str().and_then(|id| id.parse().ok()),
-                    job.owner.as_deref().and_then(|o| o.parse().ok()),
-                ) {
-                    (Some(id), Some(owner)) => self.store.image(id, owner).await?,
-                    _ => None,
-                };
-                Some(serde_json::json!({ "image": image.map(|i| self.image_resource(&i)) }))
+            Shown::Upscale(wanted) => {
+                let image =
+                    wanted.and_then(|w| images.by_id.get(&w.id).filter(|i| i.owner == w.owner));
+                Some(serde_json::json!({ "image": image.map(|i| self.image_resource(i)) }))
             }
-            (result, _, _) => result.clone(),
+            Shown::AsStored => job.result.clone(),
         };
         let error = match job.state {
             JobState::Failed | JobState::Cancelled => job.errors.last().map(|e| JobErrorBody {
@@ -109,7 +158,7 @@ impl AppState {
             }),
             _ => None,
         };
-        Ok(JobResource {
+        JobResource {
             id: job.id,
             kind: job.kind,
             stage: job.stage.unwrap_or_else(|| match job.state {
@@ -127,6 +176,58 @@ impl AppState {
             finished_at: job.finished_at,
             result,
             error,
-        })
+        }
     }
+}
+
+/// What a job's resource shows as its result.
+#[derive(Debug, Clone, Copy)]
+enum Shown {
+    /// A finished generation: the images of this generation (none when its
+    /// result does not read as a generation's).
+    Generation(Option<Uuid>),
+    /// A finished upscale: this image of its owner, when it still exists.
+    Upscale(Option<OwnedImage>),
+    /// Any other job: its result as stored.
+    AsStored,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct OwnedImage {
+    id: Uuid,
+    owner: Uuid,
+}
+
+impl Shown {
+    fn of(job: &JobRecord) -> Shown {
+        match (&job.result, job.state, job.kind.as_str()) {
+            (Some(result), JobState::Succeeded, GenerateImage::KIND) => Shown::Generation(
+                typed::<GenerateImageResult>(result).map(|done| done.generation_id),
+            ),
+            (Some(result), JobState::Succeeded, UpscaleImage::KIND) => Shown::Upscale(
+                typed::<UpscaleImageResult>(result)
+                    .zip(job.owner.as_deref().and_then(|o| o.parse().ok()))
+                    .map(|(done, owner)| OwnedImage {
+                        id: done.image_id,
+                        owner,
+                    }),
+            ),
+            _ => Shown::AsStored,
+        }
+    }
+}
+
+/// The images a set of results show, read together.
+#[derive(Default)]
+struct ResultImages {
+    /// Generated images by generation, oldest first.
+    of_generation: HashMap<Uuid, Vec<ImageRecord>>,
+    /// Upscaled images by id.
+    by_id: HashMap<Uuid, ImageRecord>,
+}
+
+/// A stored result read as its kind's result type; `None` when it does not
+/// have that shape (nothing is shown for it, as for a missing image).
+fn typed<R: DeserializeOwned>(result: &serde_json::Value) -> Option<R> {
+    R::deserialize(result).ok()
 }

@@ -21,5 +21,10 @@ pub struct AppState {
 pub trait Dependency: Send + Sync {
     /// Named in the readiness answer, e.g. `redis`.
     fn name(&self) -> &'static str;
-    async fn ping(&self) -> Result<(), String>;
+    async fn ping(&self) -> Result<(), DependencyError>;
 }
+
+/// Why a dependency did not answer a ping, as its client tells it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DependencyError(pub String);

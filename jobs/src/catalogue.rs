@@ -1,9 +1,40 @@
+//! Every kind kiln knows, with its policy, for code that meets jobs by
+//! their kind name (the store, the worker runtime, the admin API). The one
+//! place a kind name maps to a policy.
+
 use std::time::Duration;
 
 use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs, SendEmail, SendSms, UpscaleImage};
 
-/// A kind's policy as data, for code that meets jobs by their kind name
-/// (the store, the worker runtime, the admin API).
+/// How the queue runs a kind's attempts: how many, how long each may take,
+/// how long to wait between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Attempts before the job ends `failed`, counting the first run.
+    pub max_attempts: u32,
+    /// How long one attempt may run before it counts as a failed attempt.
+    pub timeout: Duration,
+    pub backoff: Backoff,
+}
+
+impl Policy {
+    pub const fn of<J: Job>() -> Policy {
+        Policy {
+            max_attempts: J::MAX_ATTEMPTS,
+            timeout: J::TIMEOUT,
+            backoff: J::BACKOFF,
+        }
+    }
+}
+
+/// The backoff for retrying a job of a kind this build does not know (a
+/// newer build queued it, e.g. during a rolling deploy) whose worker was
+/// lost: the default one. The job goes back to the queue so a worker that
+/// knows the kind can run it; a worker that does not know it fails it
+/// permanently when it claims it.
+pub const UNKNOWN_KIND_BACKOFF: Backoff = Backoff::DEFAULT;
+
+/// A kind's policy as data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindSpec {
     pub kind: &'static str,
@@ -39,8 +70,24 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<UpscaleImage>(),
 ];
 
+impl KindSpec {
+    pub const fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.max_attempts,
+            timeout: self.timeout,
+            backoff: self.backoff,
+        }
+    }
+}
+
 pub fn spec(kind: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|s| s.kind == kind)
+}
+
+/// The policy of a kind; `None` for a kind this build does not know (the
+/// caller decides what that means: see [`UNKNOWN_KIND_BACKOFF`]).
+pub fn policy(kind: &str) -> Option<Policy> {
+    spec(kind).map(KindSpec::policy)
 }
 
 #[cfg(test)]
@@ -62,7 +109,9 @@ mod tests {
 
     #[test]
     fn lookup_by_name() {
-        assert_eq!(spec("probe").map(|s| s.queue), Some("default"));
+        assert_eq!(spec(Probe::KIND).map(|s| s.queue), Some("default"));
         assert!(spec("no_such_kind").is_none());
+        assert_eq!(policy(Probe::KIND), Some(Policy::of::<Probe>()));
+        assert_eq!(policy("no_such_kind"), None);
     }
 }

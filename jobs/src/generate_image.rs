@@ -15,10 +15,26 @@ pub struct GenerateImage {
 }
 
 impl Job for GenerateImage {
+    type Result = GenerateImageResult;
     const KIND: &'static str = "generate_image";
     const QUEUE: &'static str = "generation";
     const MAX_ATTEMPTS: u32 = 5;
     const TIMEOUT: Duration = Duration::from_secs(180);
+}
+
+/// A finished generation: the images it delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerateImageResult {
+    pub generation_id: Uuid,
+    pub images: Vec<GeneratedImage>,
+}
+
+/// One delivered image of a generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratedImage {
+    pub id: Uuid,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// The stages image jobs report, in order.

@@ -11,6 +11,10 @@ use crate::{Backoff, DecodeError};
 /// run after a deploy; a payload change bumps `SCHEMA_VERSION` and teaches
 /// [`Job::upgrade`] to read the old shape.
 pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What a finished job of this kind leaves as its `result`: the JSON
+    /// clients read back, so its shape is as stable as the payload's.
+    type Result: Serialize + DeserializeOwned + Send + 'static;
+
     const KIND: &'static str;
     const QUEUE: &'static str = "default";
     /// Attempts before the job ends `failed`, counting the first run.

@@ -2,7 +2,7 @@
 //! their queue, attempts, timeout and priority beside them. No I/O here.
 
 mod backoff;
-mod catalogue;
+pub mod catalogue;
 mod error;
 mod generate_image;
 mod ids;
@@ -14,13 +14,13 @@ mod send_notice;
 mod upscale_image;
 
 pub use backoff::Backoff;
-pub use catalogue::{KINDS, KindSpec, spec};
+pub use catalogue::{KINDS, KindSpec, Policy, spec};
 pub use error::{DecodeError, JobError};
-pub use generate_image::{GenerateImage, stage};
+pub use generate_image::{GenerateImage, GenerateImageResult, GeneratedImage, stage};
 pub use ids::UserId;
 pub use job::{Job, decode};
 pub use notice::{Notice, escape_html};
-pub use probe::{Probe, ProbeFailure};
-pub use prune_jobs::PruneJobs;
-pub use send_notice::{SendEmail, SendSms};
-pub use upscale_image::UpscaleImage;
+pub use probe::{Probe, ProbeFailure, ProbeResult};
+pub use prune_jobs::{PruneJobs, PruneJobsResult};
+pub use send_notice::{NoticeSent, SendEmail, SendSms};
+pub use upscale_image::{UpscaleImage, UpscaleImageResult};

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::Job;
 
@@ -26,6 +27,7 @@ pub enum ProbeFailure {
 }
 
 impl Job for Probe {
+    type Result = ProbeResult;
     const KIND: &'static str = "probe";
     const MAX_ATTEMPTS: u32 = 3;
     const TIMEOUT: Duration = Duration::from_secs(120);
@@ -33,4 +35,12 @@ impl Job for Probe {
         base: Duration::from_millis(200),
         max: Duration::from_secs(5),
     };
+}
+
+/// A probe that succeeded: which attempt, of which job, on which worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    pub attempt: u32,
+    pub job_id: Uuid,
+    pub worker: String,
 }

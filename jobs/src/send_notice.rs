@@ -16,6 +16,7 @@ pub struct SendEmail {
 }
 
 impl Job for SendEmail {
+    type Result = NoticeSent;
     const KIND: &'static str = "send_email";
     const QUEUE: &'static str = "notifications";
     const MAX_ATTEMPTS: u32 = 8;
@@ -37,6 +38,7 @@ pub struct SendSms {
 }
 
 impl Job for SendSms {
+    type Result = NoticeSent;
     const KIND: &'static str = "send_sms";
     const QUEUE: &'static str = "notifications";
     const MAX_ATTEMPTS: u32 = 8;
@@ -46,4 +48,12 @@ impl Job for SendSms {
         base: Duration::from_secs(2),
         max: Duration::from_secs(300),
     };
+}
+
+/// A notice handed to its provider (`send_email`, `send_sms`): which
+/// provider, and the id it gave the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeSent {
+    pub provider: String,
+    pub provider_id: String,
 }

@@ -25,3 +25,26 @@ impl From<serde_json::Error> for StoreError {
         StoreError::Corrupt(e.to_string())
     }
 }
+
+/// A store that fails while a job runs fails the attempt, not the job: a
+/// transient `store_unavailable` carrying the store's message, so handlers
+/// can use `?` on store calls.
+impl From<StoreError> for kiln_jobs::JobError {
+    fn from(e: StoreError) -> Self {
+        kiln_jobs::JobError::transient("store_unavailable", e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_error_fails_the_attempt_transiently() {
+        let error = kiln_jobs::JobError::from(StoreError::Objects("disk full".into()));
+        assert_eq!(
+            error,
+            kiln_jobs::JobError::transient("store_unavailable", "object storage: disk full")
+        );
+    }
+}

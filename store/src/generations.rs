@@ -164,4 +164,18 @@ pub trait Generations: Send + Sync {
         owner: Uuid,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError>;
+    /// [`Generations::images_of_generation`] for several generations in one
+    /// read (a page of jobs): their generated images, by generation, then
+    /// oldest first.
+    async fn images_of_generations(
+        &self,
+        generation_ids: &[Uuid],
+    ) -> Result<Vec<ImageRecord>, StoreError>;
+    /// [`Generations::image`] for several ids in one read: those of the
+    /// owner's images among `ids` that exist, by id.
+    async fn images_by_ids(
+        &self,
+        ids: &[Uuid],
+        owner: Uuid,
+    ) -> Result<Vec<ImageRecord>, StoreError>;
 }

@@ -42,7 +42,8 @@ pub(crate) fn rescue_decision(
             message: "worker lost (lease expired) on the last attempt".into(),
         };
     }
-    let backoff = kiln_jobs::spec(kind).map_or(kiln_jobs::Backoff::DEFAULT, |s| s.backoff);
+    let backoff = kiln_jobs::catalogue::policy(kind)
+        .map_or(kiln_jobs::catalogue::UNKNOWN_KIND_BACKOFF, |p| p.backoff);
     RescueDecision {
         state: JobState::Retryable,
         retry_in: Some(backoff.delay(attempt)),

@@ -50,28 +50,43 @@ impl Default for WorkerConfig {
     }
 }
 
+/// A bad `[worker]` setting; the text names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerConfigError {
+    #[error("worker.concurrency must be at least 1")]
+    Concurrency,
+    #[error("worker.batch_size must be at least 1")]
+    BatchSize,
+    #[error("worker.lease_ms must be at least 500")]
+    Lease,
+    #[error("worker.poll_interval_ms must be above 0")]
+    PollInterval,
+    #[error("worker.crash_loop_cap must be at least 1")]
+    CrashLoopCap,
+    #[error("worker.queues must not contain an empty name")]
+    EmptyQueueName,
+}
+
 impl WorkerConfig {
     /// Checks the settings; the error names the bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), WorkerConfigError> {
         if self.concurrency == 0 {
-            return Err("worker.concurrency must be at least 1".into());
+            return Err(WorkerConfigError::Concurrency);
         }
         if self.batch_size == 0 {
-            return Err("worker.batch_size must be at least 1".into());
+            return Err(WorkerConfigError::BatchSize);
         }
         if self.lease_ms < Duration::from_millis(500) {
-            return Err("worker.lease_ms must be at least 500".into());
+            return Err(WorkerConfigError::Lease);
         }
         if self.poll_interval_ms.is_zero() {
-            return Err("worker.poll_interval_ms must be above 0".into());
+            return Err(WorkerConfigError::PollInterval);
         }
         if self.crash_loop_cap == 0 {
-            return Err("worker.crash_loop_cap must be at least 1".into());
+            return Err(WorkerConfigError::CrashLoopCap);
         }
-        for q in &self.queues {
-            if q.is_empty() {
-                return Err("worker.queues must not contain an empty name".into());
-            }
+        if self.queues.iter().any(String::is_empty) {
+            return Err(WorkerConfigError::EmptyQueueName);
         }
         Ok(())
     }

@@ -35,7 +35,7 @@ impl JobContext {
                 "lease_lost",
                 "this worker no longer holds the job",
             )),
-            Err(e) => Err(JobError::transient("store_unavailable", e.to_string())),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -62,11 +62,12 @@ impl JobContext {
     }
 }
 
-/// A handler's successful answer.
+/// A handler's successful answer. A handler answers with its kind's typed
+/// result ([`kiln_jobs::Job::Result`]); the runtime stores it as JSON.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Outcome<R = serde_json::Value> {
     /// Finished; the value is the job's `result`.
-    Done(serde_json::Value),
+    Done(R),
     /// Not now: run again after this long, without spending an attempt.
     Snooze(Duration),
 }

@@ -8,7 +8,7 @@ pub mod handlers;
 mod registry;
 mod runtime;
 
-pub use config::WorkerConfig;
+pub use config::{WorkerConfig, WorkerConfigError};
 pub use context::{JobContext, Outcome};
 pub use registry::{Handler, Registry};
-pub use runtime::run;
+pub use runtime::{RunError, run};

@@ -40,7 +40,7 @@ fn config() -> WorkerConfig {
 
 struct Running {
     stop: CancellationToken,
-    handle: JoinHandle<Result<(), String>>,
+    handle: JoinHandle<Result<(), kiln_workers::RunError>>,
 }
 
 impl Running {

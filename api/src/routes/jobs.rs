@@ -157,10 +157,7 @@ async fn list(
     let next_cursor = more
         .then(|| rows.last().map(|j| j.id.to_string()))
         .flatten();
-    let mut jobs = Vec::with_capacity(rows.len());
-    for row in rows {
-        jobs.push(state.job_resource(row).await?);
-    }
+    let jobs = state.job_resources(rows).await?;
     Ok(Json(JobPage { jobs, next_cursor }))
 }
 

@@ -28,6 +28,23 @@ pub struct UpscaleRequest {
     pub scale: Option<u32>,
 }
 
+impl UpscaleRequest {
+    /// The job this request asks for. An id that is not one is as absent
+    /// as a missing image (404); the scale defaults to 2 and must be one of
+    /// [`UpscaleImage::SCALES`].
+    fn parse(self) -> Result<UpscaleImage, Problem> {
+        let image_id = parse_id(&self.image_id, "image")?;
+        let scale = self.scale.unwrap_or(2);
+        if !UpscaleImage::SCALES.contains(&scale) {
+            return Err(Problem::invalid(format!(
+                "scale must be one of {:?}",
+                UpscaleImage::SCALES
+            )));
+        }
+        Ok(UpscaleImage { image_id, scale })
+    }
+}
+
 #[utoipa::path(post, path = "/v1/upscales", tag = "upscales",
     security(("bearer" = [])),
     request_body = UpscaleRequest,
@@ -50,23 +67,15 @@ async fn create(
     headers: HeaderMap,
     Json(req): Json<UpscaleRequest>,
 ) -> Result<Response, Problem> {
-    let image_id = parse_id(&req.image_id, "image")?;
-    let scale = req.scale.unwrap_or(2);
-    if !UpscaleImage::SCALES.contains(&scale) {
-        return Err(Problem::invalid(format!(
-            "scale must be one of {:?}",
-            UpscaleImage::SCALES
-        )));
-    }
+    let payload = req.parse()?;
     let key = idempotency::key(&headers)?;
     // Another user's image is as absent as a missing one.
     state
         .store
-        .image(image_id, user.id)
+        .image(payload.image_id, user.id)
         .await?
         .ok_or_else(|| Problem::not_found("image"))?;
 
-    let payload = UpscaleImage { image_id, scale };
     let mut job = NewJob::of(&payload)
         .map_err(Problem::internal)?
         .owner(user.id.to_string());

@@ -201,4 +201,38 @@ impl Generations for PgStore {
             .await?;
         rows::jobs(rows)
     }
+
+    async fn images_of_generations(
+        &self,
+        generation_ids: &[Uuid],
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images
+             WHERE generation_id = ANY($1) AND source_image_id IS NULL AND deleted_at IS NULL
+             ORDER BY generation_id, id"
+        );
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(generation_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows::images(rows))
+    }
+
+    async fn images_by_ids(
+        &self,
+        ids: &[Uuid],
+        owner: Uuid,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images
+             WHERE id = ANY($1) AND owner = $2 AND deleted_at IS NULL
+             ORDER BY id"
+        );
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows::images(rows))
+    }
 }

@@ -203,4 +203,40 @@ impl Generations for SqliteStore {
             .await?;
         rows::jobs(rows)
     }
+
+    async fn images_of_generations(
+        &self,
+        generation_ids: &[Uuid],
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        // The ids travel as one JSON array, whatever their number.
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images
+             WHERE generation_id IN (SELECT value FROM json_each(?))
+               AND source_image_id IS NULL AND deleted_at IS NULL
+             ORDER BY generation_id, id"
+        );
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::json!(generation_ids).to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows::images(rows))
+    }
+
+    async fn images_by_ids(
+        &self,
+        ids: &[Uuid],
+        owner: Uuid,
+    ) -> Result<Vec<ImageRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {IMAGE_COLUMNS} FROM images
+             WHERE id IN (SELECT value FROM json_each(?1)) AND owner = ?2 AND deleted_at IS NULL
+             ORDER BY id"
+        );
+        let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::json!(ids).to_string())
+            .bind(owner.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows::images(rows))
+    }
 }

@@ -2,9 +2,9 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{GenerateImage, JobError, stage};
+use kiln_jobs::{GenerateImage, GenerateImageResult, GeneratedImage, JobError, stage};
 use kiln_store::{
-    Objects, StoreError,
+    Objects,
     generations::{Generation, ImageRecord},
 };
 use uuid::Uuid;
@@ -59,18 +59,11 @@ impl GenerateImageHandler {
                 .unwrap_or("bin")
                 .replace("jpeg", "jpg");
             let key = format!("refs/{}/{index}.{extension}", generation.id);
-            self.objects
-                .put(&key, image.bytes)
-                .await
-                .map_err(unavailable)?;
+            self.objects.put(&key, image.bytes).await?;
             links.push(self.links.url(&key));
         }
         Ok(links)
     }
-}
-
-fn unavailable(e: StoreError) -> JobError {
-    JobError::transient("store_unavailable", e.to_string())
 }
 
 fn subject(generation: &Generation) -> Subject {
@@ -82,15 +75,15 @@ fn subject(generation: &Generation) -> Subject {
 
 #[async_trait]
 impl Handler<GenerateImage> for GenerateImageHandler {
-    async fn run(&self, job: GenerateImage, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(
+        &self,
+        job: GenerateImage,
+        ctx: &JobContext,
+    ) -> Result<Outcome<GenerateImageResult>, JobError> {
         let store = ctx.store();
-        let generation = store
-            .generation(job.generation_id)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| {
-                JobError::permanent("generation_missing", "the generation record is gone")
-            })?;
+        let generation = store.generation(job.generation_id).await?.ok_or_else(|| {
+            JobError::permanent("generation_missing", "the generation record is gone")
+        })?;
 
         ctx.progress(stage::MODERATING_PROMPT, 5).await?;
         let prompt = Content::Text(&generation.prompt);
@@ -139,20 +132,10 @@ impl Handler<GenerateImage> for GenerateImageHandler {
         }
 
         // A retried attempt replaces what an earlier one may have stored.
-        for old in store
-            .images_of_generation(generation.id)
-            .await
-            .map_err(unavailable)?
-        {
-            self.objects
-                .delete(&old.object_key)
-                .await
-                .map_err(unavailable)?;
+        for old in store.images_of_generation(generation.id).await? {
+            self.objects.delete(&old.object_key).await?;
         }
-        store
-            .delete_images_of_generation(generation.id)
-            .await
-            .map_err(unavailable)?;
+        store.delete_images_of_generation(generation.id).await?;
         let mut delivered = Vec::with_capacity(images.len());
         for image in images {
             let id = Uuid::now_v7();
@@ -168,14 +151,13 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 created_at: Utc::now(),
                 source_image_id: None,
             };
-            self.objects
-                .put(&record.object_key, image.png)
-                .await
-                .map_err(unavailable)?;
-            store.add_image(&record).await.map_err(unavailable)?;
-            delivered.push(serde_json::json!({
-                "id": id, "width": record.width, "height": record.height,
-            }));
+            self.objects.put(&record.object_key, image.png).await?;
+            store.add_image(&record).await?;
+            delivered.push(GeneratedImage {
+                id,
+                width: record.width,
+                height: record.height,
+            });
         }
         store
             .finish_generation(
@@ -183,12 +165,11 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 self.generator.name(),
                 provider_latency.as_millis() as u64,
             )
-            .await
-            .map_err(unavailable)?;
+            .await?;
         ctx.progress(stage::DONE, 100).await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "generation_id": generation.id,
-            "images": delivered,
-        })))
+        Ok(Outcome::Done(GenerateImageResult {
+            generation_id: generation.id,
+            images: delivered,
+        }))
     }
 }

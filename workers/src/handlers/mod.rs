@@ -29,6 +29,12 @@ use kiln_providers::{
 };
 use kiln_store::{Objects, UrlSigner};
 
+/// Why the configured providers could not be built; the text names the
+/// setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderSetupError(pub String);
+
 /// What handlers need from outside: providers and object storage.
 #[derive(Clone)]
 pub struct Deps {
@@ -53,8 +59,8 @@ impl Deps {
         settings: &ProviderSettings,
         objects: Objects,
         links: ObjectLinks,
-    ) -> Result<Deps, String> {
-        let built = settings.build()?;
+    ) -> Result<Deps, ProviderSetupError> {
+        let built = settings.build().map_err(ProviderSetupError)?;
         Ok(Deps {
             generator: built.generator,
             moderator: built.moderator,
@@ -143,5 +149,20 @@ mod tests {
         let mut kinds: Vec<_> = kiln_jobs::KINDS.iter().map(|s| s.kind).collect();
         kinds.sort();
         assert_eq!(handled, kinds);
+    }
+
+    #[test]
+    fn every_handler_runs_under_its_kinds_policy() {
+        let deps = super::Deps::dev(kiln_store::Objects::memory(), Vec::new());
+        let registry = super::registry(&crate::WorkerConfig::default(), &deps);
+        for spec in kiln_jobs::KINDS {
+            assert_eq!(
+                registry.policy(spec.kind),
+                Some(spec.policy()),
+                "{}",
+                spec.kind
+            );
+        }
+        assert_eq!(registry.policy("no_such_kind"), None);
     }
 }

@@ -50,8 +50,7 @@ pub(crate) async fn gate(
             scores: decision.scores,
             created_at: Utc::now(),
         })
-        .await
-        .map_err(|e| JobError::transient("store_unavailable", e.to_string()))?;
+        .await?;
     if decision.allowed {
         return Ok(());
     }

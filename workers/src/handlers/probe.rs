@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kiln_jobs::{JobError, Probe, ProbeFailure};
+use kiln_jobs::{JobError, Probe, ProbeFailure, ProbeResult};
 
 use crate::{Handler, JobContext, Outcome};
 
@@ -9,7 +9,7 @@ pub struct ProbeHandler;
 
 #[async_trait]
 impl Handler<Probe> for ProbeHandler {
-    async fn run(&self, job: Probe, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(&self, job: Probe, ctx: &JobContext) -> Result<Outcome<ProbeResult>, JobError> {
         if job.sleep_ms > 0 {
             ctx.progress("sleeping", 0).await?;
             tokio::time::sleep(Duration::from_millis(job.sleep_ms)).await;
@@ -26,11 +26,11 @@ impl Handler<Probe> for ProbeHandler {
                 "probe_failure",
                 "probe asked to fail (permanent)",
             )),
-            None => Ok(Outcome::Done(serde_json::json!({
-                "attempt": ctx.attempt,
-                "job_id": ctx.job_id(),
-                "worker": ctx.worker_id,
-            }))),
+            None => Ok(Outcome::Done(ProbeResult {
+                attempt: ctx.attempt,
+                job_id: ctx.job_id(),
+                worker: ctx.worker_id.clone(),
+            })),
         }
     }
 }

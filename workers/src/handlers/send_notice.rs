@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_jobs::{JobError, SendEmail, SendSms};
+use kiln_jobs::{JobError, NoticeSent, SendEmail, SendSms};
 use kiln_store::accounts::Contacts;
 use uuid::Uuid;
 
@@ -29,14 +29,13 @@ pub struct SendSmsHandler {
 async fn contacts(ctx: &JobContext, user_id: Uuid) -> Result<Contacts, JobError> {
     ctx.store()
         .contacts(user_id)
-        .await
-        .map_err(|e| JobError::transient("store_unavailable", e.to_string()))?
+        .await?
         .ok_or_else(|| JobError::permanent("user_missing", "the user no longer exists"))
 }
 
 #[async_trait]
 impl Handler<SendEmail> for SendEmailHandler {
-    async fn run(&self, job: SendEmail, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(&self, job: SendEmail, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
         let to = contacts(ctx, job.user_id)
             .await?
             .email
@@ -51,16 +50,16 @@ impl Handler<SendEmail> for SendEmailHandler {
                 html: Some(html),
             })
             .await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "provider": self.mailer.name(),
-            "provider_id": sent.provider_id,
-        })))
+        Ok(Outcome::Done(NoticeSent {
+            provider: self.mailer.name().to_owned(),
+            provider_id: sent.provider_id,
+        }))
     }
 }
 
 #[async_trait]
 impl Handler<SendSms> for SendSmsHandler {
-    async fn run(&self, job: SendSms, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(&self, job: SendSms, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
         let to = contacts(ctx, job.user_id)
             .await?
             .phone
@@ -69,9 +68,9 @@ impl Handler<SendSms> for SendSmsHandler {
             .sms
             .send(&to, &job.notice.sms(&self.product_name))
             .await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "provider": self.sms.name(),
-            "provider_id": sent.provider_id,
-        })))
+        Ok(Outcome::Done(NoticeSent {
+            provider: self.sms.name().to_owned(),
+            provider_id: sent.provider_id,
+        }))
     }
 }

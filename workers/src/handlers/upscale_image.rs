@@ -7,8 +7,8 @@ use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{JobError, UpscaleImage, stage};
-use kiln_store::{Objects, StoreError, generations::ImageRecord};
+use kiln_jobs::{JobError, UpscaleImage, UpscaleImageResult, stage};
+use kiln_store::{Objects, generations::ImageRecord};
 use uuid::Uuid;
 
 use super::{
@@ -28,10 +28,6 @@ pub struct UpscaleImageHandler {
     pub links: ObjectLinks,
 }
 
-fn unavailable(e: StoreError) -> JobError {
-    JobError::transient("store_unavailable", e.to_string())
-}
-
 fn missing() -> JobError {
     JobError::permanent("image_missing", "the image to upscale is gone")
 }
@@ -46,7 +42,11 @@ fn extension(content_type: &str) -> &'static str {
 
 #[async_trait]
 impl Handler<UpscaleImage> for UpscaleImageHandler {
-    async fn run(&self, job: UpscaleImage, ctx: &JobContext) -> Result<Outcome, JobError> {
+    async fn run(
+        &self,
+        job: UpscaleImage,
+        ctx: &JobContext,
+    ) -> Result<Outcome<UpscaleImageResult>, JobError> {
         let store = ctx.store();
         let owner = ctx
             .owner
@@ -55,14 +55,12 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             .ok_or_else(|| JobError::permanent("owner_missing", "an upscale needs its owner"))?;
         let source = store
             .image(job.image_id, owner)
-            .await
-            .map_err(unavailable)?
+            .await?
             .ok_or_else(missing)?;
         let bytes = self
             .objects
             .get(&source.object_key)
-            .await
-            .map_err(unavailable)?
+            .await?
             .ok_or_else(missing)?;
 
         ctx.progress(stage::UPSCALING, 10).await?;
@@ -101,19 +99,16 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             created_at: Utc::now(),
             source_image_id: Some(source.id),
         };
-        self.objects
-            .put(&record.object_key, upscaled.bytes)
-            .await
-            .map_err(unavailable)?;
-        store.add_image(&record).await.map_err(unavailable)?;
+        self.objects.put(&record.object_key, upscaled.bytes).await?;
+        store.add_image(&record).await?;
         ctx.progress(stage::DONE, 100).await?;
-        Ok(Outcome::Done(serde_json::json!({
-            "image_id": id,
-            "source_image_id": source.id,
-            "width": record.width,
-            "height": record.height,
-            "provider": self.upscaler.name(),
-            "provider_latency_ms": provider_latency_ms,
-        })))
+        Ok(Outcome::Done(UpscaleImageResult {
+            image_id: id,
+            source_image_id: source.id,
+            width: record.width,
+            height: record.height,
+            provider: self.upscaler.name().to_owned(),
+            provider_latency_ms,
+        }))
     }
 }

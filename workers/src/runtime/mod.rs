@@ -21,8 +21,17 @@ use kiln_store::Store;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Registry, WorkerConfig};
+use crate::{Registry, WorkerConfig, WorkerConfigError};
 use backend::{Claimed, KilnBackend};
+
+/// Why the worker runtime did not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] WorkerConfigError),
+    #[error("worker runtime failed: {0}")]
+    Runtime(String),
+}
 
 /// Runs jobs until `shutdown` is cancelled, then stops claiming, lets
 /// running jobs finish within the grace period, hands the rest back without
@@ -33,7 +42,7 @@ pub async fn run(
     config: WorkerConfig,
     worker_id: String,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     config.validate()?;
     // The providers' rate-limit waits go to kiln's metrics.
     kiln_providers::limits::observe_waits_with(observe_provider_wait);
@@ -163,7 +172,7 @@ pub async fn run(
     let _ = heartbeat.await;
     let _ = maintenance.await;
     tracing::info!(worker = %worker_id, "worker stopped");
-    monitor_result.map_err(|e| format!("worker runtime failed: {e}"))
+    monitor_result.map_err(|e| RunError::Runtime(e.to_string()))
 }
 
 /// Records how long a provider call waited for the shared rate limits

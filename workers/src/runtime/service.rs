@@ -14,13 +14,13 @@ use std::{
 
 use apalis_core::{error::BoxDynError, task::Task};
 use futures::FutureExt;
-use kiln_jobs::JobError;
+use kiln_jobs::{JobError, Policy};
 use kiln_store::{ClaimedJob, Completion, Failure, Lease, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{backend::Claimed, inflight::InFlight};
-use crate::{JobContext, Outcome, Registry};
+use crate::{JobContext, Outcome, Registry, registry::Registered};
 
 #[derive(Clone)]
 pub(crate) struct RunJob {
@@ -85,44 +85,27 @@ impl RunJob {
             owner: job.owner.clone(),
             cancel: stop.clone(),
         };
-        let timeout = kiln_jobs::spec(&kind).map_or(Duration::from_secs(60), |s| s.timeout);
+        let registered = self.registry.get(&kind);
+        let policy = registered.as_ref().ok().map(|r| r.policy);
         let started = std::time::Instant::now();
         let ending = tokio::select! {
             biased;
             _ = stop.cancelled() => Ending::Stopped,
             _ = self.grace_over.cancelled() => Ending::GraceOver,
-            result = self.attempt(&job, &ctx, timeout) => Ending::Handler(result),
+            result = attempt(registered, &job, &ctx) => Ending::Handler(result),
         };
         m.run_seconds
             .with_label_values(&[&kind])
             .observe(started.elapsed().as_secs_f64());
         self.inflight.finish(lease.id);
         busy.dec();
-        self.record(&job, ending).await;
+        self.record(&job, policy, ending).await;
     }
 
-    async fn attempt(
-        &self,
-        job: &ClaimedJob,
-        ctx: &JobContext,
-        timeout: Duration,
-    ) -> Result<Outcome, JobError> {
-        let handler = self.registry.get(&job.kind)?;
-        let run = AssertUnwindSafe(handler.run(job, ctx)).catch_unwind();
-        match tokio::time::timeout(timeout, run).await {
-            Err(_) => Err(JobError::transient(
-                "timeout",
-                format!("attempt ran longer than {}s", timeout.as_secs()),
-            )),
-            Ok(Err(panic)) => Err(JobError::transient(
-                "panic",
-                format!("handler panicked: {}", panic_message(&panic)),
-            )),
-            Ok(Ok(result)) => result,
-        }
-    }
-
-    async fn record(&self, job: &ClaimedJob, ending: Ending) {
+    /// Writes down how the attempt ended. `policy` is the kind's registered
+    /// one; `None` for a kind without a handler, whose attempt has ended in
+    /// a permanent `unknown_kind` error.
+    async fn record(&self, job: &ClaimedJob, policy: Option<Policy>, ending: Ending) {
         let m = kiln_store::metrics::metrics();
         let kind = job.kind.as_str();
         let lease = job.lease;
@@ -148,12 +131,10 @@ impl RunJob {
                 let retry_in = match &error {
                     JobError::Permanent { .. } => None,
                     _ if job.attempt >= job.max_attempts => None,
+                    // Only a registered handler fails transiently, so a
+                    // transient error always has its kind's policy.
                     JobError::Transient { retry_after, .. } => {
-                        Some(retry_after.unwrap_or_else(|| {
-                            kiln_jobs::spec(kind)
-                                .map_or(kiln_jobs::Backoff::DEFAULT, |s| s.backoff)
-                                .delay(job.attempt)
-                        }))
+                        policy.map(|p| retry_after.unwrap_or_else(|| p.backoff.delay(job.attempt)))
                     }
                 };
                 tracing::info!(job_id = %lease.id, kind, attempt = job.attempt,
@@ -223,6 +204,29 @@ impl RunJob {
                 }
             }
         }
+    }
+}
+
+/// Runs a registered kind's handler under its policy's timeout, a panic
+/// caught as a transient failure; a kind without a handler fails at once.
+async fn attempt(
+    registered: Result<&Registered, JobError>,
+    job: &ClaimedJob,
+    ctx: &JobContext,
+) -> Result<Outcome, JobError> {
+    let registered = registered?;
+    let timeout = registered.policy.timeout;
+    let run = AssertUnwindSafe(registered.handler.run(job, ctx)).catch_unwind();
+    match tokio::time::timeout(timeout, run).await {
+        Err(_) => Err(JobError::transient(
+            "timeout",
+            format!("attempt ran longer than {}s", timeout.as_secs()),
+        )),
+        Ok(Err(panic)) => Err(JobError::transient(
+            "panic",
+            format!("handler panicked: {}", panic_message(&panic)),
+        )),
+        Ok(Ok(result)) => result,
     }
 }
 

@@ -1,0 +1,295 @@
+//! A generation as a client asks for it, parsed once into values that are
+//! valid by construction: a route (or a batch of them) checks nothing
+//! itself, it parses the body and uses what comes out.
+
+use kiln_store::generations::NewGeneration;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{ApiConfig, Problem, config::parse_size};
+
+/// The body of `POST /v1/generations`, as sent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationRequest {
+    /// What to draw; 1 to `api.max_prompt_chars` characters.
+    pub prompt: String,
+    /// One of `api.models`; default `api.default_model`.
+    pub model: Option<String>,
+    /// `WIDTHxHEIGHT`, one of `api.sizes`; default `1024x1024`.
+    pub size: Option<String>,
+    /// Images to make, 1 to `api.max_images`; default 1.
+    pub n: Option<u32>,
+    /// Up to `api.max_reference_images` https URLs of images to start
+    /// from. kiln fetches each once (public addresses only, no redirects,
+    /// images only, size-capped) and gives the provider its own copy.
+    pub reference_image_urls: Option<Vec<String>>,
+}
+
+/// The longest reference URL accepted.
+pub const MAX_URL_LEN: usize = 2048;
+
+/// The size a request gets when it names none.
+const DEFAULT_SIZE: &str = "1024x1024";
+
+/// Why a generation request was refused; the text is the problem's detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidGeneration {
+    #[error("prompt must not be empty")]
+    EmptyPrompt,
+    #[error("prompt is longer than {max} characters")]
+    PromptTooLong { max: usize },
+    #[error("model must be one of {models:?}")]
+    UnknownModel { models: Vec<String> },
+    #[error("size must be one of {sizes:?}")]
+    UnknownSize { sizes: Vec<String> },
+    #[error("n must be between 1 and {max}")]
+    BadCount { max: u32 },
+    #[error("at most {max} reference_image_urls")]
+    TooManyReferences { max: usize },
+    #[error("reference_image_urls must be http(s) URLs of at most {MAX_URL_LEN} characters")]
+    BadReferenceUrl,
+}
+
+impl From<InvalidGeneration> for Problem {
+    fn from(e: InvalidGeneration) -> Problem {
+        Problem::invalid(e.to_string())
+    }
+}
+
+/// A prompt: trimmed, not empty, at most `api.max_prompt_chars` characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt(String);
+
+impl Prompt {
+    pub fn parse(text: &str, max_chars: usize) -> Result<Prompt, InvalidGeneration> {
+        let prompt = text.trim();
+        if prompt.is_empty() {
+            return Err(InvalidGeneration::EmptyPrompt);
+        }
+        if prompt.chars().count() > max_chars {
+            return Err(InvalidGeneration::PromptTooLong { max: max_chars });
+        }
+        Ok(Prompt(prompt.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One of the configured image sizes, as written (`1024x768`) and as
+/// numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Size {
+    text: String,
+    width: u32,
+    height: u32,
+}
+
+impl Size {
+    pub fn parse(text: &str, allowed: &[String]) -> Result<Size, InvalidGeneration> {
+        match parse_size(text) {
+            Some((width, height)) if allowed.iter().any(|s| s == text) => Ok(Size {
+                text: text.to_owned(),
+                width,
+                height,
+            }),
+            _ => Err(InvalidGeneration::UnknownSize {
+                sizes: allowed.to_vec(),
+            }),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+}
+
+/// An http(s) URL with a host, at most [`MAX_URL_LEN`] characters. Only
+/// its form is known here; workers fetch it under their own guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferenceUrl(String);
+
+impl ReferenceUrl {
+    pub fn parse(text: &str) -> Result<ReferenceUrl, InvalidGeneration> {
+        let parsed = url::Url::parse(text).ok();
+        let web = parsed
+            .as_ref()
+            .is_some_and(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+        if !web || text.len() > MAX_URL_LEN {
+            return Err(InvalidGeneration::BadReferenceUrl);
+        }
+        Ok(ReferenceUrl(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A generation request with every field valid under the API's settings,
+/// defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationSpec {
+    pub prompt: Prompt,
+    /// One of `api.models`.
+    pub model: String,
+    pub size: Size,
+    /// 1 to `api.max_images`.
+    pub n: u32,
+    /// At most `api.max_reference_images`.
+    pub reference_urls: Vec<ReferenceUrl>,
+}
+
+impl GenerationRequest {
+    /// Checks the fields in order (prompt, model, size, n, reference URLs)
+    /// and refuses with the first one that is wrong.
+    pub fn parse(self, config: &ApiConfig) -> Result<GenerationSpec, InvalidGeneration> {
+        let prompt = Prompt::parse(&self.prompt, config.max_prompt_chars)?;
+        let model = self.model.unwrap_or_else(|| config.default_model.clone());
+        if !config.models.contains(&model) {
+            return Err(InvalidGeneration::UnknownModel {
+                models: config.models.clone(),
+            });
+        }
+        let size = Size::parse(self.size.as_deref().unwrap_or(DEFAULT_SIZE), &config.sizes)?;
+        let n = self.n.unwrap_or(1);
+        if !(1..=config.max_images).contains(&n) {
+            return Err(InvalidGeneration::BadCount {
+                max: config.max_images,
+            });
+        }
+        let urls = self.reference_image_urls.unwrap_or_default();
+        if urls.len() > config.max_reference_images {
+            return Err(InvalidGeneration::TooManyReferences {
+                max: config.max_reference_images,
+            });
+        }
+        let reference_urls = urls
+            .iter()
+            .map(|url| ReferenceUrl::parse(url))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GenerationSpec {
+            prompt,
+            model,
+            size,
+            n,
+            reference_urls,
+        })
+    }
+}
+
+impl GenerationSpec {
+    /// SHA-256 (hex) of the canonical request, to tell an idempotent retry
+    /// from a different request under the same key. Stored with the
+    /// generation: its input must stay the same across releases.
+    pub fn request_hash(&self) -> String {
+        let canonical = serde_json::json!({
+            "prompt": self.prompt.as_str(),
+            "model": self.model,
+            "size": self.size.as_str(),
+            "n": self.n,
+            "reference_image_urls": self.reference_urls.iter().map(ReferenceUrl::as_str).collect::<Vec<_>>(),
+        });
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+
+    /// The store's record of this request for `owner`.
+    pub fn into_new_generation(
+        self,
+        owner: Uuid,
+        idempotency_key: Option<String>,
+    ) -> NewGeneration {
+        let request_hash = self.request_hash();
+        NewGeneration {
+            owner,
+            prompt: self.prompt.0,
+            model: self.model,
+            width: self.size.width,
+            height: self.size.height,
+            n: self.n,
+            reference_urls: self.reference_urls.into_iter().map(|u| u.0).collect(),
+            request_hash,
+            idempotency_key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(prompt: &str) -> GenerationRequest {
+        GenerationRequest {
+            prompt: prompt.to_owned(),
+            model: None,
+            size: None,
+            n: None,
+            reference_image_urls: None,
+        }
+    }
+
+    #[test]
+    fn defaults_fill_in_and_the_prompt_is_trimmed() {
+        let spec = request("  a lighthouse \n")
+            .parse(&ApiConfig::default())
+            .unwrap();
+        assert_eq!(spec.prompt.as_str(), "a lighthouse");
+        assert_eq!(spec.model, "dev-image-1");
+        assert_eq!(
+            (spec.size.as_str(), spec.size.width(), spec.size.height()),
+            ("1024x1024", 1024, 1024)
+        );
+        assert_eq!(spec.n, 1);
+        assert!(spec.reference_urls.is_empty());
+    }
+
+    #[test]
+    fn the_first_wrong_field_is_named() {
+        let config = ApiConfig::default();
+        let mut bad = request(" ");
+        bad.size = Some("3x3".into());
+        assert_eq!(
+            bad.parse(&config).unwrap_err(),
+            InvalidGeneration::EmptyPrompt
+        );
+        let mut bad = request("ok");
+        bad.size = Some("3x3".into());
+        bad.n = Some(0);
+        assert_eq!(
+            bad.parse(&config).unwrap_err().to_string(),
+            format!("size must be one of {:?}", config.sizes)
+        );
+        let mut bad = request("ok");
+        bad.reference_image_urls = Some(vec!["ftp://example.com/a.png".into()]);
+        assert_eq!(
+            bad.parse(&config).unwrap_err().to_string(),
+            "reference_image_urls must be http(s) URLs of at most 2048 characters"
+        );
+    }
+
+    #[test]
+    fn the_request_hash_reads_the_canonical_fields() {
+        let config = ApiConfig::default();
+        let spec = request("a lighthouse").parse(&config).unwrap();
+        let canonical = serde_json::json!({
+            "prompt": "a lighthouse", "model": "dev-image-1", "size": "1024x1024", "n": 1,
+            "reference_image_urls": Vec::<String>::new(),
+        });
+        assert_eq!(
+            spec.request_hash(),
+            hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+        );
+    }
+}
