@@ -8,6 +8,8 @@ mod problem;
 mod resources;
 mod routes;
 mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{ApiConfig, parse_size};
 pub use problem::{Json, Path, Problem, Query};
