@@ -122,7 +122,20 @@ pub enum Command {
     Schedule,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Measure throughput and latency against baselines on the configured
-    /// database; prints one table.
+    /// Measure throughput and latency against baselines on throwaway
+    /// databases; prints one table.
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
+    /// Without the `bench` feature, `kiln bench` only says how to get it.
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
+
+/// What `kiln bench` prints in a build without the `bench` feature.
+#[cfg(not(feature = "bench"))]
+pub const NO_BENCH: &str =
+    "kiln: built without the bench feature: cargo run --release --features bench -- bench";

@@ -1,5 +1,6 @@
 //! The `kiln` binary: CLI wiring only.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod cli;
 mod config;
@@ -15,6 +16,11 @@ use config::Settings;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(not(feature = "bench"))]
+    if let Some(Command::Bench { .. }) = cli.command {
+        eprintln!("{}", cli::NO_BENCH);
+        return ExitCode::from(2);
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -41,7 +47,11 @@ fn main() -> ExitCode {
             Command::Work => process::run(settings, process::Roles::WORK).await,
             Command::Schedule => process::run(settings, process::Roles::SCHEDULE).await,
             Command::Migrate => process::migrate(settings).await,
+            #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(settings, args).await,
+            // Answered before the settings were loaded.
+            #[cfg(not(feature = "bench"))]
+            Command::Bench { .. } => Ok(()),
         }
     });
     match result {

@@ -72,13 +72,19 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
-    // Bind before connecting, so a taken port fails fast and clearly.
+    // Bind before connecting, so a taken port fails fast and clearly, and
+    // say where at once: with port 0 the OS picks the port, and this is
+    // how whoever started kiln learns it (the API line comes first).
     let public = if roles.api {
-        Some(bind(settings.http.addr, "http.addr").await?)
+        let listener = bind(settings.http.addr, "http.addr").await?;
+        tracing::info!(addr = %listener.local_addr()?, "API listening");
+        Some(listener)
     } else {
         None
     };
     let internal = bind(settings.metrics.addr, "metrics.addr").await?;
+    let internal_addr = internal.local_addr()?;
+    tracing::info!(addr = %internal_addr, "metrics listening");
 
     let store = tokio::select! {
         store = open_store(&settings) => store?,
@@ -107,22 +113,18 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
 
-    let internal_addr = internal.local_addr()?;
     tasks.spawn(serve(
         internal,
         kiln_api::internal_router(state.clone()),
         shutdown.clone(),
     ));
     if let Some(public) = public {
-        let addr = public.local_addr()?;
-        tracing::info!(%addr, "API listening");
         tasks.spawn(serve(
             public,
             kiln_api::router(state.clone()),
             shutdown.clone(),
         ));
     }
-    tracing::info!(addr = %internal_addr, "metrics listening");
     if roles.workers {
         let links = kiln_workers::handlers::ObjectLinks {
             signer: signer.clone(),

@@ -1,15 +1,20 @@
 //! The public API under bad input, missing or wrong credentials, other
 //! users' resources, tampered links and garbage: every refusal is a 4xx
 //! `application/problem+json` with a stable `code`, never a 5xx, and the
-//! process stays healthy. One `kiln` process per test, many requests each.
+//! process stays healthy. Many requests per test, each test on an API of
+//! its own: in process (`kiln_api::testing`, the real router over a SQLite
+//! scratch store, on a port of its own) when only the API is under test; a
+//! `kiln` process when the test needs workers to finish jobs or reads the
+//! process's log.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 
-use std::{collections::BTreeSet, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use common::{Client, Kiln, KilnBuilder, assert_problem, kiln};
+use kiln_api::testing::{TestApi, TestServer};
 use kiln_store::testing::TestDatabase;
 use reqwest::{
     Method,
@@ -22,7 +27,44 @@ const LIGHTHOUSE: &str = "a lighthouse at dusk";
 
 // ---------------------------------------------------------------- helpers
 
-async fn start() -> Kiln {
+/// Something serving the public API over HTTP: a `kiln` process or an
+/// in-process server.
+trait Served {
+    fn addr(&self) -> SocketAddr;
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+}
+
+impl Served for Kiln {
+    fn addr(&self) -> SocketAddr {
+        self.http
+    }
+}
+
+/// The API in this process, on a SQLite scratch store, served on a port
+/// of its own. No workers: jobs stay queued.
+struct InProcess {
+    server: TestServer,
+    _api: TestApi,
+}
+
+impl Served for InProcess {
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+}
+
+async fn start() -> InProcess {
+    let api = TestApi::sqlite().await.expect("a scratch store");
+    InProcess {
+        server: api.serve().await,
+        _api: api,
+    }
+}
+
+/// A `kiln` process (API, workers, scheduler) on its defaults.
+async fn start_binary() -> Kiln {
     start_with(kiln(&[])).await
 }
 
@@ -32,11 +74,11 @@ async fn start_with(builder: KilnBuilder) -> Kiln {
     k
 }
 
-async fn signed_up(k: &Kiln, who: &str) -> Client {
+async fn signed_up(k: &impl Served, who: &str) -> Client {
     Client::signed_up(&k.url(""), &format!("{who}@example.com")).await
 }
 
-fn anonymous(k: &Kiln) -> Client {
+fn anonymous(k: &impl Served) -> Client {
     Client::new(&k.url(""))
 }
 
@@ -405,14 +447,19 @@ async fn empty_blank_and_oversized_prompts_are_422() {
 /// server may answer (and close) before it has read a large body, and an
 /// HTTP client library then reports the broken write instead of the answer.
 /// `None` when the connection was reset before any answer could be read.
-async fn raw_post(k: &Kiln, path: &str, token: &str, body: &[u8]) -> Option<(u16, String, String)> {
+async fn raw_post(
+    k: &impl Served,
+    path: &str,
+    token: &str,
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let stream = tokio::net::TcpStream::connect(k.http).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(k.addr()).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        k.http,
+        k.addr(),
         body.len()
     );
     let request = [head.as_bytes(), body].concat();
@@ -727,7 +774,8 @@ async fn wrong_methods_are_405_problems() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_query_strings_are_400_or_422() {
-    let k = start().await;
+    // A finished generation needs workers: a `kiln` process.
+    let k = start_binary().await;
     let c = signed_up(&k, "queries").await;
     let job = generated(&c, json!({"prompt": LIGHTHOUSE, "size": "256x256"})).await;
     let id = job["id"].as_str().unwrap();
@@ -1153,7 +1201,8 @@ async fn requests_without_a_valid_bearer_token_are_401() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_jobs_and_images_do_not_exist_for_you() {
-    let k = start().await;
+    // A finished generation needs workers: a `kiln` process.
+    let k = start_binary().await;
     let a = signed_up(&k, "alice").await;
     let b = signed_up(&k, "bob").await;
     let job = generated(&a, json!({"prompt": LIGHTHOUSE, "size": "256x256"})).await;
@@ -1253,7 +1302,8 @@ fn flip_hex(s: &str, at: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_urls_serve_the_png_and_refuse_any_change() {
-    let k = start().await;
+    // A finished generation needs workers: a `kiln` process.
+    let k = start_binary().await;
     let a = signed_up(&k, "signer").await;
     let job = generated(&a, json!({"prompt": LIGHTHOUSE, "size": "256x256", "n": 2})).await;
     let images = job["result"]["images"].as_array().unwrap();
@@ -1861,7 +1911,8 @@ async fn fuzz(k: &Kiln, seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bodies_never_get_a_5xx_on_sqlite() {
-    let k = start().await;
+    // Reads the process's log for errors and panics: a `kiln` process.
+    let k = start_binary().await;
     fuzz(&k, 0x6b69_6c6e).await;
 }
 

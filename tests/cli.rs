@@ -1,4 +1,5 @@
-//! The binary's front door: the default start, configuration errors.
+//! The binary's front door: the default start, configuration errors, the
+//! subcommands `--help` lists.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -101,4 +102,48 @@ async fn readiness_includes_the_redis_of_shared_rate_limits() {
     let problem: serde_json::Value = r.json().await.unwrap();
     assert_eq!(problem["code"], "not_ready");
     assert_eq!(problem["detail"], "redis does not answer");
+}
+
+fn run_kiln(args: &[&str]) -> std::process::Output {
+    let cwd = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_lists_the_subcommands_of_this_build() {
+    let out = run_kiln(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for command in ["all", "serve", "work", "schedule", "migrate"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(command)),
+            "{command} missing from --help:\n{help}"
+        );
+    }
+    let lists_bench = help.lines().any(|l| l.trim_start().starts_with("bench"));
+    assert_eq!(lists_bench, cfg!(feature = "bench"), "{help}");
+}
+
+/// Without the `bench` feature the bench is not in the binary, and asking
+/// for it says how to build it instead of starting anything.
+#[cfg(not(feature = "bench"))]
+#[test]
+fn bench_without_the_feature_says_how_to_get_it() {
+    for args in [&["bench"][..], &["bench", "--jobs", "10"]] {
+        let out = run_kiln(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("built without the bench feature")
+                && err.contains("cargo run --release --features bench -- bench"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
 }

@@ -9,6 +9,8 @@ mod problem;
 mod resources;
 mod routes;
 mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{ApiConfig, ApiConfigError, parse_size};
 pub use problem::{Json, Path, Problem, Query};

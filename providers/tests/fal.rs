@@ -478,8 +478,9 @@ async fn max_wait_cancels_at_fal_and_is_a_transient_timeout() {
     .unwrap_err();
     assert_eq!(err.code(), "timeout");
     transient(&err);
+    // The status stays IN_QUEUE for ever: returning at all is max_wait's
+    // doing, and not before it ran out.
     assert!(started.elapsed() >= Duration::from_millis(150));
-    assert!(started.elapsed() < Duration::from_secs(2));
     assert_eq!(requests_to(&server, "PUT", CANCEL).await.len(), 1);
 }
 

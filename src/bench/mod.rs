@@ -1,16 +1,21 @@
 //! `kiln bench`: no-op job throughput and enqueue->start latency of kiln on
 //! PostgreSQL and SQLite, side by side with baselines measured in the same
 //! run on the same server: a raw `SKIP LOCKED` loop and raw apalis 1.0
-//! backends. Each measurement gets a throwaway database of its own.
+//! backends. Each measurement gets a throwaway database of its own, from
+//! the same kit the tests use.
+//!
+//! Built only with the `bench` feature, which also brings in the apalis
+//! baselines: none of this is in the production binary.
 
 mod apalis;
 mod kiln;
 mod raw_sql;
-mod scratch;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args;
+use kiln_store::testing::TestDatabase;
 
 use crate::config::Settings;
 
@@ -82,6 +87,18 @@ pub async fn run(_settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A throwaway database on the `--postgres` server, dropped with the value.
+async fn scratch_postgres(args: &BenchArgs) -> anyhow::Result<TestDatabase> {
+    TestDatabase::postgres_at(&args.postgres)
+        .await
+        .context("creating a bench database on the Postgres server of --postgres")
+}
+
+/// A throwaway SQLite file, removed with the value.
+fn scratch_sqlite() -> anyhow::Result<TestDatabase> {
+    TestDatabase::try_sqlite().context("creating a temporary directory for a SQLite bench file")
+}
+
 fn jobs_per_sec(jobs: u32, took: Duration) -> f64 {
     f64::from(jobs) / took.as_secs_f64()
 }
@@ -89,7 +106,7 @@ fn jobs_per_sec(jobs: u32, took: Duration) -> f64 {
 async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for processes in [1, 2] {
-        let db = scratch::Database::postgres(&args.postgres).await?;
+        let db = scratch_postgres(args).await?;
         let took = kiln::throughput(&db.url, args, processes).await?;
         eprintln!("kiln postgres, {processes} worker process(es): {took:?}");
         rows.push(Row {
@@ -104,17 +121,17 @@ async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         });
     }
     {
-        let db = scratch::Database::postgres(&args.postgres).await?;
+        let db = scratch_postgres(args).await?;
         let (idle, load) =
             kiln::latency(&db.url, args, rows[0].throughput.unwrap_or(1000.0)).await?;
         rows[0].idle = Percentiles::of(idle);
         rows[0].load = Percentiles::of(load);
     }
     {
-        let db = scratch::Database::postgres(&args.postgres).await?;
+        let db = scratch_postgres(args).await?;
         let took = apalis::postgres_throughput(&db.url, args.jobs, args.concurrency).await?;
         eprintln!("apalis-postgres: {took:?}");
-        let db = scratch::Database::postgres(&args.postgres).await?;
+        let db = scratch_postgres(args).await?;
         let idle = apalis::postgres_pickup_latency(&db.url, args.samples).await?;
         rows.push(Row {
             database: "postgres",
@@ -125,7 +142,7 @@ async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         });
     }
     {
-        let db = scratch::Database::postgres(&args.postgres).await?;
+        let db = scratch_postgres(args).await?;
         let took = raw_sql::postgres_skip_locked(&db.url, args.jobs, args.batch_size, 4).await?;
         eprintln!("raw SKIP LOCKED loop: {took:?}");
         rows.push(Row {
@@ -144,7 +161,7 @@ async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
 
 async fn sqlite(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let db = scratch::Database::sqlite()?;
+    let db = scratch_sqlite()?;
     let took = kiln::throughput(&db.url, args, 1).await?;
     eprintln!("kiln sqlite: {took:?}");
     rows.push(Row {
@@ -167,18 +184,16 @@ async fn sqlite(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         idle: None,
         load: None,
     });
-    let db = scratch::Database::sqlite()?;
+    let db = scratch_sqlite()?;
     let (idle, load) = kiln::latency(&db.url, args, rows[0].throughput.unwrap_or(1000.0)).await?;
     rows[0].idle = Percentiles::of(idle);
     rows[0].load = Percentiles::of(load);
 
-    let db = scratch::Database::sqlite()?;
-    let apalis_url = db.url.replace("bench.db", "apalis.db");
-    let took = apalis::sqlite_throughput(&apalis_url, args.jobs, args.concurrency).await?;
+    let db = scratch_sqlite()?;
+    let took = apalis::sqlite_throughput(&db.url, args.jobs, args.concurrency).await?;
     eprintln!("apalis-sqlite: {took:?}");
-    let db = scratch::Database::sqlite()?;
-    let apalis_url = db.url.replace("bench.db", "apalis.db");
-    let idle = apalis::sqlite_pickup_latency(&apalis_url, args.samples).await?;
+    let db = scratch_sqlite()?;
+    let idle = apalis::sqlite_pickup_latency(&db.url, args.samples).await?;
     rows.push(Row {
         database: "sqlite",
         system: "apalis-sqlite 1.0 (update hook + 100 ms poll, batch 100)".to_owned(),

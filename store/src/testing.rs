@@ -24,41 +24,57 @@ pub fn postgres_admin_url() -> String {
 /// (dropped afterwards) or a SQLite file in a temporary directory.
 pub struct TestDatabase {
     pub url: String,
-    postgres_name: Option<String>,
+    /// The server's admin URL and the database's name, to drop it.
+    postgres: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
 impl TestDatabase {
+    /// A fresh database on the test server ([`postgres_admin_url`]);
+    /// panics when it cannot be created.
     pub async fn postgres() -> TestDatabase {
-        let name = format!("kiln_test_{}", uuid::Uuid::now_v7().simple());
         let admin = postgres_admin_url();
-        let mut conn = PgConnection::connect(&admin)
+        TestDatabase::postgres_at(&admin)
             .await
-            .unwrap_or_else(|e| panic!("test Postgres at {admin} unreachable: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create test database");
-        let (base, _) = admin.rsplit_once('/').expect("admin url has a database");
-        TestDatabase {
-            url: format!("{base}/{name}"),
-            postgres_name: Some(name),
-            _dir: None,
-        }
+            .unwrap_or_else(|e| panic!("test Postgres at {admin}: {e}"))
     }
 
+    /// A fresh database on the server of `admin`, a URL ending in
+    /// `/<database>` that may create databases.
+    pub async fn postgres_at(admin: &str) -> Result<TestDatabase, sqlx::Error> {
+        let (base, _) = admin
+            .rsplit_once('/')
+            .ok_or_else(|| sqlx::Error::Configuration("the URL must end in /<database>".into()))?;
+        let name = format!("kiln_test_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = PgConnection::connect(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        Ok(TestDatabase {
+            url: format!("{base}/{name}"),
+            postgres: Some((admin.to_owned(), name)),
+            _dir: None,
+        })
+    }
+
+    /// A SQLite file in a fresh temporary directory; panics without one.
     pub fn sqlite() -> TestDatabase {
-        let dir = tempfile::tempdir().expect("temp dir");
+        TestDatabase::try_sqlite().expect("temp dir")
+    }
+
+    pub fn try_sqlite() -> std::io::Result<TestDatabase> {
+        let dir = tempfile::tempdir()?;
         let url = format!("sqlite:{}", dir.path().join("kiln.db").display());
-        TestDatabase {
+        Ok(TestDatabase {
             url,
-            postgres_name: None,
+            postgres: None,
             _dir: Some(dir),
-        }
+        })
     }
 
     pub fn is_postgres(&self) -> bool {
-        self.postgres_name.is_some()
+        self.postgres.is_some()
     }
 
     /// A migrated store on this database.
@@ -95,11 +111,10 @@ pub async fn account(store: &Store) -> uuid::Uuid {
 
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
+        let Some((admin, name)) = self.postgres.take() else {
             return;
         };
         // Drop is synchronous; do the async clean-up on a thread of its own.
-        let admin = postgres_admin_url();
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -17,7 +17,9 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
-/// A running `kiln` process with its own ports and log file.
+/// A running `kiln` process with its own ports and log file. It listens on
+/// port 0 of 127.0.0.1 and `spawn` reads the ports it got from its log;
+/// a process that exits before listening has both addresses at port 0.
 pub struct Kiln {
     child: Child,
     pub http: SocketAddr,
@@ -58,15 +60,13 @@ impl KilnBuilder {
     pub fn spawn(self) -> Kiln {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("kiln.log");
-        let http = free_addr();
-        let metrics = free_addr();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
         cmd.args(&self.args)
             .current_dir(self.cwd.as_deref().unwrap_or(dir.path()))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KILN_HTTP_ADDR", http.to_string())
-            .env("KILN_METRICS_ADDR", metrics.to_string())
+            .env("KILN_HTTP_ADDR", "127.0.0.1:0")
+            .env("KILN_METRICS_ADDR", "127.0.0.1:0")
             .env("KILN_LOG_FORMAT", "json")
             .env("KILN_LOG_LEVEL", "info,sqlx=warn")
             // Tests need no brute-force resistance; cost 4 keeps them fast.
@@ -78,17 +78,56 @@ impl KilnBuilder {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start kiln");
-        Kiln {
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut kiln = Kiln {
             child,
-            http,
-            metrics,
+            http: unbound,
+            metrics: unbound,
             log,
             _dir: dir,
-        }
+        };
+        kiln.read_addresses();
+        kiln
     }
 }
 
+/// The `addr` of the first JSON log line with this message.
+fn logged_addr(log: &str, message: &str) -> Option<SocketAddr> {
+    log.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v["message"] != message {
+            return None;
+        }
+        v["addr"].as_str()?.parse().ok()
+    })
+}
+
 impl Kiln {
+    /// Waits until the process has said where it listens (the metrics line
+    /// comes last) or has exited. Blocking: it takes the moments between
+    /// exec and bind, before the process can do anything a test awaits.
+    fn read_addresses(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log_text();
+            if let Some(metrics) = logged_addr(&log, "metrics listening") {
+                self.metrics = metrics;
+                if let Some(http) = logged_addr(&log, "API listening") {
+                    self.http = http;
+                }
+                return;
+            }
+            if self.child.try_wait().expect("wait kiln").is_some() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln never said where it listens; log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }
