@@ -118,7 +118,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
     let email_job = store
         .enqueue(
             NewJob::of(&SendEmail {
-                user_id: by_email,
+                user_id: kiln_jobs::UserId(by_email),
                 notice: code.clone(),
             })
             .unwrap(),
@@ -129,7 +129,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
     let sms_job = store
         .enqueue(
             NewJob::of(&SendSms {
-                user_id: by_phone,
+                user_id: kiln_jobs::UserId(by_phone),
                 notice: code.clone(),
             })
             .unwrap(),
@@ -140,7 +140,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
     let invalid_job = store
         .enqueue(
             NewJob::of(&SendSms {
-                user_id: bad_phone,
+                user_id: kiln_jobs::UserId(bad_phone),
                 notice: code.clone(),
             })
             .unwrap(),
@@ -151,7 +151,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
     let no_phone_job = store
         .enqueue(
             NewJob::of(&SendSms {
-                user_id: by_email,
+                user_id: kiln_jobs::UserId(by_email),
                 notice: code,
             })
             .unwrap(),

@@ -389,11 +389,11 @@ async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
     };
     for job in [
         kiln_store::NewJob::of(&kiln_jobs::SendEmail {
-            user_id: email_user,
+            user_id: kiln_jobs::UserId(email_user),
             notice: code.clone(),
         }),
         kiln_store::NewJob::of(&kiln_jobs::SendSms {
-            user_id: phone_user,
+            user_id: kiln_jobs::UserId(phone_user),
             notice: code.clone(),
         }),
     ] {

@@ -2,9 +2,9 @@
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use base64::Engine;
+use kiln_jobs::UserId;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use crate::{AppState, Problem};
 
@@ -29,7 +29,7 @@ fn bearer(parts: &Parts) -> Option<&str> {
 
 /// The signed-in user of a request, from its bearer token.
 pub struct CurrentUser {
-    pub id: Uuid,
+    pub id: UserId,
     pub token_hash: String,
 }
 

@@ -6,7 +6,6 @@ use kiln_store::generations::NewGeneration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::{ApiConfig, Problem, config::parse_size};
 
@@ -208,7 +207,7 @@ impl GenerationSpec {
     /// The store's record of this request for `owner`.
     pub fn into_new_generation(
         self,
-        owner: Uuid,
+        owner: kiln_jobs::UserId,
         idempotency_key: Option<String>,
     ) -> NewGeneration {
         let request_hash = self.request_hash();

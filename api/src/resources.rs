@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use kiln_jobs::{GenerateImage, GenerateImageResult, Job, UpscaleImage, UpscaleImageResult};
+use kiln_jobs::{
+    GenerateImage, GenerateImageResult, Job, UpscaleImage, UpscaleImageResult, UserId,
+};
 use kiln_store::{JobRecord, JobState, generations::ImageRecord};
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
@@ -106,7 +108,7 @@ impl AppState {
     /// Reads every image the given results show.
     async fn result_images(&self, shown: &[Shown]) -> Result<ResultImages, kiln_store::StoreError> {
         let mut generations = Vec::new();
-        let mut upscaled: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut upscaled: HashMap<UserId, Vec<Uuid>> = HashMap::new();
         for s in shown {
             match *s {
                 Shown::Generation(Some(id)) => generations.push(id),
@@ -195,7 +197,7 @@ enum Shown {
 #[derive(Debug, Clone, Copy)]
 struct OwnedImage {
     id: Uuid,
-    owner: Uuid,
+    owner: UserId,
 }
 
 impl Shown {
@@ -204,14 +206,14 @@ impl Shown {
             (Some(result), JobState::Succeeded, GenerateImage::KIND) => Shown::Generation(
                 typed::<GenerateImageResult>(result).map(|done| done.generation_id),
             ),
-            (Some(result), JobState::Succeeded, UpscaleImage::KIND) => Shown::Upscale(
-                typed::<UpscaleImageResult>(result)
-                    .zip(job.owner.as_deref().and_then(|o| o.parse().ok()))
-                    .map(|(done, owner)| OwnedImage {
+            (Some(result), JobState::Succeeded, UpscaleImage::KIND) => {
+                Shown::Upscale(typed::<UpscaleImageResult>(result).zip(job.owner).map(
+                    |(done, owner)| OwnedImage {
                         id: done.image_id,
                         owner,
-                    }),
-            ),
+                    },
+                ))
+            }
             _ => Shown::AsStored,
         }
     }

@@ -1,9 +1,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::{Backoff, Job, Notice};
+use crate::{Backoff, Job, Notice, UserId};
 
 /// Emails a notice to a user. The payload names the user, not the address:
 /// the handler reads the address when it sends, so no contact data waits
@@ -11,7 +10,7 @@ use crate::{Backoff, Job, Notice};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendEmail {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub notice: Notice,
 }
 
@@ -33,7 +32,7 @@ impl Job for SendEmail {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendSms {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub notice: Notice,
 }
 

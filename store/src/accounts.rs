@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use uuid::Uuid;
+use kiln_jobs::UserId;
 
 use crate::StoreError;
 
@@ -37,7 +37,7 @@ pub struct NewUser {
 /// What became of a sign-up: domain outcomes, not storage failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserCreated {
-    Created(Uuid),
+    Created(UserId),
     /// The email or phone belongs to an account already.
     Taken,
     /// The referral code matches no one; nothing was stored.
@@ -46,7 +46,7 @@ pub enum UserCreated {
 
 impl UserCreated {
     /// The new account's id, if one was made.
-    pub fn id(self) -> Option<Uuid> {
+    pub fn id(self) -> Option<UserId> {
         match self {
             UserCreated::Created(id) => Some(id),
             UserCreated::Taken | UserCreated::UnknownReferral => None,
@@ -74,7 +74,7 @@ impl std::fmt::Debug for Contacts {
 /// What login needs to check a password.
 #[derive(Debug, Clone)]
 pub struct LoginRecord {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub password_hash: String,
 }
 
@@ -83,16 +83,16 @@ pub struct LoginRecord {
 pub trait Accounts: Send + Sync {
     async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError>;
     /// Where to reach a user who is not deleted; `None` otherwise.
-    async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError>;
+    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError>;
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
     /// Stores a session under the SHA-256 of its bearer token.
     async fn create_session(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         token_hash: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
     /// The user of a live session: not expired, not revoked, account not deleted.
-    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError>;
+    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError>;
     async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError>;
 }

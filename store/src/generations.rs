@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use crate::{JobRecord, JobState, StoreError};
@@ -10,7 +11,7 @@ use crate::{JobRecord, JobState, StoreError};
 /// transaction.
 #[derive(Debug, Clone)]
 pub struct NewGeneration {
-    pub owner: Uuid,
+    pub owner: UserId,
     pub prompt: String,
     pub model: String,
     pub width: u32,
@@ -41,7 +42,7 @@ pub enum GenerationEnqueued {
 pub struct Generation {
     pub id: Uuid,
     pub job_id: Uuid,
-    pub owner: Uuid,
+    pub owner: UserId,
     pub prompt: String,
     pub model: String,
     pub width: u32,
@@ -55,7 +56,7 @@ pub struct Generation {
 pub struct ImageRecord {
     pub id: Uuid,
     pub generation_id: Uuid,
-    pub owner: Uuid,
+    pub owner: UserId,
     pub object_key: String,
     pub width: u32,
     pub height: u32,
@@ -72,7 +73,7 @@ pub struct ImageRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModerationRecord {
     pub id: Uuid,
-    pub owner: Uuid,
+    pub owner: UserId,
     pub generation_id: Option<Uuid>,
     pub subject: ModerationSubject,
     /// The moderator that decided (`dev`, `openai`).
@@ -142,16 +143,20 @@ pub trait Generations: Send + Sync {
     /// An owner's images, newest first, older than `before` when given.
     async fn images_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<ImageRecord>, StoreError>;
     /// Marks an owner's image deleted (it disappears from every read) and
     /// returns it, so its object can be removed; `None` when there is no
     /// such image of theirs.
-    async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        owner: UserId,
+    ) -> Result<Option<ImageRecord>, StoreError>;
     /// An owner's image; `None` when it does not exist or is someone else's.
-    async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError>;
+    async fn image(&self, id: Uuid, owner: UserId) -> Result<Option<ImageRecord>, StoreError>;
     async fn record_moderation(&self, decision: &ModerationRecord) -> Result<(), StoreError>;
     /// Decisions about one generation, oldest first.
     async fn moderation_of_generation(
@@ -161,7 +166,7 @@ pub trait Generations: Send + Sync {
     /// An owner's jobs, newest first.
     async fn jobs_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError>;
     /// [`Generations::images_of_generation`] for several generations in one
@@ -176,6 +181,6 @@ pub trait Generations: Send + Sync {
     async fn images_by_ids(
         &self,
         ids: &[Uuid],
-        owner: Uuid,
+        owner: UserId,
     ) -> Result<Vec<ImageRecord>, StoreError>;
 }

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kiln_jobs::Job;
+use kiln_jobs::{Job, UserId};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -60,7 +60,7 @@ impl JobState {
 pub struct NewJob {
     pub kind: String,
     pub queue: String,
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub payload: serde_json::Value,
     pub schema_version: i32,
     pub priority: i16,
@@ -85,8 +85,8 @@ impl NewJob {
         })
     }
 
-    pub fn owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = Some(owner.into());
+    pub fn owner(mut self, owner: UserId) -> Self {
+        self.owner = Some(owner);
         self
     }
 
@@ -138,7 +138,7 @@ pub struct ClaimedJob {
     pub lease: Lease,
     pub kind: String,
     pub queue: String,
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub payload: serde_json::Value,
     pub schema_version: i32,
     /// This attempt's number, starting at 1.
@@ -199,7 +199,7 @@ pub struct JobRecord {
     pub id: Uuid,
     pub kind: String,
     pub queue: String,
-    pub owner: Option<String>,
+    pub owner: Option<UserId>,
     pub payload: serde_json::Value,
     pub schema_version: i32,
     pub state: JobState,

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use crate::{
@@ -94,7 +95,7 @@ pub trait JobWrites: Send + Sync + 'static {
 
     /// Cancels a job: at once when waiting, by telling its worker when
     /// running. `owner` restricts it to that owner's jobs.
-    async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError>;
+    async fn cancel(&self, id: Uuid, owner: Option<UserId>) -> Result<CancelOutcome, StoreError>;
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError>;
 
     /// Takes back running jobs whose lease expired: retryable after backoff,

@@ -3,6 +3,7 @@
 //! [`codec`](crate::codec) newtypes, whichever database it is.
 
 use chrono::{DateTime, Utc};
+use kiln_jobs::UserId;
 
 use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
@@ -62,6 +63,20 @@ fn time(t: Option<Time>) -> Option<DateTime<Utc>> {
     t.map(|t| t.0)
 }
 
+/// `jobs.owner` as bound: text on both databases (system jobs have none).
+pub(crate) fn owner_text(owner: Option<UserId>) -> Option<String> {
+    owner.map(|o| o.to_string())
+}
+
+/// `jobs.owner` is text on both databases (system jobs have none).
+fn owner(text: Option<String>) -> Result<Option<UserId>, StoreError> {
+    text.map(|t| {
+        t.parse()
+            .map_err(|_| StoreError::Corrupt(format!("job owner {t:?} is not a user id")))
+    })
+    .transpose()
+}
+
 impl TryFrom<JobRow> for JobRecord {
     type Error = StoreError;
 
@@ -70,7 +85,7 @@ impl TryFrom<JobRow> for JobRecord {
             id: r.id.0,
             kind: r.kind,
             queue: r.queue,
-            owner: r.owner,
+            owner: owner(r.owner)?,
             payload: r.payload.0,
             schema_version: r.schema_version,
             state: r.state,
@@ -119,23 +134,25 @@ pub(crate) struct ClaimRow {
 
 /// Claimed jobs in claim order (priority, the owner round-robin, age):
 /// `RETURNING` gives them in no particular order.
-pub(crate) fn claimed(mut rows: Vec<ClaimRow>) -> Vec<ClaimedJob> {
+pub(crate) fn claimed(mut rows: Vec<ClaimRow>) -> Result<Vec<ClaimedJob>, StoreError> {
     rows.sort_by_key(|r| (-r.priority, r.fair_seq, r.run_at.0, r.id.0));
     rows.into_iter()
-        .map(|r| ClaimedJob {
-            lease: Lease {
-                id: r.id.0,
-                token: r.token,
-            },
-            kind: r.kind,
-            queue: r.queue,
-            owner: r.owner,
-            payload: r.payload.0,
-            schema_version: r.schema_version,
-            attempt: r.attempt as u32,
-            max_attempts: r.max_attempts as u32,
-            due_at: r.run_at.0,
-            started_at: r.started_at.0,
+        .map(|r| {
+            Ok(ClaimedJob {
+                lease: Lease {
+                    id: r.id.0,
+                    token: r.token,
+                },
+                kind: r.kind,
+                queue: r.queue,
+                owner: owner(r.owner)?,
+                payload: r.payload.0,
+                schema_version: r.schema_version,
+                attempt: r.attempt as u32,
+                max_attempts: r.max_attempts as u32,
+                due_at: r.run_at.0,
+                started_at: r.started_at.0,
+            })
         })
         .collect()
 }
@@ -161,7 +178,7 @@ impl TryFrom<GenerationRow> for Generation {
         Ok(Generation {
             id: r.id.0,
             job_id: r.job_id.0,
-            owner: r.owner.0,
+            owner: UserId(r.owner.0),
             prompt: r.prompt,
             model: r.model,
             width: r.width as u32,
@@ -192,7 +209,7 @@ impl From<ImageRow> for ImageRecord {
         ImageRecord {
             id: r.id.0,
             generation_id: r.generation_id.0,
-            owner: r.owner.0,
+            owner: UserId(r.owner.0),
             object_key: r.object_key,
             width: r.width as u32,
             height: r.height as u32,
@@ -227,7 +244,7 @@ impl TryFrom<ModerationRow> for ModerationRecord {
     fn try_from(r: ModerationRow) -> Result<ModerationRecord, StoreError> {
         Ok(ModerationRecord {
             id: r.id.0,
-            owner: r.owner.0,
+            owner: UserId(r.owner.0),
             generation_id: r.generation_id.map(|id| id.0),
             subject: ModerationSubject::parse(&r.subject).ok_or_else(|| {
                 StoreError::Corrupt(format!("unknown moderation subject {:?}", r.subject))

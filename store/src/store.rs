@@ -1,5 +1,6 @@
 use std::{collections::BTreeSet, ops::Deref, sync::Arc, time::Duration};
 
+use kiln_jobs::UserId;
 use kiln_jobs::{GenerateImage, Job};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -187,7 +188,11 @@ impl Store {
 
     /// Cancels a job: at once when waiting, by telling its worker when
     /// running. `owner` restricts it to that owner's jobs.
-    pub async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    pub async fn cancel(
+        &self,
+        id: Uuid,
+        owner: Option<UserId>,
+    ) -> Result<CancelOutcome, StoreError> {
         let outcome = self.engine.cancel(id, owner).await?;
         match outcome {
             CancelOutcome::Cancelled => self.changed([id]),

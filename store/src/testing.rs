@@ -92,7 +92,7 @@ impl TestDatabase {
 
 /// A fresh account with a unique email (generations, images and an
 /// owner's jobs belong to one).
-pub async fn account(store: &Store) -> uuid::Uuid {
+pub async fn account(store: &Store) -> kiln_jobs::UserId {
     let n = uuid::Uuid::now_v7().simple().to_string();
     let user = NewUser {
         identifier: Identifier::Email(format!("{n}@example.com")),

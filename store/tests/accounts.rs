@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use chrono::{NaiveDate, TimeDelta, Utc};
+use kiln_jobs::UserId;
 use kiln_store::{
     Store,
     accounts::{Identifier, NewUser, UserCreated},
@@ -27,7 +28,7 @@ fn user(identifier: Identifier, code: &str) -> NewUser {
     }
 }
 
-async fn created(store: &Store, user: NewUser) -> Uuid {
+async fn created(store: &Store, user: NewUser) -> UserId {
     match store.create_user(user).await.unwrap() {
         UserCreated::Created(id) => id,
         other => panic!("expected a new account, got {other:?}"),
@@ -72,7 +73,13 @@ async fn a_user_signs_in_by_email_or_phone(store: Store, _: &TestDatabase) {
     assert_eq!(contacts.phone, None);
     let contacts = store.contacts(bob).await.unwrap().unwrap();
     assert_eq!(contacts.phone.as_deref(), Some("+15005550006"));
-    assert!(store.contacts(Uuid::now_v7()).await.unwrap().is_none());
+    assert!(
+        store
+            .contacts(UserId(Uuid::now_v7()))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn an_email_or_phone_is_taken_once(store: Store, _: &TestDatabase) {

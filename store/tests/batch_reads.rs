@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 kiln_store::both_databases!(batch_reads_match_single_reads);
 
-async fn generation(store: &Store, owner: Uuid, prompt: &str) -> Uuid {
+async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uuid {
     let created = store
         .create_generation(NewGeneration {
             owner,
@@ -34,7 +34,12 @@ async fn generation(store: &Store, owner: Uuid, prompt: &str) -> Uuid {
     store.generation_for_job(job_id).await.unwrap().unwrap().id
 }
 
-async fn image(store: &Store, generation_id: Uuid, owner: Uuid, source: Option<Uuid>) -> Uuid {
+async fn image(
+    store: &Store,
+    generation_id: Uuid,
+    owner: kiln_jobs::UserId,
+    source: Option<Uuid>,
+) -> Uuid {
     let id = Uuid::now_v7();
     store
         .add_image(&ImageRecord {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_jobs::{Job, Probe, PruneJobs};
+use kiln_jobs::{Job, Probe, PruneJobs, UserId};
 use kiln_store::{
     CancelOutcome, Completion, Failure, JobState, NewJob, Store, StoreEvent, testing::TestDatabase,
 };
@@ -40,6 +40,12 @@ kiln_store::both_databases!(
     transactional_enqueue_commits_and_rolls_back_with_the_caller,
 );
 
+// Owners are accounts; any id will do for the queue.
+const ALICE: UserId = UserId(uuid::Uuid::from_u128(1));
+const BOB: UserId = UserId(uuid::Uuid::from_u128(2));
+const MALLORY: UserId = UserId(uuid::Uuid::from_u128(3));
+const OWNER_A: UserId = UserId(uuid::Uuid::from_u128(4));
+const OWNER_B: UserId = UserId(uuid::Uuid::from_u128(5));
 const LEASE: Duration = Duration::from_secs(30);
 
 fn probe() -> NewJob {
@@ -226,11 +232,11 @@ async fn last_attempt_failure_is_final(store: Store, _: &TestDatabase) {
 
 async fn idempotent_enqueue_gives_one_job(store: Store, _: &TestDatabase) {
     let first = store
-        .enqueue(probe().owner("alice").idempotency_key("k1"))
+        .enqueue(probe().owner(ALICE).idempotency_key("k1"))
         .await
         .unwrap();
     let second = store
-        .enqueue(probe().owner("alice").idempotency_key("k1"))
+        .enqueue(probe().owner(ALICE).idempotency_key("k1"))
         .await
         .unwrap();
     assert!(first.created);
@@ -241,17 +247,17 @@ async fn idempotent_enqueue_gives_one_job(store: Store, _: &TestDatabase) {
 
 async fn idempotency_is_per_owner_and_kind(store: Store, _: &TestDatabase) {
     let a = store
-        .enqueue(probe().owner("alice").idempotency_key("k"))
+        .enqueue(probe().owner(ALICE).idempotency_key("k"))
         .await
         .unwrap();
     let b = store
-        .enqueue(probe().owner("bob").idempotency_key("k"))
+        .enqueue(probe().owner(BOB).idempotency_key("k"))
         .await
         .unwrap();
     let system = store.enqueue(probe().idempotency_key("k")).await.unwrap();
     let other_kind = NewJob::of(&PruneJobs {})
         .unwrap()
-        .owner("alice")
+        .owner(ALICE)
         .idempotency_key("k");
     let c = store.enqueue(other_kind).await.unwrap();
     let system_again = store.enqueue(probe().idempotency_key("k")).await.unwrap();
@@ -274,9 +280,9 @@ async fn bulk_enqueue_honours_idempotency(store: Store, _: &TestDatabase) {
 }
 
 async fn one_owners_burst_does_not_starve_another(store: Store, _: &TestDatabase) {
-    let burst: Vec<_> = (0..1000).map(|_| probe().owner("owner-a")).collect();
+    let burst: Vec<_> = (0..1000).map(|_| probe().owner(OWNER_A)).collect();
     assert_eq!(store.enqueue_many(burst).await.unwrap().len(), 1000);
-    let single = store.enqueue(probe().owner("owner-b")).await.unwrap().id;
+    let single = store.enqueue(probe().owner(OWNER_B)).await.unwrap().id;
     // A worker claiming 5 at a time picks owner B's job in its first claim.
     let first_claim: Vec<_> = claim(&store, 5).await.iter().map(|j| j.lease.id).collect();
     assert!(
@@ -286,9 +292,9 @@ async fn one_owners_burst_does_not_starve_another(store: Store, _: &TestDatabase
 }
 
 async fn cancel_waiting_job_is_immediate(store: Store, _: &TestDatabase) {
-    let id = store.enqueue(probe().owner("alice")).await.unwrap().id;
+    let id = store.enqueue(probe().owner(ALICE)).await.unwrap().id;
     assert_eq!(
-        store.cancel(id, Some("alice")).await.unwrap(),
+        store.cancel(id, Some(ALICE)).await.unwrap(),
         CancelOutcome::Cancelled
     );
     let rec = store.get(id).await.unwrap().unwrap();
@@ -329,9 +335,9 @@ async fn cancel_running_job_tells_its_worker(store: Store, _: &TestDatabase) {
 }
 
 async fn cancel_finished_or_foreign_job_is_refused(store: Store, _: &TestDatabase) {
-    let id = store.enqueue(probe().owner("alice")).await.unwrap().id;
+    let id = store.enqueue(probe().owner(ALICE)).await.unwrap().id;
     assert_eq!(
-        store.cancel(id, Some("mallory")).await.unwrap(),
+        store.cancel(id, Some(MALLORY)).await.unwrap(),
         CancelOutcome::NotFound
     );
     let job = claim(&store, 1).await.remove(0);
@@ -343,7 +349,7 @@ async fn cancel_finished_or_foreign_job_is_refused(store: Store, _: &TestDatabas
         .await
         .unwrap();
     assert_eq!(
-        store.cancel(id, Some("alice")).await.unwrap(),
+        store.cancel(id, Some(ALICE)).await.unwrap(),
         CancelOutcome::AlreadyFinished(JobState::Succeeded)
     );
     assert_eq!(

@@ -28,7 +28,7 @@ fn job() -> NewJob {
     // Owned: Postgres announces changes of jobs that have an owner.
     NewJob::of(&Probe::default())
         .unwrap()
-        .owner(Uuid::now_v7().to_string())
+        .owner(kiln_jobs::UserId(Uuid::now_v7()))
 }
 
 /// Subscribes, and on Postgres waits until the listener hears: it connects

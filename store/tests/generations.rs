@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use chrono::{DurationRound, TimeDelta, Utc};
-use kiln_jobs::{GenerateImage, Job};
+use kiln_jobs::{GenerateImage, Job, UserId};
 use kiln_store::{
     JobState, NewJob, Store,
     generations::{GenerationEnqueued, ImageRecord, JobFilter, NewGeneration},
@@ -21,7 +21,7 @@ kiln_store::both_databases!(
     an_owners_jobs_filter_and_page,
 );
 
-fn request(owner: Uuid, key: Option<&str>, hash: &str) -> NewGeneration {
+fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
     NewGeneration {
         owner,
         prompt: "a red fox in fresh snow".into(),
@@ -42,7 +42,7 @@ fn created(e: GenerationEnqueued) -> Uuid {
     }
 }
 
-fn image(owner: Uuid, generation_id: Uuid, source: Option<Uuid>) -> ImageRecord {
+fn image(owner: UserId, generation_id: Uuid, source: Option<Uuid>) -> ImageRecord {
     ImageRecord {
         id: Uuid::now_v7(),
         generation_id,
@@ -71,7 +71,7 @@ async fn a_generation_is_stored_with_its_job(store: Store, _: &TestDatabase) {
     let job = store.get(job_id).await.unwrap().unwrap();
     assert_eq!(job.kind, GenerateImage::KIND);
     assert_eq!(job.queue, GenerateImage::QUEUE);
-    assert_eq!(job.owner, Some(owner.to_string()));
+    assert_eq!(job.owner, Some(owner));
     assert_eq!(job.state, JobState::Available);
 
     let g = store.generation_for_job(job_id).await.unwrap().unwrap();
@@ -274,13 +274,7 @@ async fn an_owners_jobs_filter_and_page(store: Store, _: &TestDatabase) {
     let probe = || NewJob::of(&kiln_jobs::Probe::default()).unwrap();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(
-            store
-                .enqueue(probe().owner(ada.to_string()))
-                .await
-                .unwrap()
-                .id,
-        );
+        ids.push(store.enqueue(probe().owner(ada)).await.unwrap().id);
     }
     let generation = created(
         store
@@ -288,7 +282,7 @@ async fn an_owners_jobs_filter_and_page(store: Store, _: &TestDatabase) {
             .await
             .unwrap(),
     );
-    store.enqueue(probe().owner(bob.to_string())).await.unwrap();
+    store.enqueue(probe().owner(bob)).await.unwrap();
     store.cancel(ids[0], None).await.unwrap();
 
     let all = |before, limit| JobFilter {

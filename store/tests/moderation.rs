@@ -17,7 +17,7 @@ kiln_store::both_databases!(decisions_round_trip);
 
 async fn decisions_round_trip(store: Store, _: &TestDatabase) {
     let generation = Uuid::now_v7();
-    let owner = Uuid::now_v7();
+    let owner = kiln_jobs::UserId(Uuid::now_v7());
     // Both databases keep milliseconds or finer.
     let at = Utc::now()
         .duration_trunc(TimeDelta::milliseconds(1))

@@ -12,7 +12,7 @@ pub struct JobContext {
     pub worker_id: String,
     pub attempt: u32,
     pub max_attempts: u32,
-    pub owner: Option<String>,
+    pub owner: Option<kiln_jobs::UserId>,
     pub(crate) cancel: CancellationToken,
 }
 

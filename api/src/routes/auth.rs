@@ -146,7 +146,7 @@ async fn register(
         UserCreated::Created(user_id) => Ok((
             StatusCode::ACCEPTED,
             Json(Registered {
-                user_id,
+                user_id: user_id.into(),
                 referral_code,
             }),
         )),

@@ -6,6 +6,7 @@ use axum::{
     http::StatusCode,
     routing::{get, post},
 };
+use kiln_jobs::UserId;
 use kiln_store::{CancelOutcome, JobRecord, JobState, StoreEvent, generations::JobFilter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -34,9 +35,9 @@ pub struct WaitQuery {
     pub wait: Option<u64>,
 }
 
-async fn own_job(state: &AppState, id: Uuid, owner: Uuid) -> Result<JobRecord, Problem> {
+async fn own_job(state: &AppState, id: Uuid, owner: UserId) -> Result<JobRecord, Problem> {
     match state.store.get(id).await? {
-        Some(job) if job.owner.as_deref() == Some(owner.to_string().as_str()) => Ok(job),
+        Some(job) if job.owner == Some(owner) => Ok(job),
         _ => Err(Problem::not_found("job")),
     }
 }
@@ -176,7 +177,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobResource>), Problem> {
     let id = parse_id(&id, "job")?;
-    match state.store.cancel(id, Some(&user.id.to_string())).await? {
+    match state.store.cancel(id, Some(user.id)).await? {
         CancelOutcome::NotFound => Err(Problem::not_found("job")),
         CancelOutcome::AlreadyFinished(s) => Err(Problem::conflict(format!(
             "the job has already finished ({})",

@@ -78,7 +78,7 @@ async fn create(
 
     let mut job = NewJob::of(&payload)
         .map_err(Problem::internal)?
-        .owner(user.id.to_string());
+        .owner(user.id);
     job.idempotency_key = key;
     let enqueued = state.store.enqueue(job).await?;
     let job = state

@@ -1,5 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use super::PgStore;
@@ -38,16 +39,16 @@ impl Accounts for PgStore {
         .execute(&self.pool)
         .await;
         match inserted {
-            Ok(_) => Ok(UserCreated::Created(id)),
+            Ok(_) => Ok(UserCreated::Created(UserId(id))),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(UserCreated::Taken),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError> {
+    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
         let row: Option<(Option<String>, Option<String>)> =
             sqlx::query_as("SELECT email, phone FROM users WHERE id = $1 AND deleted_at IS NULL")
-                .bind(user_id)
+                .bind(user_id.0)
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(email, phone)| Contacts { email, phone }))
@@ -64,35 +65,36 @@ impl Accounts for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|(user_id, password_hash)| LoginRecord {
-            user_id,
+            user_id: UserId(user_id),
             password_hash,
         }))
     }
 
     async fn create_session(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         token_hash: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO sessions (token_hash, user_id, expires_at) VALUES ($1, $2, $3)")
             .bind(token_hash)
-            .bind(user_id)
+            .bind(user_id.0)
             .bind(expires_at)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError> {
-        Ok(sqlx::query_scalar(
+    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError> {
+        let id: Option<Uuid> = sqlx::query_scalar(
             "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                AND u.deleted_at IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        Ok(id.map(UserId))
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {

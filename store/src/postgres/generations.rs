@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use super::PgStore;
@@ -62,7 +63,7 @@ impl Generations for PgStore {
         )
         .bind(image.id)
         .bind(image.generation_id)
-        .bind(image.owner)
+        .bind(image.owner.0)
         .bind(&image.object_key)
         .bind(image.width as i32)
         .bind(image.height as i32)
@@ -82,7 +83,7 @@ impl Generations for PgStore {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(d.id)
-        .bind(d.owner)
+        .bind(d.owner.0)
         .bind(d.generation_id)
         .bind(d.subject.as_str())
         .bind(&d.provider)
@@ -136,7 +137,7 @@ impl Generations for PgStore {
 
     async fn images_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<ImageRecord>, StoreError> {
@@ -146,7 +147,7 @@ impl Generations for PgStore {
              ORDER BY id DESC LIMIT $3"
         );
         let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(owner)
+            .bind(owner.0)
             .bind(before)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -154,7 +155,11 @@ impl Generations for PgStore {
         Ok(rows::images(rows))
     }
 
-    async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        owner: UserId,
+    ) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "UPDATE images SET deleted_at = now()
              WHERE id = $1 AND owner = $2 AND deleted_at IS NULL
@@ -162,19 +167,19 @@ impl Generations for PgStore {
         );
         let row: Option<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .bind(owner)
+            .bind(owner.0)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(ImageRecord::from))
     }
 
-    async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+    async fn image(&self, id: Uuid, owner: UserId) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 AND owner = $2 AND deleted_at IS NULL"
         );
         let row: Option<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .bind(owner)
+            .bind(owner.0)
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(ImageRecord::from))
@@ -182,7 +187,7 @@ impl Generations for PgStore {
 
     async fn jobs_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let sql = format!(
@@ -221,7 +226,7 @@ impl Generations for PgStore {
     async fn images_by_ids(
         &self,
         ids: &[Uuid],
-        owner: Uuid,
+        owner: UserId,
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images
@@ -230,7 +235,7 @@ impl Generations for PgStore {
         );
         let rows: Vec<ImageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(ids)
-            .bind(owner)
+            .bind(owner.0)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows::images(rows))

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kiln_jobs::GenerateImage;
+use kiln_jobs::{GenerateImage, UserId};
 use sqlx::{PgConnection, PgPool, Row, postgres::PgListener};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -56,7 +56,7 @@ impl PgStore {
     /// the trigger's `NOTIFY` at commit.)
     pub async fn enqueue_in(conn: &mut PgConnection, job: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
-        let fair_seq = fair_seq(&mut *conn, job.owner.as_deref()).await?;
+        let fair_seq = fair_seq(&mut *conn, job.owner).await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key)
@@ -70,7 +70,7 @@ impl PgStore {
         .bind(id)
         .bind(&job.kind)
         .bind(&job.queue)
-        .bind(&job.owner)
+        .bind(rows::owner_text(job.owner))
         .bind(&job.payload)
         .bind(job.schema_version)
         .bind(job.run_at)
@@ -87,7 +87,7 @@ impl PgStore {
             "SELECT id FROM jobs
              WHERE coalesce(owner, '') = coalesce($1, '') AND kind = $2 AND idempotency_key = $3",
         )
-        .bind(&job.owner)
+        .bind(rows::owner_text(job.owner))
         .bind(&job.kind)
         .bind(&job.idempotency_key)
         .fetch_one(&mut *conn)
@@ -101,13 +101,14 @@ impl PgStore {
 
 /// The owner's place in the round-robin: one past its unfinished jobs.
 /// System jobs (no owner) go first.
-async fn fair_seq(conn: &mut PgConnection, owner: Option<&str>) -> Result<i64, StoreError> {
+async fn fair_seq(conn: &mut PgConnection, owner: Option<UserId>) -> Result<i64, StoreError> {
     let Some(owner) = owner else { return Ok(0) };
+    let owner = owner.to_string();
     let pending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs
          WHERE owner = $1 AND state IN ('available', 'scheduled', 'retryable', 'running')",
     )
-    .bind(owner)
+    .bind(&owner)
     .fetch_one(conn)
     .await?;
     Ok(pending + 1)
@@ -312,7 +313,7 @@ impl JobWrites for PgStore {
         }
         let mut tx = self.pool.begin().await?;
         // Each owner's jobs continue that owner's round-robin sequence.
-        let mut next_seq: std::collections::HashMap<Option<String>, i64> = Default::default();
+        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
         let n = jobs.len();
         let (mut ids, mut kinds, mut queues, mut owners, mut payloads) = (
             Vec::with_capacity(n),
@@ -333,8 +334,8 @@ impl JobWrites for PgStore {
             let seq = match next_seq.get_mut(&job.owner) {
                 Some(s) => s,
                 None => {
-                    let first = fair_seq(&mut tx, job.owner.as_deref()).await?;
-                    next_seq.entry(job.owner.clone()).or_insert(first)
+                    let first = fair_seq(&mut tx, job.owner).await?;
+                    next_seq.entry(job.owner).or_insert(first)
                 }
             };
             seqs.push(*seq);
@@ -344,7 +345,7 @@ impl JobWrites for PgStore {
             ids.push(Uuid::now_v7());
             kinds.push(job.kind);
             queues.push(job.queue);
-            owners.push(job.owner);
+            owners.push(rows::owner_text(job.owner));
             payloads.push(job.payload.to_string());
             versions.push(job.schema_version);
             priorities.push(job.priority);
@@ -430,7 +431,7 @@ impl JobWrites for PgStore {
             .bind(secs(lease))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows::claimed(rows))
+        rows::claimed(rows)
     }
 
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
@@ -554,7 +555,7 @@ impl JobWrites for PgStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    async fn cancel(&self, id: Uuid, owner: Option<UserId>) -> Result<CancelOutcome, StoreError> {
         let row = sqlx::query(
             "UPDATE jobs SET
                  state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
@@ -566,7 +567,7 @@ impl JobWrites for PgStore {
              RETURNING state",
         )
         .bind(id)
-        .bind(owner)
+        .bind(rows::owner_text(owner))
         .fetch_optional(&self.pool)
         .await?;
         if let Some(row) = row {
@@ -579,7 +580,7 @@ impl JobWrites for PgStore {
             "SELECT state FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
         )
         .bind(id)
-        .bind(owner)
+        .bind(rows::owner_text(owner))
         .fetch_optional(&self.pool)
         .await?;
         Ok(match row {
@@ -658,7 +659,7 @@ impl JobWrites for PgStore {
 
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
         let id = Uuid::now_v7();
-        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner.to_string());
+        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
         job.idempotency_key = g.idempotency_key.clone();
         let mut tx = self.pool.begin().await?;
         let enqueued = PgStore::enqueue_in(&mut tx, job).await?;
@@ -684,7 +685,7 @@ impl JobWrites for PgStore {
         )
         .bind(id)
         .bind(enqueued.id)
-        .bind(g.owner)
+        .bind(g.owner.0)
         .bind(&g.prompt)
         .bind(&g.model)
         .bind(g.width as i32)

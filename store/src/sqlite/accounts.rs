@@ -1,5 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use super::{SqliteStore, now_ms};
@@ -41,13 +42,13 @@ impl Accounts for SqliteStore {
         .execute(&self.writer)
         .await;
         match inserted {
-            Ok(_) => Ok(UserCreated::Created(id)),
+            Ok(_) => Ok(UserCreated::Created(UserId(id))),
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(UserCreated::Taken),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn contacts(&self, user_id: Uuid) -> Result<Option<Contacts>, StoreError> {
+    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
         let row: Option<(Option<String>, Option<String>)> =
             sqlx::query_as("SELECT email, phone FROM users WHERE id = ? AND deleted_at IS NULL")
                 .bind(user_id.to_string())
@@ -67,14 +68,14 @@ impl Accounts for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         Ok(row.map(|(id, password_hash)| LoginRecord {
-            user_id: id.0,
+            user_id: UserId(id.0),
             password_hash,
         }))
     }
 
     async fn create_session(
         &self,
-        user_id: Uuid,
+        user_id: UserId,
         token_hash: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -90,7 +91,7 @@ impl Accounts for SqliteStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &str) -> Result<Option<Uuid>, StoreError> {
+    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError> {
         let id: Option<Id> = sqlx::query_scalar(
             "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
@@ -100,7 +101,7 @@ impl Accounts for SqliteStore {
         .bind(now_ms())
         .fetch_optional(&self.reader)
         .await?;
-        Ok(id.map(|id| id.0))
+        Ok(id.map(|id| UserId(id.0)))
     }
 
     async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {

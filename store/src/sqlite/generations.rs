@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use super::{SqliteStore, now_ms};
@@ -137,7 +138,7 @@ impl Generations for SqliteStore {
 
     async fn images_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         before: Option<Uuid>,
         limit: u32,
     ) -> Result<Vec<ImageRecord>, StoreError> {
@@ -155,7 +156,11 @@ impl Generations for SqliteStore {
         Ok(rows::images(rows))
     }
 
-    async fn delete_image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+    async fn delete_image(
+        &self,
+        id: Uuid,
+        owner: UserId,
+    ) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "UPDATE images SET deleted_at = ?3
              WHERE id = ?1 AND owner = ?2 AND deleted_at IS NULL
@@ -170,7 +175,7 @@ impl Generations for SqliteStore {
         Ok(row.map(ImageRecord::from))
     }
 
-    async fn image(&self, id: Uuid, owner: Uuid) -> Result<Option<ImageRecord>, StoreError> {
+    async fn image(&self, id: Uuid, owner: UserId) -> Result<Option<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images WHERE id = ? AND owner = ? AND deleted_at IS NULL"
         );
@@ -184,7 +189,7 @@ impl Generations for SqliteStore {
 
     async fn jobs_of_owner(
         &self,
-        owner: Uuid,
+        owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
         let sql = format!(
@@ -225,7 +230,7 @@ impl Generations for SqliteStore {
     async fn images_by_ids(
         &self,
         ids: &[Uuid],
-        owner: Uuid,
+        owner: UserId,
     ) -> Result<Vec<ImageRecord>, StoreError> {
         let sql = format!(
             "SELECT {IMAGE_COLUMNS} FROM images

@@ -7,7 +7,7 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::GenerateImage;
+use kiln_jobs::{GenerateImage, UserId};
 use sqlx::{
     Row, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -90,7 +90,7 @@ impl SqliteStore {
         job: NewJob,
     ) -> Result<Enqueued, StoreError> {
         let now = now_ms();
-        let fair_seq = fair_seq(&mut *conn, job.owner.as_deref()).await?;
+        let fair_seq = fair_seq(&mut *conn, job.owner).await?;
         Self::insert(conn, job, fair_seq, now).await
     }
 
@@ -117,7 +117,7 @@ impl SqliteStore {
         .bind(id.to_string())
         .bind(&job.kind)
         .bind(&job.queue)
-        .bind(&job.owner)
+        .bind(rows::owner_text(job.owner))
         .bind(job.payload.to_string())
         .bind(job.schema_version)
         .bind(state)
@@ -137,7 +137,7 @@ impl SqliteStore {
             "SELECT id FROM jobs
              WHERE coalesce(owner, '') = coalesce(?, '') AND kind = ? AND idempotency_key = ?",
         )
-        .bind(&job.owner)
+        .bind(rows::owner_text(job.owner))
         .bind(&job.kind)
         .bind(&job.idempotency_key)
         .fetch_one(&mut *conn)
@@ -149,13 +149,14 @@ impl SqliteStore {
     }
 }
 
-async fn fair_seq(conn: &mut SqliteConnection, owner: Option<&str>) -> Result<i64, StoreError> {
+async fn fair_seq(conn: &mut SqliteConnection, owner: Option<UserId>) -> Result<i64, StoreError> {
     let Some(owner) = owner else { return Ok(0) };
+    let owner = owner.to_string();
     let pending: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM jobs
          WHERE owner = ? AND state IN ('available', 'scheduled', 'retryable', 'running')",
     )
-    .bind(owner)
+    .bind(&owner)
     .fetch_one(conn)
     .await?;
     Ok(pending + 1)
@@ -301,14 +302,14 @@ impl JobWrites for SqliteStore {
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
-        let mut next_seq: std::collections::HashMap<Option<String>, i64> = Default::default();
+        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
         let mut ids = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.into_iter().enumerate() {
             let seq = match next_seq.get_mut(&job.owner) {
                 Some(s) => s,
                 None => {
-                    let first = fair_seq(&mut tx, job.owner.as_deref()).await?;
-                    next_seq.entry(job.owner.clone()).or_insert(first)
+                    let first = fair_seq(&mut tx, job.owner).await?;
+                    next_seq.entry(job.owner).or_insert(first)
                 }
             };
             let this_seq = *seq;
@@ -365,7 +366,7 @@ impl JobWrites for SqliteStore {
         let mut tx = self.writer.begin().await?;
         let rows = query.fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        Ok(rows::claimed(rows))
+        rows::claimed(rows)
     }
 
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
@@ -499,7 +500,7 @@ impl JobWrites for SqliteStore {
         Ok(updated.rows_affected() == 1)
     }
 
-    async fn cancel(&self, id: Uuid, owner: Option<&str>) -> Result<CancelOutcome, StoreError> {
+    async fn cancel(&self, id: Uuid, owner: Option<UserId>) -> Result<CancelOutcome, StoreError> {
         let now = now_ms();
         let state: Option<String> = sqlx::query_scalar(
             "UPDATE jobs SET
@@ -513,7 +514,7 @@ impl JobWrites for SqliteStore {
         )
         .bind(now)
         .bind(id.to_string())
-        .bind(owner)
+        .bind(rows::owner_text(owner))
         .fetch_optional(&self.writer)
         .await?;
         match state.as_deref() {
@@ -524,7 +525,7 @@ impl JobWrites for SqliteStore {
         let row =
             sqlx::query("SELECT state FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)")
                 .bind(id.to_string())
-                .bind(owner)
+                .bind(rows::owner_text(owner))
                 .fetch_optional(&self.writer)
                 .await?;
         Ok(match row {
@@ -598,7 +599,7 @@ impl JobWrites for SqliteStore {
 
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
         let id = Uuid::now_v7();
-        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner.to_string());
+        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
         job.idempotency_key = g.idempotency_key.clone();
         let mut tx = self.writer.begin().await?;
         let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;

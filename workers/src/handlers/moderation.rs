@@ -18,7 +18,7 @@ pub(crate) enum Content<'a> {
 
 /// Whose content, for the stored decision.
 pub(crate) struct Subject {
-    pub owner: Uuid,
+    pub owner: kiln_jobs::UserId,
     pub generation_id: Uuid,
 }
 

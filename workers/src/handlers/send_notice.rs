@@ -8,7 +8,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kiln_jobs::{JobError, NoticeSent, SendEmail, SendSms};
 use kiln_store::accounts::Contacts;
-use uuid::Uuid;
 
 use crate::{Handler, JobContext, Outcome};
 use kiln_providers::{
@@ -26,7 +25,7 @@ pub struct SendSmsHandler {
     pub product_name: String,
 }
 
-async fn contacts(ctx: &JobContext, user_id: Uuid) -> Result<Contacts, JobError> {
+async fn contacts(ctx: &JobContext, user_id: kiln_jobs::UserId) -> Result<Contacts, JobError> {
     ctx.store()
         .contacts(user_id)
         .await?

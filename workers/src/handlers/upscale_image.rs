@@ -50,8 +50,6 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
         let store = ctx.store();
         let owner = ctx
             .owner
-            .as_deref()
-            .and_then(|o| o.parse::<Uuid>().ok())
             .ok_or_else(|| JobError::permanent("owner_missing", "an upscale needs its owner"))?;
         let source = store
             .image(job.image_id, owner)

@@ -82,7 +82,7 @@ impl RunJob {
             worker_id: self.worker_id.clone(),
             attempt: job.attempt,
             max_attempts: job.max_attempts,
-            owner: job.owner.clone(),
+            owner: job.owner,
             cancel: stop.clone(),
         };
         let registered = self.registry.get(&kind);
