@@ -80,6 +80,12 @@ impl From<kiln_store::StoreError> for Problem {
     }
 }
 
+impl From<kiln_store::ObjectsError> for Problem {
+    fn from(e: kiln_store::ObjectsError) -> Problem {
+        Problem::internal(e)
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

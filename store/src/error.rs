@@ -8,17 +8,24 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
-    /// The object storage backend failed (I/O, network, permissions).
+}
+
+/// Object storage failed, or was asked for something that is not a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectsError {
+    /// The backend failed (I/O, network, permissions).
     #[error("object storage: {0}")]
-    Objects(String),
+    Backend(String),
     /// A caller built a key that could escape its prefix or is not a key at
     /// all: a bug in the caller, never retried.
     #[error("invalid object key {key:?}: {reason}")]
-    InvalidObjectKey { key: String, reason: &'static str },
-    /// The URL-signing key is missing, unreadable or too weak.
-    #[error("url signing key: {0}")]
-    SigningKey(String),
+    InvalidKey { key: String, reason: &'static str },
 }
+
+/// The URL-signing key is missing, unreadable or too weak.
+#[derive(Debug, thiserror::Error)]
+#[error("url signing key: {0}")]
+pub struct SigningKeyError(pub String);
 
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {
@@ -35,13 +42,29 @@ impl From<StoreError> for kiln_jobs::JobError {
     }
 }
 
+/// Storage that fails while a job runs fails the attempt (transient
+/// `store_unavailable`, as for the database); a bad key is the caller's bug
+/// and fails the job.
+impl From<ObjectsError> for kiln_jobs::JobError {
+    fn from(e: ObjectsError) -> Self {
+        match e {
+            ObjectsError::Backend(_) => {
+                kiln_jobs::JobError::transient("store_unavailable", e.to_string())
+            }
+            ObjectsError::InvalidKey { .. } => {
+                kiln_jobs::JobError::permanent("invalid_object_key", e.to_string())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_store_error_fails_the_attempt_transiently() {
-        let error = kiln_jobs::JobError::from(StoreError::Objects("disk full".into()));
+        let error = kiln_jobs::JobError::from(ObjectsError::Backend("disk full".into()));
         assert_eq!(
             error,
             kiln_jobs::JobError::transient("store_unavailable", "object storage: disk full")

@@ -21,7 +21,7 @@ mod store;
 pub mod testing;
 
 pub use connect::{ConnectOptions, connect};
-pub use error::StoreError;
+pub use error::{ObjectsError, SigningKeyError, StoreError};
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
     Lease, NewJob, QueueStat, Rescued, StoreEvent,

@@ -13,7 +13,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::StoreError;
+use crate::ObjectsError;
 
 /// A bucket of private objects addressed by keys such as
 /// `images/<uuid>.png`. Cheap to clone: clones share one backend.
@@ -39,18 +39,18 @@ impl Objects {
 
     /// Files under `root`, created if missing: the embedded default, which
     /// must work on a fresh machine.
-    pub fn local(root: &FsPath) -> Result<Objects, StoreError> {
+    pub fn local(root: &FsPath) -> Result<Objects, ObjectsError> {
         std::fs::create_dir_all(root)
-            .map_err(|e| StoreError::Objects(format!("create {}: {e}", root.display())))?;
+            .map_err(|e| ObjectsError::Backend(format!("create {}: {e}", root.display())))?;
         let fs = LocalFileSystem::new_with_prefix(root)
-            .map_err(|e| StoreError::Objects(format!("open {}: {e}", root.display())))?;
+            .map_err(|e| ObjectsError::Backend(format!("open {}: {e}", root.display())))?;
         Ok(Objects::new(Arc::new(fs)))
     }
 
     /// A private bucket in S3 or an S3-compatible service (Alibaba OSS,
     /// MinIO). With `virtual_hosted_style` (what OSS requires) the bucket
     /// goes into the host name: `https://<bucket>.<endpoint host>`.
-    pub fn s3(options: &S3Options) -> Result<Objects, StoreError> {
+    pub fn s3(options: &S3Options) -> Result<Objects, ObjectsError> {
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(&options.bucket)
             .with_region(&options.region)
@@ -67,7 +67,7 @@ impl Objects {
         }
         let s3 = builder
             .build()
-            .map_err(|e| StoreError::Objects(format!("S3 bucket {}: {e}", options.bucket)))?;
+            .map_err(|e| ObjectsError::Backend(format!("S3 bucket {}: {e}", options.bucket)))?;
         Ok(Objects::new(Arc::new(s3)))
     }
 
@@ -77,7 +77,7 @@ impl Objects {
     }
 
     /// Writes the whole object at once; readers never see a partial one.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ObjectsError> {
         let path = parse_key(key)?;
         self.inner
             .put(&path, bytes.into())
@@ -87,7 +87,7 @@ impl Objects {
     }
 
     /// `None` when there is no such object: a purge may have removed it.
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, ObjectsError> {
         let path = parse_key(key)?;
         let result = match self.inner.get(&path).await {
             Ok(result) => result,
@@ -102,7 +102,7 @@ impl Objects {
     }
 
     /// Deleting what is already gone succeeds, so purges can be retried.
-    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+    pub async fn delete(&self, key: &str) -> Result<(), ObjectsError> {
         let path = parse_key(key)?;
         match self.inner.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -110,7 +110,7 @@ impl Objects {
         }
     }
 
-    pub async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, ObjectsError> {
         let path = parse_key(key)?;
         match self.inner.head(&path).await {
             Ok(_) => Ok(true),
@@ -152,13 +152,13 @@ fn bucket_endpoint(
     endpoint: &str,
     bucket: &str,
     virtual_hosted: bool,
-) -> Result<String, StoreError> {
+) -> Result<String, ObjectsError> {
     if !virtual_hosted {
         return Ok(endpoint.trim_end_matches('/').to_owned());
     }
     let (scheme, host) = endpoint
         .split_once("://")
-        .ok_or_else(|| StoreError::Objects(format!("S3 endpoint {endpoint:?} has no scheme")))?;
+        .ok_or_else(|| ObjectsError::Backend(format!("S3 endpoint {endpoint:?} has no scheme")))?;
     let host = host.trim_end_matches('/');
     if host.starts_with(&format!("{bucket}.")) {
         Ok(format!("{scheme}://{host}"))
@@ -167,16 +167,16 @@ fn bucket_endpoint(
     }
 }
 
-fn backend_error(op: &str, key: &str, e: object_store::Error) -> StoreError {
-    StoreError::Objects(format!("{op} {key}: {e}"))
+fn backend_error(op: &str, key: &str, e: object_store::Error) -> ObjectsError {
+    ObjectsError::Backend(format!("{op} {key}: {e}"))
 }
 
 /// Keys are relative, `/`-separated and stay under the store's root. A key
 /// that could climb out of it (`..`) or that `object_store` would silently
 /// rewrite (leading or trailing `/`, empty segments) is refused rather than
 /// normalised, because it is a bug in whoever built it.
-fn parse_key(key: &str) -> Result<Path, StoreError> {
-    let invalid = |reason| StoreError::InvalidObjectKey {
+fn parse_key(key: &str) -> Result<Path, ObjectsError> {
+    let invalid = |reason| ObjectsError::InvalidKey {
         key: key.to_owned(),
         reason,
     };
@@ -277,20 +277,20 @@ mod tests {
         ] {
             let err = objects.put(key, Bytes::new()).await.unwrap_err();
             assert!(
-                matches!(&err, StoreError::InvalidObjectKey { key: k, .. } if k == key),
+                matches!(&err, ObjectsError::InvalidKey { key: k, .. } if k == key),
                 "{key:?}: {err}"
             );
             assert!(matches!(
                 objects.get(key).await,
-                Err(StoreError::InvalidObjectKey { .. })
+                Err(ObjectsError::InvalidKey { .. })
             ));
             assert!(matches!(
                 objects.delete(key).await,
-                Err(StoreError::InvalidObjectKey { .. })
+                Err(ObjectsError::InvalidKey { .. })
             ));
             assert!(matches!(
                 objects.exists(key).await,
-                Err(StoreError::InvalidObjectKey { .. })
+                Err(ObjectsError::InvalidKey { .. })
             ));
         }
     }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::StoreError;
+use crate::SigningKeyError;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -49,15 +49,15 @@ pub const OBJECT_ROUTE: &str = "/v1/files/";
 
 impl UrlSigner {
     /// Refuses keys shorter than [`MIN_KEY_LEN`] bytes.
-    pub fn new(key: Vec<u8>) -> Result<UrlSigner, StoreError> {
+    pub fn new(key: Vec<u8>) -> Result<UrlSigner, SigningKeyError> {
         if key.len() < MIN_KEY_LEN {
-            return Err(StoreError::SigningKey(format!(
+            return Err(SigningKeyError(format!(
                 "key is {} bytes, need at least {MIN_KEY_LEN}",
                 key.len()
             )));
         }
         let mac = HmacSha256::new_from_slice(&key)
-            .map_err(|e| StoreError::SigningKey(format!("key rejected: {e}")))?;
+            .map_err(|e| SigningKeyError(format!("key rejected: {e}")))?;
         Ok(UrlSigner { mac })
     }
 
@@ -65,7 +65,7 @@ impl UrlSigner {
     /// bytes, hex, file mode 0600) and read back on later starts, so links
     /// handed out survive a restart. Several processes starting at once
     /// agree on one key: the file appears atomically, complete, or not at all.
-    pub fn load_or_create(path: &Path) -> Result<UrlSigner, StoreError> {
+    pub fn load_or_create(path: &Path) -> Result<UrlSigner, SigningKeyError> {
         match read_key(path)? {
             Some(signer) => Ok(signer),
             None => create_key(path),
@@ -115,7 +115,7 @@ impl UrlSigner {
     }
 }
 
-fn read_key(path: &Path) -> Result<Option<UrlSigner>, StoreError> {
+fn read_key(path: &Path) -> Result<Option<UrlSigner>, SigningKeyError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
@@ -131,16 +131,16 @@ fn read_key(path: &Path) -> Result<Option<UrlSigner>, StoreError> {
         );
     }
     let key = hex::decode(text.trim())
-        .map_err(|e| StoreError::SigningKey(format!("{} is not hex: {e}", path.display())))?;
+        .map_err(|e| SigningKeyError(format!("{} is not hex: {e}", path.display())))?;
     UrlSigner::new(key)
         .map(Some)
-        .map_err(|e| StoreError::SigningKey(format!("{}: {e}", path.display())))
+        .map_err(|e| SigningKeyError(format!("{}: {e}", path.display())))
 }
 
 /// Writes the key to a private temporary file, then hard-links it into
 /// place: the link fails if another process got there first, and then its
 /// key wins.
-fn create_key(path: &Path) -> Result<UrlSigner, StoreError> {
+fn create_key(path: &Path) -> Result<UrlSigner, SigningKeyError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| key_error(dir, "create", e))?;
     }
@@ -163,15 +163,14 @@ fn create_key(path: &Path) -> Result<UrlSigner, StoreError> {
 
     match written {
         Ok(()) => UrlSigner::new(key.to_vec()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_key(path)?.ok_or_else(|| {
-            StoreError::SigningKey(format!("{} vanished while starting", path.display()))
-        }),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_key(path)?
+            .ok_or_else(|| SigningKeyError(format!("{} vanished while starting", path.display()))),
         Err(e) => Err(key_error(path, "write", e)),
     }
 }
 
-fn key_error(path: &Path, op: &str, e: std::io::Error) -> StoreError {
-    StoreError::SigningKey(format!("{op} {}: {e}", path.display()))
+fn key_error(path: &Path, op: &str, e: std::io::Error) -> SigningKeyError {
+    SigningKeyError(format!("{op} {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -323,7 +322,7 @@ mod tests {
     fn short_keys_are_refused() {
         assert!(matches!(
             UrlSigner::new(vec![1; 31]),
-            Err(StoreError::SigningKey(_))
+            Err(SigningKeyError(_))
         ));
         assert!(UrlSigner::new(vec![1; 32]).is_ok());
     }
@@ -396,12 +395,12 @@ mod tests {
         std::fs::write(&path, "not hex\n").unwrap();
         assert!(matches!(
             UrlSigner::load_or_create(&path),
-            Err(StoreError::SigningKey(_))
+            Err(SigningKeyError(_))
         ));
         std::fs::write(&path, hex::encode([1u8; 16])).unwrap();
         assert!(matches!(
             UrlSigner::load_or_create(&path),
-            Err(StoreError::SigningKey(_))
+            Err(SigningKeyError(_))
         ));
     }
 }
