@@ -5,7 +5,8 @@
 //! nothing stored, a reference image and an upscale go through signed
 //! links, the verification code reaches the registered email and phone,
 //! and no request to the image, upscale or moderation fakes carries the
-//! user's email, phone, id, referral code or token (P8).
+//! user's email, phone, id, referral code or token: providers get the
+//! prompt and image links only.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -425,7 +426,7 @@ async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
         "{sms}"
     );
 
-    // Nothing that names the user reached the provider (P8).
+    // Nothing that names the user reached the provider.
     // Both accounts' ids and referral codes.
     let accounts: Vec<(String, String)> =
         sqlx::query_as("SELECT id::text, referral_code FROM users")

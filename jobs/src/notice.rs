@@ -1,5 +1,5 @@
-//! The transactional notices kiln sends (PRIVACY.md P2, P14, P15, P16,
-//! P18), rendered as email (subject, text, HTML) and as SMS. Serialized with
+//! The transactional notices kiln sends (verification codes, export-ready
+//! links, policy changes, security incidents, new sign-ins), rendered as email (subject, text, HTML) and as SMS. Serialized with
 //! a `"template"` tag, so a notice can travel as a job payload.
 
 use std::fmt::Write as _;
@@ -13,17 +13,17 @@ use serde::{Deserialize, Serialize};
 pub enum Notice {
     /// A sign-in or contact verification code.
     VerificationCode { code: String, minutes_valid: u32 },
-    /// A data export (P14) is ready behind a signed, expiring link.
+    /// A data export is ready behind a signed, expiring link.
     ExportReady { url: String, expires_at: String },
-    /// A policy change, announced at least 7 days ahead (P18).
+    /// A policy change, announced at least 7 days before it takes effect.
     PolicyNotice {
         version: String,
         effective_on: String,
         summary: String,
     },
-    /// A security incident notice (P16).
+    /// A security incident notice (sent within 72 hours of a breach).
     SecurityNotice { summary: String },
-    /// A sign-in from an IP address not seen before (P15).
+    /// A sign-in from an IP address not seen before.
     NewLogin {
         at: String,
         ip: String,

@@ -67,9 +67,9 @@ pub struct ImageRecord {
     pub source_image_id: Option<Uuid>,
 }
 
-/// One moderation decision about a prompt or a generated image (P7),
-/// stored whether it allowed or blocked, and purged after the policy's
-/// retention (P13).
+/// One moderation decision about a prompt or a generated image, stored
+/// whether it allowed or blocked, and purged after the 180 days the policy
+/// keeps them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModerationRecord {
     pub id: Uuid,
@@ -124,7 +124,7 @@ pub struct JobFilter {
 pub trait Generations: Send + Sync {
     async fn generation(&self, id: Uuid) -> Result<Option<Generation>, StoreError>;
     async fn generation_for_job(&self, job_id: Uuid) -> Result<Option<Generation>, StoreError>;
-    /// Records which provider made it and how long the provider took (P4).
+    /// Records which provider made it and how long the provider took.
     async fn finish_generation(
         &self,
         id: Uuid,

@@ -1,5 +1,5 @@
 //! Moderation decisions round-trip on both databases, allowed and blocked,
-//! with their categories and every score (P7, P13).
+//! with their categories and every score.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 

@@ -120,7 +120,7 @@ async fn delete(
         .image(id, user.id)
         .await?
         .ok_or_else(|| Problem::not_found("image"))?;
-    // The bytes first, then the row (P10: at once): if either step fails
+    // Deleted on request at once: the bytes first, then the row. If either step fails
     // the image is still listed, so the client's retry finishes the job.
     state.objects.delete(&image.object_key).await?;
     state.store.delete_image(id, user.id).await?;

@@ -23,7 +23,7 @@ use kiln_providers::{
 };
 
 /// Moderate the prompt, generate, moderate every output, deliver. Nothing
-/// generated is stored or visible before output moderation allows it (P7).
+/// generated is stored or visible before output moderation allows it.
 pub struct GenerateImageHandler {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,

@@ -1,6 +1,6 @@
 //! The moderation gate every handler passes content through: ask the
-//! moderator, keep the decision whether it allows or blocks (P7, kept for
-//! its retention, P13), and end the job `content_blocked` when it blocks.
+//! moderator, keep the decision whether it allows or blocks (for the 180
+//! days decisions are kept), and end the job `content_blocked` when it blocks.
 
 use chrono::Utc;
 use kiln_jobs::{JobError, stage};

@@ -1,6 +1,6 @@
 //! Upscale one of the owner's images: hand the provider a short-lived
 //! signed link to it (the offline `dev` upscaler gets the bytes), moderate
-//! the result like any output (P7), store it as a new image of the same
+//! the result like any output, store it as a new image of the same
 //! generation. Cancelling the job cancels the provider's request.
 
 use std::{sync::Arc, time::Instant};
