@@ -6,7 +6,10 @@
 //! it the way the runtime runs every attempt (the same [`JobContext`],
 //! progress written to the store, the kind's timeout, panics caught) and
 //! writes the outcome back as the runtime does: the row ends `succeeded`,
-//! `failed`, `available` (a retry or a snooze) exactly as after a real run.
+//! `failed`, `retryable` or snoozed exactly as after a real run.
+//!
+//! No heartbeat runs: the claim lasts an hour, and a cancellation asked for
+//! in the store does not reach a handler while `perform` runs it.
 //!
 //! The handlers run over the offline `dev` providers: the dev image
 //! generator and upscaler, the word-list moderator with its default blocked
@@ -15,13 +18,15 @@
 //!
 //! ```ignore
 //! use kiln_jobs::Probe;
-//! use kiln_workers::{Outcome, testing::TestWorker};
+//! use kiln_workers::testing::TestWorker;
 //!
 //! let worker = TestWorker::new(store.clone());
 //! let performed = worker.perform(Probe::default()).await?;
+//! let job_id = performed.job_id;
 //! let result = performed.expect_done();
 //! assert_eq!(result.attempt, 1);
-//! let row = worker.store().get(performed.job_id).await?;
+//! let row = worker.store().get(job_id).await?.expect("the job's row");
+//! assert_eq!(row.state, kiln_store::JobState::Succeeded);
 //! ```
 
 use std::{
