@@ -7,6 +7,8 @@ mod context;
 pub mod handlers;
 mod registry;
 mod runtime;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{WorkerConfig, WorkerConfigError};
 pub use context::{JobContext, Outcome};

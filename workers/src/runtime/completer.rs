@@ -37,7 +37,9 @@ pub(crate) async fn run(store: Store, mut done: mpsc::Receiver<(String, Completi
     while writes.join_next().await.is_some() {}
 }
 
-async fn write(store: &Store, batch: Vec<(String, Completion)>) {
+/// Records one batch of successes, retrying a failing database for a few
+/// seconds.
+pub(crate) async fn write(store: &Store, batch: Vec<(String, Completion)>) {
     let completions: Vec<Completion> = batch.iter().map(|(_, c)| c.clone()).collect();
     let mut delay = Duration::from_millis(50);
     let accepted = loop {

@@ -5,11 +5,11 @@
 
 mod backend;
 mod claimer;
-mod completer;
+pub(crate) mod completer;
 mod heartbeat;
-mod inflight;
+pub(crate) mod inflight;
 mod maintenance;
-mod service;
+pub(crate) mod service;
 
 use std::sync::{Arc, Mutex};
 

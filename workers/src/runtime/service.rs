@@ -48,7 +48,8 @@ impl tower_service::Service<Task<Claimed>> for RunJob {
         let this = self.clone();
         Box::pin(async move {
             let Claimed { job, slot } = task.args;
-            this.run(job).await;
+            // The outcome is written down by `run`; nothing more to do here.
+            let _ = this.run(job).await;
             drop(slot);
             Ok(())
         })
@@ -63,7 +64,10 @@ enum Ending {
 }
 
 impl RunJob {
-    async fn run(&self, job: ClaimedJob) {
+    /// Runs one claimed attempt and writes down how it ended. Returns the
+    /// handler's answer; `None` when the attempt was stopped (cancelled) or
+    /// handed back at the end of the shutdown grace period.
+    pub(crate) async fn run(&self, job: ClaimedJob) -> Option<Result<Outcome, JobError>> {
         let m = kiln_store::metrics::metrics();
         let kind = job.kind.clone();
         m.jobs_started.with_label_values(&[&kind]).inc();
@@ -99,7 +103,12 @@ impl RunJob {
             .observe(started.elapsed().as_secs_f64());
         self.inflight.finish(lease.id);
         busy.dec();
+        let answer = match &ending {
+            Ending::Handler(result) => Some(result.clone()),
+            Ending::Stopped | Ending::GraceOver => None,
+        };
         self.record(&job, policy, ending).await;
+        answer
     }
 
     /// Writes down how the attempt ended. `policy` is the kind's registered

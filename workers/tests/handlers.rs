@@ -1,0 +1,404 @@
+//! Each handler run in process through `kiln_workers::testing::TestWorker`,
+//! on PostgreSQL and SQLite: a real jobs row, claim and context, the
+//! offline dev providers, and the row left as a real run leaves it.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use kiln_jobs::{
+    GenerateImage, JobError, Notice, Probe, ProbeFailure, PruneJobs, SendEmail, SendSms,
+    UpscaleImage, stage,
+};
+use kiln_store::{
+    JobRecord, JobState, NewJob, Store,
+    accounts::{Identifier, NewUser},
+    generations::{GenerationEnqueued, ModerationSubject, NewGeneration},
+    testing::{self, TestDatabase},
+};
+use kiln_workers::{Outcome, WorkerConfig, testing::TestWorker};
+use uuid::Uuid;
+
+kiln_store::both_databases!(
+    generate_image_stores_moderated_pngs,
+    blocked_prompt_fails_permanently_without_images,
+    upscale_image_stores_a_larger_image_from_its_source,
+    upscale_without_an_owner_fails_permanently,
+    send_email_reaches_the_accounts_address,
+    send_sms_reaches_the_accounts_phone,
+    send_email_to_a_user_without_email_fails_permanently,
+    probe_reports_its_attempt_and_worker,
+    failing_probe_is_retried_or_failed_as_told,
+    prune_jobs_deletes_old_finished_jobs_only,
+);
+
+async fn row(store: &Store, id: Uuid) -> JobRecord {
+    store.get(id).await.unwrap().unwrap()
+}
+
+/// A generation of `n` 256×256 images of `prompt`, by a fresh account.
+async fn generation(store: &Store, prompt: &str, n: u32) -> (Uuid, GenerateImage) {
+    let owner = testing::account(store).await;
+    let enqueued = store
+        .create_generation(NewGeneration {
+            owner,
+            prompt: prompt.into(),
+            model: "dev-image-1".into(),
+            width: 256,
+            height: 256,
+            n,
+            reference_urls: Vec::new(),
+            request_hash: Uuid::now_v7().to_string(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let GenerationEnqueued::Created { job_id } = enqueued else {
+        panic!("a fresh generation: {enqueued:?}");
+    };
+    let generation = row(store, job_id).await.payload;
+    (owner, serde_json::from_value(generation).unwrap())
+}
+
+/// A PNG's width and height, from its header.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+async fn generate_image_stores_moderated_pngs(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let (owner, job) = generation(&store, "a lighthouse at dusk", 2).await;
+    let performed = worker.perform_as(owner, job.clone()).await.unwrap();
+    let job_id = performed.job_id;
+    let result = performed.expect_done();
+
+    assert_eq!(result.generation_id, job.generation_id);
+    assert_eq!(result.images.len(), 2);
+    let rows = store.images_of_generation(job.generation_id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    for image in &result.images {
+        assert_eq!((image.width, image.height), (256, 256));
+        let stored = rows.iter().find(|r| r.id == image.id).unwrap();
+        assert_eq!(stored.owner, owner);
+        assert_eq!(stored.source_image_id, None);
+        let bytes = worker.objects().get(&stored.object_key).await.unwrap();
+        assert_eq!(png_size(&bytes.unwrap()), (256, 256));
+    }
+
+    let decisions = store
+        .moderation_of_generation(job.generation_id)
+        .await
+        .unwrap();
+    let subjects: Vec<_> = decisions.iter().map(|d| d.subject).collect();
+    assert_eq!(
+        subjects,
+        [
+            ModerationSubject::Prompt,
+            ModerationSubject::Image,
+            ModerationSubject::Image
+        ]
+    );
+    assert!(decisions.iter().all(|d| d.allowed && d.provider == "dev"));
+
+    let job_row = row(&store, job_id).await;
+    assert_eq!(job_row.state, JobState::Succeeded);
+    assert_eq!(job_row.stage.as_deref(), Some(stage::DONE));
+    assert_eq!(job_row.progress, 100);
+    assert_eq!(job_row.attempt, 1);
+    assert_eq!(
+        job_row.result,
+        Some(serde_json::to_value(&result).unwrap()),
+        "the stored result is the typed one"
+    );
+}
+
+async fn blocked_prompt_fails_permanently_without_images(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let (owner, job) = generation(&store, "a gore scene", 1).await;
+    let performed = worker.perform_as(owner, job.clone()).await.unwrap();
+    let job_id = performed.job_id;
+    let error = performed.expect_error();
+
+    assert_eq!(error.code(), "content_blocked");
+    assert!(matches!(error, JobError::Permanent { .. }), "{error:?}");
+    assert!(
+        store
+            .images_of_generation(job.generation_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let decisions = store
+        .moderation_of_generation(job.generation_id)
+        .await
+        .unwrap();
+    assert_eq!(decisions.len(), 1);
+    assert_eq!(decisions[0].subject, ModerationSubject::Prompt);
+    assert!(!decisions[0].allowed);
+
+    let job_row = row(&store, job_id).await;
+    assert_eq!(
+        job_row.state,
+        JobState::Failed,
+        "no retry for a permanent error"
+    );
+    assert_eq!(job_row.attempt, 1);
+    assert_eq!(job_row.errors.len(), 1);
+    assert_eq!(job_row.errors[0].code, "content_blocked");
+    assert!(job_row.errors[0].permanent);
+}
+
+async fn upscale_image_stores_a_larger_image_from_its_source(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let (owner, job) = generation(&store, "a red bicycle", 1).await;
+    let source = worker.perform_as(owner, job).await.unwrap().expect_done();
+    let source_id = source.images[0].id;
+
+    let performed = worker
+        .perform_as(
+            owner,
+            UpscaleImage {
+                image_id: source_id,
+                scale: 2,
+            },
+        )
+        .await
+        .unwrap();
+    let job_id = performed.job_id;
+    let result = performed.expect_done();
+
+    assert_eq!(result.source_image_id, source_id);
+    assert_ne!(result.image_id, source_id);
+    assert_eq!((result.width, result.height), (512, 512));
+    assert_eq!(result.provider, "dev");
+    let image = store.image(result.image_id, owner).await.unwrap().unwrap();
+    assert_eq!(image.source_image_id, Some(source_id));
+    assert_eq!((image.width, image.height), (512, 512));
+    let bytes = worker.objects().get(&image.object_key).await.unwrap();
+    assert_eq!(png_size(&bytes.unwrap()), (512, 512));
+    assert_eq!(row(&store, job_id).await.state, JobState::Succeeded);
+}
+
+async fn upscale_without_an_owner_fails_permanently(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let performed = worker
+        .perform(UpscaleImage {
+            image_id: Uuid::now_v7(),
+            scale: 2,
+        })
+        .await
+        .unwrap();
+    let job_id = performed.job_id;
+    let error = performed.expect_error();
+    assert_eq!(error.code(), "owner_missing");
+    assert!(matches!(error, JobError::Permanent { .. }));
+    assert_eq!(row(&store, job_id).await.state, JobState::Failed);
+}
+
+fn code() -> Notice {
+    Notice::VerificationCode {
+        code: "482913".into(),
+        minutes_valid: 10,
+    }
+}
+
+async fn send_email_reaches_the_accounts_address(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let user_id = testing::account(&store).await;
+    let address = store
+        .contacts(user_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .email
+        .unwrap();
+
+    let performed = worker
+        .perform(SendEmail {
+            user_id,
+            notice: code(),
+        })
+        .await
+        .unwrap();
+    let job_id = performed.job_id;
+    let sent = performed.expect_done();
+
+    assert_eq!(sent.provider, "dev");
+    let emails = worker.emails();
+    assert_eq!(emails.len(), 1);
+    assert!(
+        emails[0].contains(&format!("To: {address}\n")),
+        "{}",
+        emails[0]
+    );
+    assert!(emails[0].contains("482913"), "{}", emails[0]);
+    assert!(worker.texts().is_empty());
+    assert_eq!(row(&store, job_id).await.state, JobState::Succeeded);
+}
+
+async fn send_sms_reaches_the_accounts_phone(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let n = Uuid::now_v7().as_u128() % 10_000_000;
+    let phone = format!("+1555{n:07}");
+    let user_id = store
+        .create_user(NewUser {
+            identifier: Identifier::Phone(phone.clone()),
+            password_hash: "$2b$04$test.account.password.hash.is.never.checked".into(),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
+            referral_code: Uuid::now_v7().simple().to_string(),
+            referred_by_code: None,
+        })
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+
+    let sent = worker
+        .perform(SendSms {
+            user_id,
+            notice: code(),
+        })
+        .await
+        .unwrap()
+        .expect_done();
+
+    assert_eq!(sent.provider, "dev");
+    let texts = worker.texts();
+    assert_eq!(texts.len(), 1);
+    assert!(
+        texts[0].starts_with(&format!("To: {phone}\n")),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[0].contains("482913"), "{}", texts[0]);
+    assert!(worker.emails().is_empty());
+}
+
+async fn send_email_to_a_user_without_email_fails_permanently(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let performed = worker
+        .perform(SendEmail {
+            user_id: Uuid::now_v7(),
+            notice: code(),
+        })
+        .await
+        .unwrap();
+    let job_id = performed.job_id;
+    let error = performed.expect_error();
+    assert_eq!(error.code(), "user_missing");
+    assert!(matches!(error, JobError::Permanent { .. }));
+    assert!(worker.emails().is_empty());
+    assert_eq!(row(&store, job_id).await.state, JobState::Failed);
+}
+
+async fn probe_reports_its_attempt_and_worker(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let performed = worker.perform(Probe::default()).await.unwrap();
+    let job_id = performed.job_id;
+    let result = performed.expect_done();
+
+    assert_eq!(result.job_id, job_id);
+    assert_eq!(result.attempt, 1);
+    let job_row = row(&store, job_id).await;
+    assert_eq!(job_row.state, JobState::Succeeded);
+    assert!(
+        result.worker.starts_with("test-worker-"),
+        "{}",
+        result.worker
+    );
+    assert!(job_row.token > 0, "the attempt ran under a claim");
+}
+
+async fn failing_probe_is_retried_or_failed_as_told(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+
+    let transient = worker
+        .perform(Probe {
+            fail: Some(ProbeFailure::Transient),
+            ..Probe::default()
+        })
+        .await
+        .unwrap();
+    let job_id = transient.job_id;
+    assert!(matches!(
+        transient.expect_error(),
+        JobError::Transient { .. }
+    ));
+    let job_row = row(&store, job_id).await;
+    assert_eq!(
+        job_row.state,
+        JobState::Retryable,
+        "a transient failure before the last attempt is retried"
+    );
+    assert_eq!(job_row.errors.len(), 1);
+    assert!(!job_row.errors[0].permanent);
+
+    let permanent = worker
+        .perform(Probe {
+            fail: Some(ProbeFailure::Permanent),
+            ..Probe::default()
+        })
+        .await
+        .unwrap();
+    let job_id = permanent.job_id;
+    assert!(matches!(
+        permanent.expect_error(),
+        JobError::Permanent { .. }
+    ));
+    assert_eq!(row(&store, job_id).await.state, JobState::Failed);
+
+    let panicked = worker
+        .perform(Probe {
+            panic: true,
+            ..Probe::default()
+        })
+        .await
+        .unwrap()
+        .expect_error();
+    assert_eq!(panicked.code(), "panic", "caught as the runtime catches it");
+}
+
+async fn prune_jobs_deletes_old_finished_jobs_only(store: Store, _: &TestDatabase) {
+    let keep_everything = TestWorker::new(store.clone());
+    let finished = keep_everything.perform(Probe::default()).await.unwrap();
+    let finished = finished.job_id;
+    let waiting = store
+        .enqueue(NewJob::of(&Probe::default()).unwrap())
+        .await
+        .unwrap()
+        .id;
+
+    // The default retention is a week: nothing here is that old.
+    let result = keep_everything
+        .perform(PruneJobs {})
+        .await
+        .unwrap()
+        .expect_done();
+    assert_eq!(result.deleted, 0);
+    assert!(store.get(finished).await.unwrap().is_some());
+
+    let prune_now = TestWorker::with_config(
+        store.clone(),
+        &WorkerConfig {
+            finished_job_retention_ms: Duration::ZERO,
+            ..WorkerConfig::default()
+        },
+    );
+    // Finished a moment ago is older than no retention at all.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let performed = prune_now.perform(PruneJobs {}).await.unwrap();
+    let job_id = performed.job_id;
+    let result = performed.expect_done();
+    // The probe, and the first prune job.
+    assert_eq!(result.deleted, 2);
+    assert!(store.get(finished).await.unwrap().is_none());
+    assert_eq!(row(&store, waiting).await.state, JobState::Available);
+    assert_eq!(row(&store, job_id).await.state, JobState::Succeeded);
+    assert!(matches!(
+        prune_now.perform(PruneJobs {}).await.unwrap().result,
+        Ok(Outcome::Done(_))
+    ));
+}
