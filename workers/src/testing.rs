@@ -157,7 +157,7 @@ impl TestWorker {
     /// asked for (the handler reads [`JobContext::owner`](crate::JobContext)).
     pub async fn perform_as<J: Job>(
         &self,
-        owner: Uuid,
+        owner: kiln_jobs::UserId,
         payload: J,
     ) -> Result<Performed<J::Result>, JobError> {
         self.perform_job(&payload, Some(owner)).await
@@ -166,7 +166,7 @@ impl TestWorker {
     async fn perform_job<J: Job>(
         &self,
         payload: &J,
-        owner: Option<Uuid>,
+        owner: Option<kiln_jobs::UserId>,
     ) -> Result<Performed<J::Result>, JobError> {
         // A queue of its own: the claim takes this job, not another one
         // already waiting (e.g. the job `create_generation` enqueued).
@@ -175,7 +175,7 @@ impl TestWorker {
             .map_err(|e| JobError::permanent("unserializable_payload", e.to_string()))?
             .queue(queue.clone());
         if let Some(owner) = owner {
-            job = job.owner(owner.to_string());
+            job = job.owner(owner);
         }
         let job_id = self.store.enqueue(job).await?.id;
         let claimed = self

@@ -37,7 +37,7 @@ async fn row(store: &Store, id: Uuid) -> JobRecord {
 }
 
 /// A generation of `n` 256×256 images of `prompt`, by a fresh account.
-async fn generation(store: &Store, prompt: &str, n: u32) -> (Uuid, GenerateImage) {
+async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, GenerateImage) {
     let owner = testing::account(store).await;
     let enqueued = store
         .create_generation(NewGeneration {
@@ -281,7 +281,7 @@ async fn send_email_to_a_user_without_email_fails_permanently(store: Store, _: &
     let worker = TestWorker::new(store.clone());
     let performed = worker
         .perform(SendEmail {
-            user_id: Uuid::now_v7(),
+            user_id: kiln_jobs::UserId(Uuid::now_v7()),
             notice: code(),
         })
         .await
