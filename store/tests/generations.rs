@@ -7,7 +7,7 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use kiln_jobs::{GenerateImage, Job, UserId};
 use kiln_store::{
     JobState, NewJob, Store,
-    generations::{GenerationEnqueued, ImageRecord, JobFilter, NewGeneration},
+    generations::{Generation, GenerationEnqueued, ImageRecord, JobFilter, NewGeneration},
     testing::{self, TestDatabase},
 };
 use uuid::Uuid;
@@ -33,6 +33,17 @@ fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
         request_hash: hash.into(),
         idempotency_key: key.map(str::to_owned),
     }
+}
+
+/// A stored generation of `owner`'s, through the store's own path.
+async fn stored(store: &Store, owner: UserId, hash: &str) -> Generation {
+    let job_id = created(
+        store
+            .create_generation(request(owner, None, hash))
+            .await
+            .unwrap(),
+    );
+    store.generation_for_job(job_id).await.unwrap().unwrap()
 }
 
 fn created(e: GenerationEnqueued) -> Uuid {
@@ -138,16 +149,7 @@ async fn images_belong_to_their_owner_and_page_newest_first(store: Store, _: &Te
         testing::account(&store).await,
         testing::account(&store).await,
     );
-    let g = store
-        .generation_for_job(created(
-            store
-                .create_generation(request(ada, None, "h"))
-                .await
-                .unwrap(),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let g = stored(&store, ada, "h").await;
     let images: Vec<ImageRecord> = (0..3).map(|_| image(ada, g.id, None)).collect();
     for i in &images {
         store.add_image(i).await.unwrap();
@@ -184,16 +186,7 @@ async fn deleted_images_disappear_from_every_read(store: Store, _: &TestDatabase
         testing::account(&store).await,
         testing::account(&store).await,
     );
-    let g = store
-        .generation_for_job(created(
-            store
-                .create_generation(request(ada, None, "h"))
-                .await
-                .unwrap(),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let g = stored(&store, ada, "h").await;
     let kept = image(ada, g.id, None);
     let gone = image(ada, g.id, None);
     store.add_image(&kept).await.unwrap();
@@ -224,12 +217,7 @@ async fn deleted_images_disappear_from_every_read(store: Store, _: &TestDatabase
 
 async fn a_retry_starts_with_no_generated_images(store: Store, _: &TestDatabase) {
     let ada = testing::account(&store).await;
-    let job = |hash| request(ada, None, hash);
-    let first = store
-        .generation_for_job(created(store.create_generation(job("a")).await.unwrap()))
-        .await
-        .unwrap()
-        .unwrap();
+    let first = stored(&store, ada, "a").await;
     let generated = image(ada, first.id, None);
     let upscaled = image(ada, first.id, Some(generated.id));
     store.add_image(&generated).await.unwrap();
@@ -241,11 +229,7 @@ async fn a_retry_starts_with_no_generated_images(store: Store, _: &TestDatabase)
     );
 
     // A retried attempt (before any upscale could exist) starts clean.
-    let retried = store
-        .generation_for_job(created(store.create_generation(job("b")).await.unwrap()))
-        .await
-        .unwrap()
-        .unwrap();
+    let retried = stored(&store, ada, "b").await;
     store
         .add_image(&image(ada, retried.id, None))
         .await

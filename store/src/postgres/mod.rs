@@ -171,6 +171,33 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// The claim statement, built once: it runs on every claim.
+static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH picked AS (
+                 SELECT j.id AS picked_id FROM unnest($1::text[]) AS q(name)
+                 CROSS JOIN LATERAL (
+                     SELECT id, priority, fair_seq, run_at FROM jobs
+                     WHERE queue = q.name
+                       AND state IN ('available', 'scheduled', 'retryable')
+                       AND run_at <= now()
+                       AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
+                     ORDER BY priority DESC, fair_seq, run_at, id
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED
+                 ) j
+                 ORDER BY j.priority DESC, j.fair_seq, j.run_at, j.id
+                 LIMIT $2
+             )
+             UPDATE jobs j
+             SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
+                 lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
+                 started_at = now(), updated_at = now()
+             FROM picked WHERE j.id = picked.picked_id
+             RETURNING {CLAIM_COLUMNS}"
+    )
+});
+
 #[async_trait]
 impl Queue for PgStore {
     fn backend_name(&self) -> &'static str {
@@ -401,30 +428,7 @@ impl JobWrites for PgStore {
         // (`queue = ANY(..)` would sort every pending row instead), then
         // the best `limit` of those across queues. Rows locked but not
         // picked are released at the end of the statement.
-        let sql = format!(
-            "WITH picked AS (
-                 SELECT j.id AS picked_id FROM unnest($1::text[]) AS q(name)
-                 CROSS JOIN LATERAL (
-                     SELECT id, priority, fair_seq, run_at FROM jobs
-                     WHERE queue = q.name
-                       AND state IN ('available', 'scheduled', 'retryable')
-                       AND run_at <= now()
-                       AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
-                     ORDER BY priority DESC, fair_seq, run_at, id
-                     LIMIT $2
-                     FOR UPDATE SKIP LOCKED
-                 ) j
-                 ORDER BY j.priority DESC, j.fair_seq, j.run_at, j.id
-                 LIMIT $2
-             )
-             UPDATE jobs j
-             SET state = 'running', attempt = j.attempt + 1, token = j.token + 1,
-                 lease_owner = $3, lease_expires_at = now() + make_interval(secs => $4),
-                 started_at = now(), updated_at = now()
-             FROM picked WHERE j.id = picked.picked_id
-             RETURNING {CLAIM_COLUMNS}",
-        );
-        let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(CLAIM_SQL.as_str()))
             .bind(queues)
             .bind(i64::from(limit))
             .bind(worker)
