@@ -22,6 +22,7 @@ use clap::{Parser, Subcommand};
 ///   worker.concurrency        KILN_WORKER_CONCURRENCY       16 jobs at once per process
 ///   worker.queues             KILN_WORKER_QUEUES            [] = every queue; e.g. '[default,maintenance]'
 ///   worker.batch_size         KILN_WORKER_BATCH_SIZE        10 jobs per claim query
+///   worker.max_batch_size     KILN_WORKER_MAX_BATCH_SIZE    100: claims grow to this under a backlog
 ///   worker.lease_ms           KILN_WORKER_LEASE_MS          30000: a lost worker's jobs return after this
 ///   worker.poll_interval_ms   KILN_WORKER_POLL_INTERVAL_MS  1000 fallback poll while idle
 ///   worker.shutdown_grace_ms  KILN_WORKER_SHUTDOWN_GRACE_MS 25000 for running jobs on SIGTERM

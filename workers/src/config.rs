@@ -10,8 +10,11 @@ pub struct WorkerConfig {
     pub concurrency: u32,
     /// Queues to take jobs from; empty means every queue kiln knows.
     pub queues: Vec<String>,
-    /// Most jobs claimed in one query.
+    /// Jobs claimed in one query while the queues keep up.
     pub batch_size: u32,
+    /// Under a backlog claims grow from `batch_size` up to this many (never
+    /// beyond the free slots): fewer round trips and commits per job.
+    pub max_batch_size: u32,
     /// How long a claim stays valid without a heartbeat. A worker that dies
     /// loses its jobs to another after this long.
     #[serde(with = "crate::config::millis")]
@@ -40,6 +43,7 @@ impl Default for WorkerConfig {
             concurrency: 16,
             queues: Vec::new(),
             batch_size: 10,
+            max_batch_size: 100,
             lease_ms: Duration::from_secs(30),
             poll_interval_ms: Duration::from_secs(1),
             shutdown_grace_ms: Duration::from_secs(25),
@@ -57,6 +61,8 @@ pub enum WorkerConfigError {
     Concurrency,
     #[error("worker.batch_size must be at least 1")]
     BatchSize,
+    #[error("worker.max_batch_size must be at least worker.batch_size")]
+    MaxBatchSize,
     #[error("worker.lease_ms must be at least 500")]
     Lease,
     #[error("worker.poll_interval_ms must be above 0")]
@@ -75,6 +81,9 @@ impl WorkerConfig {
         }
         if self.batch_size == 0 {
             return Err(WorkerConfigError::BatchSize);
+        }
+        if self.max_batch_size < self.batch_size {
+            return Err(WorkerConfigError::MaxBatchSize);
         }
         if self.lease_ms < Duration::from_millis(500) {
             return Err(WorkerConfigError::Lease);
@@ -125,5 +134,26 @@ pub(crate) mod millis {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WorkerConfig, WorkerConfigError};
+
+    #[test]
+    fn claims_cannot_be_capped_below_their_base_batch() {
+        let config = WorkerConfig {
+            batch_size: 20,
+            max_batch_size: 10,
+            ..WorkerConfig::default()
+        };
+        assert_eq!(config.validate(), Err(WorkerConfigError::MaxBatchSize));
+        assert!(
+            WorkerConfigError::MaxBatchSize
+                .to_string()
+                .contains("worker.max_batch_size")
+        );
+        assert_eq!(WorkerConfig::default().validate(), Ok(()));
     }
 }

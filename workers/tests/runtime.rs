@@ -25,6 +25,7 @@ kiln_store::both_databases!(
     shutdown_lets_running_jobs_finish_within_grace,
     job_of_a_lost_worker_is_rescued_and_succeeds,
     handler_progress_is_visible,
+    claims_grow_with_the_backlog_up_to_max_batch_size,
 );
 
 fn config() -> WorkerConfig {
@@ -110,6 +111,48 @@ async fn runs_every_job_exactly_once(store: Store, _: &TestDatabase) {
         assert!(job.errors.is_empty());
     }
     worker.shutdown().await;
+}
+
+/// Jobs claimed together share the claim's `started_at`: under a backlog a
+/// claim takes every free slot, more than `batch_size`, never more than
+/// `max_batch_size`.
+async fn claims_grow_with_the_backlog_up_to_max_batch_size(store: Store, _: &TestDatabase) {
+    let jobs: Vec<_> = (0..300)
+        .map(|_| {
+            NewJob::of(&Probe {
+                sleep_ms: 5,
+                ..Probe::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let ids = store.enqueue_many(jobs).await.unwrap();
+    let worker = start(
+        &store,
+        WorkerConfig {
+            concurrency: 40,
+            batch_size: 4,
+            max_batch_size: 25,
+            ..config()
+        },
+    );
+    let mut claims = std::collections::HashMap::<_, usize>::new();
+    for id in &ids {
+        let job = wait_final(&store, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        *claims.entry(job.started_at.unwrap()).or_default() += 1;
+    }
+    worker.shutdown().await;
+    let largest = claims.values().copied().max().unwrap();
+    assert!(largest > 4, "no claim grew beyond batch_size: {claims:?}");
+    // SQLite's clock is in milliseconds: two claims in one millisecond
+    // look like one there, so the upper bound is checked on Postgres.
+    if store.backend_name() == "postgres" {
+        assert!(
+            largest <= 25,
+            "a claim took more than max_batch_size: {largest}"
+        );
+    }
 }
 
 async fn panicking_handler_ends_failed_with_history(store: Store, _: &TestDatabase) {

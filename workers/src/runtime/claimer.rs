@@ -1,6 +1,7 @@
 //! Claims jobs whenever this process has free slots: in batches sized to the
 //! free slots, at once when woken by an enqueue (LISTEN/NOTIFY on Postgres),
-//! otherwise on a slow fallback poll.
+//! otherwise on a slow fallback poll. Under a backlog the batches grow, up
+//! to `max_batch_size`, so a busy queue costs fewer round trips per job.
 
 use std::{sync::Arc, time::Duration};
 
@@ -30,12 +31,15 @@ impl Claimer {
     pub async fn run(self) {
         let mut events = self.store.subscribe();
         let mut error_delay = Duration::from_millis(100);
-        // After a full claim there is a backlog: linger a moment for more
-        // slots to free up, so claims stay near the configured batch size
-        // instead of one round trip per freed slot. Otherwise claim as soon
-        // as one slot is free, for the lowest pickup latency.
+        // After a full claim there is a backlog: linger a moment until at
+        // least `batch_size` slots are free, so a busy queue is not claimed
+        // one freed slot per round trip. Otherwise claim as soon as one slot
+        // is free, for the lowest pickup latency. Either way the claim takes
+        // every slot free by then, up to `max_batch_size`: the batch follows
+        // the backlog.
         let mut backlog = false;
-        let batch = self.config.batch_size as usize;
+        let base = self.config.batch_size as usize;
+        let most = self.config.max_batch_size as usize;
         loop {
             let first = tokio::select! {
                 _ = self.stop.cancelled() => break,
@@ -45,23 +49,20 @@ impl Claimer {
                 },
             };
             let mut slots = vec![first];
-            let linger_until = tokio::time::Instant::now() + LINGER;
-            while slots.len() < batch {
-                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                    slots.push(slot);
-                    continue;
+            self.take_free(&mut slots, most);
+            if backlog && slots.len() < base {
+                let linger_until = tokio::time::Instant::now() + LINGER;
+                while slots.len() < base {
+                    tokio::select! {
+                        _ = self.stop.cancelled() => break,
+                        _ = tokio::time::sleep_until(linger_until) => break,
+                        slot = self.slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slots.push(slot),
+                            Err(_) => break,
+                        },
+                    }
                 }
-                if !backlog {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.stop.cancelled() => break,
-                    _ = tokio::time::sleep_until(linger_until) => break,
-                    slot = self.slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slots.push(slot),
-                        Err(_) => break,
-                    },
-                }
+                self.take_free(&mut slots, most);
             }
             // Wake-ups that arrive from here on mean "look again".
             drain(&mut events);
@@ -106,6 +107,16 @@ impl Claimer {
             // just have skipped rows other claimers were locking.
             if got == 0 && !self.wait_for_work(&mut events).await {
                 break;
+            }
+        }
+    }
+
+    /// Adds every slot free right now to `slots`, up to `most`.
+    fn take_free(&self, slots: &mut Vec<tokio::sync::OwnedSemaphorePermit>, most: usize) {
+        while slots.len() < most {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slots.push(slot),
+                Err(_) => break,
             }
         }
     }
