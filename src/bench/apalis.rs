@@ -76,7 +76,7 @@ const GIVE_UP: Duration = Duration::from_secs(600);
 /// 1000 ~5k. 100 is the value of apalis-postgres's own `basic.rs` and
 /// claims only ~3x the concurrency ahead (1000 would hoard jobs from other
 /// workers; kiln's bench claims 10 at a time).
-const BATCH_SIZE: usize = 100;
+pub const BATCH_SIZE: usize = 100;
 
 /// Poll interval behind the pub/sub or update-hook wake-ups: only matters
 /// when a notification loses the race against the fetch it triggers.

@@ -27,10 +27,19 @@ async fn open(url: &str) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-fn worker_config(args: &BenchArgs) -> kiln_workers::WorkerConfig {
+/// How kiln claims in one run: `batch` jobs per claim while the queue
+/// keeps up, growing to `max_batch` under a backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct Claims {
+    pub batch: u32,
+    pub max_batch: u32,
+}
+
+fn worker_config(args: &BenchArgs, claims: Claims) -> kiln_workers::WorkerConfig {
     kiln_workers::WorkerConfig {
         concurrency: args.concurrency,
-        batch_size: args.batch_size,
+        batch_size: claims.batch,
+        max_batch_size: claims.max_batch,
         ..Default::default()
     }
 }
@@ -100,9 +109,10 @@ async fn enqueue_noops(store: &Store, n: u32) -> anyhow::Result<Vec<Uuid>> {
 fn spawn_in_process(
     store: &Store,
     args: &BenchArgs,
+    claims: Claims,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let stop = CancellationToken::new();
-    let config = worker_config(args);
+    let config = worker_config(args, claims);
     let deps = kiln_workers::handlers::Deps::dev(kiln_store::Objects::memory(), Vec::new());
     let registry = kiln_workers::handlers::registry(&config, &deps);
     let handle = tokio::spawn(kiln_workers::run(
@@ -120,19 +130,63 @@ fn spawn_in_process(
     (stop, handle)
 }
 
+/// Adds `rows` finished jobs, a day old, in one statement: the history a
+/// busy deployment keeps for its retention period. The claim path must not
+/// slow down for it.
+pub async fn add_finished_rows(url: &str, rows: u32) -> anyhow::Result<()> {
+    open(url).await?; // migrated
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, queue, payload, state, max_attempts, attempt, run_at,
+                               started_at, finished_at, result, progress)
+             SELECT lpad(to_hex(g), 32, '0')::uuid, 'probe', 'default', '{}', 'succeeded', 3, 1,
+                    now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',
+                    '{}', 100
+             FROM generate_series(1, $1::int) AS g",
+        )
+        .bind(rows as i32)
+        .execute(&pool)
+        .await?;
+        sqlx::query("VACUUM ANALYZE jobs").execute(&pool).await?;
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await?;
+        sqlx::query(
+            "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?1)
+             INSERT INTO jobs (id, kind, queue, payload, state, max_attempts, attempt, run_at,
+                               started_at, finished_at, result, progress, created_at, updated_at)
+             SELECT printf('00000000-0000-0000-0000-%012x', n), 'probe', 'default', '{}',
+                    'succeeded', 3, 1, 0, 0, 0, '{}', 100, 0, 0
+             FROM g",
+        )
+        .bind(rows)
+        .execute(&pool)
+        .await?;
+        pool.close().await;
+    }
+    Ok(())
+}
+
 /// Time to run `args.jobs` queued no-op jobs with `processes` workers.
-pub async fn throughput(url: &str, args: &BenchArgs, processes: u32) -> anyhow::Result<Duration> {
+pub async fn throughput(
+    url: &str,
+    args: &BenchArgs,
+    claims: Claims,
+    processes: u32,
+) -> anyhow::Result<Duration> {
     let store = open(url).await?;
     let before = succeeded(&store).await?;
     let queue = Probe::default();
     let queue_name = NewJob::of(&queue)?.queue;
     enqueue_noops(&store, args.jobs).await?;
+    super::checkpoint(url).await?;
     let target = before + i64::from(args.jobs);
 
     if processes == 1 {
         let target = probes_recorded() + u64::from(args.jobs);
         let started = Instant::now();
-        let (stop, handle) = spawn_in_process(&store, args);
+        let (stop, handle) = spawn_in_process(&store, args, claims);
         wait_for_recorded(target).await?;
         let took = started.elapsed();
         stop.cancel();
@@ -151,7 +205,8 @@ pub async fn throughput(url: &str, args: &BenchArgs, processes: u32) -> anyhow::
             .env("KILN_DATABASE_URL", url)
             .env("KILN_METRICS_ADDR", "127.0.0.1:0")
             .env("KILN_WORKER_CONCURRENCY", args.concurrency.to_string())
-            .env("KILN_WORKER_BATCH_SIZE", args.batch_size.to_string())
+            .env("KILN_WORKER_BATCH_SIZE", claims.batch.to_string())
+            .env("KILN_WORKER_MAX_BATCH_SIZE", claims.max_batch.to_string())
             .env("KILN_LOG_LEVEL", "warn")
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -183,10 +238,11 @@ pub async fn throughput(url: &str, args: &BenchArgs, processes: u32) -> anyhow::
 pub async fn latency(
     url: &str,
     args: &BenchArgs,
+    claims: Claims,
     throughput: f64,
 ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let store = open(url).await?;
-    let (stop, handle) = spawn_in_process(&store, args);
+    let (stop, handle) = spawn_in_process(&store, args, claims);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut idle_ids = Vec::new();

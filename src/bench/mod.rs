@@ -18,6 +18,7 @@ use clap::Args;
 use kiln_store::testing::TestDatabase;
 
 use crate::config::Settings;
+use kiln::Claims;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -27,12 +28,20 @@ pub struct BenchArgs {
     /// Enqueue->start samples per latency run.
     #[arg(long, default_value_t = 200)]
     pub samples: u32,
-    /// Jobs per claim query (kiln and the raw loop use the same).
+    /// The small claim batch: kiln's `batch_size` and the raw loop's batch.
     #[arg(long, default_value_t = 10)]
     pub batch_size: u32,
-    /// Jobs run at once per worker process.
-    #[arg(long, default_value_t = 32)]
+    /// The large claim batch: kiln's `max_batch_size` (claims grow to it
+    /// under a backlog) and the raw loop's second batch.
+    #[arg(long, default_value_t = 100)]
+    pub max_batch_size: u32,
+    /// Jobs run at once per worker process (at least the large batch, so
+    /// a claim can fill it).
+    #[arg(long, default_value_t = 128)]
     pub concurrency: u32,
+    /// Finished rows present in the table for the history run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub finished_rows: u32,
     /// The Postgres server to create throwaway bench databases on.
     #[arg(
         long,
@@ -50,6 +59,10 @@ pub struct BenchArgs {
 pub(crate) struct Row {
     database: &'static str,
     system: String,
+    /// Jobs per claim: fixed, or `from→to` when claims grow.
+    batch: String,
+    /// The raw loop's batch this row is compared with.
+    compare_batch: Option<u32>,
     throughput: Option<f64>,
     idle: Option<Percentiles>,
     load: Option<Percentiles>,
@@ -99,33 +112,111 @@ fn scratch_sqlite() -> anyhow::Result<TestDatabase> {
     TestDatabase::try_sqlite().context("creating a temporary directory for a SQLite bench file")
 }
 
+/// Writes every dirty page out before a timed run on Postgres, so no run
+/// pays for a checkpoint (and the full-page images after it) that the data
+/// loading of the one before started.
+pub(crate) async fn checkpoint(url: &str) -> anyhow::Result<()> {
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::query("CHECKPOINT").execute(&pool).await?;
+        pool.close().await;
+    }
+    Ok(())
+}
+
 fn jobs_per_sec(jobs: u32, took: Duration) -> f64 {
     f64::from(jobs) / took.as_secs_f64()
 }
 
-async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
-    let mut rows = Vec::new();
-    for processes in [1, 2] {
-        let db = scratch_postgres(args).await?;
-        let took = kiln::throughput(&db.url, args, processes).await?;
-        eprintln!("kiln postgres, {processes} worker process(es): {took:?}");
-        rows.push(Row {
-            database: "postgres",
-            system: format!(
-                "kiln, {processes} worker process{}",
-                if processes > 1 { "es" } else { "" }
-            ),
-            throughput: Some(jobs_per_sec(args.jobs, took)),
+impl Row {
+    fn new(database: &'static str, system: String, batch: String) -> Row {
+        Row {
+            database,
+            system,
+            batch,
+            compare_batch: None,
+            throughput: None,
             idle: None,
             load: None,
-        });
+        }
+    }
+
+    fn compared_with(mut self, raw_batch: u32) -> Row {
+        self.compare_batch = Some(raw_batch);
+        self
+    }
+
+    fn measured(mut self, jobs: u32, took: Duration) -> Row {
+        self.throughput = Some(jobs_per_sec(jobs, took));
+        self
+    }
+}
+
+fn processes_label(n: u32) -> String {
+    format!("kiln, {n} worker process{}", if n > 1 { "es" } else { "" })
+}
+
+fn claims_label(claims: Claims) -> String {
+    if claims.batch == claims.max_batch {
+        claims.batch.to_string()
+    } else {
+        format!("{}→{}", claims.batch, claims.max_batch)
+    }
+}
+
+async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let small = args.batch_size;
+    let large = args.max_batch_size;
+    let fixed = |b| Claims {
+        batch: b,
+        max_batch: b,
+    };
+    let growing = Claims {
+        batch: small,
+        max_batch: large,
+    };
+    let mut rows = Vec::new();
+    // The claim path at the raw loop's batch sizes, then as kiln runs by
+    // default (claims grow with the backlog), across worker processes.
+    let mut runs = vec![(fixed(small), 1), (fixed(large), 1)];
+    runs.extend([1, 2, 4].map(|p| (growing, p)));
+    for (claims, processes) in runs {
+        let db = scratch_postgres(args).await?;
+        let took = kiln::throughput(&db.url, args, claims, processes).await?;
+        eprintln!("kiln postgres, batch {claims:?}, {processes} process(es): {took:?}");
+        rows.push(
+            Row::new("postgres", processes_label(processes), claims_label(claims))
+                .compared_with(claims.max_batch)
+                .measured(args.jobs, took),
+        );
     }
     {
         let db = scratch_postgres(args).await?;
-        let (idle, load) =
-            kiln::latency(&db.url, args, rows[0].throughput.unwrap_or(1000.0)).await?;
-        rows[0].idle = Percentiles::of(idle);
-        rows[0].load = Percentiles::of(load);
+        kiln::add_finished_rows(&db.url, args.finished_rows).await?;
+        let took = kiln::throughput(&db.url, args, growing, 1).await?;
+        eprintln!(
+            "kiln postgres with {} finished rows: {took:?}",
+            args.finished_rows
+        );
+        rows.push(
+            Row::new(
+                "postgres",
+                format!(
+                    "kiln, 1 worker process, {} finished rows present",
+                    args.finished_rows
+                ),
+                claims_label(growing),
+            )
+            .compared_with(large)
+            .measured(args.jobs, took),
+        );
+    }
+    {
+        let db = scratch_postgres(args).await?;
+        let base = rows[2].throughput.unwrap_or(1000.0);
+        let (idle, load) = kiln::latency(&db.url, args, growing, base).await?;
+        rows[2].idle = Percentiles::of(idle);
+        rows[2].load = Percentiles::of(load);
     }
     {
         let db = scratch_postgres(args).await?;
@@ -133,59 +224,66 @@ async fn postgres(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
         eprintln!("apalis-postgres: {took:?}");
         let db = scratch_postgres(args).await?;
         let idle = apalis::postgres_pickup_latency(&db.url, args.samples).await?;
-        rows.push(Row {
-            database: "postgres",
-            system: "apalis-postgres 1.0 (pub/sub + 100 ms poll, batch 100)".to_owned(),
-            throughput: Some(jobs_per_sec(args.jobs, took)),
-            idle: Percentiles::of(idle),
-            load: None,
-        });
+        let mut row = Row::new(
+            "postgres",
+            "apalis-postgres 1.0 (pub/sub + 100 ms poll)".to_owned(),
+            apalis::BATCH_SIZE.to_string(),
+        )
+        .compared_with(apalis::BATCH_SIZE as u32)
+        .measured(args.jobs, took);
+        row.idle = Percentiles::of(idle);
+        rows.push(row);
     }
-    {
+    for batch in [small, large] {
         let db = scratch_postgres(args).await?;
-        let took = raw_sql::postgres_skip_locked(&db.url, args.jobs, args.batch_size, 4).await?;
-        eprintln!("raw SKIP LOCKED loop: {took:?}");
-        rows.push(Row {
-            database: "postgres",
-            system: format!(
-                "raw SKIP LOCKED loop, 4 connections, batch {}",
-                args.batch_size
-            ),
-            throughput: Some(jobs_per_sec(args.jobs, took)),
-            idle: None,
-            load: None,
-        });
+        let took = raw_sql::postgres_skip_locked(&db.url, args.jobs, batch, 4).await?;
+        eprintln!("raw SKIP LOCKED loop, batch {batch}: {took:?}");
+        rows.push(
+            Row::new(
+                "postgres",
+                "raw SKIP LOCKED loop, 4 connections".to_owned(),
+                batch.to_string(),
+            )
+            .compared_with(batch)
+            .measured(args.jobs, took),
+        );
     }
     Ok(rows)
 }
 
 async fn sqlite(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
+    let growing = Claims {
+        batch: args.batch_size,
+        max_batch: args.max_batch_size,
+    };
     let mut rows = Vec::new();
     let db = scratch_sqlite()?;
-    let took = kiln::throughput(&db.url, args, 1).await?;
+    let took = kiln::throughput(&db.url, args, growing, 1).await?;
     eprintln!("kiln sqlite: {took:?}");
-    rows.push(Row {
-        database: "sqlite",
-        system: "kiln, 1 worker process".to_owned(),
-        throughput: Some(jobs_per_sec(args.jobs, took)),
-        idle: None,
-        load: None,
-    });
-    // The same again on top of the finished rows of the first run: the rate
-    // must not drop as history accumulates.
-    let took = kiln::throughput(&db.url, args, 1).await?;
-    rows.push(Row {
-        database: "sqlite",
-        system: format!(
-            "kiln, 1 worker process, {} finished rows present",
-            args.jobs
-        ),
-        throughput: Some(jobs_per_sec(args.jobs, took)),
-        idle: None,
-        load: None,
-    });
+    rows.push(
+        Row::new("sqlite", processes_label(1), claims_label(growing)).measured(args.jobs, took),
+    );
     let db = scratch_sqlite()?;
-    let (idle, load) = kiln::latency(&db.url, args, rows[0].throughput.unwrap_or(1000.0)).await?;
+    kiln::add_finished_rows(&db.url, args.finished_rows).await?;
+    let took = kiln::throughput(&db.url, args, growing, 1).await?;
+    eprintln!(
+        "kiln sqlite with {} finished rows: {took:?}",
+        args.finished_rows
+    );
+    rows.push(
+        Row::new(
+            "sqlite",
+            format!(
+                "kiln, 1 worker process, {} finished rows present",
+                args.finished_rows
+            ),
+            claims_label(growing),
+        )
+        .measured(args.jobs, took),
+    );
+    let db = scratch_sqlite()?;
+    let base = rows[0].throughput.unwrap_or(1000.0);
+    let (idle, load) = kiln::latency(&db.url, args, growing, base).await?;
     rows[0].idle = Percentiles::of(idle);
     rows[0].load = Percentiles::of(load);
 
@@ -194,13 +292,14 @@ async fn sqlite(args: &BenchArgs) -> anyhow::Result<Vec<Row>> {
     eprintln!("apalis-sqlite: {took:?}");
     let db = scratch_sqlite()?;
     let idle = apalis::sqlite_pickup_latency(&db.url, args.samples).await?;
-    rows.push(Row {
-        database: "sqlite",
-        system: "apalis-sqlite 1.0 (update hook + 100 ms poll, batch 100)".to_owned(),
-        throughput: Some(jobs_per_sec(args.jobs, took)),
-        idle: Percentiles::of(idle),
-        load: None,
-    });
+    let mut row = Row::new(
+        "sqlite",
+        "apalis-sqlite 1.0 (update hook + 100 ms poll, synchronous=OFF)".to_owned(),
+        apalis::BATCH_SIZE.to_string(),
+    )
+    .measured(args.jobs, took);
+    row.idle = Percentiles::of(idle);
+    rows.push(row);
     Ok(rows)
 }
 
@@ -210,33 +309,41 @@ fn ms(d: Duration) -> String {
 
 fn print_table(args: &BenchArgs, rows: &[Row]) {
     println!(
-        "\nkiln bench: {} no-op jobs per throughput run, batch {}, concurrency {} per process, {} latency samples\n",
-        args.jobs, args.batch_size, args.concurrency, args.samples
+        "\nkiln bench: {} no-op jobs per throughput run, concurrency {} per process, {} latency samples\n",
+        args.jobs, args.concurrency, args.samples
     );
     println!(
-        "| database | system | jobs/s | vs kiln (1 process) | idle p50 | idle p99 | loaded p50 | loaded p99 |"
+        "| database | system | jobs per claim | jobs/s | vs raw loop (same batch) | vs apalis | idle p50 | idle p99 | loaded p50 | loaded p99 |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_owned(),
+    };
     for db in ["postgres", "sqlite"] {
-        let kiln = rows
-            .iter()
-            .find(|r| r.database == db)
+        let of_db = || rows.iter().filter(move |r| r.database == db);
+        let apalis = of_db()
+            .find(|r| r.system.starts_with("apalis"))
             .and_then(|r| r.throughput);
-        for r in rows.iter().filter(|r| r.database == db) {
-            let tput = r.throughput.map_or("-".to_owned(), |t| format!("{t:.0}"));
-            let ratio = match (r.throughput, kiln) {
-                (Some(t), Some(k)) if k > 0.0 => format!("{:.2}x", t / k),
-                _ => "-".to_owned(),
-            };
+        for r in of_db() {
+            let raw = of_db()
+                .find(|o| {
+                    o.system.starts_with("raw")
+                        && Some(o.batch.as_str())
+                            == r.compare_batch.map(|b| b.to_string()).as_deref()
+                })
+                .and_then(|o| o.throughput);
             let p = |p: Option<Percentiles>, f: fn(&Percentiles) -> Duration| {
                 p.as_ref().map_or("-".to_owned(), |p| ms(f(p)))
             };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.database,
                 r.system,
-                tput,
-                ratio,
+                r.batch,
+                r.throughput.map_or("-".to_owned(), |t| format!("{t:.0}")),
+                ratio(r.throughput, raw),
+                ratio(r.throughput, apalis),
                 p(r.idle, |p| p.p50),
                 p(r.idle, |p| p.p99),
                 p(r.load, |p| p.p50),

@@ -35,6 +35,7 @@ pub async fn postgres_skip_locked(
         .execute(&pool)
         .await?;
     sqlx::query("ANALYZE raw_jobs").execute(&pool).await?;
+    super::checkpoint(url).await?;
 
     let started = Instant::now();
     let mut loops = tokio::task::JoinSet::new();
