@@ -326,12 +326,10 @@ fn print_table(args: &BenchArgs, rows: &[Row]) {
             .find(|r| r.system.starts_with("apalis"))
             .and_then(|r| r.throughput);
         for r in of_db() {
+            // The raw rows are compared with their own batch, so a row's
+            // raw baseline is the raw row with the same comparison batch.
             let raw = of_db()
-                .find(|o| {
-                    o.system.starts_with("raw")
-                        && Some(o.batch.as_str())
-                            == r.compare_batch.map(|b| b.to_string()).as_deref()
-                })
+                .find(|o| o.system.starts_with("raw") && o.compare_batch == r.compare_batch)
                 .and_then(|o| o.throughput);
             let p = |p: Option<Percentiles>, f: fn(&Percentiles) -> Duration| {
                 p.as_ref().map_or("-".to_owned(), |p| ms(f(p)))
