@@ -124,6 +124,62 @@ async fn the_same_idempotency_key_gives_one_job_and_another_body_conflicts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_enqueues_every_item_in_order_under_one_idempotency_key() {
+    let k = kiln(&[]).spawn();
+    k.wait_http(k.http, "/readyz").await;
+    let client = Client::signed_up(&k.url(""), "batch@example.com").await;
+    let prompts = ["a red fox", "a grey heron", "a white moth"];
+    let body = json!({"items": prompts.map(|p| json!({"prompt": p, "size": "256x256"}))});
+    let send = |body: Value| {
+        client
+            .request(reqwest::Method::POST, "/v1/generations/batch")
+            .header("Idempotency-Key", "batch-7")
+            .json(&body)
+            .send()
+    };
+    let first = send(body.clone()).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let ids: Vec<String> = first["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        first["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| { j["kind"] == "generate_image" && j["state"] == "available" })
+    );
+
+    // The same key and items: the same jobs, in order; other items: 409.
+    let again = send(body.clone()).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    let again_ids: Vec<&str> = again["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(again_ids, ids);
+    let reordered = json!({"items": [body["items"][1], body["items"][0], body["items"][2]]});
+    assert_problem(send(reordered).await.unwrap(), 409, "conflict").await;
+
+    // Each item is a generation of its own that runs to the end.
+    for id in &ids {
+        let job = client.wait_final(id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["result"]["images"].as_array().unwrap().len(), 1);
+    }
+    let page: Value = client.get("/v1/jobs").await.json().await.unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_prompt_fails_with_content_blocked_and_stores_nothing() {
     let cwd = tempfile::tempdir().unwrap();
     let k = kiln(&[]).cwd(cwd.path()).spawn();

@@ -443,6 +443,58 @@ async fn empty_blank_and_oversized_prompts_are_422() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_batches_are_422_and_enqueue_nothing() {
+    let k = start().await;
+    let c = signed_up(&k, "batches").await;
+    let item = json!({"prompt": LIGHTHOUSE, "size": "256x256"});
+    let cases = [
+        (json!({"items": []}), "items must hold 1 to 100"),
+        (
+            json!({"items": vec![item.clone(); 101]}),
+            "items must hold 1 to 100",
+        ),
+        (
+            json!({"items": [item.clone(), {"prompt": "  "}]}),
+            "items[1]: prompt must not be empty",
+        ),
+        (
+            json!({"items": [item.clone(), item.clone(), {"prompt": "ok", "size": "3x3"}]}),
+            "items[2]: size must be one of",
+        ),
+        (
+            json!({"items": [{"prompt": "ok", "colour": "red"}]}),
+            "colour",
+        ),
+    ];
+    for (body, detail) in cases {
+        let p = expect(
+            c.post("/v1/generations/batch", body.clone()).await,
+            422,
+            "invalid_input",
+            &format!("batch {body}"),
+        )
+        .await;
+        assert!(
+            p["detail"].as_str().unwrap().contains(detail),
+            "{detail}: {p}"
+        );
+    }
+    for body in [json!({}), json!({"items": item}), json!([item])] {
+        let r = c.post("/v1/generations/batch", body.clone()).await;
+        assert!(r.status().is_client_error(), "batch {body}: {}", r.status());
+    }
+    // Nothing of any refused batch went in.
+    let page = expect_ok(c.get("/v1/jobs").await, 200, "list").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 0, "{page}");
+    // The largest batch is taken whole.
+    let r = c
+        .post("/v1/generations/batch", json!({"items": vec![item; 100]}))
+        .await;
+    let batch = expect_ok(r, 202, "batch of 100").await;
+    assert_eq!(batch["jobs"].as_array().unwrap().len(), 100);
+}
+
 /// One HTTP/1.1 request over a plain socket, reading while writing: the
 /// server may answer (and close) before it has read a large body, and an
 /// HTTP client library then reports the broken write instead of the answer.
@@ -2020,6 +2072,7 @@ async fn openapi_document_lists_every_route_and_the_problem_schema() {
         ("/v1/auth/login", "post"),
         ("/v1/auth/logout", "post"),
         ("/v1/generations", "post"),
+        ("/v1/generations/batch", "post"),
         ("/v1/jobs", "get"),
         ("/v1/jobs/{id}", "get"),
         ("/v1/jobs/{id}/cancel", "post"),

@@ -2,7 +2,7 @@
 //! valid by construction: a route (or a batch of them) checks nothing
 //! itself, it parses the body and uses what comes out.
 
-use kiln_store::generations::NewGeneration;
+use kiln_store::generations::{GenerationInput, NewGeneration, NewGenerationBatch};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
@@ -204,15 +204,10 @@ impl GenerationSpec {
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
-    /// The store's record of this request for `owner`.
-    pub fn into_new_generation(
-        self,
-        owner: kiln_jobs::UserId,
-        idempotency_key: Option<String>,
-    ) -> NewGeneration {
+    /// What the store records of this request.
+    pub fn into_input(self) -> GenerationInput {
         let request_hash = self.request_hash();
-        NewGeneration {
-            owner,
+        GenerationInput {
             prompt: self.prompt.0,
             model: self.model,
             width: self.size.width,
@@ -220,8 +215,71 @@ impl GenerationSpec {
             n: self.n,
             reference_urls: self.reference_urls.into_iter().map(|u| u.0).collect(),
             request_hash,
+        }
+    }
+
+    /// The store's record of this request for `owner`.
+    pub fn into_new_generation(
+        self,
+        owner: kiln_jobs::UserId,
+        idempotency_key: Option<String>,
+    ) -> NewGeneration {
+        NewGeneration {
+            owner,
+            input: self.into_input(),
             idempotency_key,
         }
+    }
+}
+
+/// The most generations one batch request may ask for.
+pub const MAX_BATCH_ITEMS: usize = 100;
+
+/// The body of `POST /v1/generations/batch`, as sent.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationBatchRequest {
+    /// 1 to 100 generations, each as the body of `POST /v1/generations`.
+    pub items: Vec<GenerationRequest>,
+}
+
+impl GenerationBatchRequest {
+    /// Parses every item; refuses with the first wrong one, named by its
+    /// position (`items[3]: prompt must not be empty`).
+    pub fn parse(self, config: &ApiConfig) -> Result<Vec<GenerationSpec>, Problem> {
+        if self.items.is_empty() || self.items.len() > MAX_BATCH_ITEMS {
+            return Err(Problem::invalid(format!(
+                "items must hold 1 to {MAX_BATCH_ITEMS} generations"
+            )));
+        }
+        self.items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                item.parse(config)
+                    .map_err(|e| Problem::invalid(format!("items[{i}]: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// The store's record of a parsed batch for `owner`. Its hash covers every
+/// item's hash in order, so a retry must repeat the same batch.
+pub fn new_generation_batch(
+    specs: Vec<GenerationSpec>,
+    owner: kiln_jobs::UserId,
+    idempotency_key: Option<String>,
+) -> NewGenerationBatch {
+    let items: Vec<GenerationInput> = specs.into_iter().map(GenerationSpec::into_input).collect();
+    let mut hasher = Sha256::new();
+    for item in &items {
+        hasher.update(item.request_hash.as_bytes());
+    }
+    NewGenerationBatch {
+        owner,
+        items,
+        request_hash: hex::encode(hasher.finalize()),
+        idempotency_key,
     }
 }
 

@@ -76,7 +76,10 @@ impl Problem {
 
 impl From<kiln_store::StoreError> for Problem {
     fn from(e: kiln_store::StoreError) -> Problem {
-        Problem::internal(e)
+        match e {
+            kiln_store::StoreError::Contended => Problem::conflict(e.to_string()),
+            e => Problem::internal(e),
+        }
     }
 }
 

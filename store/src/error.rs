@@ -8,6 +8,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+    /// A concurrent request with the same idempotency key rolled back
+    /// while this one waited for it; the caller may try again.
+    #[error("a concurrent request with the same idempotency key did not finish; try again")]
+    Contended,
 }
 
 /// Object storage failed, or was asked for something that is not a key.

@@ -7,11 +7,9 @@ use uuid::Uuid;
 
 use crate::{JobRecord, JobState, StoreError};
 
-/// A generation request, stored with its `generate_image` job in one
-/// transaction.
+/// What one generation asks for, alone or as an item of a batch.
 #[derive(Debug, Clone)]
-pub struct NewGeneration {
-    pub owner: UserId,
+pub struct GenerationInput {
     pub prompt: String,
     pub model: String,
     pub width: u32,
@@ -22,7 +20,35 @@ pub struct NewGeneration {
     /// SHA-256 of the canonical request, to tell an idempotent retry from a
     /// different request under the same key.
     pub request_hash: String,
+}
+
+/// A generation request, stored with its `generate_image` job in one
+/// transaction.
+#[derive(Debug, Clone)]
+pub struct NewGeneration {
+    pub owner: UserId,
+    pub input: GenerationInput,
     pub idempotency_key: Option<String>,
+}
+
+/// Generations asked for in one request: stored with all their jobs in one
+/// transaction, under one idempotency key for the whole batch.
+#[derive(Debug, Clone)]
+pub struct NewGenerationBatch {
+    pub owner: UserId,
+    /// In the request's order; the jobs come back in this order.
+    pub items: Vec<GenerationInput>,
+    /// SHA-256 of the canonical batch.
+    pub request_hash: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// A generation row the engines insert: its id, its job's, and what was
+/// asked.
+pub(crate) struct NewGenerationRow<'a> {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub input: &'a GenerationInput,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +61,21 @@ pub enum GenerationEnqueued {
         job_id: Uuid,
     },
     /// The same idempotency key with a different request.
+    KeyReused,
+}
+
+/// The outcome of a batch, as [`GenerationEnqueued`] is of one generation;
+/// job ids in the order of the batch's items.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchEnqueued {
+    Created {
+        job_ids: Vec<Uuid>,
+    },
+    /// The same idempotency key and the same batch: the first batch's jobs.
+    Existing {
+        job_ids: Vec<Uuid>,
+    },
+    /// The same idempotency key with a different batch.
     KeyReused,
 }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, Lease, NewJob, QueueStat,
     Rescued, StoreError,
-    generations::{GenerationEnqueued, NewGeneration},
+    generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
 };
 
 /// The queue operations the [`Store`](crate::Store) hands straight to
@@ -35,6 +35,9 @@ pub trait Queue: Send + Sync + 'static {
     async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
+    /// [`Queue::get`] for several jobs in one read: those among `ids` that
+    /// exist, in no particular order.
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError>;
     /// Counts by queue and state, and the age of the oldest due job.
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError>;
 }
@@ -105,6 +108,12 @@ pub trait JobWrites: Send + Sync + 'static {
     /// Stores a generation request with its `generate_image` job in one
     /// transaction.
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError>;
+    /// Stores a batch of generations with their jobs in one transaction,
+    /// under the batch's one idempotency key.
+    async fn create_generation_batch(
+        &self,
+        b: NewGenerationBatch,
+    ) -> Result<BatchEnqueued, StoreError>;
 }
 
 /// The operations a [`Store`](crate::Store) passes straight through.

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Rescued, StoreError,
     StoreEvent,
-    generations::{GenerationEnqueued, NewGeneration},
+    generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     metrics::metrics,
     queue::{Database, Engine},
 };
@@ -231,6 +231,25 @@ impl Store {
                 .jobs_enqueued
                 .with_label_values(&[GenerateImage::KIND])
                 .inc();
+            self.tell([StoreEvent::JobsAvailable(Some(
+                GenerateImage::QUEUE.to_owned(),
+            ))]);
+        }
+        Ok(enqueued)
+    }
+
+    /// Stores a batch of generations with all their jobs in one
+    /// transaction, under one idempotency key.
+    pub async fn create_generation_batch(
+        &self,
+        b: NewGenerationBatch,
+    ) -> Result<BatchEnqueued, StoreError> {
+        let enqueued = self.engine.create_generation_batch(b).await?;
+        if let BatchEnqueued::Created { job_ids } = &enqueued {
+            metrics()
+                .jobs_enqueued
+                .with_label_values(&[GenerateImage::KIND])
+                .inc_by(job_ids.len() as u64);
             self.tell([StoreEvent::JobsAvailable(Some(
                 GenerateImage::QUEUE.to_owned(),
             ))]);

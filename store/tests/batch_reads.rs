@@ -17,13 +17,15 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
     let created = store
         .create_generation(NewGeneration {
             owner,
-            prompt: prompt.into(),
-            model: "dev-image-1".into(),
-            width: 256,
-            height: 256,
-            n: 2,
-            reference_urls: Vec::new(),
-            request_hash: prompt.into(),
+            input: kiln_store::generations::GenerationInput {
+                prompt: prompt.into(),
+                model: "dev-image-1".into(),
+                width: 256,
+                height: 256,
+                n: 2,
+                reference_urls: Vec::new(),
+                request_hash: prompt.into(),
+            },
             idempotency_key: None,
         })
         .await

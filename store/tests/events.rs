@@ -212,13 +212,15 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
     store
         .create_generation(kiln_store::generations::NewGeneration {
             owner,
-            prompt: "a red fox".into(),
-            model: "dev".into(),
-            width: 512,
-            height: 512,
-            n: 1,
-            reference_urls: vec![],
-            request_hash: "h".into(),
+            input: kiln_store::generations::GenerationInput {
+                prompt: "a red fox".into(),
+                model: "dev".into(),
+                width: 512,
+                height: 512,
+                n: 1,
+                reference_urls: vec![],
+                request_hash: "h".into(),
+            },
             idempotency_key: None,
         })
         .await

@@ -7,7 +7,10 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use kiln_jobs::{GenerateImage, Job, UserId};
 use kiln_store::{
     JobState, NewJob, Store,
-    generations::{Generation, GenerationEnqueued, ImageRecord, JobFilter, NewGeneration},
+    generations::{
+        BatchEnqueued, Generation, GenerationEnqueued, ImageRecord, JobFilter, NewGeneration,
+        NewGenerationBatch,
+    },
     testing::{self, TestDatabase},
 };
 use uuid::Uuid;
@@ -19,18 +22,22 @@ kiln_store::both_databases!(
     deleted_images_disappear_from_every_read,
     a_retry_starts_with_no_generated_images,
     an_owners_jobs_filter_and_page,
+    a_batch_stores_its_generations_in_order_under_one_key,
+    concurrent_batches_with_one_key_make_one_batch,
 );
 
 fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
     NewGeneration {
         owner,
-        prompt: "a red fox in fresh snow".into(),
-        model: "dev".into(),
-        width: 512,
-        height: 512,
-        n: 2,
-        reference_urls: vec!["https://example.com/fox.png".into()],
-        request_hash: hash.into(),
+        input: kiln_store::generations::GenerationInput {
+            prompt: "a red fox in fresh snow".into(),
+            model: "dev".into(),
+            width: 512,
+            height: 512,
+            n: 2,
+            reference_urls: vec!["https://example.com/fox.png".into()],
+            request_hash: hash.into(),
+        },
         idempotency_key: key.map(str::to_owned),
     }
 }
@@ -321,4 +328,159 @@ async fn an_owners_jobs_filter_and_page(store: Store, _: &TestDatabase) {
         .map(|j| j.id)
         .collect();
     assert_eq!(listed, vec![generation]);
+}
+
+fn batch(owner: UserId, key: Option<&str>, prompts: &[&str]) -> NewGenerationBatch {
+    let items = prompts
+        .iter()
+        .map(|p| {
+            let mut input = request(owner, None, p).input;
+            input.prompt = (*p).to_owned();
+            input
+        })
+        .collect();
+    NewGenerationBatch {
+        owner,
+        items,
+        request_hash: prompts.join("|"),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+fn created_batch(e: BatchEnqueued) -> Vec<Uuid> {
+    match e {
+        BatchEnqueued::Created { job_ids } => job_ids,
+        other => panic!("expected a new batch, got {other:?}"),
+    }
+}
+
+async fn a_batch_stores_its_generations_in_order_under_one_key(store: Store, _: &TestDatabase) {
+    let owner = testing::account(&store).await;
+    let prompts = ["a fox", "a heron", "a moth"];
+    let job_ids = created_batch(
+        store
+            .create_generation_batch(batch(owner, Some("b1"), &prompts))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(job_ids.len(), 3);
+    for (job_id, prompt) in job_ids.iter().zip(prompts) {
+        let g = store.generation_for_job(*job_id).await.unwrap().unwrap();
+        assert_eq!(g.prompt, prompt);
+        assert_eq!(g.owner, owner);
+        let job = store.get(*job_id).await.unwrap().unwrap();
+        assert_eq!(job.kind, GenerateImage::KIND);
+        assert_eq!(job.owner, Some(owner));
+        assert_eq!(job.state, JobState::Available);
+        let payload: GenerateImage = serde_json::from_value(job.payload).unwrap();
+        assert_eq!(payload.generation_id, g.id);
+    }
+    // One read gives every job of the batch.
+    let mut read: Vec<Uuid> = store
+        .get_many(&job_ids)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    read.sort();
+    let mut expected = job_ids.clone();
+    expected.sort();
+    assert_eq!(read, expected);
+
+    // The key answers with the same jobs in the same order, or conflicts.
+    assert_eq!(
+        store
+            .create_generation_batch(batch(owner, Some("b1"), &prompts))
+            .await
+            .unwrap(),
+        BatchEnqueued::Existing {
+            job_ids: job_ids.clone()
+        }
+    );
+    assert_eq!(
+        store
+            .create_generation_batch(batch(owner, Some("b1"), &["a fox"]))
+            .await
+            .unwrap(),
+        BatchEnqueued::KeyReused
+    );
+    // A batch key is not a single generation's key, and is per owner.
+    created(
+        store
+            .create_generation(request(owner, Some("b1"), "h"))
+            .await
+            .unwrap(),
+    );
+    created_batch(
+        store
+            .create_generation_batch(batch(testing::account(&store).await, Some("b1"), &prompts))
+            .await
+            .unwrap(),
+    );
+    // Without a key, every batch is new.
+    let again = created_batch(
+        store
+            .create_generation_batch(batch(owner, None, &prompts))
+            .await
+            .unwrap(),
+    );
+    assert!(again.iter().all(|id| !job_ids.contains(id)));
+    let all = store
+        .jobs_of_owner(
+            owner,
+            &JobFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 7);
+}
+
+async fn concurrent_batches_with_one_key_make_one_batch(store: Store, _: &TestDatabase) {
+    let owner = testing::account(&store).await;
+    let prompts = ["a fox", "a heron"];
+    let tries = (0..8).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .create_generation_batch(batch(owner, Some("same"), &prompts))
+                .await
+                .unwrap()
+        })
+    });
+    let outcomes: Vec<BatchEnqueued> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let made: Vec<&Vec<Uuid>> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            BatchEnqueued::Created { job_ids } => Some(job_ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(made.len(), 1, "{outcomes:?}");
+    for o in &outcomes {
+        match o {
+            BatchEnqueued::Created { job_ids } | BatchEnqueued::Existing { job_ids } => {
+                assert_eq!(job_ids, made[0])
+            }
+            BatchEnqueued::KeyReused => panic!("same batch seen as another: {outcomes:?}"),
+        }
+    }
+    let all = store
+        .jobs_of_owner(
+            owner,
+            &JobFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 2);
 }

@@ -42,13 +42,15 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
     let enqueued = store
         .create_generation(NewGeneration {
             owner,
-            prompt: prompt.into(),
-            model: "dev-image-1".into(),
-            width: 256,
-            height: 256,
-            n,
-            reference_urls: Vec::new(),
-            request_hash: Uuid::now_v7().to_string(),
+            input: kiln_store::generations::GenerationInput {
+                prompt: prompt.into(),
+                model: "dev-image-1".into(),
+                width: 256,
+                height: 256,
+                n,
+                reference_urls: Vec::new(),
+                request_hash: Uuid::now_v7().to_string(),
+            },
             idempotency_key: None,
         })
         .await

@@ -5,15 +5,22 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use kiln_store::generations::GenerationEnqueued;
+use kiln_store::generations::{BatchEnqueued, GenerationEnqueued};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{
-    AppState, Json, Problem, auth::CurrentUser, generation_request::GenerationRequest, idempotency,
+    AppState, Json, Problem,
+    auth::CurrentUser,
+    generation_request::{GenerationBatchRequest, GenerationRequest, new_generation_batch},
+    idempotency,
     resources::JobResource,
 };
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/generations", post(create))
+    Router::new()
+        .route("/v1/generations", post(create))
+        .route("/v1/generations/batch", post(create_batch))
 }
 
 #[utoipa::path(post, path = "/v1/generations", tag = "generations",
@@ -63,4 +70,64 @@ async fn create(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// The jobs of a batch, in the order of its items.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchJobs {
+    pub jobs: Vec<JobResource>,
+}
+
+#[utoipa::path(post, path = "/v1/generations/batch", tag = "generations",
+    security(("bearer" = [])),
+    request_body = GenerationBatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "one key for the whole batch: the same key with the same items returns the same jobs; with other items, 409")),
+    responses(
+        (status = 202, description = "every item enqueued, in one transaction; poll each job", body = BatchJobs),
+        (status = 200, description = "the jobs an earlier request with this Idempotency-Key made", body = BatchJobs),
+        (status = 400, description = "malformed JSON or header", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 409, description = "Idempotency-Key reused with other items", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
+        (status = 422, description = "no items or more than 100, or an item that `POST /v1/generations` would refuse (named by its position)", body = Problem),
+    ))]
+async fn create_batch(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: HeaderMap,
+    Json(req): Json<GenerationBatchRequest>,
+) -> Result<Response, Problem> {
+    let specs = req.parse(&state.config)?;
+    let idempotency_key = idempotency::key(&headers)?;
+    let outcome = state
+        .store
+        .create_generation_batch(new_generation_batch(specs, user.id, idempotency_key))
+        .await?;
+    let (status, job_ids) = match outcome {
+        BatchEnqueued::Created { job_ids } => (StatusCode::ACCEPTED, job_ids),
+        BatchEnqueued::Existing { job_ids } => (StatusCode::OK, job_ids),
+        BatchEnqueued::KeyReused => {
+            return Err(Problem::conflict(
+                "this Idempotency-Key was used with a different batch",
+            ));
+        }
+    };
+    let mut by_id: std::collections::HashMap<_, _> = state
+        .store
+        .get_many(&job_ids)
+        .await?
+        .into_iter()
+        .map(|job| (job.id, job))
+        .collect();
+    let jobs = job_ids
+        .iter()
+        .map(|id| by_id.remove(id))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Problem::internal("an enqueued job vanished"))?;
+    let body = BatchJobs {
+        jobs: state.job_resources(jobs).await?,
+    };
+    Ok((status, Json(body)).into_response())
 }

@@ -16,6 +16,7 @@ use crate::AppState;
         super::auth::login,
         super::auth::logout,
         super::generations::create,
+        super::generations::create_batch,
         super::upscales::create,
         super::jobs::show,
         super::jobs::list,

@@ -1,18 +1,97 @@
 use async_trait::async_trait;
 use kiln_jobs::UserId;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::PgStore;
 use crate::{
     JobRecord, StoreError,
-    generations::{Generation, Generations, ImageRecord, JobFilter, ModerationRecord},
+    generations::{
+        BatchEnqueued, Generation, GenerationInput, Generations, ImageRecord, JobFilter,
+        ModerationRecord, NewGenerationBatch, NewGenerationRow,
+    },
     rows::{
         self, GENERATION_COLUMNS, GenerationRow, IMAGE_COLUMNS, ImageRow, JOB_COLUMNS, JobRow,
         MODERATION_COLUMNS, ModerationRow,
     },
 };
 
+/// Inserts generations of `owner` with one statement, inside the caller's
+/// transaction; in a batch, each keeps its position in the batch.
+pub(super) async fn insert_generations(
+    tx: &mut PgConnection,
+    owner: UserId,
+    batch: Option<Uuid>,
+    rows: &[NewGenerationRow<'_>],
+) -> Result<(), StoreError> {
+    let column = |f: fn(&NewGenerationRow) -> i32| rows.iter().map(f).collect::<Vec<i32>>();
+    let texts =
+        |f: fn(&GenerationInput) -> &str| rows.iter().map(|r| f(r.input)).collect::<Vec<&str>>();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let job_ids: Vec<Uuid> = rows.iter().map(|r| r.job_id).collect();
+    let references: Vec<String> = rows
+        .iter()
+        .map(|r| serde_json::json!(r.input.reference_urls).to_string())
+        .collect();
+    let positions: Vec<i32> = (0..rows.len() as i32).collect();
+    sqlx::query(
+        "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                  request_hash, reference_urls, batch_id, batch_position)
+         SELECT id, job_id, $3, prompt, model, width, height, n, request_hash,
+                reference_urls::jsonb, $11::uuid, CASE WHEN $11::uuid IS NULL THEN NULL ELSE position END
+         FROM unnest($1::uuid[], $2::uuid[], $4::text[], $5::text[], $6::int[], $7::int[],
+                     $8::int[], $9::text[], $10::text[], $12::int[])
+              AS t(id, job_id, prompt, model, width, height, n, request_hash, reference_urls,
+                   position)",
+    )
+    .bind(&ids)
+    .bind(&job_ids)
+    .bind(owner.0)
+    .bind(texts(|i| &i.prompt))
+    .bind(texts(|i| &i.model))
+    .bind(column(|r| r.input.width as i32))
+    .bind(column(|r| r.input.height as i32))
+    .bind(column(|r| r.input.n as i32))
+    .bind(texts(|i| &i.request_hash))
+    .bind(&references)
+    .bind(batch)
+    .bind(&positions)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 impl PgStore {
+    /// The answer to a batch whose idempotency key was used before: the
+    /// first batch's jobs when the request is the same.
+    pub(super) async fn existing_batch(
+        &self,
+        b: &NewGenerationBatch,
+    ) -> Result<BatchEnqueued, StoreError> {
+        let first: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, request_hash FROM generation_batches
+             WHERE owner = $1 AND idempotency_key = $2",
+        )
+        .bind(b.owner.0)
+        .bind(&b.idempotency_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((id, hash)) = first else {
+            // Not there after the conflict: the first request rolled back.
+            return Err(StoreError::Contended);
+        };
+        if hash != b.request_hash {
+            return Ok(BatchEnqueued::KeyReused);
+        }
+        let job_ids = sqlx::query_scalar(
+            "SELECT job_id FROM generations WHERE batch_id = $1 ORDER BY batch_position",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(BatchEnqueued::Existing { job_ids })
+    }
+
     async fn generation_where(
         &self,
         column: &'static str,

@@ -12,13 +12,16 @@ use uuid::Uuid;
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, JobState, JobWrites,
     Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent,
-    generations::{GenerationEnqueued, NewGeneration},
+    generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     rescue::rescue_decision,
     rows::{self, CLAIM_COLUMNS, ClaimRow, JOB_COLUMNS, JobRow},
 };
 
 mod accounts;
 mod generations;
+
+use crate::generations::NewGenerationRow;
+use generations::insert_generations;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -96,6 +99,90 @@ impl PgStore {
             id: existing,
             created: false,
         })
+    }
+
+    /// Inserts many jobs with one statement inside the caller's transaction.
+    /// A job whose idempotency key exists already is skipped. Returns, for
+    /// each inserted job, its position in `jobs` and its id.
+    pub async fn enqueue_many_in(
+        tx: &mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<(usize, Uuid)>, StoreError> {
+        // Each owner's jobs continue that owner's round-robin sequence.
+        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
+        let n = jobs.len();
+        let (mut ids, mut kinds, mut queues, mut owners, mut payloads) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for job in jobs {
+            let seq = match next_seq.get_mut(&job.owner) {
+                Some(s) => s,
+                None => {
+                    let first = fair_seq(&mut *tx, job.owner).await?;
+                    next_seq.entry(job.owner).or_insert(first)
+                }
+            };
+            seqs.push(*seq);
+            if job.owner.is_some() {
+                *seq += 1;
+            }
+            ids.push(Uuid::now_v7());
+            kinds.push(job.kind);
+            queues.push(job.queue);
+            owners.push(rows::owner_text(job.owner));
+            payloads.push(job.payload.to_string());
+            versions.push(job.schema_version);
+            priorities.push(job.priority);
+            maxes.push(job.max_attempts as i32);
+            run_ats.push(job.run_at);
+            keys.push(job.idempotency_key);
+        }
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
+                               fair_seq, max_attempts, run_at, idempotency_key)
+             SELECT id, kind, queue, owner, payload::jsonb, schema_version,
+                    CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+                    priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                         $7::smallint[], $8::bigint[], $9::int[], $10::timestamptz[], $11::text[])
+                  AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
+                       max_attempts, run_at, idempotency_key)
+             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
+                 WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&kinds)
+        .bind(&queues)
+        .bind(&owners)
+        .bind(&payloads)
+        .bind(&versions)
+        .bind(&priorities)
+        .bind(&seqs)
+        .bind(&maxes)
+        .bind(&run_ats)
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Idempotent duplicates were skipped: say which positions went in.
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        Ok(ids
+            .into_iter()
+            .enumerate()
+            .filter(|(_, id)| inserted.contains(id))
+            .collect())
     }
 }
 
@@ -297,6 +384,15 @@ impl Queue for PgStore {
         row.map(JobRecord::try_from).transpose()
     }
 
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)");
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::jobs(rows)
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
         let rows = sqlx::query(
             "SELECT queue, state, count(*) AS n,
@@ -339,82 +435,9 @@ impl JobWrites for PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        // Each owner's jobs continue that owner's round-robin sequence.
-        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
-        let n = jobs.len();
-        let (mut ids, mut kinds, mut queues, mut owners, mut payloads) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for job in jobs {
-            let seq = match next_seq.get_mut(&job.owner) {
-                Some(s) => s,
-                None => {
-                    let first = fair_seq(&mut tx, job.owner).await?;
-                    next_seq.entry(job.owner).or_insert(first)
-                }
-            };
-            seqs.push(*seq);
-            if job.owner.is_some() {
-                *seq += 1;
-            }
-            ids.push(Uuid::now_v7());
-            kinds.push(job.kind);
-            queues.push(job.queue);
-            owners.push(rows::owner_text(job.owner));
-            payloads.push(job.payload.to_string());
-            versions.push(job.schema_version);
-            priorities.push(job.priority);
-            maxes.push(job.max_attempts as i32);
-            run_ats.push(job.run_at);
-            keys.push(job.idempotency_key);
-        }
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key)
-             SELECT id, kind, queue, owner, payload::jsonb, schema_version,
-                    CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-                    priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                         $7::smallint[], $8::bigint[], $9::int[], $10::timestamptz[], $11::text[])
-                  AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
-                       max_attempts, run_at, idempotency_key)
-             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
-                 WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(&ids)
-        .bind(&kinds)
-        .bind(&queues)
-        .bind(&owners)
-        .bind(&payloads)
-        .bind(&versions)
-        .bind(&priorities)
-        .bind(&seqs)
-        .bind(&maxes)
-        .bind(&run_ats)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?;
+        let inserted = PgStore::enqueue_many_in(&mut tx, jobs).await?;
         tx.commit().await?;
-        // Idempotent duplicates were skipped: say which positions went in.
-        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        Ok(ids
-            .into_iter()
-            .enumerate()
-            .filter(|(_, id)| inserted.contains(id))
-            .collect())
+        Ok(inserted)
     }
 
     async fn claim(
@@ -674,7 +697,7 @@ impl JobWrites for PgStore {
                     .bind(enqueued.id)
                     .fetch_optional(&self.pool)
                     .await?;
-            return Ok(if hash.as_deref() == Some(g.request_hash.as_str()) {
+            return Ok(if hash.as_deref() == Some(g.input.request_hash.as_str()) {
                 GenerationEnqueued::Existing {
                     job_id: enqueued.id,
                 }
@@ -682,26 +705,61 @@ impl JobWrites for PgStore {
                 GenerationEnqueued::KeyReused
             });
         }
-        sqlx::query(
-            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
-                                      request_hash, reference_urls)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(id)
-        .bind(enqueued.id)
-        .bind(g.owner.0)
-        .bind(&g.prompt)
-        .bind(&g.model)
-        .bind(g.width as i32)
-        .bind(g.height as i32)
-        .bind(g.n as i32)
-        .bind(&g.request_hash)
-        .bind(serde_json::json!(g.reference_urls))
-        .execute(&mut *tx)
-        .await?;
+        let row = NewGenerationRow {
+            id,
+            job_id: enqueued.id,
+            input: &g.input,
+        };
+        insert_generations(&mut tx, g.owner, None, &[row]).await?;
         tx.commit().await?;
         Ok(GenerationEnqueued::Created {
             job_id: enqueued.id,
         })
+    }
+
+    async fn create_generation_batch(
+        &self,
+        b: NewGenerationBatch,
+    ) -> Result<BatchEnqueued, StoreError> {
+        let batch_id = Uuid::now_v7();
+        let mut tx = self.pool.begin().await?;
+        // A concurrent request with the same key waits here for the first
+        // to commit, then finds its batch.
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO generation_batches (id, owner, idempotency_key, request_hash)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (owner, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING id",
+        )
+        .bind(batch_id)
+        .bind(b.owner.0)
+        .bind(&b.idempotency_key)
+        .bind(&b.request_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            tx.rollback().await?;
+            return self.existing_batch(&b).await;
+        }
+        let ids: Vec<Uuid> = b.items.iter().map(|_| Uuid::now_v7()).collect();
+        let jobs = ids
+            .iter()
+            .map(|&generation_id| Ok(NewJob::of(&GenerateImage { generation_id })?.owner(b.owner)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // No job carries a key of its own, so every one goes in, in order.
+        let job_ids: Vec<Uuid> = PgStore::enqueue_many_in(&mut tx, jobs)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let rows: Vec<NewGenerationRow> = ids
+            .iter()
+            .zip(&job_ids)
+            .zip(&b.items)
+            .map(|((&id, &job_id), input)| NewGenerationRow { id, job_id, input })
+            .collect();
+        insert_generations(&mut tx, b.owner, Some(batch_id), &rows).await?;
+        tx.commit().await?;
+        Ok(BatchEnqueued::Created { job_ids })
     }
 }

@@ -1,16 +1,87 @@
 use async_trait::async_trait;
 use kiln_jobs::UserId;
+use sqlx::SqliteConnection;
 use uuid::Uuid;
 
 use super::{SqliteStore, now_ms};
 use crate::{
     JobRecord, StoreError,
-    generations::{Generation, Generations, ImageRecord, JobFilter, ModerationRecord},
+    codec::Id,
+    generations::{
+        BatchEnqueued, Generation, Generations, ImageRecord, JobFilter, ModerationRecord,
+        NewGenerationBatch, NewGenerationRow,
+    },
     rows::{
         self, GENERATION_COLUMNS, GenerationRow, IMAGE_COLUMNS, ImageRow, JOB_COLUMNS, JobRow,
         MODERATION_COLUMNS, ModerationRow,
     },
 };
+
+/// Inserts generations of `owner` inside the caller's transaction; in a
+/// batch, each keeps its position in the batch.
+pub(super) async fn insert_generations(
+    tx: &mut SqliteConnection,
+    owner: UserId,
+    batch: Option<Uuid>,
+    rows: &[NewGenerationRow<'_>],
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    for (position, row) in rows.iter().enumerate() {
+        let g = row.input;
+        sqlx::query(
+            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                     request_hash, created_at, reference_urls, batch_id,
+                                     batch_position)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(row.id.to_string())
+        .bind(row.job_id.to_string())
+        .bind(owner.to_string())
+        .bind(&g.prompt)
+        .bind(&g.model)
+        .bind(i64::from(g.width))
+        .bind(i64::from(g.height))
+        .bind(i64::from(g.n))
+        .bind(&g.request_hash)
+        .bind(now)
+        .bind(serde_json::json!(g.reference_urls).to_string())
+        .bind(batch.map(|b| b.to_string()))
+        .bind(batch.map(|_| position as i64))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The answer to a batch whose idempotency key was used before: the first
+/// batch's jobs when the request is the same; `None` for a new key.
+pub(super) async fn existing_batch(
+    tx: &mut SqliteConnection,
+    b: &NewGenerationBatch,
+) -> Result<Option<BatchEnqueued>, StoreError> {
+    let first: Option<(Id, String)> = sqlx::query_as(
+        "SELECT id, request_hash FROM generation_batches WHERE owner = ? AND idempotency_key = ?",
+    )
+    .bind(b.owner.to_string())
+    .bind(&b.idempotency_key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, hash)) = first else {
+        return Ok(None);
+    };
+    if hash != b.request_hash {
+        return Ok(Some(BatchEnqueued::KeyReused));
+    }
+    let job_ids: Vec<Id> = sqlx::query_scalar(
+        "SELECT job_id FROM generations WHERE batch_id = ? ORDER BY batch_position",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(Some(BatchEnqueued::Existing {
+        job_ids: job_ids.into_iter().map(|id| id.0).collect(),
+    }))
+}
 
 impl SqliteStore {
     async fn generation_where(

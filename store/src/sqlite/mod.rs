@@ -18,13 +18,16 @@ use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, JobState, JobWrites,
     Lease, NewJob, Queue, QueueStat, Rescued, StoreError,
     codec::Id,
-    generations::{GenerationEnqueued, NewGeneration},
+    generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     rescue::rescue_decision,
     rows::{self, CLAIM_COLUMNS, ClaimRow, JOB_COLUMNS, JobRow},
 };
 
 mod accounts;
 mod generations;
+
+use crate::generations::NewGenerationRow;
+use generations::{existing_batch, insert_generations};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -92,6 +95,36 @@ impl SqliteStore {
         let now = now_ms();
         let fair_seq = fair_seq(&mut *conn, job.owner).await?;
         Self::insert(conn, job, fair_seq, now).await
+    }
+
+    /// Inserts many jobs inside the caller's transaction. A job whose
+    /// idempotency key exists already is skipped. Returns, for each
+    /// inserted job, its position in `jobs` and its id.
+    pub async fn enqueue_many_in(
+        tx: &mut SqliteConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<(usize, Uuid)>, StoreError> {
+        let now = now_ms();
+        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
+        let mut ids = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.into_iter().enumerate() {
+            let seq = match next_seq.get_mut(&job.owner) {
+                Some(s) => s,
+                None => {
+                    let first = fair_seq(&mut *tx, job.owner).await?;
+                    next_seq.entry(job.owner).or_insert(first)
+                }
+            };
+            let this_seq = *seq;
+            if job.owner.is_some() {
+                *seq += 1;
+            }
+            let enqueued = Self::insert(&mut *tx, job, this_seq, now).await?;
+            if enqueued.created {
+                ids.push((i, enqueued.id));
+            }
+        }
+        Ok(ids)
     }
 
     async fn insert(
@@ -259,6 +292,17 @@ impl Queue for SqliteStore {
         row.map(JobRecord::try_from).transpose()
     }
 
+    async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        // The ids travel as one JSON array, whatever their number.
+        let sql =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))");
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::json!(ids).to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows::jobs(rows)
+    }
+
     async fn queue_stats(&self) -> Result<Vec<QueueStat>, StoreError> {
         let now = now_ms();
         let rows = sqlx::query(
@@ -300,27 +344,8 @@ impl JobWrites for SqliteStore {
     }
 
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError> {
-        let now = now_ms();
         let mut tx = self.writer.begin().await?;
-        let mut next_seq: std::collections::HashMap<Option<UserId>, i64> = Default::default();
-        let mut ids = Vec::with_capacity(jobs.len());
-        for (i, job) in jobs.into_iter().enumerate() {
-            let seq = match next_seq.get_mut(&job.owner) {
-                Some(s) => s,
-                None => {
-                    let first = fair_seq(&mut tx, job.owner).await?;
-                    next_seq.entry(job.owner).or_insert(first)
-                }
-            };
-            let this_seq = *seq;
-            if job.owner.is_some() {
-                *seq += 1;
-            }
-            let enqueued = Self::insert(&mut tx, job, this_seq, now).await?;
-            if enqueued.created {
-                ids.push((i, enqueued.id));
-            }
-        }
+        let ids = SqliteStore::enqueue_many_in(&mut tx, jobs).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -610,7 +635,7 @@ impl JobWrites for SqliteStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             tx.rollback().await?;
-            return Ok(if hash.as_deref() == Some(g.request_hash.as_str()) {
+            return Ok(if hash.as_deref() == Some(g.input.request_hash.as_str()) {
                 GenerationEnqueued::Existing {
                     job_id: enqueued.id,
                 }
@@ -618,27 +643,62 @@ impl JobWrites for SqliteStore {
                 GenerationEnqueued::KeyReused
             });
         }
-        sqlx::query(
-            "INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
-                                     request_hash, created_at, reference_urls)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(enqueued.id.to_string())
-        .bind(g.owner.to_string())
-        .bind(&g.prompt)
-        .bind(&g.model)
-        .bind(i64::from(g.width))
-        .bind(i64::from(g.height))
-        .bind(i64::from(g.n))
-        .bind(&g.request_hash)
-        .bind(now_ms())
-        .bind(serde_json::json!(g.reference_urls).to_string())
-        .execute(&mut *tx)
-        .await?;
+        let row = NewGenerationRow {
+            id,
+            job_id: enqueued.id,
+            input: &g.input,
+        };
+        insert_generations(&mut tx, g.owner, None, &[row]).await?;
         tx.commit().await?;
         Ok(GenerationEnqueued::Created {
             job_id: enqueued.id,
         })
+    }
+
+    async fn create_generation_batch(
+        &self,
+        b: NewGenerationBatch,
+    ) -> Result<BatchEnqueued, StoreError> {
+        // One writer connection: a retry with the same key cannot run
+        // between the check and the insert.
+        let mut tx = self.writer.begin().await?;
+        if b.idempotency_key.is_some()
+            && let Some(existing) = existing_batch(&mut tx, &b).await?
+        {
+            tx.rollback().await?;
+            return Ok(existing);
+        }
+        let batch_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO generation_batches (id, owner, idempotency_key, request_hash, created_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(batch_id.to_string())
+        .bind(b.owner.to_string())
+        .bind(&b.idempotency_key)
+        .bind(&b.request_hash)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = b.items.iter().map(|_| Uuid::now_v7()).collect();
+        let jobs = ids
+            .iter()
+            .map(|&generation_id| Ok(NewJob::of(&GenerateImage { generation_id })?.owner(b.owner)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // No job carries a key of its own, so every one goes in, in order.
+        let job_ids: Vec<Uuid> = SqliteStore::enqueue_many_in(&mut tx, jobs)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        let rows: Vec<NewGenerationRow> = ids
+            .iter()
+            .zip(&job_ids)
+            .zip(&b.items)
+            .map(|((&id, &job_id), input)| NewGenerationRow { id, job_id, input })
+            .collect();
+        insert_generations(&mut tx, b.owner, Some(batch_id), &rows).await?;
+        tx.commit().await?;
+        Ok(BatchEnqueued::Created { job_ids })
     }
 }
