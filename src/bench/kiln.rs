@@ -16,7 +16,7 @@ use super::BenchArgs;
 
 const GIVE_UP: Duration = Duration::from_secs(600);
 
-async fn open(url: &str) -> anyhow::Result<Store> {
+pub(super) async fn open(url: &str) -> anyhow::Result<Store> {
     let store = kiln_store::connect(&ConnectOptions {
         url: url.to_owned(),
         max_connections: 8,
@@ -197,6 +197,24 @@ pub async fn throughput(
     // Separate `kiln work` processes. Hold the queue until they are up so
     // process start-up is not timed.
     store.pause_queue(&queue_name).await?;
+    let mut children = spawn_worker_processes(url, args, claims, processes)?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    store.resume_queue(&queue_name).await?;
+    wait_for_succeeded(&store, target).await?;
+    let took = started.elapsed();
+    stop_worker_processes(&mut children).await;
+    Ok(took)
+}
+
+/// Starts `processes` `kiln work` processes on `url`, configured as `args`
+/// and `claims` say.
+pub(super) fn spawn_worker_processes(
+    url: &str,
+    args: &BenchArgs,
+    claims: Claims,
+    processes: u32,
+) -> anyhow::Result<Vec<tokio::process::Child>> {
     let exe = std::env::current_exe().context("locating the kiln binary")?;
     let mut children = Vec::new();
     for _ in 0..processes {
@@ -214,12 +232,12 @@ pub async fn throughput(
             .context("starting a `kiln work` process")?;
         children.push(child);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    store.resume_queue(&queue_name).await?;
-    wait_for_succeeded(&store, target).await?;
-    let took = started.elapsed();
-    for child in &mut children {
+    Ok(children)
+}
+
+/// Stops worker processes as an operator would (SIGTERM) and waits for them.
+pub(super) async fn stop_worker_processes(children: &mut Vec<tokio::process::Child>) {
+    for child in children.iter() {
         if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -227,10 +245,9 @@ pub async fn throughput(
             );
         }
     }
-    for mut child in children {
+    for mut child in children.drain(..) {
         let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     }
-    Ok(took)
 }
 
 /// Enqueue->start latency of single jobs to an idle worker, then under a

@@ -8,6 +8,7 @@
 //! baselines: none of this is in the production binary.
 
 mod apalis;
+mod bulk;
 mod kiln;
 mod raw_sql;
 
@@ -42,6 +43,12 @@ pub struct BenchArgs {
     /// Finished rows present in the table for the history run.
     #[arg(long, default_value_t = 1_000_000)]
     pub finished_rows: u32,
+    /// Jobs per bulk-insert run.
+    #[arg(long, default_value_t = 100_000)]
+    pub bulk_jobs: u32,
+    /// Jobs queued while a worker's memory is sampled.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub queued_jobs: u32,
     /// The Postgres server to create throwaway bench databases on.
     #[arg(
         long,
@@ -53,6 +60,9 @@ pub struct BenchArgs {
     pub skip_postgres: bool,
     #[arg(long)]
     pub skip_sqlite: bool,
+    /// Skip the no-op throughput and pickup latency runs (the first table).
+    #[arg(long)]
+    pub skip_throughput: bool,
 }
 
 /// One line of the result table.
@@ -90,14 +100,126 @@ impl Percentiles {
 
 pub async fn run(_settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
+    let mut figures = Vec::new();
     if !args.skip_postgres {
-        rows.extend(postgres(&args).await?);
+        if !args.skip_throughput {
+            rows.extend(postgres(&args).await?);
+        }
+        figures.extend(capacity(&args, Scratch::Postgres).await?);
     }
     if !args.skip_sqlite {
-        rows.extend(sqlite(&args).await?);
+        if !args.skip_throughput {
+            rows.extend(sqlite(&args).await?);
+        }
+        figures.extend(capacity(&args, Scratch::Sqlite).await?);
     }
     print_table(&args, &rows);
+    print_figures(&figures);
     Ok(())
+}
+
+/// Which database a measurement gets a throwaway of.
+#[derive(Debug, Clone, Copy)]
+enum Scratch {
+    Postgres,
+    Sqlite,
+}
+
+impl Scratch {
+    fn name(self) -> &'static str {
+        match self {
+            Scratch::Postgres => "postgres",
+            Scratch::Sqlite => "sqlite",
+        }
+    }
+
+    async fn create(self, args: &BenchArgs) -> anyhow::Result<TestDatabase> {
+        match self {
+            Scratch::Postgres => scratch_postgres(args).await,
+            Scratch::Sqlite => scratch_sqlite(),
+        }
+    }
+}
+
+/// One line of the second table: a figure and what it is compared with.
+struct Figure {
+    database: &'static str,
+    what: String,
+    result: String,
+    compared: String,
+}
+
+/// Bulk enqueue against the database's own insert, and a worker's memory
+/// with a deep queue.
+async fn capacity(args: &BenchArgs, db: Scratch) -> anyhow::Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let server = {
+        let scratch = db.create(args).await?;
+        bulk::server_side_insert(&scratch.url, args.bulk_jobs).await?
+    };
+    let server_rate = jobs_per_sec(args.bulk_jobs, server);
+    for connections in [1, 4] {
+        let scratch = db.create(args).await?;
+        let took = bulk::store_bulk_insert(&scratch.url, args.bulk_jobs, connections).await?;
+        eprintln!(
+            "bulk insert {}, {connections} connection(s): {took:?}",
+            db.name()
+        );
+        let rate = jobs_per_sec(args.bulk_jobs, took);
+        figures.push(Figure {
+            database: db.name(),
+            what: format!(
+                "store bulk insert (`enqueue_many`, {} jobs per call), {connections} connection{}",
+                bulk::CHUNK,
+                if connections > 1 { "s" } else { "" }
+            ),
+            result: format!("{rate:.0} jobs/s"),
+            compared: format!(
+                "{:.2}x the database inserting the same rows by itself ({server_rate:.0} jobs/s)",
+                rate / server_rate
+            ),
+        });
+    }
+    let scratch = db.create(args).await?;
+    let claims = Claims {
+        batch: args.batch_size,
+        max_batch: args.max_batch_size,
+    };
+    let run_for = Duration::from_secs(10);
+    let deep = bulk::deep_queue(&scratch.url, args, claims, args.queued_jobs, run_for).await?;
+    let what = format!(
+        "1 `kiln work` process, {} jobs queued, concurrency {}, {} s",
+        args.queued_jobs,
+        args.concurrency,
+        run_for.as_secs()
+    );
+    figures.push(Figure {
+        database: db.name(),
+        what: format!("{what}: resident memory"),
+        result: format!("{:.1} MB peak", deep.peak_rss as f64 / 1e6),
+        compared: "aim < 100 MB".to_owned(),
+    });
+    figures.push(Figure {
+        database: db.name(),
+        what: format!("{what}: throughput"),
+        result: format!("{:.0} jobs/s", deep.jobs_per_sec),
+        compared: format!(
+            "the first table's 10→100 row for 1 process, with {} queued",
+            args.jobs
+        ),
+    });
+    Ok(figures)
+}
+
+fn print_figures(figures: &[Figure]) {
+    println!("\n| database | measurement | result | compared with |");
+    println!("|---|---|---:|---|");
+    for f in figures {
+        println!(
+            "| {} | {} | {} | {} |",
+            f.database, f.what, f.result, f.compared
+        );
+    }
 }
 
 /// A throwaway database on the `--postgres` server, dropped with the value.
