@@ -64,7 +64,7 @@ impl ApiRow {
     }
 
     fn loaded(mut self, load: &Load, jobs_per_request: Option<usize>) -> ApiRow {
-        let rps = load.requests as f64 / load.took.as_secs_f64();
+        let rps = load.per_sec();
         self.requests_per_sec = Some(rps);
         self.jobs_per_sec = jobs_per_request.map(|n| rps * n as f64);
         self.latency = load.latency;
@@ -177,9 +177,7 @@ async fn loads(database: &'static str, url: &str, args: &BenchArgs) -> anyhow::R
     wait_ready(&mut bare, bare_addr, &poll.path).await?;
     let baseline = run_load(bare_addr, args, &poll).await?;
     baseline.ensure_ok("bare axum GET /v1/jobs/{id}")?;
-    let ratio = kiln.requests as f64
-        / kiln.took.as_secs_f64()
-        / (baseline.requests as f64 / baseline.took.as_secs_f64());
+    let ratio = kiln.per_sec() / baseline.per_sec();
     rows.push(
         ApiRow::new(
             database,
@@ -483,6 +481,10 @@ struct Load {
 }
 
 impl Load {
+    fn per_sec(&self) -> f64 {
+        self.requests as f64 / self.took.as_secs_f64()
+    }
+
     fn ensure_ok(&self, what: &str) -> anyhow::Result<()> {
         if self.non_2xx > 0 {
             bail!(
