@@ -4,15 +4,19 @@
 //! backends. Each measurement gets a throwaway database of its own, from
 //! the same kit the tests use.
 //!
+//! A second table measures the HTTP API: real `kiln serve` (and `kiln
+//! work`) child processes under load, next to a bare axum handler.
+//!
 //! Built only with the `bench` feature, which also brings in the apalis
 //! baselines: none of this is in the production binary.
 
 mod apalis;
+mod api;
 mod bulk;
 mod kiln;
 mod raw_sql;
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::Args;
@@ -63,6 +67,30 @@ pub struct BenchArgs {
     /// Skip the no-op throughput and pickup latency runs (the first table).
     #[arg(long)]
     pub skip_throughput: bool,
+    /// Skip the bulk-insert and deep-queue runs (the second table).
+    #[arg(long)]
+    pub skip_capacity: bool,
+    /// Leave out the HTTP API section.
+    #[arg(long, conflicts_with = "only_api")]
+    pub skip_api: bool,
+    /// Only the HTTP API section.
+    #[arg(long)]
+    pub only_api: bool,
+    /// Keep-alive connections the API load runs hold, each sending one
+    /// request after the other.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_connections: u32,
+    /// Seconds each API load run is measured, after a 1 s warm-up.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub http_seconds: u64,
+    /// Sequential generations timed from enqueue until the client sees
+    /// them succeeded.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..))]
+    pub generation_samples: u32,
+    /// Internal: serve the bare axum baseline of the status poll on this
+    /// address until killed (the bench starts it as a child process).
+    #[arg(long, hide = true)]
+    pub serve_bare_axum: Option<SocketAddr>,
 }
 
 /// One line of the result table.
@@ -99,22 +127,43 @@ impl Percentiles {
 }
 
 pub async fn run(_settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.serve_bare_axum {
+        return api::serve_bare_axum(addr).await;
+    }
     let mut rows = Vec::new();
     let mut figures = Vec::new();
+    let throughput = !args.only_api && !args.skip_throughput;
+    let capacity_runs = !args.only_api && !args.skip_capacity;
     if !args.skip_postgres {
-        if !args.skip_throughput {
+        if throughput {
             rows.extend(postgres(&args).await?);
         }
-        figures.extend(capacity(&args, Scratch::Postgres).await?);
+        if capacity_runs {
+            figures.extend(capacity(&args, Scratch::Postgres).await?);
+        }
     }
     if !args.skip_sqlite {
-        if !args.skip_throughput {
+        if throughput {
             rows.extend(sqlite(&args).await?);
         }
-        figures.extend(capacity(&args, Scratch::Sqlite).await?);
+        if capacity_runs {
+            figures.extend(capacity(&args, Scratch::Sqlite).await?);
+        }
     }
-    print_table(&args, &rows);
-    print_figures(&figures);
+    let api_rows = if args.skip_api {
+        Vec::new()
+    } else {
+        api::rows(&args).await?
+    };
+    if throughput {
+        print_table(&args, &rows);
+    }
+    if capacity_runs {
+        print_figures(&figures);
+    }
+    if !args.skip_api {
+        api::print_table(&args, &api_rows);
+    }
     Ok(())
 }
 
