@@ -130,6 +130,9 @@ pub struct Enqueued {
 pub struct Lease {
     pub id: Uuid,
     pub token: i64,
+    /// The job has an owner, whose clients may be waiting on its changes:
+    /// only such jobs' changes are announced.
+    pub owned: bool,
 }
 
 /// A job handed to a worker by a claim.

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, Lease, NewJob, QueueStat,
-    Rescued, StoreError,
+    Rescued, StoreError, StoreEvent,
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
 };
 
@@ -45,18 +45,17 @@ pub trait Queue: Send + Sync + 'static {
 /// The writes after which subscribers may have something to do (a job
 /// became available, changed, or is to be cancelled). Engines implement
 /// them as SQL only; callers go through [`Store`](crate::Store), which
-/// counts them in the metrics and tells this process's subscribers where
-/// the database does not ([`JobWrites::notifies`]).
+/// counts them in the metrics and announces them ([`JobWrites::announce`]).
 ///
 /// Writes that concern a claimed job take its [`Lease`] and succeed only
 /// while that claim is current (`Ok(false)` otherwise), so a worker whose
 /// job was rescued cannot complete it a second time.
 #[async_trait]
 pub trait JobWrites: Send + Sync + 'static {
-    /// True when the database itself tells every process of these changes
-    /// (Postgres: triggers and `NOTIFY`); false when only the `Store` can
-    /// (SQLite, one process).
-    fn notifies(&self) -> bool;
+    /// Tells every process of these changes, once they have committed.
+    /// False when the database cannot (SQLite, one process): then the
+    /// `Store` tells its own subscribers.
+    fn announce(&self, events: &[StoreEvent]) -> bool;
 
     /// Inserts a job, or returns the existing one with the same owner, kind
     /// and idempotency key.

@@ -138,14 +138,16 @@ pub(crate) fn claimed(mut rows: Vec<ClaimRow>) -> Result<Vec<ClaimedJob>, StoreE
     rows.sort_by_key(|r| (-r.priority, r.fair_seq, r.run_at.0, r.id.0));
     rows.into_iter()
         .map(|r| {
+            let owner = owner(r.owner)?;
             Ok(ClaimedJob {
                 lease: Lease {
                     id: r.id.0,
                     token: r.token,
+                    owned: owner.is_some(),
                 },
                 kind: r.kind,
                 queue: r.queue,
-                owner: owner(r.owner)?,
+                owner,
                 payload: r.payload.0,
                 schema_version: r.schema_version,
                 attempt: r.attempt as u32,

@@ -63,7 +63,8 @@ impl Store {
     /// Tells this process's subscribers, where the database does not tell
     /// every process itself.
     fn tell(&self, events: impl IntoIterator<Item = StoreEvent>) {
-        if self.engine.notifies() {
+        let events: Vec<StoreEvent> = events.into_iter().collect();
+        if events.is_empty() || self.engine.announce(&events) {
             return;
         }
         for event in events {
@@ -73,6 +74,11 @@ impl Store {
 
     fn changed(&self, ids: impl IntoIterator<Item = Uuid>) {
         self.tell(ids.into_iter().map(StoreEvent::JobChanged));
+    }
+
+    /// Changes of the jobs clients may be waiting on (those with an owner).
+    fn leases_changed<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>) {
+        self.changed(leases.into_iter().filter(|l| l.owned).map(|l| l.id));
     }
 
     /// Inserts a job, or returns the existing one with the same owner, kind
@@ -125,7 +131,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let claimed = self.engine.claim(worker, queues, limit, lease).await?;
-        self.changed(claimed.iter().map(|j| j.lease.id));
+        self.leases_changed(claimed.iter().map(|j| &j.lease));
         Ok(claimed)
     }
 
@@ -135,21 +141,21 @@ impl Store {
             return Ok(0);
         }
         let n = self.engine.complete(done).await?;
-        self.changed(done.iter().map(|c| c.lease.id));
+        self.leases_changed(done.iter().map(|c| &c.lease));
         Ok(n)
     }
 
     /// Records a failed attempt: retry later, or fail for good.
     pub async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
         let ours = self.engine.fail(lease, failure).await?;
-        self.changed(ours.then_some(lease.id));
+        self.leases_changed(ours.then_some(&lease));
         Ok(ours)
     }
 
     /// Puts a running job back to wait `delay` without spending its attempt.
     pub async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError> {
         let ours = self.engine.snooze(lease, delay).await?;
-        self.changed(ours.then_some(lease.id));
+        self.leases_changed(ours.then_some(&lease));
         Ok(ours)
     }
 
@@ -161,7 +167,7 @@ impl Store {
         }
         let n = self.engine.release(leases).await?;
         if n > 0 {
-            self.changed(leases.iter().map(|l| l.id));
+            self.leases_changed(leases);
             self.tell([StoreEvent::JobsAvailable(None)]);
         }
         Ok(n)
@@ -170,7 +176,7 @@ impl Store {
     /// Ends a running job whose cancellation was asked for.
     pub async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError> {
         let ours = self.engine.finish_cancelled(lease, reason).await?;
-        self.changed(ours.then_some(lease.id));
+        self.leases_changed(ours.then_some(&lease));
         Ok(ours)
     }
 
@@ -182,7 +188,7 @@ impl Store {
         progress: u8,
     ) -> Result<bool, StoreError> {
         let ours = self.engine.set_progress(lease, stage, progress).await?;
-        self.changed(ours.then_some(lease.id));
+        self.leases_changed(ours.then_some(&lease));
         Ok(ours)
     }
 

@@ -1,6 +1,7 @@
-//! Change events on PostgreSQL (triggers and `NOTIFY`, heard by the
-//! store's listener) and SQLite (told by the store itself): every write a
-//! worker or a long-polling client waits on announces itself. A write that
+//! Change events on PostgreSQL (`NOTIFY` sent by the store after each
+//! commit, heard by every store's listener) and SQLite (told by the store
+//! itself): every write a worker or a long-polling client waits on
+//! announces itself. A write that
 //! forgot to would leave workers idle or clients waiting out their poll.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
@@ -20,6 +21,9 @@ kiln_store::both_databases!(
     resuming_a_queue_wakes_it,
     a_rescued_job_is_a_change,
     a_new_generation_wakes_its_queue,
+    a_batch_of_generations_wakes_its_queue,
+    changes_of_jobs_without_an_owner_are_not_announced,
+    another_store_on_the_database_hears_the_writes,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -230,5 +234,103 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
         "a new generation",
         available_on(GenerateImage::QUEUE),
     )
+    .await;
+}
+
+async fn a_batch_of_generations_wakes_its_queue(store: Store, _: &TestDatabase) {
+    use kiln_jobs::{GenerateImage, Job};
+    let owner = kiln_store::testing::account(&store).await;
+    let mut events = listening(&store).await;
+    let item = kiln_store::generations::GenerationInput {
+        prompt: "a red fox".into(),
+        model: "dev".into(),
+        width: 512,
+        height: 512,
+        n: 1,
+        reference_urls: vec![],
+        request_hash: "h".into(),
+    };
+    store
+        .create_generation_batch(kiln_store::generations::NewGenerationBatch {
+            owner,
+            items: vec![item.clone(), item],
+            request_hash: "b".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    expect(
+        &mut events,
+        "a batch of generations",
+        available_on(GenerateImage::QUEUE),
+    )
+    .await;
+}
+
+/// Nobody long-polls a system job: its claims and completions (most of a
+/// busy queue's writes) send nothing, on either database.
+async fn changes_of_jobs_without_an_owner_are_not_announced(store: Store, _: &TestDatabase) {
+    let mut events = listening(&store).await;
+    let system = store
+        .enqueue(NewJob::of(&Probe::default()).unwrap())
+        .await
+        .unwrap()
+        .id;
+    let claimed = claim_one(&store).await;
+    assert_eq!(claimed.lease.id, system);
+    assert!(!claimed.lease.owned);
+    store
+        .complete(&[Completion {
+            lease: claimed.lease,
+            result: serde_json::json!({}),
+        }])
+        .await
+        .unwrap();
+    // An owned job's change after them: once it is heard, anything sent
+    // before it would have been heard too.
+    let owned = store.enqueue(job()).await.unwrap().id;
+    let claimed = claim_one(&store).await;
+    assert_eq!(claimed.lease.id, owned);
+    let heard = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(StoreEvent::JobChanged(id)) if id == owned => return,
+                Ok(StoreEvent::JobChanged(id)) => panic!("a change of {id} was announced"),
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => panic!("event stream closed"),
+            }
+        }
+    })
+    .await;
+    assert!(heard.is_ok(), "the owned job's change never arrived");
+}
+
+/// Another process on the same Postgres database (here: a second store)
+/// hears what this one wrote; on SQLite there is only one process.
+async fn another_store_on_the_database_hears_the_writes(store: Store, db: &TestDatabase) {
+    if !db.is_postgres() {
+        return;
+    }
+    let other = kiln_store::connect(&kiln_store::ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+        wait: false,
+    })
+    .await
+    .unwrap();
+    let mut events = listening(&other).await;
+    let id = store.enqueue(job()).await.unwrap().id;
+    expect(
+        &mut events,
+        "another store's enqueue",
+        available_on("default"),
+    )
+    .await;
+    let claimed = claim_one(&store).await;
+    expect(&mut events, "another store's claim", changed(id)).await;
+    store.cancel(id, None).await.unwrap();
+    expect(&mut events, "another store's cancel", |e| {
+        *e == StoreEvent::CancelRequested(claimed.lease.id)
+    })
     .await;
 }

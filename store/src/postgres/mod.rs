@@ -19,9 +19,11 @@ use crate::{
 
 mod accounts;
 mod generations;
+mod notify;
 
 use crate::generations::NewGenerationRow;
 use generations::insert_generations;
+use notify::Notifier;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -32,6 +34,7 @@ const CHANGED_CHANNEL: &str = "kiln_job_changed";
 pub struct PgStore {
     pool: PgPool,
     listener: tokio::task::AbortHandle,
+    notifier: Notifier,
 }
 
 /// The `LISTEN` task holds a clone of the pool; it ends with the store
@@ -47,7 +50,12 @@ impl PgStore {
     /// into [`StoreEvent`]s on `events`.
     pub fn new(pool: PgPool, events: broadcast::Sender<StoreEvent>) -> PgStore {
         let listener = tokio::spawn(listen(pool.clone(), events)).abort_handle();
-        PgStore { pool, listener }
+        let notifier = Notifier::spawn(pool.clone());
+        PgStore {
+            pool,
+            listener,
+            notifier,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -55,8 +63,9 @@ impl PgStore {
     }
 
     /// Inserts a job inside the caller's transaction, so it commits or rolls
-    /// back together with the rows it belongs to. (Workers hear of it from
-    /// the trigger's `NOTIFY` at commit.)
+    /// back together with the rows it belongs to. After the commit, call
+    /// [`Store::jobs_available`](crate::Store::jobs_available) so idle
+    /// workers look at once; otherwise they find it at their next poll.
     pub async fn enqueue_in(conn: &mut PgConnection, job: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
         let fair_seq = fair_seq(&mut *conn, job.owner).await?;
@@ -236,7 +245,10 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
                             Ok(id) => StoreEvent::JobChanged(id),
                             Err(_) => continue,
                         },
-                        _ => StoreEvent::JobsAvailable(Some(n.payload().to_owned())),
+                        // An empty queue name: any queue.
+                        _ => StoreEvent::JobsAvailable(
+                            Some(n.payload().to_owned()).filter(|q| !q.is_empty()),
+                        ),
                     };
                     let _ = events.send(event);
                 }
@@ -419,7 +431,8 @@ impl Queue for PgStore {
 
 #[async_trait]
 impl JobWrites for PgStore {
-    fn notifies(&self) -> bool {
+    fn announce(&self, events: &[StoreEvent]) -> bool {
+        self.notifier.send(events.iter().cloned());
         true
     }
 
@@ -618,12 +631,6 @@ impl JobWrites for PgStore {
 
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE queues SET paused = false, updated_at = now() WHERE name = $1")
-            .bind(queue)
-            .execute(&self.pool)
-            .await?;
-        // Workers idle on this queue should look again now.
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(AVAILABLE_CHANNEL)
             .bind(queue)
             .execute(&self.pool)
             .await?;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobRecord, JobState, JobWrites,
-    Lease, NewJob, Queue, QueueStat, Rescued, StoreError,
+    Lease, NewJob, Queue, QueueStat, Rescued, StoreError, StoreEvent,
     codec::Id,
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     rescue::rescue_decision,
@@ -332,7 +332,7 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl JobWrites for SqliteStore {
-    fn notifies(&self) -> bool {
+    fn announce(&self, _: &[StoreEvent]) -> bool {
         false
     }
 
