@@ -269,10 +269,15 @@ impl Generations for PgStore {
         owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE owner = $1 AND ($2::text IS NULL OR state = $2)
+        // Newest first from each table (each an index scan on its owner
+        // index), then merged; one statement, so a job moving between
+        // them meanwhile is listed once.
+        let filter_sql = "owner = $1 AND ($2::text IS NULL OR state = $2)
                AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
+             ORDER BY id DESC LIMIT $5";
+        let sql = format!(
+            "(SELECT {JOB_COLUMNS} FROM jobs WHERE {filter_sql})
+             UNION ALL (SELECT {JOB_COLUMNS} FROM finished_jobs WHERE {filter_sql})
              ORDER BY id DESC LIMIT $5"
         );
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
