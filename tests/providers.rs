@@ -273,7 +273,7 @@ async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
     );
 
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    let history: Value = sqlx::query_scalar("SELECT errors FROM jobs WHERE id = $1::uuid")
+    let history: Value = sqlx::query_scalar("SELECT errors FROM finished_jobs WHERE id = $1::uuid")
         .bind(job["id"].as_str().unwrap())
         .fetch_one(&mut conn)
         .await

@@ -9,4 +9,5 @@ DROP FUNCTION kiln_notify_available();
 DROP TRIGGER jobs_notify_cancel ON jobs;
 DROP FUNCTION kiln_notify_cancel();
 DROP TRIGGER jobs_notify_changed ON jobs;
+DROP TRIGGER finished_jobs_notify_changed ON finished_jobs;
 DROP FUNCTION kiln_notify_changed();

@@ -40,7 +40,9 @@ fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
 /// duplicates kept (so a slot enqueued twice shows twice).
 async fn keys(db: &TestDatabase) -> Vec<String> {
     let sql = format!(
-        "SELECT coalesce(idempotency_key, '') FROM jobs WHERE kind = '{}' ORDER BY 1",
+        "SELECT coalesce(idempotency_key, '') FROM jobs WHERE kind = '{0}'
+         UNION ALL SELECT coalesce(idempotency_key, '') FROM finished_jobs WHERE kind = '{0}'
+         ORDER BY 1",
         PruneJobs::KIND
     );
     let sql = sqlx::AssertSqlSafe(sql);

@@ -137,25 +137,35 @@ pub async fn add_finished_rows(url: &str, rows: u32) -> anyhow::Result<()> {
     open(url).await?; // migrated
     if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await?;
+        // Yesterday's partition, as a running deployment would have made it.
         sqlx::query(
-            "INSERT INTO jobs (id, kind, queue, payload, state, max_attempts, attempt, run_at,
-                               started_at, finished_at, result, progress)
+            "SELECT kiln_ensure_finished_partitions((now() AT TIME ZONE 'UTC')::date - 1, 0)",
+        )
+        .execute(&pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO finished_jobs (id, kind, queue, payload, state, max_attempts, attempt,
+                               run_at, started_at, finished_at, result, progress, created_at,
+                               updated_at)
              SELECT lpad(to_hex(g), 32, '0')::uuid, 'probe', 'default', '{}', 'succeeded', 3, 1,
                     now() - interval '1 day', now() - interval '1 day', now() - interval '1 day',
-                    '{}', 100
+                    '{}', 100, now() - interval '1 day', now() - interval '1 day'
              FROM generate_series(1, $1::int) AS g",
         )
         .bind(rows as i32)
         .execute(&pool)
         .await?;
-        sqlx::query("VACUUM ANALYZE jobs").execute(&pool).await?;
+        sqlx::query("VACUUM ANALYZE finished_jobs")
+            .execute(&pool)
+            .await?;
         pool.close().await;
     } else {
         let pool = sqlx::SqlitePool::connect(url).await?;
         sqlx::query(
             "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < ?1)
-             INSERT INTO jobs (id, kind, queue, payload, state, max_attempts, attempt, run_at,
-                               started_at, finished_at, result, progress, created_at, updated_at)
+             INSERT INTO finished_jobs (id, kind, queue, payload, state, max_attempts, attempt,
+                               run_at, started_at, finished_at, result, progress, created_at,
+                               updated_at)
              SELECT printf('00000000-0000-0000-0000-%012x', n), 'probe', 'default', '{}',
                     'succeeded', 3, 1, 0, 0, 0, '{}', 100, 0, 0
              FROM g",

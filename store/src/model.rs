@@ -196,7 +196,7 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// A whole row of the `jobs` table.
+/// A whole job row, of `jobs` (unfinished) or `finished_jobs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobRecord {
     pub id: Uuid,

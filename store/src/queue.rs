@@ -31,8 +31,15 @@ pub trait Queue: Send + Sync + 'static {
     async fn pause_queue(&self, queue: &str) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Deletes up to `limit` finished jobs that finished before `older_than` ago.
+    /// Removes the finished jobs that finished more than `older_than` ago
+    /// (and their idempotency keys). Rows are deleted `limit` at a time;
+    /// on Postgres, whole days older than the cutoff are dropped first,
+    /// however many rows they hold. Returns how many jobs were removed.
     async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+    /// Creates the storage finished jobs will move to in the coming days
+    /// (Postgres: the day partitions of `finished_jobs`). Cheap and
+    /// idempotent: the maintenance loop calls it on every tick.
+    async fn ensure_finished_partitions(&self) -> Result<(), StoreError>;
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError>;
     /// [`Queue::get`] for several jobs in one read: those among `ids` that

@@ -17,6 +17,60 @@ pub(crate) const JOB_COLUMNS: &str =
     priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
     cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
 
+/// Every column of `jobs` and `finished_jobs`, in table order: a job
+/// that ends moves from one to the other whole.
+const STORED_COLUMNS: [&str; 26] = [
+    "id",
+    "kind",
+    "queue",
+    "owner",
+    "payload",
+    "schema_version",
+    "state",
+    "stage",
+    "progress",
+    "priority",
+    "fair_seq",
+    "attempt",
+    "max_attempts",
+    "run_at",
+    "lease_owner",
+    "lease_expires_at",
+    "token",
+    "rescues",
+    "cancel_requested",
+    "result",
+    "errors",
+    "idempotency_key",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+];
+
+/// `INSERT INTO finished_jobs (…) SELECT …`: the insert that moves a job
+/// row (selected or `RETURNING *` as `source`) into `finished_jobs`, each
+/// column as it was but those in `set`, given as SQL expressions over the
+/// old row. A finished job holds no lease. The caller removes the row from
+/// `jobs` in the same statement (Postgres) or transaction (SQLite).
+pub(crate) fn move_finished(set: &[(&str, &str)], source: &str) -> String {
+    let lease = [("lease_owner", "NULL"), ("lease_expires_at", "NULL")];
+    let values: Vec<String> = STORED_COLUMNS
+        .iter()
+        .map(|col| {
+            set.iter()
+                .chain(&lease)
+                .find(|(c, _)| c == col)
+                .map_or_else(|| (*col).to_owned(), |(_, e)| (*e).to_owned())
+        })
+        .collect();
+    format!(
+        "INSERT INTO finished_jobs ({}) SELECT {} FROM {source}",
+        STORED_COLUMNS.join(", "),
+        values.join(", ")
+    )
+}
+
 /// What a claim returns of each job it took (`RETURNING` these).
 pub(crate) const CLAIM_COLUMNS: &str = "id, token, kind, queue, owner, payload, schema_version,
     attempt, max_attempts, run_at, started_at, priority, fair_seq";

@@ -20,6 +20,7 @@ kiln_store::both_databases!(
     cancelling_tells_the_running_worker,
     resuming_a_queue_wakes_it,
     a_rescued_job_is_a_change,
+    final_outcomes_are_changes,
     a_new_generation_wakes_its_queue,
     a_batch_of_generations_wakes_its_queue,
     changes_of_jobs_without_an_owner_are_not_announced,
@@ -333,4 +334,31 @@ async fn another_store_on_the_database_hears_the_writes(store: Store, db: &TestD
         *e == StoreEvent::CancelRequested(claimed.lease.id)
     })
     .await;
+}
+
+/// A job that ends moves to `finished_jobs`: the move is a change too.
+async fn final_outcomes_are_changes(store: Store, _: &TestDatabase) {
+    let failed = store.enqueue(job()).await.unwrap().id;
+    let lost = store.enqueue(job().max_attempts(1)).await.unwrap().id;
+    let mut events = listening(&store).await;
+
+    let claimed = claim_one(&store).await;
+    let failure = Failure {
+        code: "broken".into(),
+        message: "for good".into(),
+        retry_in: None,
+    };
+    assert!(store.fail(claimed.lease, failure).await.unwrap());
+    expect(&mut events, "a final failure", changed(failed)).await;
+
+    store
+        .claim("w", &["default".to_owned()], 1, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut events = listening(&store).await;
+    let rescued = store.rescue_expired(5).await.unwrap();
+    assert_eq!(rescued.len(), 1);
+    assert_eq!(rescued[0].state, kiln_store::JobState::Failed);
+    expect(&mut events, "a rescue that ends the job", changed(lost)).await;
 }

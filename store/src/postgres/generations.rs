@@ -269,10 +269,18 @@ impl Generations for PgStore {
         owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
+        // Newest first from each table (each an index scan on its owner
+        // index), then merged; one statement, so a job moving between
+        // them meanwhile is listed once. The cursor defaults to the largest
+        // uuid rather than `$4 IS NULL OR …`, so it is an index condition
+        // and a deep page does not walk the owner's newer jobs.
+        let filter_sql = "owner = $1 AND ($2::text IS NULL OR state = $2)
+               AND ($3::text IS NULL OR kind = $3)
+               AND id < coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')
+             ORDER BY id DESC LIMIT $5";
         let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE owner = $1 AND ($2::text IS NULL OR state = $2)
-               AND ($3::text IS NULL OR kind = $3) AND ($4::uuid IS NULL OR id < $4)
+            "(SELECT {JOB_COLUMNS} FROM jobs WHERE {filter_sql})
+             UNION ALL (SELECT {JOB_COLUMNS} FROM finished_jobs WHERE {filter_sql})
              ORDER BY id DESC LIMIT $5"
         );
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

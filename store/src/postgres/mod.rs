@@ -1,7 +1,7 @@
 //! The queue on PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, wake-ups
 //! with `LISTEN/NOTIFY` (triggers in the migration send them).
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use kiln_jobs::{GenerateImage, UserId};
@@ -69,14 +69,20 @@ impl PgStore {
     pub async fn enqueue_in(conn: &mut PgConnection, job: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
         let fair_seq = fair_seq(&mut *conn, job.owner).await?;
+        // A keyed job goes in only with its key: a concurrent enqueue of the
+        // same key waits on the key's row and then finds the first job.
         let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
+            "WITH key AS (
+                 INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
+                 SELECT coalesce($4, ''), $2, $11, $1 WHERE $11::text IS NOT NULL
+                 ON CONFLICT DO NOTHING
+                 RETURNING job_id)
+             INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key)
-             VALUES ($1, $2, $3, $4, $5, $6,
-                     CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
-                     $8, $9, $10, coalesce($7, now()), $11)
-             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
-                 WHERE idempotency_key IS NOT NULL DO NOTHING
+             SELECT $1, $2, $3, $4, $5, $6,
+                    CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+                    $8, $9, $10, coalesce($7, now()), $11
+             WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key)
              RETURNING id",
         )
         .bind(id)
@@ -96,8 +102,8 @@ impl PgStore {
             return Ok(Enqueued { id, created: true });
         }
         let existing: Uuid = sqlx::query_scalar(
-            "SELECT id FROM jobs
-             WHERE coalesce(owner, '') = coalesce($1, '') AND kind = $2 AND idempotency_key = $3",
+            "SELECT job_id FROM job_keys
+             WHERE owner = coalesce($1, '') AND kind = $2 AND idempotency_key = $3",
         )
         .bind(rows::owner_text(job.owner))
         .bind(&job.kind)
@@ -158,18 +164,27 @@ impl PgStore {
             run_ats.push(job.run_at);
             keys.push(job.idempotency_key);
         }
+        // Keyed jobs go in only with their keys (see `enqueue_in`).
         let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
+            "WITH t AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                      $6::int[], $7::smallint[], $8::bigint[], $9::int[],
+                                      $10::timestamptz[], $11::text[])
+                      AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
+                           max_attempts, run_at, idempotency_key)),
+             keys AS (
+                 INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
+                 SELECT coalesce(owner, ''), kind, idempotency_key, id FROM t
+                 WHERE idempotency_key IS NOT NULL
+                 ON CONFLICT DO NOTHING
+                 RETURNING job_id)
+             INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key)
              SELECT id, kind, queue, owner, payload::jsonb, schema_version,
                     CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
                     priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
-                         $7::smallint[], $8::bigint[], $9::int[], $10::timestamptz[], $11::text[])
-                  AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
-                       max_attempts, run_at, idempotency_key)
-             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
-                 WHERE idempotency_key IS NOT NULL DO NOTHING
+             FROM t
+             WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
              RETURNING id",
         )
         .bind(&ids)
@@ -192,6 +207,76 @@ impl PgStore {
             .enumerate()
             .filter(|(_, id)| inserted.contains(id))
             .collect())
+    }
+}
+
+impl PgStore {
+    /// Drops the day partitions of `finished_jobs` that end at or before
+    /// `cutoff`, and the keys of their jobs; returns the rows they held.
+    /// Detached in one short transaction (DETACH locks the parent
+    /// exclusively: completions wait for it), then counted and dropped
+    /// one by one; a partition detached by a run that died is found again
+    /// by name.
+    async fn drop_finished_days(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('kiln_finished_partitions'))")
+            .execute(&mut *tx)
+            .await?;
+        // Fail rather than stall the queue behind a long read of the table.
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *tx)
+            .await?;
+        let old: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'finished_jobs'::regclass
+               AND c.relname ~ '^finished_jobs_p[0-9]{8}$'
+               AND (to_date(substr(c.relname, 16), 'YYYYMMDD') + 1)::timestamp
+                   AT TIME ZONE 'UTC' <= $1",
+        )
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        for name in &old {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER TABLE finished_jobs DETACH PARTITION {name}"
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        let detached: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c
+             WHERE c.relname ~ '^finished_jobs_p[0-9]{8}$' AND c.relkind = 'r'
+               AND NOT c.relispartition AND c.relnamespace = to_regnamespace(current_schema())",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut removed = 0;
+        for name in &detached {
+            let mut tx = self.pool.begin().await?;
+            // Names match the pattern above, so they need no quoting.
+            let rows: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {name}")))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM job_keys WHERE job_id IN
+                     (SELECT id FROM {name} WHERE idempotency_key IS NOT NULL)"
+            )))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(partition = %name, rows, "dropped a day of finished jobs");
+            removed += rows as u64;
+        }
+        Ok(removed)
     }
 }
 
@@ -271,7 +356,7 @@ fn secs(d: Duration) -> f64 {
 }
 
 /// The claim statement, built once: it runs on every claim.
-static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH picked AS (
                  SELECT j.id AS picked_id FROM unnest($1::text[]) AS q(name)
@@ -297,6 +382,169 @@ static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// A `jsonb` array of one error entry for the job row at hand: `$code`,
+/// `$message`, `$permanent` are SQL expressions.
+fn error_entry(code: &str, message: &str, permanent: &str) -> String {
+    format!(
+        "errors || jsonb_build_array(jsonb_build_object(
+             'attempt', attempt, 'at', now(), 'code', {code}, 'message', {message},
+             'permanent', {permanent}))"
+    )
+}
+
+/// Successes: every job still ours leaves `jobs` for `finished_jobs` in
+/// one statement; the count is the rows moved.
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let insert = rows::move_finished(
+        &[
+            ("state", "'succeeded'"),
+            ("result", "new_result::jsonb"),
+            ("progress", "100"),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!(
+        "WITH done AS (
+             DELETE FROM jobs USING unnest($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+             WHERE jobs.id = c.id AND jobs.token = c.token AND jobs.state = 'running'
+             RETURNING jobs.*, c.result AS new_result)
+         {insert}"
+    )
+});
+
+/// A failed attempt: the last (or a permanent failure) moves the job to
+/// `finished_jobs`, any other makes it retryable. The two branches are
+/// disjoint on columns only a claim changes, and a claim bumps the token.
+static FAIL_SQL: LazyLock<String> = LazyLock::new(|| {
+    let error = error_entry("$4::text", "$5::text", "$3::float8 IS NULL");
+    let insert = rows::move_finished(
+        &[
+            ("state", "'failed'"),
+            ("errors", &error),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!(
+        "WITH done AS (
+             DELETE FROM jobs
+             WHERE id = $1 AND token = $2 AND state = 'running'
+               AND ($3::float8 IS NULL OR attempt >= max_attempts)
+             RETURNING *),
+         moved AS ({insert} RETURNING 1),
+         retried AS (
+             UPDATE jobs SET state = 'retryable', run_at = now() + make_interval(secs => $3),
+                 errors = {error},
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             WHERE id = $1 AND token = $2 AND state = 'running'
+               AND NOT ($3::float8 IS NULL OR attempt >= max_attempts)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM retried)"
+    )
+});
+
+/// Hands jobs back; one whose cancellation was asked for ends instead. The
+/// rows are locked first (`cancel_requested` may change under a statement).
+static RELEASE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let insert = rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("attempt", "attempt - 1"),
+            ("started_at", "NULL"),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!(
+        "WITH l AS (SELECT * FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)),
+         done AS (
+             DELETE FROM jobs USING l
+             WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'
+               AND jobs.cancel_requested
+             RETURNING jobs.*),
+         moved AS ({insert} RETURNING 1),
+         back AS (
+             UPDATE jobs SET state = 'available', attempt = jobs.attempt - 1, started_at = NULL,
+                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+             FROM l
+             WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'
+               AND NOT jobs.cancel_requested
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM moved) + (SELECT count(*) FROM back)"
+    )
+});
+
+static FINISH_CANCELLED_SQL: LazyLock<String> = LazyLock::new(|| {
+    let error = error_entry("'cancelled'", "$3::text", "true");
+    let insert = rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("errors", &error),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!(
+        "WITH done AS (
+             DELETE FROM jobs WHERE id = $1 AND token = $2 AND state = 'running' RETURNING *)
+         {insert}"
+    )
+});
+
+/// Cancels a waiting job (locked by the caller): it ends at once.
+static CANCEL_WAITING_SQL: LazyLock<String> = LazyLock::new(|| {
+    let insert = rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("cancel_requested", "true"),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!("WITH done AS (DELETE FROM jobs WHERE id = $1 RETURNING *) {insert}")
+});
+
+/// A rescue that ends a job (out of attempts, crash-looping, or cancelled).
+static RESCUE_FINAL_SQL: LazyLock<String> = LazyLock::new(|| {
+    let error = error_entry("$3::text", "$4::text", "true");
+    let insert = rows::move_finished(
+        &[
+            ("state", "$2::text"),
+            ("rescues", "rescues + 1"),
+            ("errors", &error),
+            ("finished_at", "now()"),
+            ("updated_at", "now()"),
+        ],
+        "done",
+    );
+    format!("WITH done AS (DELETE FROM jobs WHERE id = $1 RETURNING *) {insert}")
+});
+
+/// A job by id, in whichever table holds it: one statement, one snapshot,
+/// so a job moving meanwhile is seen once.
+static GET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1
+         UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id = $1"
+    )
+});
+
+static GET_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)
+         UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id = ANY($1)"
+    )
+});
+
+/// How many days ahead (UTC) day partitions of `finished_jobs` exist.
+const PARTITION_DAYS_AHEAD: i32 = 3;
+
 #[async_trait]
 impl Queue for PgStore {
     fn backend_name(&self) -> &'static str {
@@ -305,6 +553,14 @@ impl Queue for PgStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
+        self.ensure_finished_partitions().await
+    }
+
+    async fn ensure_finished_partitions(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT kiln_ensure_finished_partitions((now() AT TIME ZONE 'UTC')::date, $1)")
+            .bind(PARTITION_DAYS_AHEAD)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -373,23 +629,36 @@ impl Queue for PgStore {
     }
 
     async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'failed', 'cancelled')
-                   AND finished_at < now() - make_interval(secs => $1)
-                 LIMIT $2)",
+        let cutoff: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
+                .bind(secs(older_than))
+                .fetch_one(&self.pool)
+                .await?;
+        // Whole days first: O(1) each, however many rows they hold.
+        let mut removed = self.drop_finished_days(cutoff).await?;
+        // Then what is left older than the cutoff: the DEFAULT partition's
+        // rows, and the part of the day the cutoff falls in.
+        let deleted: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 DELETE FROM finished_jobs f
+                 WHERE (f.id, f.finished_at) IN (
+                     SELECT id, finished_at FROM finished_jobs WHERE finished_at < $1 LIMIT $2)
+                 RETURNING f.id, f.idempotency_key),
+             keys AS (
+                 DELETE FROM job_keys
+                 WHERE job_id IN (SELECT id FROM gone WHERE idempotency_key IS NOT NULL))
+             SELECT count(*) FROM gone",
         )
-        .bind(secs(older_than))
+        .bind(cutoff)
         .bind(i64::from(limit))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(deleted.rows_affected())
+        removed += deleted as u64;
+        Ok(removed)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1");
-        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(GET_SQL.as_str()))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -397,8 +666,7 @@ impl Queue for PgStore {
     }
 
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY($1)");
-        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(GET_MANY_SQL.as_str()))
             .bind(ids)
             .fetch_all(&self.pool)
             .await?;
@@ -411,7 +679,9 @@ impl Queue for PgStore {
                     extract(epoch FROM now() - min(run_at) FILTER (
                         WHERE run_at <= now()
                           AND state IN ('available', 'scheduled', 'retryable')))::float8 AS age
-             FROM jobs GROUP BY queue, state ORDER BY queue, state",
+             FROM (SELECT queue, state, run_at FROM jobs
+                   UNION ALL SELECT queue, state, run_at FROM finished_jobs) j
+             GROUP BY queue, state ORDER BY queue, state",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -481,45 +751,26 @@ impl JobWrites for PgStore {
         let ids: Vec<Uuid> = done.iter().map(|c| c.lease.id).collect();
         let tokens: Vec<i64> = done.iter().map(|c| c.lease.token).collect();
         let results: Vec<String> = done.iter().map(|c| c.result.to_string()).collect();
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', result = c.result::jsonb, progress = 100,
-                             finished_at = now(), updated_at = now(),
-                             lease_owner = NULL, lease_expires_at = NULL
-             FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
-             WHERE jobs.id = c.id AND jobs.token = c.token AND jobs.state = 'running'",
-        )
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(&results)
-        .execute(&self.pool)
-        .await?;
+        let updated = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&results)
+            .execute(&self.pool)
+            .await?;
         Ok(updated.rows_affected())
     }
 
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
         let retry_in = failure.retry_in.map(secs);
-        let updated = sqlx::query(
-            "UPDATE jobs SET
-                 state = CASE WHEN $3::float8 IS NULL OR attempt >= max_attempts
-                              THEN 'failed' ELSE 'retryable' END,
-                 run_at = CASE WHEN $3::float8 IS NULL OR attempt >= max_attempts
-                               THEN run_at ELSE now() + make_interval(secs => $3) END,
-                 finished_at = CASE WHEN $3::float8 IS NULL OR attempt >= max_attempts
-                                    THEN now() END,
-                 errors = errors || jsonb_build_array(jsonb_build_object(
-                     'attempt', attempt, 'at', now(), 'code', $4::text, 'message', $5::text,
-                     'permanent', $3::float8 IS NULL)),
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             WHERE id = $1 AND token = $2 AND state = 'running'",
-        )
-        .bind(lease.id)
-        .bind(lease.token)
-        .bind(retry_in)
-        .bind(&failure.code)
-        .bind(&failure.message)
-        .execute(&self.pool)
-        .await?;
-        Ok(updated.rows_affected() == 1)
+        let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(FAIL_SQL.as_str()))
+            .bind(lease.id)
+            .bind(lease.token)
+            .bind(retry_in)
+            .bind(&failure.code)
+            .bind(&failure.message)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError> {
@@ -543,36 +794,33 @@ impl JobWrites for PgStore {
         }
         let ids: Vec<Uuid> = leases.iter().map(|l| l.id).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-        let updated = sqlx::query(
-            "UPDATE jobs SET
-                 state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END,
-                 finished_at = CASE WHEN cancel_requested THEN now() END,
-                 attempt = attempt - 1, started_at = NULL,
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-             FROM unnest($1::uuid[], $2::bigint[]) AS l(id, token)
-             WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'",
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT 1 FROM jobs JOIN unnest($1::uuid[], $2::bigint[]) AS l(id, token)
+                 ON jobs.id = l.id AND jobs.token = l.token
+             WHERE jobs.state = 'running'
+             FOR UPDATE OF jobs",
         )
         .bind(&ids)
         .bind(&tokens)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(updated.rows_affected())
+        let changed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(RELEASE_SQL.as_str()))
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(changed as u64)
     }
 
     async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', finished_at = now(), updated_at = now(),
-                 errors = errors || jsonb_build_array(jsonb_build_object(
-                     'attempt', attempt, 'at', now(), 'code', 'cancelled', 'message', $3::text,
-                     'permanent', true)),
-                 lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND token = $2 AND state = 'running'",
-        )
-        .bind(lease.id)
-        .bind(lease.token)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
+        let updated = sqlx::query(sqlx::AssertSqlSafe(FINISH_CANCELLED_SQL.as_str()))
+            .bind(lease.id)
+            .bind(lease.token)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -596,37 +844,51 @@ impl JobWrites for PgStore {
     }
 
     async fn cancel(&self, id: Uuid, owner: Option<UserId>) -> Result<CancelOutcome, StoreError> {
-        let row = sqlx::query(
-            "UPDATE jobs SET
-                 state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
-                 cancel_requested = true,
-                 finished_at = CASE WHEN state = 'running' THEN NULL ELSE now() END,
-                 updated_at = now()
-             WHERE id = $1 AND ($2::text IS NULL OR owner = $2)
-               AND state NOT IN ('succeeded', 'failed', 'cancelled')
-             RETURNING state",
+        let owner = rows::owner_text(owner);
+        let mut tx = self.pool.begin().await?;
+        // Locked first: a claim may make the job running meanwhile, and the
+        // two outcomes are different writes.
+        let state: Option<JobState> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)
+             FOR UPDATE",
         )
         .bind(id)
-        .bind(rows::owner_text(owner))
-        .fetch_optional(&self.pool)
+        .bind(&owner)
+        .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = row {
-            return Ok(match row.try_get("state")? {
-                JobState::Running => CancelOutcome::Cancelling,
-                _ => CancelOutcome::Cancelled,
-            });
-        }
-        let row = sqlx::query(
-            "SELECT state FROM jobs WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
-        )
-        .bind(id)
-        .bind(rows::owner_text(owner))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some(row) => CancelOutcome::AlreadyFinished(row.try_get("state")?),
-            None => CancelOutcome::NotFound,
-        })
+        let outcome = match state {
+            Some(JobState::Running) => {
+                sqlx::query(
+                    "UPDATE jobs SET cancel_requested = true, updated_at = now() WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                CancelOutcome::Cancelling
+            }
+            Some(_) => {
+                sqlx::query(sqlx::AssertSqlSafe(CANCEL_WAITING_SQL.as_str()))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Cancelled
+            }
+            // Not waiting or running: finished (this statement's snapshot
+            // sees a job that moved while we waited), or none of ours.
+            None => {
+                let finished: Option<JobState> = sqlx::query_scalar(
+                    "SELECT state FROM finished_jobs
+                     WHERE id = $1 AND ($2::text IS NULL OR owner = $2)",
+                )
+                .bind(id)
+                .bind(&owner)
+                .fetch_optional(&mut *tx)
+                .await?;
+                finished.map_or(CancelOutcome::NotFound, CancelOutcome::AlreadyFinished)
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
@@ -663,24 +925,33 @@ impl JobWrites for PgStore {
                 crash_cap,
                 cancel_requested,
             );
-            sqlx::query(
-                "UPDATE jobs SET state = $2, rescues = rescues + 1,
-                     run_at = CASE WHEN $3::float8 IS NULL THEN run_at
-                                   ELSE now() + make_interval(secs => $3) END,
-                     finished_at = CASE WHEN $2 IN ('failed', 'cancelled') THEN now() END,
-                     errors = errors || jsonb_build_array(jsonb_build_object(
-                         'attempt', attempt, 'at', now(), 'code', $4::text, 'message', $5::text,
-                         'permanent', $2 <> 'retryable')),
-                     lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
-                 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(next.state.as_str())
-            .bind(next.retry_in.map(secs))
-            .bind(next.code)
-            .bind(&next.message)
-            .execute(&mut *tx)
-            .await?;
+            if next.state.is_final() {
+                sqlx::query(sqlx::AssertSqlSafe(RESCUE_FINAL_SQL.as_str()))
+                    .bind(id)
+                    .bind(next.state.as_str())
+                    .bind(next.code)
+                    .bind(&next.message)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE jobs SET state = $2, rescues = rescues + 1,
+                         run_at = CASE WHEN $3::float8 IS NULL THEN run_at
+                                       ELSE now() + make_interval(secs => $3) END,
+                         errors = errors || jsonb_build_array(jsonb_build_object(
+                             'attempt', attempt, 'at', now(), 'code', $4::text,
+                             'message', $5::text, 'permanent', false)),
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(next.state.as_str())
+                .bind(next.retry_in.map(secs))
+                .bind(next.code)
+                .bind(&next.message)
+                .execute(&mut *tx)
+                .await?;
+            }
             rescued.push(Rescued {
                 id,
                 kind,

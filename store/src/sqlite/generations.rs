@@ -263,10 +263,15 @@ impl Generations for SqliteStore {
         owner: UserId,
         filter: &JobFilter,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE owner = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR kind = ?3)
+        // Newest first from each table (each on its owner index), then
+        // merged. SQLite takes ORDER BY and LIMIT on a compound's parts only
+        // inside subqueries.
+        let filter_sql = "owner = ?1 AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR kind = ?3)
                AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5";
+        let sql = format!(
+            "SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs WHERE {filter_sql})
+             UNION ALL SELECT * FROM (SELECT {JOB_COLUMNS} FROM finished_jobs WHERE {filter_sql})
              ORDER BY id DESC LIMIT ?5"
         );
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))

@@ -3,7 +3,7 @@
 //! time anyway; a single connection never meets `SQLITE_BUSY` from itself)
 //! and a small pool of readers. Times are unix milliseconds.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -140,12 +140,38 @@ impl SqliteStore {
         } else {
             "available"
         };
-        let inserted = sqlx::query(
+        if let Some(key) = &job.idempotency_key {
+            let taken = sqlx::query(
+                "INSERT INTO job_keys (owner, kind, idempotency_key, job_id, created_at)
+                 VALUES (coalesce(?, ''), ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(rows::owner_text(job.owner))
+            .bind(&job.kind)
+            .bind(key)
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            if taken.rows_affected() == 0 {
+                let existing: Id = sqlx::query_scalar(
+                    "SELECT job_id FROM job_keys
+                     WHERE owner = coalesce(?, '') AND kind = ? AND idempotency_key = ?",
+                )
+                .bind(rows::owner_text(job.owner))
+                .bind(&job.kind)
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await?;
+                return Ok(Enqueued {
+                    id: existing.0,
+                    created: false,
+                });
+            }
+        }
+        sqlx::query(
             "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (coalesce(owner, ''), kind, idempotency_key)
-                 WHERE idempotency_key IS NOT NULL DO NOTHING",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&job.kind)
@@ -163,22 +189,7 @@ impl SqliteStore {
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Enqueued { id, created: true });
-        }
-        let existing: Id = sqlx::query_scalar(
-            "SELECT id FROM jobs
-             WHERE coalesce(owner, '') = coalesce(?, '') AND kind = ? AND idempotency_key = ?",
-        )
-        .bind(rows::owner_text(job.owner))
-        .bind(&job.kind)
-        .bind(&job.idempotency_key)
-        .fetch_one(&mut *conn)
-        .await?;
-        Ok(Enqueued {
-            id: existing.0,
-            created: false,
-        })
+        Ok(Enqueued { id, created: true })
     }
 }
 
@@ -200,6 +211,95 @@ const APPEND_ERROR: &str = "json_insert(errors, '$[#]', json_object(
     'attempt', attempt, 'at', strftime('%Y-%m-%dT%H:%M:%fZ', ?1 / 1000.0, 'unixepoch'),
     'code', ?2, 'message', ?3, 'permanent', json(?4)))";
 
+/// Removes a job from `jobs` once its row was copied to `finished_jobs`
+/// (`rows::move_finished`), in the same transaction: the single writer
+/// makes the copy and the delete one step.
+async fn delete_moved(tx: &mut SqliteConnection, id: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM jobs WHERE id = ?")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "'succeeded'"),
+            ("result", "?1"),
+            ("progress", "100"),
+            ("finished_at", "?2"),
+            ("updated_at", "?2"),
+        ],
+        "jobs WHERE id = ?3 AND token = ?4 AND state = 'running'",
+    )
+});
+
+/// The last attempt (or a permanent failure) ends the job; binds as the
+/// retry's `UPDATE` in `fail`.
+static FAIL_FINAL_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "'failed'"),
+            ("errors", APPEND_ERROR),
+            ("finished_at", "?1"),
+            ("updated_at", "?1"),
+        ],
+        "jobs WHERE id = ?6 AND token = ?7 AND state = 'running'
+             AND (?5 IS NULL OR attempt >= max_attempts)",
+    )
+});
+
+static RELEASE_CANCELLED_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("attempt", "attempt - 1"),
+            ("started_at", "NULL"),
+            ("finished_at", "?1"),
+            ("updated_at", "?1"),
+        ],
+        "jobs WHERE id = ?2 AND token = ?3 AND state = 'running' AND cancel_requested",
+    )
+});
+
+static FINISH_CANCELLED_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("errors", APPEND_ERROR),
+            ("finished_at", "?1"),
+            ("updated_at", "?1"),
+        ],
+        "jobs WHERE id = ?5 AND token = ?6 AND state = 'running'",
+    )
+});
+
+static CANCEL_WAITING_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "'cancelled'"),
+            ("cancel_requested", "1"),
+            ("finished_at", "?1"),
+            ("updated_at", "?1"),
+        ],
+        "jobs WHERE id = ?2",
+    )
+});
+
+static RESCUE_FINAL_SQL: LazyLock<String> = LazyLock::new(|| {
+    rows::move_finished(
+        &[
+            ("state", "?5"),
+            ("rescues", "rescues + 1"),
+            ("errors", APPEND_ERROR),
+            ("finished_at", "?1"),
+            ("updated_at", "?1"),
+        ],
+        "jobs WHERE id = ?6",
+    )
+});
+
 #[async_trait]
 impl Queue for SqliteStore {
     fn backend_name(&self) -> &'static str {
@@ -208,6 +308,11 @@ impl Queue for SqliteStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// One plain `finished_jobs` table: nothing to prepare.
+    async fn ensure_finished_partitions(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
@@ -270,21 +375,35 @@ impl Queue for SqliteStore {
     }
 
     async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_at < ?
-                 LIMIT ?)",
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM finished_jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?",
         )
         .bind(now_ms() - ms(older_than))
         .bind(i64::from(limit))
-        .execute(&self.writer)
+        .fetch_all(&mut *tx)
         .await?;
+        // The ids travel as one JSON array, whatever their number.
+        let ids = serde_json::json!(ids).to_string();
+        sqlx::query("DELETE FROM job_keys WHERE job_id IN (SELECT value FROM json_each(?))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM finished_jobs WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
         Ok(deleted.rows_affected())
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        // One statement, one snapshot: a job moving meanwhile is seen once.
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1
+             UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id = ?1"
+        );
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(Id(id))
             .fetch_optional(&self.reader)
@@ -294,8 +413,11 @@ impl Queue for SqliteStore {
 
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
         // The ids travel as one JSON array, whatever their number.
-        let sql =
-            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?))");
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT value FROM json_each(?1))
+             UNION ALL
+             SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id IN (SELECT value FROM json_each(?1))"
+        );
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(serde_json::json!(ids).to_string())
             .fetch_all(&self.reader)
@@ -310,7 +432,9 @@ impl Queue for SqliteStore {
                     min(CASE WHEN run_at <= ?1
                               AND state IN ('available', 'scheduled', 'retryable')
                              THEN run_at END) AS oldest_due
-             FROM jobs GROUP BY queue, state ORDER BY queue, state",
+             FROM (SELECT queue, state, run_at FROM jobs
+                   UNION ALL SELECT queue, state, run_at FROM finished_jobs)
+             GROUP BY queue, state ORDER BY queue, state",
         )
         .bind(now)
         .fetch_all(&self.reader)
@@ -399,20 +523,19 @@ impl JobWrites for SqliteStore {
         let mut n = 0;
         let mut tx = self.writer.begin().await?;
         for c in done {
-            n += sqlx::query(
-                "UPDATE jobs SET state = 'succeeded', result = ?, progress = 100,
-                                 finished_at = ?, updated_at = ?,
-                                 lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = ? AND token = ? AND state = 'running'",
-            )
-            .bind(c.result.to_string())
-            .bind(now)
-            .bind(now)
-            .bind(c.lease.id.to_string())
-            .bind(c.lease.token)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let id = c.lease.id.to_string();
+            let moved = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+                .bind(c.result.to_string())
+                .bind(now)
+                .bind(&id)
+                .bind(c.lease.token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if moved == 1 {
+                delete_moved(&mut tx, &id).await?;
+                n += 1;
+            }
         }
         tx.commit().await?;
         Ok(n)
@@ -421,27 +544,45 @@ impl JobWrites for SqliteStore {
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
         let now = now_ms();
         let retry_at = failure.retry_in.map(|d| now + ms(d));
-        let sql = format!(
-            "UPDATE jobs SET
-                 errors = {APPEND_ERROR},
-                 state = CASE WHEN ?5 IS NULL OR attempt >= max_attempts
-                              THEN 'failed' ELSE 'retryable' END,
-                 run_at = CASE WHEN ?5 IS NULL OR attempt >= max_attempts THEN run_at ELSE ?5 END,
-                 finished_at = CASE WHEN ?5 IS NULL OR attempt >= max_attempts THEN ?1 END,
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
-             WHERE id = ?6 AND token = ?7 AND state = 'running'"
-        );
-        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let id = lease.id.to_string();
+        let permanent = if retry_at.is_none() { "true" } else { "false" };
+        let mut tx = self.writer.begin().await?;
+        let moved = sqlx::query(sqlx::AssertSqlSafe(FAIL_FINAL_SQL.as_str()))
             .bind(now)
             .bind(&failure.code)
             .bind(&failure.message)
-            .bind(if retry_at.is_none() { "true" } else { "false" })
+            .bind(permanent)
             .bind(retry_at)
-            .bind(lease.id.to_string())
+            .bind(&id)
             .bind(lease.token)
-            .execute(&self.writer)
-            .await?;
-        Ok(updated.rows_affected() == 1)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let ours = if moved == 1 {
+            delete_moved(&mut tx, &id).await?;
+            true
+        } else {
+            let sql = format!(
+                "UPDATE jobs SET errors = {APPEND_ERROR}, state = 'retryable', run_at = ?5,
+                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+                 WHERE id = ?6 AND token = ?7 AND state = 'running'
+                   AND NOT (?5 IS NULL OR attempt >= max_attempts)"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(now)
+                .bind(&failure.code)
+                .bind(&failure.message)
+                .bind(permanent)
+                .bind(retry_at)
+                .bind(&id)
+                .bind(lease.token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        };
+        tx.commit().await?;
+        Ok(ours)
     }
 
     async fn snooze(&self, lease: Lease, delay: Duration) -> Result<bool, StoreError> {
@@ -465,44 +606,53 @@ impl JobWrites for SqliteStore {
         let mut n = 0;
         let mut tx = self.writer.begin().await?;
         for l in leases {
-            let queue: Option<String> = sqlx::query_scalar(
-                "UPDATE jobs SET
-                     state = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'available' END,
-                     finished_at = CASE WHEN cancel_requested THEN ?1 END,
-                     attempt = attempt - 1, started_at = NULL,
+            let id = l.id.to_string();
+            let cancelled = sqlx::query(sqlx::AssertSqlSafe(RELEASE_CANCELLED_SQL.as_str()))
+                .bind(now)
+                .bind(&id)
+                .bind(l.token)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if cancelled == 1 {
+                delete_moved(&mut tx, &id).await?;
+                n += 1;
+                continue;
+            }
+            n += sqlx::query(
+                "UPDATE jobs SET state = 'available', attempt = attempt - 1, started_at = NULL,
                      lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
-                 WHERE id = ?2 AND token = ?3 AND state = 'running'
-                 RETURNING queue",
+                 WHERE id = ?2 AND token = ?3 AND state = 'running' AND NOT cancel_requested",
             )
             .bind(now)
-            .bind(l.id.to_string())
+            .bind(&id)
             .bind(l.token)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if queue.is_some() {
-                n += 1;
-            }
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
         Ok(n)
     }
 
     async fn finish_cancelled(&self, lease: Lease, reason: &str) -> Result<bool, StoreError> {
-        let sql = format!(
-            "UPDATE jobs SET state = 'cancelled', finished_at = ?1, updated_at = ?1,
-                 errors = {APPEND_ERROR}, lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = ?5 AND token = ?6 AND state = 'running'"
-        );
-        let updated = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let id = lease.id.to_string();
+        let mut tx = self.writer.begin().await?;
+        let moved = sqlx::query(sqlx::AssertSqlSafe(FINISH_CANCELLED_SQL.as_str()))
             .bind(now_ms())
             .bind("cancelled")
             .bind(reason)
             .bind("true")
-            .bind(lease.id.to_string())
+            .bind(&id)
             .bind(lease.token)
-            .execute(&self.writer)
-            .await?;
-        Ok(updated.rows_affected() == 1)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved == 1 {
+            delete_moved(&mut tx, &id).await?;
+        }
+        tx.commit().await?;
+        Ok(moved == 1)
     }
 
     async fn set_progress(
@@ -527,36 +677,46 @@ impl JobWrites for SqliteStore {
 
     async fn cancel(&self, id: Uuid, owner: Option<UserId>) -> Result<CancelOutcome, StoreError> {
         let now = now_ms();
-        let state: Option<String> = sqlx::query_scalar(
-            "UPDATE jobs SET
-                 state = CASE WHEN state = 'running' THEN state ELSE 'cancelled' END,
-                 cancel_requested = 1,
-                 finished_at = CASE WHEN state = 'running' THEN NULL ELSE ?1 END,
-                 updated_at = ?1
-             WHERE id = ?2 AND (?3 IS NULL OR owner = ?3)
-               AND state NOT IN ('succeeded', 'failed', 'cancelled')
-             RETURNING state",
+        let (id, owner) = (id.to_string(), rows::owner_text(owner));
+        let mut tx = self.writer.begin().await?;
+        let state: Option<JobState> = sqlx::query_scalar(
+            "SELECT state FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
         )
-        .bind(now)
-        .bind(id.to_string())
-        .bind(rows::owner_text(owner))
-        .fetch_optional(&self.writer)
+        .bind(&id)
+        .bind(&owner)
+        .fetch_optional(&mut *tx)
         .await?;
-        match state.as_deref() {
-            Some("running") => return Ok(CancelOutcome::Cancelling),
-            Some(_) => return Ok(CancelOutcome::Cancelled),
-            None => {}
-        }
-        let row =
-            sqlx::query("SELECT state FROM jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)")
-                .bind(id.to_string())
-                .bind(rows::owner_text(owner))
-                .fetch_optional(&self.writer)
+        let outcome = match state {
+            Some(JobState::Running) => {
+                sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE id = ?2")
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                CancelOutcome::Cancelling
+            }
+            Some(_) => {
+                sqlx::query(sqlx::AssertSqlSafe(CANCEL_WAITING_SQL.as_str()))
+                    .bind(now)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                delete_moved(&mut tx, &id).await?;
+                CancelOutcome::Cancelled
+            }
+            None => {
+                let finished: Option<JobState> = sqlx::query_scalar(
+                    "SELECT state FROM finished_jobs WHERE id = ?1 AND (?2 IS NULL OR owner = ?2)",
+                )
+                .bind(&id)
+                .bind(&owner)
+                .fetch_optional(&mut *tx)
                 .await?;
-        Ok(match row {
-            Some(row) => CancelOutcome::AlreadyFinished(row.try_get("state")?),
-            None => CancelOutcome::NotFound,
-        })
+                finished.map_or(CancelOutcome::NotFound, CancelOutcome::AlreadyFinished)
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 
     async fn resume_queue(&self, queue: &str) -> Result<(), StoreError> {
@@ -591,27 +751,40 @@ impl JobWrites for SqliteStore {
                 crash_cap,
                 row.try_get("cancel_requested")?,
             );
-            let sql = format!(
-                "UPDATE jobs SET errors = {APPEND_ERROR}, state = ?5, rescues = rescues + 1,
-                     run_at = coalesce(?6, run_at),
-                     finished_at = CASE WHEN ?5 IN ('failed', 'cancelled') THEN ?1 END,
-                     lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
-                 WHERE id = ?7"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(now)
-                .bind(next.code)
-                .bind(&next.message)
-                .bind(if next.state == JobState::Retryable {
-                    "false"
-                } else {
-                    "true"
-                })
-                .bind(next.state.as_str())
-                .bind(next.retry_in.map(|d| now + ms(d)))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            let permanent = if next.state.is_final() {
+                "true"
+            } else {
+                "false"
+            };
+            if next.state.is_final() {
+                sqlx::query(sqlx::AssertSqlSafe(RESCUE_FINAL_SQL.as_str()))
+                    .bind(now)
+                    .bind(next.code)
+                    .bind(&next.message)
+                    .bind(permanent)
+                    .bind(next.state.as_str())
+                    .bind(id.0.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                delete_moved(&mut tx, &id.0.to_string()).await?;
+            } else {
+                let sql = format!(
+                    "UPDATE jobs SET errors = {APPEND_ERROR}, state = ?5, rescues = rescues + 1,
+                         run_at = coalesce(?6, run_at),
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = ?1
+                     WHERE id = ?7"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now)
+                    .bind(next.code)
+                    .bind(&next.message)
+                    .bind(permanent)
+                    .bind(next.state.as_str())
+                    .bind(next.retry_in.map(|d| now + ms(d)))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             rescued.push(Rescued {
                 id: id.0,
                 kind,

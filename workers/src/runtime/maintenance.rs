@@ -1,5 +1,6 @@
 //! Periodic upkeep every worker process does (it is idempotent, so many
-//! processes doing it is harmless): rescue jobs whose worker was lost, and
+//! processes doing it is harmless): rescue jobs whose worker was lost,
+//! make sure finished jobs have somewhere to go in the coming days, and
 //! refresh the queue gauges with one query.
 
 use kiln_store::{JobState, Store};
@@ -16,6 +17,11 @@ pub(crate) async fn run(store: Store, config: WorkerConfig, stop: CancellationTo
             _ = tick.tick() => {}
         }
         rescue(&store, config.crash_loop_cap).await;
+        // Without it, finished jobs still land (in the DEFAULT partition),
+        // but retention then deletes them row by row.
+        if let Err(e) = store.ensure_finished_partitions().await {
+            tracing::warn!(error = %e, "creating finished-job partitions failed");
+        }
         refresh_gauges(&store).await;
     }
 }
