@@ -13,6 +13,7 @@ use kiln_store::{
 use serde_json::json;
 
 kiln_store::both_databases!(
+    bulk_enqueued_jobs_read_back_as_given,
     claim_order_follows_priority_then_age,
     one_claim_serves_several_queues_in_priority_order,
     scheduled_jobs_wait_for_run_at,
@@ -265,6 +266,40 @@ async fn idempotency_is_per_owner_and_kind(store: Store, _: &TestDatabase) {
     assert!(!system_again.created);
     assert_eq!(system.id, system_again.id);
     assert_ne!(a.id, b.id);
+}
+
+async fn bulk_enqueued_jobs_read_back_as_given(store: Store, _: &TestDatabase) {
+    let later = Utc::now() + chrono::Duration::hours(1);
+    let payload = Probe {
+        sleep_ms: 7,
+        ..Default::default()
+    };
+    let given = vec![
+        NewJob::of(&payload).unwrap().owner(ALICE).priority(3),
+        NewJob::of(&payload).unwrap().max_attempts(9).run_at(later),
+        probe().queue("other").idempotency_key("once"),
+    ];
+    let ids = store.enqueue_many(given.clone()).await.unwrap();
+    assert_eq!(ids.len(), 3);
+    for (job, id) in given.iter().zip(&ids) {
+        let rec = store.get(*id).await.unwrap().unwrap();
+        assert_eq!(
+            (&rec.kind, &rec.queue, rec.owner, &rec.payload),
+            (&job.kind, &job.queue, job.owner, &job.payload)
+        );
+        assert_eq!(
+            (rec.priority, rec.max_attempts, rec.attempt),
+            (job.priority, job.max_attempts, 0)
+        );
+        let state = if job.run_at.is_some() {
+            JobState::Scheduled
+        } else {
+            JobState::Available
+        };
+        assert_eq!(rec.state, state, "{job:?}");
+    }
+    let scheduled = store.get(ids[1]).await.unwrap().unwrap();
+    assert!((scheduled.run_at - later).num_milliseconds().abs() <= 1);
 }
 
 async fn bulk_enqueue_honours_idempotency(store: Store, _: &TestDatabase) {
