@@ -14,6 +14,7 @@ use serde_json::json;
 
 kiln_store::both_databases!(
     bulk_enqueued_jobs_read_back_as_given,
+    an_owners_jobs_run_in_the_order_they_came,
     claim_order_follows_priority_then_age,
     one_claim_serves_several_queues_in_priority_order,
     scheduled_jobs_wait_for_run_at,
@@ -300,6 +301,31 @@ async fn bulk_enqueued_jobs_read_back_as_given(store: Store, _: &TestDatabase) {
     }
     let scheduled = store.get(ids[1]).await.unwrap().unwrap();
     assert!((scheduled.run_at - later).num_milliseconds().abs() <= 1);
+}
+
+async fn an_owners_jobs_run_in_the_order_they_came(store: Store, _: &TestDatabase) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(store.enqueue(probe().owner(ALICE)).await.unwrap().id);
+    }
+    let first_two = claim(&store, 2).await;
+    let done: Vec<Completion> = first_two
+        .iter()
+        .map(|j| Completion {
+            lease: j.lease,
+            result: json!({}),
+        })
+        .collect();
+    assert_eq!(store.complete(&done).await.unwrap(), 2);
+    // One of Alice's jobs still waits; her next one goes after it.
+    ids.push(store.enqueue(probe().owner(ALICE)).await.unwrap().id);
+    let rest: Vec<_> = claim(&store, 1)
+        .await
+        .into_iter()
+        .chain(claim(&store, 1).await)
+        .map(|j| j.lease.id)
+        .collect();
+    assert_eq!(rest, ids[2..]);
 }
 
 async fn bulk_enqueue_honours_idempotency(store: Store, _: &TestDatabase) {

@@ -280,19 +280,19 @@ impl PgStore {
     }
 }
 
-/// The owner's place in the round-robin: one past its unfinished jobs.
+/// The owner's place in the round-robin: one past the last of its
+/// unfinished jobs, so an owner's jobs keep their order and an owner with
+/// nothing waiting starts at the front.
 /// System jobs (no owner) go first.
 async fn fair_seq(conn: &mut PgConnection, owner: Option<UserId>) -> Result<i64, StoreError> {
     let Some(owner) = owner else { return Ok(0) };
     let owner = owner.to_string();
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs
-         WHERE owner = $1 AND state IN ('available', 'scheduled', 'retryable', 'running')",
-    )
-    .bind(&owner)
-    .fetch_one(conn)
-    .await?;
-    Ok(pending + 1)
+    // `jobs` holds only unfinished jobs; one probe of `jobs_owner_seq`.
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(fair_seq) FROM jobs WHERE owner = $1")
+        .bind(&owner)
+        .fetch_one(conn)
+        .await?;
+    Ok(last.unwrap_or(0) + 1)
 }
 
 async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {

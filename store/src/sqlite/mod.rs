@@ -240,14 +240,12 @@ impl SqliteStore {
 async fn fair_seq(conn: &mut SqliteConnection, owner: Option<UserId>) -> Result<i64, StoreError> {
     let Some(owner) = owner else { return Ok(0) };
     let owner = owner.to_string();
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs
-         WHERE owner = ? AND state IN ('available', 'scheduled', 'retryable', 'running')",
-    )
-    .bind(&owner)
-    .fetch_one(conn)
-    .await?;
-    Ok(pending + 1)
+    // `jobs` holds only unfinished jobs; one probe of `jobs_owner_seq`.
+    let last: Option<i64> = sqlx::query_scalar("SELECT max(fair_seq) FROM jobs WHERE owner = ?")
+        .bind(&owner)
+        .fetch_one(conn)
+        .await?;
+    Ok(last.unwrap_or(0) + 1)
 }
 
 /// Appends one entry to a job's error history (a JSON array in a text column).
