@@ -24,6 +24,11 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
         let connect: PgConnectOptions = url.parse()?;
         let pool_options = PgPoolOptions::new()
             .max_connections(options.max_connections)
+            // No ping before every statement: it doubled the round trips of
+            // each request. A connection broken meanwhile fails its next
+            // statement, which is retried or reported like any other
+            // database fault, and is then replaced.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10));
         // One plain connection first: the pool would retry silently until
         // its acquire timeout, and an operator should see why kiln waits.
