@@ -268,13 +268,17 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
     rows::move_finished(
         &[
             ("state", "'succeeded'"),
-            ("result", "?1"),
+            ("result", "done_result"),
             ("progress", "100"),
             ("finished_at", "?2"),
             ("updated_at", "?2"),
         ],
-        "jobs WHERE id = ?3 AND token = ?4 AND state = 'running'",
-    )
+        // ?1: a JSON array of [id, token, result] for each completion.
+        "(SELECT j.*, c.value ->> 2 AS done_result
+          FROM json_each(?1) c
+          JOIN jobs j ON j.id = c.value ->> 0 AND j.token = c.value ->> 1
+          WHERE j.state = 'running') AS jobs",
+    ) + " RETURNING id"
 });
 
 /// The last attempt (or a permanent failure) ends the job; binds as the
@@ -561,26 +565,31 @@ impl JobWrites for SqliteStore {
     }
 
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError> {
-        let now = now_ms();
-        let mut n = 0;
+        if done.is_empty() {
+            return Ok(0);
+        }
+        // The whole batch in two statements (move, then delete what moved):
+        // one round trip to SQLite's thread per statement, not per job.
+        let batch: Vec<serde_json::Value> = done
+            .iter()
+            .map(|c| {
+                serde_json::json!([c.lease.id.to_string(), c.lease.token, c.result.to_string()])
+            })
+            .collect();
         let mut tx = self.writer.begin().await?;
-        for c in done {
-            let id = c.lease.id.to_string();
-            let moved = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
-                .bind(c.result.to_string())
-                .bind(now)
-                .bind(&id)
-                .bind(c.lease.token)
+        let moved: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+            .bind(serde_json::Value::Array(batch).to_string())
+            .bind(now_ms())
+            .fetch_all(&mut *tx)
+            .await?;
+        if !moved.is_empty() {
+            sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(serde_json::json!(moved).to_string())
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if moved == 1 {
-                delete_moved(&mut tx, &id).await?;
-                n += 1;
-            }
+                .await?;
         }
         tx.commit().await?;
-        Ok(n)
+        Ok(moved.len() as u64)
     }
 
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
