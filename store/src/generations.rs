@@ -51,6 +51,34 @@ pub(crate) struct NewGenerationRow<'a> {
     pub input: &'a GenerationInput,
 }
 
+impl NewGenerationBatch {
+    /// The batch's `generate_image` jobs, one per item in order, and the
+    /// ids their generations get. None carries a key of its own, so every
+    /// one goes in.
+    pub(crate) fn jobs(&self) -> Result<(Vec<Uuid>, Vec<crate::NewJob>), StoreError> {
+        let ids: Vec<Uuid> = self.items.iter().map(|_| Uuid::now_v7()).collect();
+        let jobs = ids
+            .iter()
+            .map(|&generation_id| {
+                Ok(
+                    crate::NewJob::of(&kiln_jobs::GenerateImage { generation_id })?
+                        .owner(self.owner),
+                )
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((ids, jobs))
+    }
+
+    /// The generation rows of the batch, once its jobs are in.
+    pub(crate) fn rows<'a>(&'a self, ids: &[Uuid], job_ids: &[Uuid]) -> Vec<NewGenerationRow<'a>> {
+        ids.iter()
+            .zip(job_ids)
+            .zip(&self.items)
+            .map(|((&id, &job_id), input)| NewGenerationRow { id, job_id, input })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GenerationEnqueued {
     Created {

@@ -904,24 +904,13 @@ impl JobWrites for SqliteStore {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        let ids: Vec<Uuid> = b.items.iter().map(|_| Uuid::now_v7()).collect();
-        let jobs = ids
-            .iter()
-            .map(|&generation_id| Ok(NewJob::of(&GenerateImage { generation_id })?.owner(b.owner)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        // No job carries a key of its own, so every one goes in, in order.
+        let (ids, jobs) = b.jobs()?;
         let job_ids: Vec<Uuid> = SqliteStore::enqueue_many_in(&mut tx, jobs)
             .await?
             .into_iter()
             .map(|(_, id)| id)
             .collect();
-        let rows: Vec<NewGenerationRow> = ids
-            .iter()
-            .zip(&job_ids)
-            .zip(&b.items)
-            .map(|((&id, &job_id), input)| NewGenerationRow { id, job_id, input })
-            .collect();
-        insert_generations(&mut tx, b.owner, Some(batch_id), &rows).await?;
+        insert_generations(&mut tx, b.owner, Some(batch_id), &b.rows(&ids, &job_ids)).await?;
         tx.commit().await?;
         Ok(BatchEnqueued::Created { job_ids })
     }
