@@ -92,6 +92,18 @@ pub enum GenerationEnqueued {
     KeyReused,
 }
 
+impl GenerationEnqueued {
+    /// The answer to a request whose idempotency key found `job_id`: the
+    /// same job when the stored request hash is this request's.
+    pub(crate) fn retried(job_id: Uuid, stored_hash: Option<&str>, hash: &str) -> Self {
+        if stored_hash == Some(hash) {
+            GenerationEnqueued::Existing { job_id }
+        } else {
+            GenerationEnqueued::KeyReused
+        }
+    }
+}
+
 /// The outcome of a batch, as [`GenerationEnqueued`] is of one generation;
 /// job ids in the order of the batch's items.
 #[derive(Debug, Clone, PartialEq, Eq)]

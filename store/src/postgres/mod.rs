@@ -975,13 +975,11 @@ impl JobWrites for PgStore {
                     .bind(enqueued.id)
                     .fetch_optional(&self.pool)
                     .await?;
-            return Ok(if hash.as_deref() == Some(g.input.request_hash.as_str()) {
-                GenerationEnqueued::Existing {
-                    job_id: enqueued.id,
-                }
-            } else {
-                GenerationEnqueued::KeyReused
-            });
+            return Ok(GenerationEnqueued::retried(
+                enqueued.id,
+                hash.as_deref(),
+                &g.input.request_hash,
+            ));
         }
         let row = NewGenerationRow {
             id,

@@ -859,13 +859,11 @@ impl JobWrites for SqliteStore {
                     .fetch_optional(&mut *tx)
                     .await?;
             tx.rollback().await?;
-            return Ok(if hash.as_deref() == Some(g.input.request_hash.as_str()) {
-                GenerationEnqueued::Existing {
-                    job_id: enqueued.id,
-                }
-            } else {
-                GenerationEnqueued::KeyReused
-            });
+            return Ok(GenerationEnqueued::retried(
+                enqueued.id,
+                hash.as_deref(),
+                &g.input.request_hash,
+            ));
         }
         let row = NewGenerationRow {
             id,
