@@ -288,10 +288,16 @@ async fn fair_seq(conn: &mut PgConnection, owner: Option<UserId>) -> Result<i64,
     let Some(owner) = owner else { return Ok(0) };
     let owner = owner.to_string();
     // `jobs` holds only unfinished jobs; one probe of `jobs_owner_seq`.
-    let last: Option<i64> = sqlx::query_scalar("SELECT max(fair_seq) FROM jobs WHERE owner = $1")
-        .bind(&owner)
-        .fetch_one(conn)
-        .await?;
+    // Not `max(fair_seq)`: the generic plan a connection caches while the
+    // table is small aggregates every entry of the owner (6 ms at 5,000
+    // queued jobs); an ORDER BY the index answers is its cheapest plan at
+    // any size.
+    let last: Option<i64> = sqlx::query_scalar(
+        "SELECT fair_seq FROM jobs WHERE owner = $1 ORDER BY fair_seq DESC LIMIT 1",
+    )
+    .bind(&owner)
+    .fetch_optional(conn)
+    .await?;
     Ok(last.unwrap_or(0) + 1)
 }
 
