@@ -32,6 +32,7 @@ use clap::{Parser, Subcommand};
 ///   scheduler.prune_jobs_cron KILN_SCHEDULER_PRUNE_JOBS_CRON "0 17 * * * *"
 ///   api.bcrypt_cost           KILN_API_BCRYPT_COST          12
 ///   api.token_ttl_secs        KILN_API_TOKEN_TTL_SECS       2592000 (30 days)
+///   api.session_cache_secs    KILN_API_SESSION_CACHE_SECS   60: a token looked up lately is trusted from memory (revocation ends it at once)
 ///   api.signed_url_ttl_secs   KILN_API_SIGNED_URL_TTL_SECS  600
 ///   api.max_prompt_chars      KILN_API_MAX_PROMPT_CHARS     4000
 ///   api.max_images            KILN_API_MAX_IMAGES           4

@@ -45,6 +45,7 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         url: settings.database.url.clone(),
         max_connections: settings.database.max_connections,
         wait: true,
+        session_cache: std::time::Duration::from_secs(settings.api.session_cache_secs),
     })
     .await
     .context("opening the database (database.url)")?;

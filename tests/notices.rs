@@ -108,6 +108,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
         url: db.url.clone(),
         max_connections: 2,
         wait: false,
+        session_cache: std::time::Duration::ZERO,
     })
     .await
     .unwrap();

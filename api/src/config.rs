@@ -8,6 +8,9 @@ pub struct ApiConfig {
     pub bcrypt_cost: u32,
     /// How long a login token is valid.
     pub token_ttl_secs: u64,
+    /// How long a process may answer a token it looked up lately without
+    /// asking the database (0: never). A revocation ends it at once.
+    pub session_cache_secs: u64,
     /// How long a signed image URL is valid.
     pub signed_url_ttl_secs: u64,
     /// The longest prompt accepted, in characters.
@@ -33,6 +36,7 @@ impl Default for ApiConfig {
         ApiConfig {
             bcrypt_cost: 12,
             token_ttl_secs: 30 * 24 * 3600,
+            session_cache_secs: 60,
             signed_url_ttl_secs: 600,
             max_prompt_chars: 4000,
             max_images: 4,

@@ -21,6 +21,7 @@ pub(super) async fn open(url: &str) -> anyhow::Result<Store> {
         url: url.to_owned(),
         max_connections: 8,
         wait: false,
+        session_cache: std::time::Duration::ZERO,
     })
     .await?;
     store.migrate().await?;

@@ -78,6 +78,13 @@ pub struct LoginRecord {
     pub password_hash: String,
 }
 
+/// A session that may be used: whose it is and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSession {
+    pub user_id: UserId,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Accounts and their sessions.
 #[async_trait]
 pub trait Accounts: Send + Sync {
@@ -92,7 +99,11 @@ pub trait Accounts: Send + Sync {
         token_hash: &str,
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// The user of a live session: not expired, not revoked, account not deleted.
-    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError>;
-    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError>;
+    /// A live session: not expired, not revoked, account not deleted. The
+    /// API asks [`Store::session_user`](crate::Store::session_user), which
+    /// remembers the answer.
+    async fn find_session(&self, token_hash: &str) -> Result<Option<LiveSession>, StoreError>;
+    /// Revokes a session. Call [`Store::revoke_session`](crate::Store::revoke_session),
+    /// which also forgets it in every process.
+    async fn revoke_session_row(&self, token_hash: &str) -> Result<bool, StoreError>;
 }

@@ -14,6 +14,8 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// Keep retrying while the database is unreachable instead of failing.
     pub wait: bool,
+    /// How long a process may answer a session from memory (zero: never).
+    pub session_cache: Duration,
 }
 
 /// Opens the store for `url`. With `wait`, an unreachable Postgres is
@@ -53,10 +55,15 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
         Ok(Store::new(
             Arc::new(PgStore::new(pool, events.clone())),
             events,
+            options.session_cache,
         ))
     } else if url.starts_with("sqlite:") {
         let engine = SqliteStore::open(url, options.max_connections).await?;
-        Ok(Store::new(Arc::new(engine), Store::channel()))
+        Ok(Store::new(
+            Arc::new(engine),
+            Store::channel(),
+            options.session_cache,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))
     }

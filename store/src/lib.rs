@@ -14,6 +14,7 @@ mod postgres;
 mod queue;
 mod rescue;
 mod rows;
+mod sessions;
 mod signed_url;
 mod sqlite;
 mod store;

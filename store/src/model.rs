@@ -246,4 +246,7 @@ pub enum StoreEvent {
     /// A job's state, stage or progress changed (jobs with an owner only,
     /// for long-polling clients).
     JobChanged(Uuid),
+    /// A session was revoked (by the SHA-256 of its token): no process may
+    /// go on trusting it.
+    SessionRevoked(String),
 }

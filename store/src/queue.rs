@@ -64,6 +64,10 @@ pub trait JobWrites: Send + Sync + 'static {
     /// `Store` tells its own subscribers.
     fn announce(&self, events: &[StoreEvent]) -> bool;
 
+    /// Whether every other process's notifications reach this one now (a
+    /// revoked session must not stay remembered while they cannot).
+    fn hears_every_process(&self) -> bool;
+
     /// Inserts a job, or returns the existing one with the same owner, kind
     /// and idempotency key.
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError>;

@@ -11,6 +11,7 @@ use crate::{
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     metrics::metrics,
     queue::{Database, Engine},
+    sessions::SessionCache,
 };
 
 /// The one store every process holds, in front of its database engine
@@ -26,6 +27,7 @@ use crate::{
 pub struct Store {
     engine: Arc<dyn Engine>,
     events: broadcast::Sender<StoreEvent>,
+    sessions: Arc<SessionCache>,
 }
 
 impl Deref for Store {
@@ -38,9 +40,19 @@ impl Deref for Store {
 
 impl Store {
     /// Puts an engine behind a store. `events` is the channel the engine's
-    /// own notifications (if it has any) are sent on.
-    pub(crate) fn new(engine: Arc<dyn Engine>, events: broadcast::Sender<StoreEvent>) -> Store {
-        Store { engine, events }
+    /// own notifications (if it has any) are sent on; sessions are
+    /// remembered for `session_ttl` at most (zero: not at all).
+    pub(crate) fn new(
+        engine: Arc<dyn Engine>,
+        events: broadcast::Sender<StoreEvent>,
+        session_ttl: Duration,
+    ) -> Store {
+        let sessions = Arc::new(SessionCache::new(session_ttl, events.subscribe()));
+        Store {
+            engine,
+            events,
+            sessions,
+        }
     }
 
     /// A channel for engines to send their notifications on.
@@ -51,6 +63,12 @@ impl Store {
     /// Wake-ups: jobs available, cancellations asked for, jobs changed.
     pub fn subscribe(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    /// Whether every other process's notifications reach this one now
+    /// (false while the Postgres listener reconnects).
+    pub fn hears_every_process(&self) -> bool {
+        self.engine.hears_every_process()
     }
 
     /// Wakes this process's idle workers for `queue` after a job was
@@ -79,6 +97,35 @@ impl Store {
     /// Changes of the jobs clients may be waiting on (those with an owner).
     fn leases_changed<'a>(&self, leases: impl IntoIterator<Item = &'a Lease>) {
         self.changed(leases.into_iter().filter(|l| l.owned).map(|l| l.id));
+    }
+
+    /// The user a bearer token's hash signs in, if its session is live. A
+    /// session this process looked up lately is answered from memory (see
+    /// `sessions.rs` for why that cannot outlive a revocation).
+    pub async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError> {
+        let miss = match self
+            .sessions
+            .get(token_hash, self.engine.hears_every_process())
+        {
+            Ok(user) => return Ok(Some(user)),
+            Err(miss) => miss,
+        };
+        let Some(session) = self.engine.find_session(token_hash).await? else {
+            return Ok(None);
+        };
+        self.sessions
+            .remember(miss, token_hash, session.user_id, session.expires_at);
+        Ok(Some(session.user_id))
+    }
+
+    /// Revokes a session; no process trusts its token afterwards. False if
+    /// it was not live.
+    pub async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let revoked = self.engine.revoke_session_row(token_hash).await?;
+        // The engine told the other processes; this one forgets now, not
+        // when its own notification comes back.
+        self.sessions.forget(token_hash);
+        Ok(revoked)
     }
 
     /// Inserts a job, or returns the existing one with the same owner, kind

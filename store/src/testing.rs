@@ -83,6 +83,8 @@ impl TestDatabase {
             url: self.url.clone(),
             max_connections: 8,
             wait: false,
+            // As `kiln serve` runs by default.
+            session_cache: std::time::Duration::from_secs(60),
         })
         .await?;
         store.migrate().await?;

@@ -9,6 +9,7 @@ use kiln_store::{
     accounts::{Identifier, NewUser, UserCreated},
     testing::TestDatabase,
 };
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 kiln_store::both_databases!(
@@ -16,6 +17,9 @@ kiln_store::both_databases!(
     an_email_or_phone_is_taken_once,
     a_referral_code_must_exist,
     a_session_lives_until_revoked_or_expired,
+    a_remembered_session_still_ends_at_its_expiry,
+    a_session_looked_up_lately_is_answered_from_memory,
+    a_session_revoked_by_another_process_stops_working_here,
 );
 
 fn user(identifier: Identifier, code: &str) -> NewUser {
@@ -141,4 +145,101 @@ async fn a_session_lives_until_revoked_or_expired(store: Store, _: &TestDatabase
         "a session is revoked once"
     );
     assert_eq!(store.session_user("live").await.unwrap(), None);
+}
+
+/// The store remembers sessions (60 s in the test kit, as by default), but
+/// never past the session's own end.
+async fn a_remembered_session_still_ends_at_its_expiry(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let ends = Utc::now() + TimeDelta::milliseconds(1500);
+    store.create_session(ada, "short", ends).await.unwrap();
+    assert_eq!(store.session_user("short").await.unwrap(), Some(ada));
+    let wait = (ends - Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(50);
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        store.session_user("short").await.unwrap(),
+        None,
+        "a session past its expiry is refused, remembered or not"
+    );
+}
+
+/// Another `kiln serve` process (here: a second store on the same
+/// database) logs the session out: this process, which remembered it for
+/// 60 s, refuses it as soon as the revocation's notification arrives. On
+/// SQLite there is one process, and the revoking store forgets at once.
+async fn a_session_revoked_by_another_process_stops_working_here(store: Store, db: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let tomorrow = Utc::now() + TimeDelta::days(1);
+    store.create_session(ada, "live", tomorrow).await.unwrap();
+    until_listening(&store).await;
+    assert_eq!(store.session_user("live").await.unwrap(), Some(ada));
+    if !db.is_postgres() {
+        assert!(store.revoke_session("live").await.unwrap());
+        assert_eq!(store.session_user("live").await.unwrap(), None);
+        return;
+    }
+    let other = kiln_store::connect(&kiln_store::ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+        wait: false,
+        session_cache: Duration::from_secs(60),
+    })
+    .await
+    .unwrap();
+    assert_eq!(other.session_user("live").await.unwrap(), Some(ada));
+    assert!(other.revoke_session("live").await.unwrap());
+    assert_eq!(
+        other.session_user("live").await.unwrap(),
+        None,
+        "the revoking process forgets at once"
+    );
+    // Far inside the 60 s this store would otherwise trust the token.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.session_user("live").await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a session revoked by another process was still trusted after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What the cache is for: a token looked up lately costs no query. Shown by
+/// revoking behind the store's back (a raw UPDATE, which no process hears):
+/// the store still answers from memory, one without memory does not.
+async fn a_session_looked_up_lately_is_answered_from_memory(store: Store, db: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let tomorrow = Utc::now() + TimeDelta::days(1);
+    store.create_session(ada, "live", tomorrow).await.unwrap();
+    until_listening(&store).await;
+    assert_eq!(store.session_user("live").await.unwrap(), Some(ada));
+    let revoke = "UPDATE sessions SET revoked_at = created_at WHERE token_hash = 'live'";
+    if db.is_postgres() {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        sqlx::query(revoke).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query(revoke).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+    assert_eq!(store.session_user("live").await.unwrap(), Some(ada));
+    let forgetful = kiln_store::connect(&kiln_store::ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+        wait: false,
+        session_cache: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    assert_eq!(forgetful.session_user("live").await.unwrap(), None);
+}
+
+/// A Postgres store remembers nothing until its listener is up.
+async fn until_listening(store: &Store) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.hears_every_process() {
+        assert!(Instant::now() < deadline, "the listener never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

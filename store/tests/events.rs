@@ -316,6 +316,7 @@ async fn another_store_on_the_database_hears_the_writes(store: Store, db: &TestD
         url: db.url.clone(),
         max_connections: 2,
         wait: false,
+        session_cache: std::time::Duration::ZERO,
     })
     .await
     .unwrap();

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser, UserCreated},
+    accounts::{Accounts, Contacts, Identifier, LiveSession, LoginRecord, NewUser, UserCreated},
 };
 
 #[async_trait]
@@ -85,25 +85,36 @@ impl Accounts for PgStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError> {
-        let id: Option<Uuid> = sqlx::query_scalar(
-            "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+    async fn find_session(&self, token_hash: &str) -> Result<Option<LiveSession>, StoreError> {
+        let row: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
                AND u.deleted_at IS NULL",
         )
         .bind(token_hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(id.map(UserId))
+        Ok(row.map(|(id, expires_at)| LiveSession {
+            user_id: UserId(id),
+            expires_at,
+        }))
     }
 
-    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = now() WHERE token_hash = $1 AND revoked_at IS NULL",
+    async fn revoke_session_row(&self, token_hash: &str) -> Result<bool, StoreError> {
+        // Every process forgets the session when this commits: the
+        // notification goes out with the write itself, not after it, so no
+        // crash between the two can leave a revoked token remembered.
+        let revoked: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                 UPDATE sessions SET revoked_at = now()
+                 WHERE token_hash = $1 AND revoked_at IS NULL
+                 RETURNING token_hash)
+             SELECT count(pg_notify($2, token_hash)) FROM gone",
         )
         .bind(token_hash)
-        .execute(&self.pool)
+        .bind(super::SESSION_CHANNEL)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(revoked == 1)
     }
 }

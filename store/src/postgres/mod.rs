@@ -1,7 +1,13 @@
 //! The queue on PostgreSQL: claims with `FOR UPDATE SKIP LOCKED`, wake-ups
 //! with `LISTEN/NOTIFY` (triggers in the migration send them).
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use kiln_jobs::{GenerateImage, UserId};
@@ -30,10 +36,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 const AVAILABLE_CHANNEL: &str = "kiln_jobs_available";
 const CANCEL_CHANNEL: &str = "kiln_jobs_cancel";
 const CHANGED_CHANNEL: &str = "kiln_job_changed";
+/// A revoked session's token hash; sent by the revoking write itself.
+const SESSION_CHANNEL: &str = "kiln_session_revoked";
 
 pub struct PgStore {
     pool: PgPool,
     listener: tokio::task::AbortHandle,
+    /// True while the `LISTEN` connection is up: every other process's
+    /// notifications reach this one.
+    listening: Arc<AtomicBool>,
     notifier: Notifier,
 }
 
@@ -49,11 +60,13 @@ impl PgStore {
     /// Wraps a pool and starts the `LISTEN` task that turns notifications
     /// into [`StoreEvent`]s on `events`.
     pub fn new(pool: PgPool, events: broadcast::Sender<StoreEvent>) -> PgStore {
-        let listener = tokio::spawn(listen(pool.clone(), events)).abort_handle();
+        let listening = Arc::new(AtomicBool::new(false));
+        let listener = tokio::spawn(listen(pool.clone(), events, listening.clone())).abort_handle();
         let notifier = Notifier::spawn(pool.clone());
         PgStore {
             pool,
             listener,
+            listening,
             notifier,
         }
     }
@@ -301,9 +314,10 @@ async fn fair_seq(conn: &mut PgConnection, owner: Option<UserId>) -> Result<i64,
     Ok(last.unwrap_or(0) + 1)
 }
 
-async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
+async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>, listening: Arc<AtomicBool>) {
     let mut delay = Duration::from_millis(100);
     loop {
+        listening.store(false, Ordering::SeqCst);
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
             Err(e) => {
@@ -314,7 +328,12 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
             }
         };
         if let Err(e) = listener
-            .listen_all([AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL])
+            .listen_all([
+                AVAILABLE_CHANNEL,
+                CANCEL_CHANNEL,
+                CHANGED_CHANNEL,
+                SESSION_CHANNEL,
+            ])
             .await
         {
             tracing::warn!(error = %e, "LISTEN failed, retrying");
@@ -322,8 +341,10 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
             continue;
         }
         delay = Duration::from_millis(100);
-        // Anything sent while we were not listening is unknown: wake everyone.
+        // Anything sent while we were not listening is unknown: wake everyone
+        // (and forget every remembered session) before trusting the stream.
         let _ = events.send(StoreEvent::JobsAvailable(None));
+        listening.store(true, Ordering::SeqCst);
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => {
@@ -336,6 +357,7 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
                             Ok(id) => StoreEvent::JobChanged(id),
                             Err(_) => continue,
                         },
+                        SESSION_CHANNEL => StoreEvent::SessionRevoked(n.payload().to_owned()),
                         // An empty queue name: any queue.
                         _ => StoreEvent::JobsAvailable(
                             Some(n.payload().to_owned()).filter(|q| !q.is_empty()),
@@ -344,8 +366,11 @@ async fn listen(pool: PgPool, events: broadcast::Sender<StoreEvent>) {
                     let _ = events.send(event);
                 }
                 Ok(None) => {
-                    // Connection lost; try_recv reconnects on the next call.
+                    // Connection lost: reconnect here, so `listening` says
+                    // false until the channels are listened to again.
+                    listening.store(false, Ordering::SeqCst);
                     let _ = events.send(StoreEvent::JobsAvailable(None));
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "job notifications lost, reconnecting");
@@ -710,6 +735,10 @@ impl JobWrites for PgStore {
     fn announce(&self, events: &[StoreEvent]) -> bool {
         self.notifier.send(events.iter().cloned());
         true
+    }
+
+    fn hears_every_process(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
     }
 
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {

@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::{AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL};
+use super::{AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL, SESSION_CHANNEL};
 use crate::StoreEvent;
 
 /// The most notifications one statement sends.
@@ -54,6 +54,7 @@ fn notice(event: StoreEvent) -> (&'static str, String) {
         StoreEvent::JobsAvailable(queue) => (AVAILABLE_CHANNEL, queue.unwrap_or_default()),
         StoreEvent::CancelRequested(id) => (CANCEL_CHANNEL, id.to_string()),
         StoreEvent::JobChanged(id) => (CHANGED_CHANNEL, id.to_string()),
+        StoreEvent::SessionRevoked(hash) => (SESSION_CHANNEL, hash),
     }
 }
 

@@ -4,10 +4,10 @@ use kiln_jobs::UserId;
 use uuid::Uuid;
 
 use super::{SqliteStore, now_ms};
-use crate::codec::Id;
+use crate::codec::{Id, Time};
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LoginRecord, NewUser, UserCreated},
+    accounts::{Accounts, Contacts, Identifier, LiveSession, LoginRecord, NewUser, UserCreated},
 };
 
 #[async_trait]
@@ -91,9 +91,9 @@ impl Accounts for SqliteStore {
         Ok(())
     }
 
-    async fn session_user(&self, token_hash: &str) -> Result<Option<UserId>, StoreError> {
-        let id: Option<Id> = sqlx::query_scalar(
-            "SELECT s.user_id FROM sessions s JOIN users u ON u.id = s.user_id
+    async fn find_session(&self, token_hash: &str) -> Result<Option<LiveSession>, StoreError> {
+        let row: Option<(Id, Time)> = sqlx::query_as(
+            "SELECT s.user_id, s.expires_at FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.token_hash = ? AND s.revoked_at IS NULL AND s.expires_at > ?
                AND u.deleted_at IS NULL",
         )
@@ -101,10 +101,13 @@ impl Accounts for SqliteStore {
         .bind(now_ms())
         .fetch_optional(&self.reader)
         .await?;
-        Ok(id.map(|id| UserId(id.0)))
+        Ok(row.map(|(id, expires_at)| LiveSession {
+            user_id: UserId(id.0),
+            expires_at: expires_at.0,
+        }))
     }
 
-    async fn revoke_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+    async fn revoke_session_row(&self, token_hash: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL",
         )

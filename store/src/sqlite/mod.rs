@@ -506,6 +506,11 @@ impl JobWrites for SqliteStore {
         false
     }
 
+    /// One process: it hears itself.
+    fn hears_every_process(&self) -> bool {
+        true
+    }
+
     async fn enqueue(&self, job: NewJob) -> Result<Enqueued, StoreError> {
         let mut tx = self.writer.begin().await?;
         let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
