@@ -79,15 +79,12 @@ impl NewGenerationBatch {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GenerationEnqueued {
-    Created {
-        job_id: Uuid,
-    },
+    /// A new job, as stored (so the caller need not read it back).
+    Created { job: Box<crate::JobRecord> },
     /// The same idempotency key and the same request: the first job.
-    Existing {
-        job_id: Uuid,
-    },
+    Existing { job_id: Uuid },
     /// The same idempotency key with a different request.
     KeyReused,
 }

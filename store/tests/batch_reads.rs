@@ -30,10 +30,10 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
         })
         .await
         .unwrap();
-    let GenerationEnqueued::Created { job_id } = created else {
+    let GenerationEnqueued::Created { job } = created else {
         panic!("not created: {created:?}");
     };
-    store.generation_for_job(job_id).await.unwrap().unwrap().id
+    store.generation_for_job(job.id).await.unwrap().unwrap().id
 }
 
 async fn image(

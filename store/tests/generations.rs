@@ -55,7 +55,7 @@ async fn stored(store: &Store, owner: UserId, hash: &str) -> Generation {
 
 fn created(e: GenerationEnqueued) -> Uuid {
     match e {
-        GenerationEnqueued::Created { job_id } => job_id,
+        GenerationEnqueued::Created { job } => job.id,
         other => panic!("expected a new generation, got {other:?}"),
     }
 }
@@ -80,13 +80,16 @@ fn image(owner: UserId, generation_id: Uuid, source: Option<Uuid>) -> ImageRecor
 
 async fn a_generation_is_stored_with_its_job(store: Store, _: &TestDatabase) {
     let owner = testing::account(&store).await;
-    let job_id = created(
-        store
-            .create_generation(request(owner, None, "h1"))
-            .await
-            .unwrap(),
-    );
+    let enqueued = store
+        .create_generation(request(owner, None, "h1"))
+        .await
+        .unwrap();
+    let GenerationEnqueued::Created { job: answered } = enqueued else {
+        panic!("not created: {enqueued:?}");
+    };
+    let job_id = answered.id;
     let job = store.get(job_id).await.unwrap().unwrap();
+    assert_eq!(*answered, job, "the enqueue answers the job as stored");
     assert_eq!(job.kind, GenerateImage::KIND);
     assert_eq!(job.queue, GenerateImage::QUEUE);
     assert_eq!(job.owner, Some(owner));

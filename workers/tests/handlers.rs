@@ -55,10 +55,10 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
         })
         .await
         .unwrap();
-    let GenerationEnqueued::Created { job_id } = enqueued else {
+    let GenerationEnqueued::Created { job } = enqueued else {
         panic!("a fresh generation: {enqueued:?}");
     };
-    let generation = row(store, job_id).await.payload;
+    let generation = row(store, job.id).await.payload;
     (owner, serde_json::from_value(generation).unwrap())
 }
 

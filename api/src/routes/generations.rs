@@ -50,20 +50,23 @@ async fn create(
         .store
         .create_generation(spec.into_new_generation(user.id, idempotency_key))
         .await?;
-    let (status, job_id) = match outcome {
-        GenerationEnqueued::Created { job_id } => (StatusCode::ACCEPTED, job_id),
-        GenerationEnqueued::Existing { job_id } => (StatusCode::OK, job_id),
+    let (status, job) = match outcome {
+        GenerationEnqueued::Created { job } => (StatusCode::ACCEPTED, *job),
+        GenerationEnqueued::Existing { job_id } => (
+            StatusCode::OK,
+            state
+                .store
+                .get(job_id)
+                .await?
+                .ok_or_else(|| Problem::internal("enqueued job vanished"))?,
+        ),
         GenerationEnqueued::KeyReused => {
             return Err(Problem::conflict(
                 "this Idempotency-Key was used with a different request",
             ));
         }
     };
-    let job = state
-        .store
-        .get(job_id)
-        .await?
-        .ok_or_else(|| Problem::internal("enqueued job vanished"))?;
+    let job_id = job.id;
     let body = state.job_resource(job).await?;
     let mut response = (status, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/jobs/{job_id}")) {

@@ -27,7 +27,6 @@ mod accounts;
 mod generations;
 mod notify;
 
-use crate::generations::NewGenerationRow;
 use generations::insert_generations;
 use notify::Notifier;
 
@@ -81,48 +80,17 @@ impl PgStore {
     /// workers look at once; otherwise they find it at their next poll.
     pub async fn enqueue_in(conn: &mut PgConnection, job: NewJob) -> Result<Enqueued, StoreError> {
         let id = Uuid::now_v7();
-        let fair_seq = fair_seq(&mut *conn, job.owner).await?;
-        // A keyed job goes in only with its key: a concurrent enqueue of the
-        // same key waits on the key's row and then finds the first job.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "WITH key AS (
-                 INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
-                 SELECT coalesce($4, ''), $2, $11, $1 WHERE $11::text IS NOT NULL
-                 ON CONFLICT DO NOTHING
-                 RETURNING job_id)
-             INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key)
-             SELECT $1, $2, $3, $4, $5, $6,
-                    CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
-                    $8, $9, $10, coalesce($7, now()), $11
-             WHERE $11::text IS NULL OR EXISTS (SELECT 1 FROM key)
-             RETURNING id",
+        let inserted: Option<(Uuid,)> = bind_job(
+            sqlx::query_as(sqlx::AssertSqlSafe(ENQUEUE_SQL.as_str())),
+            id,
+            &job,
         )
-        .bind(id)
-        .bind(&job.kind)
-        .bind(&job.queue)
-        .bind(rows::owner_text(job.owner))
-        .bind(&job.payload)
-        .bind(job.schema_version)
-        .bind(job.run_at)
-        .bind(job.priority)
-        .bind(fair_seq)
-        .bind(job.max_attempts as i32)
-        .bind(&job.idempotency_key)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(id) = inserted {
+        if let Some((id,)) = inserted {
             return Ok(Enqueued { id, created: true });
         }
-        let existing: Uuid = sqlx::query_scalar(
-            "SELECT job_id FROM job_keys
-             WHERE owner = coalesce($1, '') AND kind = $2 AND idempotency_key = $3",
-        )
-        .bind(rows::owner_text(job.owner))
-        .bind(&job.kind)
-        .bind(&job.idempotency_key)
-        .fetch_one(&mut *conn)
-        .await?;
+        let existing = existing_keyed_job(&mut *conn, &job).await?;
         Ok(Enqueued {
             id: existing,
             created: false,
@@ -291,6 +259,84 @@ impl PgStore {
         }
         Ok(removed)
     }
+}
+
+/// The statement that inserts one job, `job`, and then `then` (more
+/// `WITH` members that may read `job`), returning `returning` of `job`.
+/// `$1`–`$10` are bound by [`bind_job`]. A keyed job goes in only with its
+/// key: a concurrent enqueue of the same key waits on the key's row, then
+/// inserts nothing and finds the first job ([`existing_keyed_job`]).
+/// The owner's place in the round-robin is read in the same statement (see
+/// [`fair_seq`]).
+fn insert_job_sql(then: &str, returning: &str) -> String {
+    format!(
+        "WITH key AS (
+             INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
+             SELECT coalesce($4, ''), $2, $10, $1 WHERE $10::text IS NOT NULL
+             ON CONFLICT DO NOTHING
+             RETURNING job_id),
+         job AS (
+             INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
+                               fair_seq, max_attempts, run_at, idempotency_key)
+             SELECT $1, $2, $3, $4, $5, $6,
+                    CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
+                    $8,
+                    CASE WHEN $4::text IS NULL THEN 0 ELSE coalesce(
+                        (SELECT fair_seq FROM jobs WHERE owner = $4
+                         ORDER BY fair_seq DESC LIMIT 1), 0) + 1 END,
+                    $9, coalesce($7, now()), $10
+             WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM key)
+             RETURNING *){then}
+         SELECT {returning} FROM job"
+    )
+}
+
+static ENQUEUE_SQL: LazyLock<String> = LazyLock::new(|| insert_job_sql("", "id"));
+
+/// One generation and its `generate_image` job in one statement (so one
+/// round trip, no transaction to open and close): `$11`–`$20` are the
+/// generation's columns.
+static CREATE_GENERATION_SQL: LazyLock<String> = LazyLock::new(|| {
+    insert_job_sql(
+        ",
+         generation AS (
+             INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
+                                      request_hash, reference_urls)
+             SELECT $11, job.id, $12, $13, $14, $15, $16, $17, $18, $19::jsonb FROM job)",
+        JOB_COLUMNS,
+    )
+});
+
+/// Binds `$1`–`$10` of [`insert_job_sql`].
+fn bind_job<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    id: Uuid,
+    job: &'q NewJob,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    query
+        .bind(id)
+        .bind(&job.kind)
+        .bind(&job.queue)
+        .bind(rows::owner_text(job.owner))
+        .bind(&job.payload)
+        .bind(job.schema_version)
+        .bind(job.run_at)
+        .bind(job.priority)
+        .bind(job.max_attempts as i32)
+        .bind(&job.idempotency_key)
+}
+
+/// The job that holds `job`'s idempotency key, when the insert found it.
+async fn existing_keyed_job(conn: &mut PgConnection, job: &NewJob) -> Result<Uuid, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT job_id FROM job_keys
+         WHERE owner = coalesce($1, '') AND kind = $2 AND idempotency_key = $3",
+    )
+    .bind(rows::owner_text(job.owner))
+    .bind(&job.kind)
+    .bind(&job.idempotency_key)
+    .fetch_one(conn)
+    .await?)
 }
 
 /// The owner's place in the round-robin: one past the last of its
@@ -1001,31 +1047,43 @@ impl JobWrites for PgStore {
         let id = Uuid::now_v7();
         let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
         job.idempotency_key = g.idempotency_key.clone();
-        let mut tx = self.pool.begin().await?;
-        let enqueued = PgStore::enqueue_in(&mut tx, job).await?;
-        if !enqueued.created {
-            tx.rollback().await?;
-            let hash: Option<String> =
-                sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
-                    .bind(enqueued.id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            return Ok(GenerationEnqueued::retried(
-                enqueued.id,
-                hash.as_deref(),
-                &g.input.request_hash,
-            ));
+        let input = &g.input;
+        let references = serde_json::json!(input.reference_urls).to_string();
+        let created: Option<JobRow> = bind_job(
+            sqlx::query_as(sqlx::AssertSqlSafe(CREATE_GENERATION_SQL.as_str())),
+            Uuid::now_v7(),
+            &job,
+        )
+        .bind(id)
+        .bind(g.owner.0)
+        .bind(&input.prompt)
+        .bind(&input.model)
+        .bind(input.width as i32)
+        .bind(input.height as i32)
+        .bind(input.n as i32)
+        .bind(&input.request_hash)
+        .bind(&references)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = created {
+            return Ok(GenerationEnqueued::Created {
+                job: Box::new(row.try_into()?),
+            });
         }
-        let row = NewGenerationRow {
-            id,
-            job_id: enqueued.id,
-            input: &g.input,
-        };
-        insert_generations(&mut tx, g.owner, None, &[row]).await?;
-        tx.commit().await?;
-        Ok(GenerationEnqueued::Created {
-            job_id: enqueued.id,
-        })
+        // The key was taken: by this request before (the same job), or by
+        // another request (a conflict).
+        let mut conn = self.pool.acquire().await?;
+        let job_id = existing_keyed_job(&mut conn, &job).await?;
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(GenerationEnqueued::retried(
+            job_id,
+            hash.as_deref(),
+            &input.request_hash,
+        ))
     }
 
     async fn create_generation_batch(

@@ -876,9 +876,16 @@ impl JobWrites for SqliteStore {
             input: &g.input,
         };
         insert_generations(&mut tx, g.owner, None, &[row]).await?;
+        // Read back inside the transaction (no round trip here), so the
+        // caller need not.
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+        let stored: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(Id(enqueued.id))
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(GenerationEnqueued::Created {
-            job_id: enqueued.id,
+            job: Box::new(stored.try_into()?),
         })
     }
 
