@@ -57,7 +57,8 @@ pub struct BenchArgs {
     #[arg(
         long,
         env = "KILN_BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        // Loopback: TLS would only add its cost to kiln and every baseline.
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
     )]
     pub postgres: String,
     #[arg(long)]

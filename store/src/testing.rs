@@ -40,9 +40,16 @@ impl TestDatabase {
     }
 
     /// A fresh database on the server of `admin`, a URL ending in
-    /// `/<database>` that may create databases.
+    /// `/<database>` (and maybe `?<parameters>`, kept) that may create
+    /// databases.
     pub async fn postgres_at(admin: &str) -> Result<TestDatabase, sqlx::Error> {
-        let (base, _) = admin
+        let (path, query) = admin.split_once('?').map_or((admin, ""), |(p, q)| (p, q));
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        let (base, _) = path
             .rsplit_once('/')
             .ok_or_else(|| sqlx::Error::Configuration("the URL must end in /<database>".into()))?;
         let name = format!("kiln_test_{}", uuid::Uuid::now_v7().simple());
@@ -52,7 +59,7 @@ impl TestDatabase {
             .await?;
         let _ = conn.close().await;
         Ok(TestDatabase {
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}{query}"),
             postgres: Some((admin.to_owned(), name)),
             _dir: None,
         })
