@@ -12,6 +12,13 @@ pub enum StoreError {
     /// while this one waited for it; the caller may try again.
     #[error("a concurrent request with the same idempotency key did not finish; try again")]
     Contended,
+    /// The task that writes grouped enqueues stopped before answering.
+    #[error("the enqueue writer stopped before answering; try again")]
+    WriterGone,
+    /// The connection of a group commit failed (see `group_commit.rs`);
+    /// whether this request's write was stored is unknown.
+    #[error("database error in a group commit: {0}")]
+    GroupFailed(String),
 }
 
 /// Object storage failed, or was asked for something that is not a key.

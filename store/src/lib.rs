@@ -7,6 +7,7 @@ mod codec;
 mod connect;
 mod error;
 pub mod generations;
+mod group_commit;
 pub mod metrics;
 mod model;
 mod objects;

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub oldest_due_seconds: GaugeVec,
     pub workers_busy: IntGaugeVec,
     pub provider_rate_limit_wait_seconds: HistogramVec,
+    pub enqueue_group_size: prometheus::Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -108,6 +109,17 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Time a provider call waited for its shared rate or concurrency limit",
             &["provider"],
         )?,
+        enqueue_group_size: {
+            let h = prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "kiln_enqueue_group_size",
+                    "Generations written per transaction by group commit (1: the request was alone)",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            h
+        },
         registry,
     };
     Ok(metrics)

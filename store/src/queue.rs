@@ -118,6 +118,12 @@ pub trait JobWrites: Send + Sync + 'static {
     /// Stores a generation request with its `generate_image` job in one
     /// transaction.
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError>;
+    /// [`JobWrites::create_generation`] for each, all in one transaction
+    /// (one commit to wait for); any error fails them all.
+    async fn create_generations(
+        &self,
+        gs: Vec<NewGeneration>,
+    ) -> Result<Vec<GenerationEnqueued>, StoreError>;
     /// Stores a batch of generations with their jobs in one transaction,
     /// under the batch's one idempotency key.
     async fn create_generation_batch(

@@ -9,6 +9,7 @@ use crate::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Rescued, StoreError,
     StoreEvent,
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
+    group_commit::GroupCommit,
     metrics::metrics,
     queue::{Database, Engine},
     sessions::SessionCache,
@@ -28,6 +29,7 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     events: broadcast::Sender<StoreEvent>,
     sessions: Arc<SessionCache>,
+    group_commit: GroupCommit,
 }
 
 impl Deref for Store {
@@ -48,10 +50,12 @@ impl Store {
         session_ttl: Duration,
     ) -> Store {
         let sessions = Arc::new(SessionCache::new(session_ttl, events.subscribe()));
+        let group_commit = GroupCommit::start(engine.clone());
         Store {
             engine,
             events,
             sessions,
+            group_commit,
         }
     }
 
@@ -273,12 +277,13 @@ impl Store {
     }
 
     /// Stores a generation request with its `generate_image` job in one
-    /// transaction.
+    /// transaction, shared with the generations other requests ask for at
+    /// the same moment (see `group_commit.rs`).
     pub async fn create_generation(
         &self,
         g: NewGeneration,
     ) -> Result<GenerationEnqueued, StoreError> {
-        let enqueued = self.engine.create_generation(g).await?;
+        let enqueued = self.group_commit.create_generation(g).await?;
         if let GenerationEnqueued::Created { .. } = enqueued {
             metrics()
                 .jobs_enqueued

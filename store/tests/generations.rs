@@ -24,6 +24,7 @@ kiln_store::both_databases!(
     an_owners_jobs_filter_and_page,
     a_batch_stores_its_generations_in_order_under_one_key,
     concurrent_batches_with_one_key_make_one_batch,
+    concurrent_generations_share_commits_and_keep_their_own_answers,
 );
 
 fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
@@ -486,4 +487,65 @@ async fn concurrent_batches_with_one_key_make_one_batch(store: Store, _: &TestDa
         .await
         .unwrap();
     assert_eq!(all.len(), 2);
+}
+
+/// Requests that arrive together are written in shared transactions (group
+/// commit): each still gets its own job, in its own order, and a key sent
+/// by several of them still makes one job.
+async fn concurrent_generations_share_commits_and_keep_their_own_answers(
+    store: Store,
+    _: &TestDatabase,
+) {
+    let owner = testing::account(&store).await;
+    let other = testing::account(&store).await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let store = store.clone();
+        // Every fifth asks with one shared key and the same request.
+        let (who, key, hash) = match i % 5 {
+            0 => (owner, Some("shared"), "same".to_owned()),
+            1 => (other, None, format!("h{i}")),
+            _ => (owner, None, format!("h{i}")),
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut g = request(who, key, &hash);
+            g.input.prompt = format!("prompt {i}");
+            (i, store.create_generation(g).await.unwrap())
+        }));
+    }
+    let mut created = Vec::new();
+    let mut keyed = Vec::new();
+    for task in tasks {
+        let (i, outcome) = task.await.unwrap();
+        match (i % 5, outcome) {
+            (0, GenerationEnqueued::Created { job }) => keyed.push(job.id),
+            (0, GenerationEnqueued::Existing { job_id }) => keyed.push(job_id),
+            (_, GenerationEnqueued::Created { job }) => {
+                let g = store.generation_for_job(job.id).await.unwrap().unwrap();
+                assert_eq!(
+                    g.prompt,
+                    format!("prompt {i}"),
+                    "request {i} got another's job"
+                );
+                assert_eq!(job.owner, Some(if i % 5 == 1 { other } else { owner }));
+                created.push(job.id);
+            }
+            (_, outcome) => panic!("request {i}: {outcome:?}"),
+        }
+    }
+    keyed.dedup();
+    assert_eq!(keyed.len(), 1, "one key, one job: {keyed:?}");
+    created.sort();
+    created.dedup();
+    assert_eq!(created.len(), 48, "every unkeyed request its own job");
+    let filter = JobFilter {
+        limit: 100,
+        ..JobFilter::default()
+    };
+    let mine = store.jobs_of_owner(owner, &filter).await.unwrap();
+    assert_eq!(
+        mine.len(),
+        36 + 1,
+        "the owner's 36 unkeyed jobs and the keyed one"
+    );
 }

@@ -339,6 +339,52 @@ async fn existing_keyed_job(conn: &mut PgConnection, job: &NewJob) -> Result<Uui
     .await?)
 }
 
+/// One generation and its job, with [`CREATE_GENERATION_SQL`]; then, if
+/// the idempotency key was taken (by this request before, or by another
+/// request), what became of it.
+async fn create_generation_on(
+    conn: &mut PgConnection,
+    g: &NewGeneration,
+) -> Result<GenerationEnqueued, StoreError> {
+    let id = Uuid::now_v7();
+    let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
+    job.idempotency_key = g.idempotency_key.clone();
+    let input = &g.input;
+    let references = serde_json::json!(input.reference_urls).to_string();
+    let created: Option<JobRow> = bind_job(
+        sqlx::query_as(sqlx::AssertSqlSafe(CREATE_GENERATION_SQL.as_str())),
+        Uuid::now_v7(),
+        &job,
+    )
+    .bind(id)
+    .bind(g.owner.0)
+    .bind(&input.prompt)
+    .bind(&input.model)
+    .bind(input.width as i32)
+    .bind(input.height as i32)
+    .bind(input.n as i32)
+    .bind(&input.request_hash)
+    .bind(&references)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = created {
+        return Ok(GenerationEnqueued::Created {
+            job: Box::new(row.try_into()?),
+        });
+    }
+    let job_id = existing_keyed_job(&mut *conn, &job).await?;
+    let hash: Option<String> =
+        sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(GenerationEnqueued::retried(
+        job_id,
+        hash.as_deref(),
+        &input.request_hash,
+    ))
+}
+
 /// The owner's place in the round-robin: one past the last of its
 /// unfinished jobs, so an owner's jobs keep their order and an owner with
 /// nothing waiting starts at the front.
@@ -1044,46 +1090,22 @@ impl JobWrites for PgStore {
     }
 
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
-        let id = Uuid::now_v7();
-        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
-        job.idempotency_key = g.idempotency_key.clone();
-        let input = &g.input;
-        let references = serde_json::json!(input.reference_urls).to_string();
-        let created: Option<JobRow> = bind_job(
-            sqlx::query_as(sqlx::AssertSqlSafe(CREATE_GENERATION_SQL.as_str())),
-            Uuid::now_v7(),
-            &job,
-        )
-        .bind(id)
-        .bind(g.owner.0)
-        .bind(&input.prompt)
-        .bind(&input.model)
-        .bind(input.width as i32)
-        .bind(input.height as i32)
-        .bind(input.n as i32)
-        .bind(&input.request_hash)
-        .bind(&references)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = created {
-            return Ok(GenerationEnqueued::Created {
-                job: Box::new(row.try_into()?),
-            });
-        }
-        // The key was taken: by this request before (the same job), or by
-        // another request (a conflict).
+        // No transaction: the statement is one.
         let mut conn = self.pool.acquire().await?;
-        let job_id = existing_keyed_job(&mut conn, &job).await?;
-        let hash: Option<String> =
-            sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = $1")
-                .bind(job_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(GenerationEnqueued::retried(
-            job_id,
-            hash.as_deref(),
-            &input.request_hash,
-        ))
+        create_generation_on(&mut conn, &g).await
+    }
+
+    async fn create_generations(
+        &self,
+        gs: Vec<NewGeneration>,
+    ) -> Result<Vec<GenerationEnqueued>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(gs.len());
+        for g in &gs {
+            outcomes.push(create_generation_on(&mut tx, g).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     async fn create_generation_batch(

@@ -237,6 +237,47 @@ impl SqliteStore {
     }
 }
 
+/// One generation and its job inside the caller's transaction, answered
+/// as stored; or, if the idempotency key was taken, what became of it
+/// (nothing was written then).
+async fn create_generation_in(
+    tx: &mut SqliteConnection,
+    g: &NewGeneration,
+) -> Result<GenerationEnqueued, StoreError> {
+    let id = Uuid::now_v7();
+    let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
+    job.idempotency_key = g.idempotency_key.clone();
+    let enqueued = SqliteStore::enqueue_in(&mut *tx, job).await?;
+    if !enqueued.created {
+        let hash: Option<String> =
+            sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = ?")
+                .bind(enqueued.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+        return Ok(GenerationEnqueued::retried(
+            enqueued.id,
+            hash.as_deref(),
+            &g.input.request_hash,
+        ));
+    }
+    let row = NewGenerationRow {
+        id,
+        job_id: enqueued.id,
+        input: &g.input,
+    };
+    insert_generations(&mut *tx, g.owner, None, &[row]).await?;
+    // Read back inside the transaction (no round trip here), so the
+    // caller need not.
+    let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
+    let stored: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(Id(enqueued.id))
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(GenerationEnqueued::Created {
+        job: Box::new(stored.try_into()?),
+    })
+}
+
 async fn fair_seq(conn: &mut SqliteConnection, owner: Option<UserId>) -> Result<i64, StoreError> {
     let Some(owner) = owner else { return Ok(0) };
     let owner = owner.to_string();
@@ -852,41 +893,23 @@ impl JobWrites for SqliteStore {
     }
 
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
-        let id = Uuid::now_v7();
-        let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
-        job.idempotency_key = g.idempotency_key.clone();
         let mut tx = self.writer.begin().await?;
-        let enqueued = SqliteStore::enqueue_in(&mut tx, job).await?;
-        if !enqueued.created {
-            let hash: Option<String> =
-                sqlx::query_scalar("SELECT request_hash FROM generations WHERE job_id = ?")
-                    .bind(enqueued.id.to_string())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Ok(GenerationEnqueued::retried(
-                enqueued.id,
-                hash.as_deref(),
-                &g.input.request_hash,
-            ));
-        }
-        let row = NewGenerationRow {
-            id,
-            job_id: enqueued.id,
-            input: &g.input,
-        };
-        insert_generations(&mut tx, g.owner, None, &[row]).await?;
-        // Read back inside the transaction (no round trip here), so the
-        // caller need not.
-        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?");
-        let stored: JobRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(Id(enqueued.id))
-            .fetch_one(&mut *tx)
-            .await?;
+        let outcome = create_generation_in(&mut tx, &g).await?;
         tx.commit().await?;
-        Ok(GenerationEnqueued::Created {
-            job: Box::new(stored.try_into()?),
-        })
+        Ok(outcome)
+    }
+
+    async fn create_generations(
+        &self,
+        gs: Vec<NewGeneration>,
+    ) -> Result<Vec<GenerationEnqueued>, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let mut outcomes = Vec::with_capacity(gs.len());
+        for g in &gs {
+            outcomes.push(create_generation_in(&mut tx, g).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     async fn create_generation_batch(
