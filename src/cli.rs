@@ -42,6 +42,11 @@ use clap::{Parser, Subcommand};
 ///   api.default_model         KILN_API_DEFAULT_MODEL        dev-image-1
 ///   api.body_limit_bytes      KILN_API_BODY_LIMIT_BYTES     65536
 ///   api.request_timeout_ms    KILN_API_REQUEST_TIMEOUT_MS   40000
+///   api.code_ttl_secs         KILN_API_CODE_TTL_SECS        600 (a verification code's life)
+///   api.code_resend_interval_secs KILN_API_CODE_RESEND_INTERVAL_SECS 60 (0: none)
+///   api.codes_per_hour        KILN_API_CODES_PER_HOUR       5 codes to one address an hour
+///   api.code_key              KILN_API_CODE_KEY             (hex, >= 32 bytes; shared by all `serve`s and `work`s)
+///   api.code_key_file         KILN_API_CODE_KEY_FILE        data/code.key (generated when no key is set)
 ///   storage.backend           KILN_STORAGE_BACKEND          local | s3
 ///   storage.root              KILN_STORAGE_ROOT             data/objects
 ///   storage.s3_bucket         KILN_STORAGE_S3_BUCKET        (required with s3)

@@ -101,6 +101,20 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
             .context("loading the URL signing key (storage.signing_key_file)")?,
     };
     let signer = std::sync::Arc::new(signer);
+    let codes = match settings.api.code_key_bytes() {
+        Some(key) => kiln_store::CodeKey::new(key?)?,
+        None => kiln_store::CodeKey::load_or_create(&settings.api.code_key_file)
+            .context("loading the verification code key (api.code_key_file)")?,
+    };
+    let codes = std::sync::Arc::new(codes);
+    let throttle: std::sync::Arc<dyn kiln_api::Throttle> = match &settings.rate_limits.redis_url {
+        Some(url) => std::sync::Arc::new(RedisThrottle(
+            kiln_providers::limits::RedisWindows::new(url, &settings.rate_limits.key_prefix)
+                .map_err(anyhow::Error::msg)
+                .context("rate_limits.redis_url")?,
+        )),
+        None => std::sync::Arc::new(kiln_api::LocalThrottle::new()),
+    };
     let mut dependencies: Vec<std::sync::Arc<dyn kiln_api::Dependency>> = Vec::new();
     if let Some(url) = &settings.rate_limits.redis_url {
         dependencies.push(std::sync::Arc::new(RedisDependency(url.clone())));
@@ -111,6 +125,8 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         objects: objects.clone(),
         signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
+        codes: codes.clone(),
+        throttle,
     };
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -136,6 +152,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
             &settings.providers(),
             objects.clone(),
             links,
+            codes.clone(),
         )
         .map_err(anyhow::Error::msg)?;
         let registry = kiln_workers::handlers::registry(&settings.worker, &deps);
@@ -232,5 +249,29 @@ impl kiln_api::Dependency for RedisDependency {
         kiln_providers::limits::ping_redis(&self.0, std::time::Duration::from_secs(2))
             .await
             .map_err(kiln_api::DependencyError)
+    }
+}
+
+/// The API's per-address limits in Redis, shared by every `serve`.
+struct RedisThrottle(kiln_providers::limits::RedisWindows);
+
+#[async_trait::async_trait]
+impl kiln_api::Throttle for RedisThrottle {
+    async fn hit(
+        &self,
+        key: &str,
+        windows: &[kiln_api::Window],
+    ) -> Result<Option<std::time::Duration>, kiln_api::DependencyError> {
+        let windows: Vec<kiln_providers::limits::CountWindow> = windows
+            .iter()
+            .map(|w| kiln_providers::limits::CountWindow {
+                max: w.max,
+                per: w.per,
+            })
+            .collect();
+        self.0
+            .hit(key, &windows)
+            .await
+            .map_err(|e| kiln_api::DependencyError(e.to_string()))
     }
 }

@@ -24,7 +24,7 @@ fn decode_png(bytes: &[u8]) -> (u32, u32) {
 async fn embedded_default_generates_an_image_a_client_can_download() {
     let k = kiln(&[]).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "painter@example.com").await;
+    let client = Client::signed_up(&k, "painter@example.com").await;
 
     let r = client
         .post(
@@ -97,7 +97,7 @@ async fn embedded_default_generates_an_image_a_client_can_download() {
 async fn the_same_idempotency_key_gives_one_job_and_another_body_conflicts() {
     let k = kiln(&[]).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "retry@example.com").await;
+    let client = Client::signed_up(&k, "retry@example.com").await;
     let body = json!({"prompt": "a quiet harbour", "size": "256x256"});
     let send = |body: Value| {
         client
@@ -127,7 +127,7 @@ async fn the_same_idempotency_key_gives_one_job_and_another_body_conflicts() {
 async fn a_batch_enqueues_every_item_in_order_under_one_idempotency_key() {
     let k = kiln(&[]).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "batch@example.com").await;
+    let client = Client::signed_up(&k, "batch@example.com").await;
     let prompts = ["a red fox", "a grey heron", "a white moth"];
     let body = json!({"items": prompts.map(|p| json!({"prompt": p, "size": "256x256"}))});
     let send = |body: Value| {
@@ -185,7 +185,7 @@ async fn a_blocked_prompt_fails_with_content_blocked_and_stores_nothing() {
     let cwd = tempfile::tempdir().unwrap();
     let k = kiln(&[]).cwd(cwd.path()).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "edgy@example.com").await;
+    let client = Client::signed_up(&k, "edgy@example.com").await;
     let r = client
         .post(
             "/v1/generations",
@@ -212,10 +212,13 @@ async fn a_blocked_prompt_fails_with_content_blocked_and_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_queued_generation_and_listing_jobs_with_a_cursor() {
-    let k = kiln(&[]).env("KILN_WORKER_QUEUES", "[maintenance]").spawn();
+    let k = kiln(&[])
+        .env("KILN_WORKER_QUEUES", "[maintenance,notifications]")
+        .spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "pager@example.com").await;
-    // No worker serves the generation queue here: the jobs stay queued.
+    let client = Client::signed_up(&k, "pager@example.com").await;
+    // No worker serves the generation queue here: the jobs stay queued
+    // (the sign-up code went out on `notifications`).
     let mut ids = Vec::new();
     for i in 0..5 {
         let r = client
@@ -275,7 +278,7 @@ async fn passwords_and_tokens_are_never_stored_or_logged_in_plain_text() {
     let k = kiln(&[]).database(&db.url).spawn();
     k.wait_http(k.http, "/readyz").await;
     let email = "secretive@example.com";
-    let client = Client::signed_up(&k.url(""), email).await;
+    let client = Client::signed_up(&k, email).await;
     let token = client.token.clone().unwrap();
     let r = client
         .post(
@@ -328,6 +331,13 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
                 storage.path().join("objects").display(),
             )
             .env("KILN_STORAGE_SIGNING_KEY", "ab".repeat(32))
+            // Workers derive the codes the API issues, under the same key,
+            // into one outbox the test reads.
+            .env("KILN_API_CODE_KEY", "cd".repeat(32))
+            .env(
+                "KILN_EMAIL_OUTBOX_DIR",
+                storage.path().join("outbox").display(),
+            )
     };
     let api = shared(kiln(&["serve"])).spawn();
     api.wait_http(api.http, "/readyz").await;
@@ -341,10 +351,9 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
     for w in &workers {
         w.wait_healthy().await;
     }
-    let base = api.url("");
     let clients = [
-        Client::signed_up(&base, "one@example.com").await,
-        Client::signed_up(&base, "two@example.com").await,
+        Client::signed_up(&api, "one@example.com").await,
+        Client::signed_up(&api, "two@example.com").await,
     ];
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -414,7 +423,7 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
 async fn an_image_upscaled_twice_its_size_is_a_new_image_of_the_generation() {
     let k = kiln(&[]).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "enlarger@example.com").await;
+    let client = Client::signed_up(&k, "enlarger@example.com").await;
     let r = client
         .post(
             "/v1/generations",
@@ -488,7 +497,7 @@ async fn an_image_upscaled_twice_its_size_is_a_new_image_of_the_generation() {
         .post("/v1/upscales", json!({"image_id": "not-an-id"}))
         .await;
     assert_problem(r, 404, "not_found").await;
-    let stranger = Client::signed_up(&k.url(""), "stranger@example.com").await;
+    let stranger = Client::signed_up(&k, "stranger@example.com").await;
     let r = stranger
         .post("/v1/upscales", json!({"image_id": source_id}))
         .await;
@@ -499,7 +508,7 @@ async fn an_image_upscaled_twice_its_size_is_a_new_image_of_the_generation() {
 async fn reference_images_at_private_addresses_are_refused() {
     let k = kiln(&[]).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "sneaky@example.com").await;
+    let client = Client::signed_up(&k, "sneaky@example.com").await;
     let refused = [
         "https://127.0.0.1/cat.png",
         "https://169.254.169.254/latest/meta-data/",
@@ -558,7 +567,7 @@ async fn images_are_listed_newest_first_and_deleted_at_once() {
     let cwd = tempfile::tempdir().unwrap();
     let k = kiln(&[]).cwd(cwd.path()).spawn();
     k.wait_http(k.http, "/readyz").await;
-    let client = Client::signed_up(&k.url(""), "collector@example.com").await;
+    let client = Client::signed_up(&k, "collector@example.com").await;
     let r = client
         .post(
             "/v1/generations",
@@ -597,7 +606,7 @@ async fn images_are_listed_newest_first_and_deleted_at_once() {
 
     let victim = &ids[0];
     let url = first["images"][0]["url"].as_str().unwrap().to_owned();
-    let stranger = Client::signed_up(&k.url(""), "vandal@example.com").await;
+    let stranger = Client::signed_up(&k, "vandal@example.com").await;
     let r = stranger
         .request(reqwest::Method::DELETE, &format!("/v1/images/{victim}"))
         .send()

@@ -1,4 +1,9 @@
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+use crate::throttle::Window;
 
 /// Settings of the public API (`[api]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -29,6 +34,18 @@ pub struct ApiConfig {
     pub body_limit_bytes: usize,
     /// A request that takes longer is answered 503 (long-polls end before).
     pub request_timeout_ms: u64,
+    /// How long a verification code works.
+    pub code_ttl_secs: u64,
+    /// The least time between two codes (or sign-up notices) sent to one
+    /// address; 0 for no such limit.
+    pub code_resend_interval_secs: u64,
+    /// The most codes (or sign-up notices) one address gets in an hour.
+    pub codes_per_hour: u32,
+    /// Hex key (32+ bytes) that codes are derived and hashed under; every
+    /// `serve` and `work` process must share it. When unset, one is
+    /// generated into `code_key_file` on first start and reused.
+    pub code_key: Option<SecretString>,
+    pub code_key_file: PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +65,11 @@ impl Default for ApiConfig {
             models: vec!["dev-image-1".to_owned()],
             body_limit_bytes: 64 * 1024,
             request_timeout_ms: 40_000,
+            code_ttl_secs: 600,
+            code_resend_interval_secs: 60,
+            codes_per_hour: 5,
+            code_key: None,
+            code_key_file: PathBuf::from("data/code.key"),
         }
     }
 }
@@ -65,6 +87,12 @@ pub enum ApiConfigError {
     DefaultModel,
     #[error("api.request_timeout_ms must exceed the 30 s long-poll")]
     RequestTimeout,
+    #[error("api.code_ttl_secs must be between 1 and 86400")]
+    CodeTtl,
+    #[error("api.codes_per_hour must be at least 1")]
+    CodesPerHour,
+    #[error("api.code_key (KILN_API_CODE_KEY) must be at least 32 bytes as hex")]
+    CodeKey,
 }
 
 impl ApiConfig {
@@ -84,7 +112,39 @@ impl ApiConfig {
         if self.request_timeout_ms < 31_000 {
             return Err(ApiConfigError::RequestTimeout);
         }
+        if !(1..=86_400).contains(&self.code_ttl_secs) {
+            return Err(ApiConfigError::CodeTtl);
+        }
+        if self.codes_per_hour == 0 {
+            return Err(ApiConfigError::CodesPerHour);
+        }
+        if let Some(key) = &self.code_key
+            && hex::decode(key.expose_secret().trim()).map_or(true, |k| k.len() < 32)
+        {
+            return Err(ApiConfigError::CodeKey);
+        }
         Ok(())
+    }
+
+    /// The limits on codes and sign-up notices sent to one address.
+    pub fn code_windows(&self) -> [Window; 2] {
+        [
+            Window {
+                max: 1,
+                per: Duration::from_secs(self.code_resend_interval_secs),
+            },
+            Window {
+                max: self.codes_per_hour,
+                per: Duration::from_secs(3600),
+            },
+        ]
+    }
+
+    /// The code key as bytes, when it is set (validated to be hex).
+    pub fn code_key_bytes(&self) -> Option<Result<Vec<u8>, hex::FromHexError>> {
+        self.code_key
+            .as_ref()
+            .map(|k| hex::decode(k.expose_secret().trim()))
     }
 }
 

@@ -5,15 +5,19 @@ mod auth;
 mod config;
 pub mod generation_request;
 mod idempotency;
+mod identifier;
+mod password;
 mod problem;
 mod resources;
 mod routes;
 mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
 
 pub use config::{ApiConfig, ApiConfigError, parse_size};
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};
 pub use state::{AppState, Dependency, DependencyError};
+pub use throttle::{LocalThrottle, Throttle, Window};

@@ -19,8 +19,13 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// Stable machine-readable code, e.g. `invalid_input`, `unauthorized`,
-    /// `not_found`, `conflict`, `underage`, `payload_too_large`.
+    /// `not_found`, `conflict`, `underage`, `payload_too_large`,
+    /// `weak_password`, `invalid_code`, `unverified`, `rate_limited`.
     pub code: &'static str,
+    /// Seconds for a `Retry-After` header (429, 503), not in the body.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -31,6 +36,30 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code,
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` in whole seconds (at least 1).
+    pub fn rate_limited(wait: std::time::Duration, detail: impl Into<String>) -> Problem {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Problem {
+            retry_after: Some(secs.max(1)),
+            ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail)
+        }
+    }
+
+    /// 503 `unavailable`: a service the request needs did not answer. The
+    /// cause is logged here, once.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Problem {
+        tracing::error!(error = %cause, "a dependency did not answer");
+        Problem {
+            retry_after: Some(5),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "a service this request needs is not answering; try again shortly",
+            )
         }
     }
 
@@ -97,6 +126,11 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
-use kiln_store::{Objects, Store, UrlSigner};
+use kiln_store::{CodeKey, Objects, Store, UrlSigner};
 
-use crate::ApiConfig;
+use crate::{ApiConfig, Throttle};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -11,6 +11,10 @@ pub struct AppState {
     pub objects: Objects,
     pub signer: Arc<UrlSigner>,
     pub config: Arc<ApiConfig>,
+    /// Verification codes: derived, hashed and throttled under this key.
+    pub codes: Arc<CodeKey>,
+    /// How often codes may be sent to one address.
+    pub throttle: Arc<dyn Throttle>,
     /// Services besides the database that must answer for `/readyz`
     /// (Redis, when configured).
     pub dependencies: Vec<Arc<dyn Dependency>>,

@@ -12,10 +12,10 @@ use axum::{
     body::{Body, Bytes},
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
-use kiln_store::{Objects, Store, StoreError, UrlSigner, testing::TestDatabase};
+use kiln_store::{CodeKey, Objects, Store, StoreError, UrlSigner, testing::TestDatabase};
 use tower::ServiceExt;
 
-use crate::{ApiConfig, AppState};
+use crate::{ApiConfig, AppState, LocalThrottle};
 
 /// An API over one store, with the production defaults except a bcrypt
 /// cost of 4 (tests need no brute-force resistance), objects in memory and
@@ -49,6 +49,8 @@ impl TestApi {
                 objects: Objects::memory(),
                 signer: Arc::new(signer),
                 config: Arc::new(config),
+                codes: Arc::new(CodeKey::random()),
+                throttle: Arc::new(LocalThrottle::new()),
                 dependencies: Vec::new(),
             },
             _db: None,
@@ -70,6 +72,12 @@ impl TestApi {
         let mut api = TestApi::new(db.store().await?);
         api._db = Some(db);
         Ok(api)
+    }
+
+    /// Keeps `db` alive as long as this API (the store it was made from).
+    pub fn keeping(mut self, db: TestDatabase) -> TestApi {
+        self._db = Some(db);
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -121,6 +129,54 @@ impl TestApi {
             headers,
             body,
         }
+    }
+
+    /// The code the worker would send for the latest code issued to
+    /// `address` (an email or E.164 phone, as normalised). In process there
+    /// is no worker and no outbox to read it from, so this is a test hook:
+    /// it derives the code from the user's stored code row under this API's
+    /// key, exactly as `send_email`/`send_sms` do. End-to-end tests read
+    /// the dev outbox instead, as a user would.
+    pub async fn sent_code(&self, address: &str) -> Option<String> {
+        let identifier = if address.starts_with('+') {
+            kiln_store::accounts::Identifier::Phone(address.to_owned())
+        } else {
+            kiln_store::accounts::Identifier::Email(address.to_owned())
+        };
+        let user = self.store().login_record(&identifier).await.ok()??;
+        let latest = self
+            .store()
+            .codes(user.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        Some(self.state.codes.code(latest.id))
+    }
+
+    /// Registers an adult with `email` and `password`, verifies the
+    /// address with the code (from [`TestApi::sent_code`]) and signs in:
+    /// the bearer token. Panics with the API's answer when a step fails.
+    pub async fn signed_up(&self, email: &str, password: &str) -> String {
+        let body = serde_json::json!({
+            "email": email, "password": password, "birth_date": "1990-01-01",
+        });
+        let r = self
+            .request(Method::POST, "/v1/auth/register", Some(body), None)
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "register: {:?}", r.body);
+        let code = self.sent_code(email).await.expect("a code was issued");
+        let body = serde_json::json!({"email": email, "code": code});
+        let r = self
+            .request(Method::POST, "/v1/auth/verify", Some(body), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "verify: {:?}", r.body);
+        let body = serde_json::json!({"email": email, "password": password});
+        let r = self
+            .request(Method::POST, "/v1/auth/login", Some(body), None)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "login: {:?}", r.body);
+        r.json()["token"].as_str().expect("a token").to_owned()
     }
 
     /// Serves the router on 127.0.0.1 at a port the OS picks, until the
@@ -205,6 +261,14 @@ mod tests {
             .request(Method::POST, "/v1/auth/register", Some(body), None)
             .await;
         assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+        assert_eq!(r.json(), serde_json::json!({"status": "verification_sent"}));
+        let token = api
+            .signed_up("kit@example.com", "correct horse battery")
+            .await;
+        let r = api
+            .request(Method::GET, "/v1/jobs", None, Some(&token))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
 
         let server = api.serve().await;
         let answer = tokio::net::TcpStream::connect(server.addr).await;

@@ -1,10 +1,13 @@
 //! The transactional notices kiln sends (verification codes, export-ready
-//! links, policy changes, security incidents, new sign-ins), rendered as email (subject, text, HTML) and as SMS. Serialized with
-//! a `"template"` tag, so a notice can travel as a job payload.
+//! links, policy changes, security incidents, new sign-ins, sign-up
+//! attempts on a taken address), rendered as email (subject, text, HTML)
+//! and as SMS. Serialized with a `"template"` tag, so a notice can travel
+//! as a job payload.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// One notice with what it needs to render. Values are interpolated as
 /// given (text) or escaped (HTML).
@@ -13,6 +16,14 @@ use serde::{Deserialize, Serialize};
 pub enum Notice {
     /// A sign-in or contact verification code.
     VerificationCode { code: String, minutes_valid: u32 },
+    /// An account's verification code, as it waits in the queue: the id of
+    /// its stored row, not the code. The sender derives the code from the
+    /// id under the server's code key ([`Notice::with_code`]), so no code
+    /// sits in the jobs table; it renders only once derived.
+    AccountVerification { code_id: Uuid, minutes_valid: u32 },
+    /// Someone tried to register with an address that already has an
+    /// account (sent instead of a code, so sign-up reveals nothing).
+    RegistrationAttempt,
     /// A data export is ready behind a signed, expiring link.
     ExportReady { url: String, expires_at: String },
     /// A policy change, announced at least 7 days before it takes effect.
@@ -102,11 +113,50 @@ fn html_document(product: &str, title: &str, paragraphs: &[String]) -> String {
 }
 
 impl Notice {
-    /// The email: `(subject, text, html)`.
-    pub fn email(&self, product_name: &str) -> (String, String, String) {
+    /// The notice ready to render: an [`Notice::AccountVerification`]
+    /// becomes the [`Notice::VerificationCode`] it stands for, its code
+    /// from `code_for(code_id)`; any other notice is returned as it is.
+    pub fn with_code(self, code_for: impl FnOnce(Uuid) -> String) -> Notice {
+        match self {
+            Notice::AccountVerification {
+                code_id,
+                minutes_valid,
+            } => Notice::VerificationCode {
+                code: code_for(code_id),
+                minutes_valid,
+            },
+            other => other,
+        }
+    }
+
+    /// The email: `(subject, text, html)`; `None` for an
+    /// [`Notice::AccountVerification`] whose code is not derived yet.
+    pub fn email(&self, product_name: &str) -> Option<(String, String, String)> {
         let product = product_name;
         let e = escape_html;
         let (subject, text, paragraphs) = match self {
+            Notice::AccountVerification { .. } => return None,
+            Notice::RegistrationAttempt => (
+                format!("Someone tried to sign up for {product} with your address"),
+                format!(
+                    "Someone, perhaps you, tried to create a {product} account with this \
+                     address. It already has an account, so nothing was changed.\n\n\
+                     If it was you, sign in with your password; if you have not verified \
+                     the account yet, ask for a new verification code. If it was not you, \
+                     ignore this email: nobody can use your account without your password.\n"
+                ),
+                vec![
+                    format!(
+                        "Someone, perhaps you, tried to create a {} account with this \
+                         address. It already has an account, so nothing was changed.",
+                        e(product)
+                    ),
+                    "If it was you, sign in with your password; if you have not verified \
+                     the account yet, ask for a new verification code. If it was not you, \
+                     ignore this email: nobody can use your account without your password."
+                        .to_owned(),
+                ],
+            ),
             Notice::VerificationCode {
                 code,
                 minutes_valid,
@@ -213,14 +263,20 @@ impl Notice {
             ),
         };
         let html = html_document(product, &subject, &paragraphs);
-        (subject, text, html)
+        Some((subject, text, html))
     }
 
     /// The text message. A verification code fits one 160-character
     /// segment for any product name (it is shortened to 30 characters).
-    pub fn sms(&self, product_name: &str) -> String {
+    /// `None` for an [`Notice::AccountVerification`] whose code is not
+    /// derived yet.
+    pub fn sms(&self, product_name: &str) -> Option<String> {
         let product = short(product_name, SMS_PRODUCT_CHARS);
-        match self {
+        Some(match self {
+            Notice::AccountVerification { .. } => return None,
+            Notice::RegistrationAttempt => format!(
+                "{product}: someone tried to sign up with your number, which already has an account. Nothing changed. Not you? Ignore this."
+            ),
             Notice::VerificationCode {
                 code,
                 minutes_valid,
@@ -244,7 +300,7 @@ impl Notice {
             Notice::NewLogin { at, .. } => format!(
                 "{product}: new sign-in to your account at {at}. Not you? Change your password now."
             ),
-        }
+        })
     }
 }
 
@@ -277,6 +333,7 @@ mod tests {
                 ip: "203.0.113.7".into(),
                 user_agent: "Firefox on Linux".into(),
             },
+            Notice::RegistrationAttempt,
         ]
     }
 
@@ -292,7 +349,7 @@ mod tests {
 
     #[test]
     fn every_notice_renders_its_values() {
-        let expect: [(&str, &[&str]); 5] = [
+        let expect: [(&str, &[&str]); 6] = [
             ("Your Kiln verification code", &["123456", "10 minutes"]),
             (
                 "Your Kiln data export is ready",
@@ -310,9 +367,13 @@ mod tests {
                 "New sign-in to your Kiln account",
                 &["2026-11-25 14:00 UTC", "203.0.113.7", "Firefox on Linux"],
             ),
+            (
+                "Someone tried to sign up for Kiln with your address",
+                &["already has an account", "nothing was changed"],
+            ),
         ];
         for (notice, (subject, values)) in all().iter().zip(expect) {
-            let (s, text, html) = notice.email(PRODUCT);
+            let (s, text, html) = notice.email(PRODUCT).unwrap();
             assert_eq!(s, subject);
             for value in values {
                 assert!(text.contains(value), "{notice:?} text misses {value}");
@@ -323,7 +384,7 @@ mod tests {
             }
             assert!(html.starts_with("<!doctype html>"));
             assert!(html.contains("<h1>Kiln</h1>"));
-            let sms = notice.sms(PRODUCT);
+            let sms = notice.sms(PRODUCT).unwrap();
             assert!(sms.contains("Kiln"), "{sms}");
             assert!(!sms.is_empty());
         }
@@ -356,7 +417,7 @@ mod tests {
             },
         ];
         for notice in notices {
-            let (_, text, html) = notice.email(evil);
+            let (_, text, html) = notice.email(evil).unwrap();
             assert!(!html.contains("<script>"), "{notice:?}: {html}");
             assert!(html.contains("&lt;script&gt;"), "{notice:?}");
             // Text is plain text: kept as written.
@@ -370,9 +431,10 @@ mod tests {
             url: "javascript:alert(1)".into(),
             expires_at: "soon".into(),
         }
-        .email(PRODUCT);
+        .email(PRODUCT)
+        .unwrap();
         assert!(!html.contains("href"), "{html}");
-        let (_, _, html) = all()[1].email(PRODUCT);
+        let (_, _, html) = all()[1].email(PRODUCT).unwrap();
         assert!(
             html.contains(r#"<a href="https://kiln.example/exports/abc?sig=1&amp;exp=2">"#),
             "{html}"
@@ -385,13 +447,13 @@ mod tests {
             code: "12345678".into(),
             minutes_valid: 1440,
         };
-        let sms = notice.sms(PRODUCT);
+        let sms = notice.sms(PRODUCT).unwrap();
         assert_eq!(
             sms,
             "12345678 is your Kiln verification code. It expires in 1440 min. Never share it."
         );
         let long_name = "A Product Name That Goes On And On And On Forever".repeat(4);
-        let sms = notice.sms(&long_name);
+        let sms = notice.sms(&long_name).unwrap();
         assert!(
             sms.chars().count() < 160,
             "{} chars: {sms}",
@@ -401,12 +463,50 @@ mod tests {
     }
 
     #[test]
+    fn an_account_code_renders_only_once_derived() {
+        let code_id = Uuid::now_v7();
+        let queued = Notice::AccountVerification {
+            code_id,
+            minutes_valid: 10,
+        };
+        assert_eq!(queued.email(PRODUCT), None);
+        assert_eq!(queued.sms(PRODUCT), None);
+        let json = serde_json::to_value(&queued).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"template": "account_verification", "code_id": code_id, "minutes_valid": 10}),
+            "the payload holds the row's id, no code"
+        );
+        let ready = queued.with_code(|id| {
+            assert_eq!(id, code_id);
+            "654321".to_owned()
+        });
+        assert_eq!(
+            ready,
+            Notice::VerificationCode {
+                code: "654321".into(),
+                minutes_valid: 10
+            }
+        );
+        let (_, text, _) = ready.email(PRODUCT).unwrap();
+        assert!(text.contains("654321"), "{text}");
+        assert!(ready.sms(PRODUCT).unwrap().starts_with("654321 "));
+        // Other notices pass through untouched.
+        let other = Notice::RegistrationAttempt;
+        assert_eq!(
+            other.clone().with_code(|_| unreachable!("not a code")),
+            other
+        );
+    }
+
+    #[test]
     fn one_minute_is_singular() {
         let (_, text, _) = Notice::VerificationCode {
             code: "1".into(),
             minutes_valid: 1,
         }
-        .email(PRODUCT);
+        .email(PRODUCT)
+        .unwrap();
         assert!(text.contains("expires in 1 minute."), "{text}");
     }
 
@@ -437,7 +537,8 @@ mod tests {
                 "export_ready",
                 "policy_notice",
                 "security_notice",
-                "new_login"
+                "new_login",
+                "registration_attempt"
             ]
         );
         assert!(serde_json::from_str::<Notice>(r#"{"template":"spam"}"#).is_err());

@@ -111,7 +111,7 @@ async fn loads(database: &'static str, url: &str, args: &BenchArgs) -> anyhow::R
     let mut serve = spawn_kiln("serve", url, dir.path(), http, loopback(0))?;
     wait_ready(&mut serve, http, "/healthz").await?;
     let mut conn = Conn::open(http).await?;
-    let token = sign_in(&mut conn).await?;
+    let token = sign_in(&mut conn, url, dir.path()).await?;
     let connections = args.http_connections;
     let mut rows = Vec::new();
 
@@ -228,7 +228,7 @@ async fn generations(
     };
 
     let mut conn = Conn::open(http).await?;
-    let token = sign_in(&mut conn).await?;
+    let token = sign_in(&mut conn, url, dir.path()).await?;
     let create = Call::post("/v1/generations", &token, &json!({ "prompt": PROMPT }))?;
     let samples = args.generation_samples;
     let mut took = Vec::with_capacity(samples as usize);
@@ -346,11 +346,15 @@ struct Session {
     token: String,
 }
 
-/// Registers a bench user and signs in; the answer is the bearer token.
-async fn sign_in(conn: &mut Conn) -> anyhow::Result<String> {
+/// Registers a bench user, verifies it and signs in; the answer is the
+/// bearer token. The `serve` child may run without workers, so no message
+/// carries the code: the bench derives it from the stored code row under
+/// the key file it gave the child (`dir/code.key`), as a worker would.
+async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<String> {
+    const EMAIL: &str = "bench@example.com";
     let account = json!({
-        "email": "bench@example.com",
-        "password": "bench-password",
+        "email": EMAIL,
+        "password": "bench lantern quietly humming",
     });
     let mut register = account.clone();
     register["birth_date"] = json!("1990-01-01");
@@ -359,6 +363,36 @@ async fn sign_in(conn: &mut Conn) -> anyhow::Result<String> {
     ensure!(
         status == StatusCode::ACCEPTED,
         "POST /v1/auth/register answered {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let code = {
+        let store = kiln_store::connect(&kiln_store::ConnectOptions {
+            url: url.to_owned(),
+            max_connections: 1,
+            wait: false,
+            session_cache: std::time::Duration::ZERO,
+        })
+        .await
+        .context("opening the bench database to read the code")?;
+        let keys = kiln_store::CodeKey::load_or_create(&dir.join("code.key"))?;
+        let user = store
+            .login_record(&kiln_store::accounts::Identifier::Email(EMAIL.to_owned()))
+            .await?
+            .context("the bench user was not created")?;
+        let latest = store
+            .codes(user.user_id)
+            .await?
+            .into_iter()
+            .next()
+            .context("no verification code was issued")?;
+        keys.code(latest.id)
+    };
+    let verify = json!({ "email": EMAIL, "code": code });
+    let verify = Call::new(Method::POST, "/v1/auth/verify", None, Some(&verify))?;
+    let (status, body) = conn.send(&verify).await?;
+    ensure!(
+        status == StatusCode::OK,
+        "POST /v1/auth/verify answered {status}: {}",
         String::from_utf8_lossy(&body)
     );
     let login = Call::new(Method::POST, "/v1/auth/login", None, Some(&account))?;
@@ -584,6 +618,7 @@ fn spawn_kiln(
             .env("KILN_API_BCRYPT_COST", "4")
             .env("KILN_STORAGE_ROOT", dir.join("objects"))
             .env("KILN_STORAGE_SIGNING_KEY_FILE", dir.join("signing.key"))
+            .env("KILN_API_CODE_KEY_FILE", dir.join("code.key"))
             .env("KILN_EMAIL_OUTBOX_DIR", dir.join("outbox"))
             .env("KILN_SMS_OUTBOX_DIR", dir.join("outbox")),
         &format!("kiln {role}"),

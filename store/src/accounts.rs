@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use kiln_jobs::UserId;
+use uuid::Uuid;
 
 use crate::StoreError;
 
@@ -76,6 +77,66 @@ impl std::fmt::Debug for Contacts {
 pub struct LoginRecord {
     pub user_id: UserId,
     pub password_hash: String,
+    /// The account proved it holds its email or phone (`verified_at` set).
+    pub verified: bool,
+}
+
+/// Wrong guesses a verification code survives: after the fifth it is dead,
+/// even if the right code comes next.
+pub const MAX_CODE_TRIES: u32 = 5;
+
+/// A verification code to keep: only its keyed hash, never the code.
+#[derive(Clone)]
+pub struct NewCode {
+    /// Random; the code itself is derived from it under the server's key
+    /// when it is sent (`CodeKey::code`).
+    pub id: Uuid,
+    pub user_id: UserId,
+    /// `CodeKey::code_hash` of the code.
+    pub code_hash: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The hash is left out: it is as good as the code to whoever has the key.
+impl std::fmt::Debug for NewCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewCode")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored verification code, without its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeRecord {
+    pub id: Uuid,
+    /// Wrong guesses so far.
+    pub tries: u32,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
+impl CodeRecord {
+    /// Whether the code would still be accepted at `now`: unused, not
+    /// expired, fewer than [`MAX_CODE_TRIES`] wrong guesses.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.used_at.is_none() && self.expires_at > now && self.tries < MAX_CODE_TRIES
+    }
+}
+
+/// What became of one guess at a user's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// Right: the code is used up and the account is verified.
+    Verified,
+    /// Wrong: one try spent; this many are left (0: the code is dead).
+    Wrong { tries_left: u32 },
+    /// The user has no code that could be right: none issued, used,
+    /// expired, or out of tries.
+    NoLiveCode,
 }
 
 /// A session that may be used: whose it is and until when.
@@ -92,6 +153,8 @@ pub trait Accounts: Send + Sync {
     /// Where to reach a user who is not deleted; `None` otherwise.
     async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError>;
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
+    /// The account's own referral code, to share; `None` once deleted.
+    async fn referral_code(&self, user_id: UserId) -> Result<Option<String>, StoreError>;
     /// Stores a session under the SHA-256 of its bearer token.
     async fn create_session(
         &self,
@@ -106,4 +169,15 @@ pub trait Accounts: Send + Sync {
     /// Revokes a session. Call [`Store::revoke_session`](crate::Store::revoke_session),
     /// which also forgets it in every process.
     async fn revoke_session_row(&self, token_hash: &str) -> Result<bool, StoreError>;
+
+    /// Keeps a new verification code for its user, in place of any earlier
+    /// one (a user has at most one code that can be right).
+    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError>;
+    /// The user's stored codes, newest first.
+    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;
+    /// One guess at the user's live code, checked and recorded atomically:
+    /// a right guess uses the code up and marks the account verified; a
+    /// wrong one spends a try. Two guesses at once never both succeed, and
+    /// never spend more than [`MAX_CODE_TRIES`] tries.
+    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError>;
 }

@@ -33,9 +33,10 @@ pub enum ObjectsError {
     InvalidKey { key: String, reason: &'static str },
 }
 
-/// The URL-signing key is missing, unreadable or too weak.
+/// A secret key (the URL-signing key, the verification-code key) is
+/// missing, unreadable or too weak; the text names which.
 #[derive(Debug, thiserror::Error)]
-#[error("url signing key: {0}")]
+#[error("{0}")]
 pub struct SigningKeyError(pub String);
 
 impl From<serde_json::Error> for StoreError {

@@ -1,13 +1,16 @@
 //! Persistence: one [`Store`] in front of two engines (PostgreSQL and
 //! SQLite; SQL and binding only), migrations, object storage, signed URLs,
+//! the verification-code key,
 //! and the process's metrics registry.
 
 pub mod accounts;
+mod code_key;
 mod codec;
 mod connect;
 mod error;
 pub mod generations;
 mod group_commit;
+mod key_file;
 pub mod metrics;
 mod model;
 mod objects;
@@ -22,6 +25,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use code_key::{CODE_DIGITS, CodeKey};
 pub use connect::{ConnectOptions, connect};
 pub use error::{ObjectsError, SigningKeyError, StoreError};
 pub use model::{

@@ -3,8 +3,6 @@
 //! good as its HMAC and its expiry.
 
 use std::fmt;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -52,24 +50,21 @@ impl UrlSigner {
     pub fn new(key: Vec<u8>) -> Result<UrlSigner, SigningKeyError> {
         if key.len() < MIN_KEY_LEN {
             return Err(SigningKeyError(format!(
-                "key is {} bytes, need at least {MIN_KEY_LEN}",
+                "url signing key is {} bytes, need at least {MIN_KEY_LEN}",
                 key.len()
             )));
         }
         let mac = HmacSha256::new_from_slice(&key)
-            .map_err(|e| SigningKeyError(format!("key rejected: {e}")))?;
+            .map_err(|e| SigningKeyError(format!("url signing key rejected: {e}")))?;
         Ok(UrlSigner { mac })
     }
 
     /// The embedded default's key: generated on first start (32 random
     /// bytes, hex, file mode 0600) and read back on later starts, so links
-    /// handed out survive a restart. Several processes starting at once
-    /// agree on one key: the file appears atomically, complete, or not at all.
+    /// handed out survive a restart (see `key_file`).
     pub fn load_or_create(path: &Path) -> Result<UrlSigner, SigningKeyError> {
-        match read_key(path)? {
-            Some(signer) => Ok(signer),
-            None => create_key(path),
-        }
+        let key = crate::key_file::load_or_create(path, "url signing key")?;
+        UrlSigner::new(key).map_err(|e| SigningKeyError(format!("{}: {e}", path.display())))
     }
 
     /// `"{path}?expires={unix}&signature={hex}"`. `path` is the URL path
@@ -115,66 +110,10 @@ impl UrlSigner {
     }
 }
 
-fn read_key(path: &Path) -> Result<Option<UrlSigner>, SigningKeyError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(key_error(path, "read", e)),
-    };
-    if let Ok(meta) = std::fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format_args!("{:o}", meta.permissions().mode() & 0o777),
-            "url signing key is readable by other users; chmod 600 it"
-        );
-    }
-    let key = hex::decode(text.trim())
-        .map_err(|e| SigningKeyError(format!("{} is not hex: {e}", path.display())))?;
-    UrlSigner::new(key)
-        .map(Some)
-        .map_err(|e| SigningKeyError(format!("{}: {e}", path.display())))
-}
-
-/// Writes the key to a private temporary file, then hard-links it into
-/// place: the link fails if another process got there first, and then its
-/// key wins.
-fn create_key(path: &Path) -> Result<UrlSigner, SigningKeyError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| key_error(dir, "create", e))?;
-    }
-    let key: [u8; MIN_KEY_LEN] = rand::random();
-    let tmp = path.with_extension(format!("tmp.{}", hex::encode(rand::random::<[u8; 8]>())));
-
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::hard_link(&tmp, path));
-    // The temporary name is gone whatever happened; a failure to remove it
-    // only leaves a stray file.
-    let _ = std::fs::remove_file(&tmp);
-
-    match written {
-        Ok(()) => UrlSigner::new(key.to_vec()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => read_key(path)?
-            .ok_or_else(|| SigningKeyError(format!("{} vanished while starting", path.display()))),
-        Err(e) => Err(key_error(path, "write", e)),
-    }
-}
-
-fn key_error(path: &Path, op: &str, e: std::io::Error) -> SigningKeyError {
-    SigningKeyError(format!("{op} {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use chrono::{Duration, TimeZone};
 
     use super::*;

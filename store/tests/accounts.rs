@@ -6,7 +6,7 @@ use chrono::{NaiveDate, TimeDelta, Utc};
 use kiln_jobs::UserId;
 use kiln_store::{
     Store,
-    accounts::{Identifier, NewUser, UserCreated},
+    accounts::{CodeCheck, Identifier, MAX_CODE_TRIES, NewCode, NewUser, UserCreated},
     testing::TestDatabase,
 };
 use std::time::{Duration, Instant};
@@ -20,6 +20,11 @@ kiln_store::both_databases!(
     a_remembered_session_still_ends_at_its_expiry,
     a_session_looked_up_lately_is_answered_from_memory,
     a_session_revoked_by_another_process_stops_working_here,
+    a_code_verifies_its_account_once,
+    a_code_dies_after_five_wrong_tries,
+    an_expired_code_is_refused_and_spends_nothing,
+    a_new_code_replaces_the_old_one,
+    concurrent_guesses_use_a_code_once,
 );
 
 fn user(identifier: Identifier, code: &str) -> NewUser {
@@ -104,7 +109,15 @@ async fn an_email_or_phone_is_taken_once(store: Store, _: &TestDatabase) {
 }
 
 async fn a_referral_code_must_exist(store: Store, _: &TestDatabase) {
-    created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    assert_eq!(
+        store.referral_code(ada).await.unwrap().as_deref(),
+        Some("ADA1")
+    );
+    assert_eq!(
+        store.referral_code(UserId(Uuid::now_v7())).await.unwrap(),
+        None
+    );
     let referred = NewUser {
         referred_by_code: Some("ADA1".into()),
         ..user(email("bob@example.com"), "BOB1")
@@ -242,4 +255,161 @@ async fn until_listening(store: &Store) {
         assert!(Instant::now() < deadline, "the listener never connected");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn code(user_id: UserId, hash: &str, valid_for: TimeDelta) -> NewCode {
+    NewCode {
+        id: Uuid::now_v7(),
+        user_id,
+        code_hash: hash.into(),
+        expires_at: Utc::now() + valid_for,
+    }
+}
+
+async fn verified(store: &Store, who: &str) -> bool {
+    store
+        .login_record(&email(who))
+        .await
+        .unwrap()
+        .unwrap()
+        .verified
+}
+
+async fn a_code_verifies_its_account_once(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let bob = created(&store, user(email("bob@example.com"), "BOB1")).await;
+    assert!(
+        !verified(&store, "ada@example.com").await,
+        "new accounts are unverified"
+    );
+    assert_eq!(
+        store.check_code(ada, "right").await.unwrap(),
+        CodeCheck::NoLiveCode,
+        "no code issued yet"
+    );
+    let issued = code(ada, "right", TimeDelta::minutes(10));
+    store.issue_code(issued.clone()).await.unwrap();
+    assert_eq!(
+        store.check_code(bob, "right").await.unwrap(),
+        CodeCheck::NoLiveCode,
+        "ada's code is not bob's"
+    );
+    assert_eq!(
+        store.check_code(ada, "right").await.unwrap(),
+        CodeCheck::Verified
+    );
+    assert!(verified(&store, "ada@example.com").await);
+    assert!(!verified(&store, "bob@example.com").await);
+    assert_eq!(
+        store.check_code(ada, "right").await.unwrap(),
+        CodeCheck::NoLiveCode,
+        "a used code is dead"
+    );
+    let codes = store.codes(ada).await.unwrap();
+    assert_eq!(codes.len(), 1);
+    assert_eq!(codes[0].id, issued.id);
+    assert_eq!(codes[0].tries, 0);
+    assert!(codes[0].used_at.is_some());
+    assert!(!codes[0].is_live(Utc::now()));
+}
+
+async fn a_code_dies_after_five_wrong_tries(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    store
+        .issue_code(code(ada, "right", TimeDelta::minutes(10)))
+        .await
+        .unwrap();
+    for left in (0..MAX_CODE_TRIES).rev() {
+        assert_eq!(
+            store.check_code(ada, "wrong").await.unwrap(),
+            CodeCheck::Wrong { tries_left: left }
+        );
+    }
+    assert_eq!(
+        store.check_code(ada, "right").await.unwrap(),
+        CodeCheck::NoLiveCode,
+        "after the fifth wrong try even the right code is refused"
+    );
+    assert!(!verified(&store, "ada@example.com").await);
+    let codes = store.codes(ada).await.unwrap();
+    assert_eq!(codes[0].tries, MAX_CODE_TRIES);
+    assert!(!codes[0].is_live(Utc::now()));
+}
+
+async fn an_expired_code_is_refused_and_spends_nothing(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    store
+        .issue_code(code(ada, "right", TimeDelta::milliseconds(300)))
+        .await
+        .unwrap();
+    assert!(store.codes(ada).await.unwrap()[0].is_live(Utc::now()));
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        store.check_code(ada, "right").await.unwrap(),
+        CodeCheck::NoLiveCode
+    );
+    assert_eq!(
+        store.check_code(ada, "wrong").await.unwrap(),
+        CodeCheck::NoLiveCode
+    );
+    let codes = store.codes(ada).await.unwrap();
+    assert_eq!(codes[0].tries, 0);
+    assert!(codes[0].used_at.is_none());
+    assert!(!verified(&store, "ada@example.com").await);
+}
+
+async fn a_new_code_replaces_the_old_one(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    store
+        .issue_code(code(ada, "first", TimeDelta::minutes(10)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_code(ada, "wrong").await.unwrap(),
+        CodeCheck::Wrong {
+            tries_left: MAX_CODE_TRIES - 1
+        }
+    );
+    let second = code(ada, "second", TimeDelta::minutes(10));
+    store.issue_code(second.clone()).await.unwrap();
+    let codes = store.codes(ada).await.unwrap();
+    assert_eq!(codes.len(), 1, "one code per user");
+    assert_eq!(codes[0].id, second.id);
+    assert_eq!(codes[0].tries, 0);
+    assert_eq!(
+        store.check_code(ada, "first").await.unwrap(),
+        CodeCheck::Wrong {
+            tries_left: MAX_CODE_TRIES - 1
+        }
+    );
+    assert_eq!(
+        store.check_code(ada, "second").await.unwrap(),
+        CodeCheck::Verified
+    );
+}
+
+async fn concurrent_guesses_use_a_code_once(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    store
+        .issue_code(code(ada, "right", TimeDelta::minutes(10)))
+        .await
+        .unwrap();
+    let guesses: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let guess = if i % 2 == 0 { "right" } else { "wrong" };
+            tokio::spawn(async move { store.check_code(ada, guess).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for g in guesses {
+        outcomes.push(g.await.unwrap());
+    }
+    let wins = outcomes
+        .iter()
+        .filter(|o| **o == CodeCheck::Verified)
+        .count();
+    assert_eq!(wins, 1, "{outcomes:?}");
+    let codes = store.codes(ada).await.unwrap();
+    assert!(codes[0].tries <= MAX_CODE_TRIES, "{codes:?}");
 }

@@ -25,6 +25,10 @@ pub struct Kiln {
     pub http: SocketAddr,
     pub metrics: SocketAddr,
     pub log: PathBuf,
+    /// Where the dev mailer and SMS sender write (`email.outbox_dir` and
+    /// `sms.outbox_dir`, by default `data/outbox` under the process's
+    /// working directory).
+    pub outboxes: Vec<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -78,12 +82,23 @@ impl KilnBuilder {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start kiln");
+        let cwd = self.cwd.clone().unwrap_or_else(|| dir.path().to_owned());
+        let outbox = |var: &str| {
+            let set = self.env.iter().rev().find(|(k, _)| k == var);
+            cwd.join(set.map_or("data/outbox", |(_, v)| v.as_str()))
+        };
+        let mut outboxes = vec![
+            outbox("KILN_EMAIL_OUTBOX_DIR"),
+            outbox("KILN_SMS_OUTBOX_DIR"),
+        ];
+        outboxes.dedup();
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut kiln = Kiln {
             child,
             http: unbound,
             metrics: unbound,
             log,
+            outboxes,
             _dir: dir,
         };
         kiln.read_addresses();
@@ -181,6 +196,157 @@ impl Kiln {
                 self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Kiln {
+    /// The messages the dev providers wrote to `address` (an email or a
+    /// phone number), oldest first: each file's whole text.
+    pub fn outbox_messages(&self, address: &str) -> Vec<String> {
+        let mut files: Vec<PathBuf> = self
+            .outboxes
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !n.starts_with('.'))
+            })
+            .collect();
+        // `email-<uuid v7>` and `sms-<uuid v7>`: by the time in the name.
+        files.sort_by_key(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name.split_once('-')
+                .map(|(_, id)| id.to_owned())
+                .unwrap_or_default()
+        });
+        let to = format!("To: {address}\n");
+        files
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .filter(|text| text.starts_with(&to) || text.contains(&format!("\n{to}")))
+            .collect()
+    }
+
+    /// Waits for the `n`th message (from 1) to `address` in the outbox.
+    pub async fn wait_outbox(&self, address: &str, n: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let messages = self.outbox_messages(address);
+            if messages.len() >= n {
+                return messages[n - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "message {n} to {address} never reached the outbox (got {})",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// The verification code a message carries: its first run of exactly six
+/// digits after the headers.
+pub fn code_in(message: &str) -> Option<String> {
+    let body = message.split_once("\n\n").map_or(message, |(_, body)| body);
+    let mut run = String::new();
+    for c in body.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            if run.len() == 6 {
+                return Some(run);
+            }
+            run.clear();
+        }
+    }
+    None
+}
+
+/// Where a test reads the codes kiln sends, the way a person would.
+#[allow(async_fn_in_trait)]
+pub trait Codes {
+    /// The public API's root URL.
+    fn base(&self) -> String;
+    /// The newest verification code sent to `address`, once one has come.
+    async fn latest_code(&self, address: &str) -> String;
+}
+
+/// A `kiln` process with the dev providers: codes are read from its outbox.
+impl Codes for Kiln {
+    fn base(&self) -> String {
+        self.url("")
+    }
+
+    async fn latest_code(&self, address: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = self
+                .outbox_messages(address)
+                .iter()
+                .rev()
+                .find_map(|m| code_in(m))
+            {
+                return code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no code for {address} reached the outbox; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// A `kiln` process whose mail goes to a fake Resend-style API: codes are
+/// read from the requests the fake received.
+pub struct FakeMail<'a> {
+    pub kiln: &'a Kiln,
+    pub mail: &'a wiremock::MockServer,
+}
+
+impl FakeMail<'_> {
+    /// The `text` of every email the fake received for `address`, oldest first.
+    pub async fn texts(&self, address: &str) -> Vec<String> {
+        self.mail
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+            .filter(|b| b["to"] == serde_json::json!([address]))
+            .filter_map(|b| b["text"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Codes for FakeMail<'_> {
+    fn base(&self) -> String {
+        self.kiln.url("")
+    }
+
+    async fn latest_code(&self, address: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = self
+                .texts(address)
+                .await
+                .iter()
+                .rev()
+                .find_map(|t| code_in(&format!("\n\n{t}")))
+            {
+                return code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no code for {address} reached the fake mail API"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 }
@@ -296,9 +462,10 @@ impl Client {
             .expect("POST")
     }
 
-    /// Registers an adult with this email and signs in.
-    pub async fn signed_up(base: &str, email: &str) -> Client {
-        let mut client = Client::new(base);
+    /// Registers an adult with this email, verifies it with the code that
+    /// reached `codes` (the outbox, a fake mail API) and signs in.
+    pub async fn signed_up(codes: &impl Codes, email: &str) -> Client {
+        let mut client = Client::new(&codes.base());
         let password = "correct horse battery";
         let r = client
             .post(
@@ -310,6 +477,19 @@ impl Client {
             r.status(),
             202,
             "register: {}",
+            r.text().await.unwrap_or_default()
+        );
+        let code = codes.latest_code(email).await;
+        let r = client
+            .post(
+                "/v1/auth/verify",
+                serde_json::json!({"email": email, "code": code}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            200,
+            "verify: {}",
             r.text().await.unwrap_or_default()
         );
         let r = client

@@ -27,6 +27,7 @@ kiln_store::both_databases!(
     send_email_reaches_the_accounts_address,
     send_sms_reaches_the_accounts_phone,
     send_email_to_a_user_without_email_fails_permanently,
+    an_account_code_is_derived_when_sent_and_only_while_live,
     probe_reports_its_attempt_and_worker,
     failing_probe_is_retried_or_failed_as_told,
     prune_jobs_deletes_old_finished_jobs_only,
@@ -403,4 +404,54 @@ async fn prune_jobs_deletes_old_finished_jobs_only(store: Store, _: &TestDatabas
         prune_now.perform(PruneJobs {}).await.unwrap().result,
         Ok(Outcome::Done(_))
     ));
+}
+
+async fn an_account_code_is_derived_when_sent_and_only_while_live(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let keys = worker.deps().codes.clone();
+    let user_id = testing::account(&store).await;
+    let issue = |id: Uuid| {
+        let code = keys.code(id);
+        kiln_store::accounts::NewCode {
+            id,
+            user_id,
+            code_hash: keys.code_hash(user_id, &code),
+            expires_at: chrono::Utc::now() + chrono::Duration::minutes(10),
+        }
+    };
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    store.issue_code(issue(first)).await.unwrap();
+    let notice = |code_id| Notice::AccountVerification {
+        code_id,
+        minutes_valid: 10,
+    };
+    let performed = worker
+        .perform(SendEmail {
+            user_id,
+            notice: notice(first),
+        })
+        .await
+        .unwrap();
+    let job_id = performed.job_id;
+    performed.expect_done();
+    let emails = worker.emails();
+    assert_eq!(emails.len(), 1);
+    assert!(emails[0].contains(&keys.code(first)), "{}", emails[0]);
+    // The queue held the row's id, never the code.
+    let payload = row(&store, job_id).await.payload.to_string();
+    assert!(!payload.contains(&keys.code(first)), "{payload}");
+
+    // Replaced by a newer code: the old one is not sent.
+    store.issue_code(issue(second)).await.unwrap();
+    let error = worker
+        .perform(SendEmail {
+            user_id,
+            notice: notice(first),
+        })
+        .await
+        .unwrap()
+        .expect_error();
+    assert_eq!(error.code(), "code_not_live");
+    assert!(matches!(error, JobError::Permanent { .. }));
+    assert_eq!(worker.emails().len(), 1);
 }

@@ -1,44 +1,91 @@
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::post};
 use chrono::{Datelike, NaiveDate, Utc};
-use kiln_store::accounts::{Identifier, NewUser, UserCreated};
+use kiln_jobs::{Notice, SendEmail, SendSms, UserId};
+use kiln_store::{
+    CODE_DIGITS, NewJob,
+    accounts::{CodeCheck, Identifier, NewCode, NewUser, UserCreated},
+};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
     AppState, Json, Problem,
     auth::{self, CurrentUser},
+    identifier::identifier,
+    password::check_new_password,
 };
 
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/auth/register", post(register))
+        .route("/v1/auth/verify", post(verify))
+        .route("/v1/auth/resend", post(resend))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Either `email` or `phone` (E.164, e.g. `+4915112345678`).
     pub email: Option<String>,
     pub phone: Option<String>,
-    /// 8 to 72 bytes.
+    /// 8 to 72 bytes, not easy to guess (zxcvbn score 3 or more) and not
+    /// made of the email or phone.
     pub password: String,
-    /// `YYYY-MM-DD`; accounts are for adults only (18+).
+    /// `YYYY-MM-DD`, 1900-01-01 or later; accounts are for adults only (18+).
     pub birth_date: String,
     /// Another account's referral code.
     pub referral_code: Option<String>,
 }
 
+/// The answer to a sign-up or a request for a new code: the same whether
+/// or not the address has an account, so it tells nobody which do.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Registered {
-    pub user_id: Uuid,
-    /// This account's own referral code.
-    pub referral_code: String,
+pub struct VerificationSent {
+    /// Always `verification_sent`: a code (or, for an address that has an
+    /// account already, a notice) is on its way to the address.
+    pub status: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+impl VerificationSent {
+    fn new() -> VerificationSent {
+        VerificationSent {
+            status: "verification_sent".to_owned(),
+        }
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The email or phone the code was sent to.
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// The 6 digits sent.
+    pub code: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Verified {
+    /// Always `verified`: the account can sign in.
+    pub status: String,
+    /// This account's own referral code, to share. Shown here, to whoever
+    /// proved they hold the address, rather than at sign-up, whose answer
+    /// must not differ between new and taken addresses.
+    pub referral_code: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResendRequest {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub email: Option<String>,
@@ -53,36 +100,18 @@ pub struct Session {
     pub expires_at: chrono::DateTime<Utc>,
 }
 
-fn identifier(email: Option<String>, phone: Option<String>) -> Result<Identifier, Problem> {
-    match (email, phone) {
-        (Some(e), None) => {
-            let e = e.trim().to_lowercase();
-            let valid = e.len() <= 254
-                && e.split_once('@').is_some_and(|(local, domain)| {
-                    !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
-                })
-                && !e.contains(char::is_whitespace);
-            if valid {
-                Ok(Identifier::Email(e))
-            } else {
-                Err(Problem::invalid("email is not a valid address"))
-            }
-        }
-        (None, Some(p)) => {
-            let p: String = p.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
-            let digits = p.strip_prefix('+').unwrap_or("");
-            if (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) {
-                Ok(Identifier::Phone(p))
-            } else {
-                Err(Problem::invalid(
-                    "phone must be in E.164 form, e.g. +4915112345678",
-                ))
-            }
-        }
-        (Some(_), Some(_)) => Err(Problem::invalid("give either email or phone, not both")),
-        (None, None) => Err(Problem::invalid("email or phone is required")),
+fn address(identifier: &Identifier) -> &str {
+    match identifier {
+        Identifier::Email(a) | Identifier::Phone(a) => a,
     }
 }
+
+/// The earliest birth date accepted: anything before is a typo or a
+/// default value (`0000-01-01`), not a person.
+const EARLIEST_BIRTH_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
+    Some(date) => date,
+    None => panic!("1900-01-01 is a date"),
+};
 
 fn age_on(birth: NaiveDate, today: NaiveDate) -> i32 {
     let mut age = today.year() - birth.year();
@@ -90,6 +119,26 @@ fn age_on(birth: NaiveDate, today: NaiveDate) -> i32 {
         age -= 1;
     }
     age
+}
+
+/// A birth date that a living adult can have.
+fn birth_date(text: &str, today: NaiveDate) -> Result<NaiveDate, Problem> {
+    let birth = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| Problem::invalid("birth_date must be a date as YYYY-MM-DD"))?;
+    if birth < EARLIEST_BIRTH_DATE {
+        return Err(Problem::invalid("birth_date must be 1900-01-01 or later"));
+    }
+    if birth > today {
+        return Err(Problem::invalid("birth_date is in the future"));
+    }
+    if age_on(birth, today) < 18 {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "underage",
+            "kiln is for people aged 18 and over",
+        ));
+    }
+    Ok(birth)
 }
 
 fn referral_code() -> String {
@@ -102,59 +151,186 @@ fn referral_code() -> String {
         .collect()
 }
 
+/// Counts one code or notice for this address against
+/// `api.code_resend_interval_secs` and `api.codes_per_hour`, whether or
+/// not the address has an account; past them, 429 `rate_limited`.
+async fn throttle_sends(state: &AppState, identifier: &Identifier) -> Result<(), Problem> {
+    let key = state.codes.pseudonym("code_sends", address(identifier));
+    match state.throttle.hit(&key, &state.config.code_windows()).await {
+        Ok(None) => Ok(()),
+        Ok(Some(wait)) => Err(Problem::rate_limited(
+            wait,
+            "a code was sent to this address a short while ago; wait before asking again",
+        )),
+        Err(e) => Err(Problem::unavailable(format!("code throttle: {e}"))),
+    }
+}
+
+/// Enqueues a `send_email` or `send_sms` job (by the identifier's kind)
+/// with this notice for the user.
+async fn notify(
+    state: &AppState,
+    identifier: &Identifier,
+    user_id: UserId,
+    notice: Notice,
+) -> Result<(), Problem> {
+    let job = match identifier {
+        Identifier::Email(_) => NewJob::of(&SendEmail { user_id, notice }),
+        Identifier::Phone(_) => NewJob::of(&SendSms { user_id, notice }),
+    }
+    .map_err(Problem::internal)?;
+    state.store.enqueue(job).await?;
+    Ok(())
+}
+
+/// Issues a new code for the user (in place of any earlier one) and
+/// enqueues it. The job carries the code's row id, not the code: the
+/// worker derives the code under the shared key when it sends. Not one
+/// transaction: should the enqueue fail, the user asks for another code.
+async fn send_code(
+    state: &AppState,
+    identifier: &Identifier,
+    user_id: UserId,
+) -> Result<(), Problem> {
+    let code_id = Uuid::now_v7();
+    let ttl = state.config.code_ttl_secs;
+    let code = state.codes.code(code_id);
+    state
+        .store
+        .issue_code(NewCode {
+            id: code_id,
+            user_id,
+            code_hash: state.codes.code_hash(user_id, &code),
+            expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
+        })
+        .await?;
+    let minutes_valid = u32::try_from(ttl.div_ceil(60)).unwrap_or(u32::MAX);
+    notify(
+        state,
+        identifier,
+        user_id,
+        Notice::AccountVerification {
+            code_id,
+            minutes_valid,
+        },
+    )
+    .await
+}
+
 #[utoipa::path(post, path = "/v1/auth/register", tag = "accounts",
     request_body = RegisterRequest,
     responses(
-        (status = 202, description = "account created", body = Registered),
+        (status = 202, description = "a verification code is on its way to the address; an address that already has an account gets the same answer (and a notice instead of a code)", body = VerificationSent),
         (status = 400, description = "malformed JSON", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 409, description = "email or phone already registered", body = Problem),
-        (status = 422, description = "invalid input, or under 18 (`underage`)", body = Problem),
+        (status = 422, description = "invalid input (`invalid_input`), a weak password (`weak_password`), or under 18 (`underage`)", body = Problem),
+        (status = 429, description = "a code went to this address a short while ago (`rate_limited`, with `Retry-After`)", body = Problem),
     ))]
 async fn register(
     State(state): State<AppState>,
     Json(req): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, Problem> {
     let identifier = identifier(req.email, req.phone)?;
-    if req.password.len() < 8 || req.password.len() > 72 {
-        return Err(Problem::invalid("password must be 8 to 72 bytes long"));
-    }
-    let birth = NaiveDate::parse_from_str(&req.birth_date, "%Y-%m-%d")
-        .map_err(|_| Problem::invalid("birth_date must be a date as YYYY-MM-DD"))?;
-    let today = Utc::now().date_naive();
-    if birth > today {
-        return Err(Problem::invalid("birth_date is in the future"));
-    }
-    if age_on(birth, today) < 18 {
-        return Err(Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "underage",
-            "kiln is for people aged 18 and over",
-        ));
-    }
+    check_new_password(&req.password, address(&identifier))?;
+    let birth = birth_date(&req.birth_date, Utc::now().date_naive())?;
+    throttle_sends(&state, &identifier).await?;
+    // Hashed whether or not the address is taken, so both answer alike in
+    // time as in content.
     let password_hash = auth::hash_password(req.password, state.config.bcrypt_cost).await?;
-    let referral_code = referral_code();
     let user = NewUser {
-        identifier,
+        identifier: identifier.clone(),
         password_hash,
         birth_date: birth,
-        referral_code: referral_code.clone(),
+        referral_code: referral_code(),
         referred_by_code: req.referral_code.map(|c| c.trim().to_uppercase()),
     };
     match state.store.create_user(user).await? {
-        UserCreated::Created(user_id) => Ok((
-            StatusCode::ACCEPTED,
-            Json(Registered {
-                user_id: user_id.into(),
-                referral_code,
-            }),
-        )),
-        UserCreated::Taken => Err(Problem::conflict(
-            "an account with this email or phone already exists",
-        )),
-        UserCreated::UnknownReferral => Err(Problem::invalid("referral_code is not known")),
+        UserCreated::Created(user_id) => send_code(&state, &identifier, user_id).await?,
+        UserCreated::Taken => {
+            // A deleted account keeps its address but is told nothing.
+            if let Some(existing) = state.store.login_record(&identifier).await? {
+                notify(
+                    &state,
+                    &identifier,
+                    existing.user_id,
+                    Notice::RegistrationAttempt,
+                )
+                .await?;
+            }
+        }
+        UserCreated::UnknownReferral => {
+            return Err(Problem::invalid("referral_code is not known"));
+        }
     }
+    Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
+}
+
+fn invalid_code() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_code",
+        "the code is wrong, expired or used up; ask for a new one at POST /v1/auth/resend",
+    )
+}
+
+#[utoipa::path(post, path = "/v1/auth/verify", tag = "accounts",
+    request_body = VerifyRequest,
+    responses(
+        (status = 200, description = "the account is verified and can sign in", body = Verified),
+        (status = 400, description = "malformed JSON", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
+        (status = 422, description = "`invalid_code`: the code is wrong, expired, used, or its 5 tries are spent (an unknown or already verified address answers the same); `invalid_input`: not 6 digits", body = Problem),
+    ))]
+async fn verify(
+    State(state): State<AppState>,
+    Json(req): Json<VerifyRequest>,
+) -> Result<Json<Verified>, Problem> {
+    let identifier = identifier(req.email, req.phone)?;
+    let code: String = req.code.trim().nfkc().collect();
+    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::invalid("code must be the 6 digits that were sent"));
+    }
+    let (outcome, account) = match state.store.login_record(&identifier).await? {
+        Some(record) if !record.verified => {
+            let hash = state.codes.code_hash(record.user_id, &code);
+            let outcome = state.store.check_code(record.user_id, &hash).await?;
+            (outcome, Some(record.user_id))
+        }
+        _ => (CodeCheck::NoLiveCode, None),
+    };
+    match (outcome, account) {
+        (CodeCheck::Verified, Some(user_id)) => Ok(Json(Verified {
+            status: "verified".to_owned(),
+            referral_code: state.store.referral_code(user_id).await?,
+        })),
+        _ => Err(invalid_code()),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/auth/resend", tag = "accounts",
+    request_body = ResendRequest,
+    responses(
+        (status = 202, description = "a new code is on its way when the address has an unverified account; the same answer otherwise", body = VerificationSent),
+        (status = 400, description = "malformed JSON", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
+        (status = 422, description = "invalid input", body = Problem),
+        (status = 429, description = "`rate_limited`: one code a minute and 5 an hour per address (`api.code_resend_interval_secs`, `api.codes_per_hour`); `Retry-After` says when to ask again", body = Problem),
+    ))]
+async fn resend(
+    State(state): State<AppState>,
+    Json(req): Json<ResendRequest>,
+) -> Result<impl IntoResponse, Problem> {
+    let identifier = identifier(req.email, req.phone)?;
+    throttle_sends(&state, &identifier).await?;
+    if let Some(record) = state.store.login_record(&identifier).await?
+        && !record.verified
+    {
+        send_code(&state, &identifier, record.user_id).await?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "accounts",
@@ -165,6 +341,7 @@ async fn register(
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
         (status = 401, description = "wrong email, phone or password", body = Problem),
+        (status = 403, description = "`unverified`: the password is right but the address is not verified yet", body = Problem),
         (status = 422, description = "invalid input", body = Problem),
     ))]
 async fn login(
@@ -173,20 +350,29 @@ async fn login(
 ) -> Result<Json<Session>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
     let record = state.store.login_record(&identifier).await?;
-    let (user_id, hash) = match record {
-        Some(r) => (Some(r.user_id), r.password_hash),
+    let (account, hash) = match record {
+        Some(r) => (Some((r.user_id, r.verified)), r.password_hash),
         None => (None, auth::decoy_hash(state.config.bcrypt_cost)),
     };
     let matches = auth::verify_password(req.password, hash)
         .await
         .unwrap_or(false);
-    let Some(user_id) = user_id.filter(|_| matches) else {
+    let Some((user_id, verified)) = account.filter(|_| matches) else {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "wrong email, phone or password",
         ));
     };
+    // Only after the password matched: to anyone without it, an unverified
+    // account looks like any other.
+    if !verified {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "unverified",
+            "verify your email or phone first with the code that was sent (POST /v1/auth/verify); POST /v1/auth/resend sends a new one",
+        ));
+    }
     let token = auth::new_token();
     let expires_at = Utc::now() + chrono::Duration::seconds(state.config.token_ttl_secs as i64);
     state
@@ -211,26 +397,38 @@ async fn logout(State(state): State<AppState>, user: CurrentUser) -> Result<Stat
 mod tests {
     use super::*;
 
+    fn d(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap_or(NaiveDate::MIN)
+    }
+
     #[test]
     fn age_counts_birthdays() {
-        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
         assert_eq!(age_on(d("2008-11-26"), d("2026-11-25")), 17);
         assert_eq!(age_on(d("2008-11-25"), d("2026-11-25")), 18);
     }
 
     #[test]
-    fn identifiers_are_normalised_and_checked() {
+    fn birth_dates_must_be_possible_and_adult() {
+        let today = d("2026-11-25");
+        let detail = |s: &str| birth_date(s, today).err().map(|p| (p.code, p.detail));
+        assert_eq!(birth_date("1990-12-10", today).ok(), Some(d("1990-12-10")));
+        assert_eq!(birth_date("1900-01-01", today).ok(), Some(d("1900-01-01")));
+        for impossible in ["0000-01-01", "1800-01-01", "1899-12-31"] {
+            assert_eq!(
+                detail(impossible),
+                Some((
+                    "invalid_input",
+                    "birth_date must be 1900-01-01 or later".to_owned()
+                )),
+                "{impossible}"
+            );
+        }
         assert_eq!(
-            identifier(Some(" A@Example.COM ".into()), None).unwrap(),
-            Identifier::Email("a@example.com".into())
+            detail("2026-11-26").map(|d| d.1),
+            Some("birth_date is in the future".to_owned())
         );
-        assert!(identifier(Some("nope".into()), None).is_err());
-        assert_eq!(
-            identifier(None, Some("+49 151 1234-5678".into())).unwrap(),
-            Identifier::Phone("+4915112345678".into())
-        );
-        assert!(identifier(None, Some("12345".into())).is_err());
-        assert!(identifier(Some("a@b.co".into()), Some("+4915112345678".into())).is_err());
-        assert!(identifier(None, None).is_err());
+        assert_eq!(detail("2008-11-26").map(|d| d.0), Some("underage"));
+        assert_eq!(detail("1990-02-30").map(|d| d.0), Some("invalid_input"));
+        assert_eq!(detail("10/12/1990").map(|d| d.0), Some("invalid_input"));
     }
 }

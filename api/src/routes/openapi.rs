@@ -13,6 +13,8 @@ use crate::AppState;
     info(title = "kiln", description = "Enqueue image generations and poll their jobs."),
     paths(
         super::auth::register,
+        super::auth::verify,
+        super::auth::resend,
         super::auth::login,
         super::auth::logout,
         super::generations::create,

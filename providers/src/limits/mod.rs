@@ -19,10 +19,13 @@
 //! - `local`: the in-process limiter (a semaphore and a GCRA per key);
 //! - `redis`: the shared limiter (one Lua script per acquisition, on the
 //!   server's clock) and the readiness `PING`;
-//! - `wrapper`: [`Limited`], each provider trait behind a limiter.
+//! - `wrapper`: [`Limited`], each provider trait behind a limiter;
+//! - `windows`: [`RedisWindows`], sliding-window counts that refuse
+//!   rather than wait, for the API's per-address limits.
 
 mod local;
 mod redis;
+mod windows;
 mod wrapper;
 
 use std::{
@@ -40,6 +43,7 @@ use crate::ProviderError;
 
 pub use self::local::LocalLimiter;
 pub use self::redis::{RedisLimiter, ping_redis};
+pub use self::windows::{CountWindow, RedisWindows};
 pub use self::wrapper::{Limited, LimitedGenerator, LimitedModerator, limited};
 
 /// The error code of a limiter that cannot answer (Redis down): the job

@@ -6,7 +6,10 @@ use uuid::Uuid;
 use super::PgStore;
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LiveSession, LoginRecord, NewUser, UserCreated},
+    accounts::{
+        Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
+        MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
+    },
 };
 
 #[async_trait]
@@ -56,18 +59,28 @@ impl Accounts for PgStore {
 
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
         let (email, phone) = id.columns();
-        let row: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, password_hash FROM users
+        let row: Option<(Uuid, String, bool)> = sqlx::query_as(
+            "SELECT id, password_hash, verified_at IS NOT NULL FROM users
              WHERE deleted_at IS NULL AND (email = $1 OR phone = $2)",
         )
         .bind(email)
         .bind(phone)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(user_id, password_hash)| LoginRecord {
+        Ok(row.map(|(user_id, password_hash, verified)| LoginRecord {
             user_id: UserId(user_id),
             password_hash,
+            verified,
         }))
+    }
+
+    async fn referral_code(&self, user_id: UserId) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT referral_code FROM users WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn create_session(
@@ -116,5 +129,89 @@ impl Accounts for PgStore {
         .fetch_one(&self.pool)
         .await?;
         Ok(revoked == 1)
+    }
+
+    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM verification_codes WHERE user_id = $1")
+            .bind(code.user_id.0)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO verification_codes (id, user_id, code_hash, expires_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(code.id)
+        .bind(code.user_id.0)
+        .bind(&code.code_hash)
+        .bind(code.expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows: Vec<(
+            Uuid,
+            i32,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+        )> = sqlx::query_as(
+            "SELECT id, tries, created_at, expires_at, used_at FROM verification_codes
+                 WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user_id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tries, created_at, expires_at, used_at)| CodeRecord {
+                id,
+                tries: tries.max(0) as u32,
+                created_at,
+                expires_at,
+                used_at,
+            })
+            .collect())
+    }
+
+    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError> {
+        // Each statement re-checks the row after taking its lock, so of two
+        // guesses at once one uses the code and the other finds it used.
+        let verified: Option<Uuid> = sqlx::query_scalar(
+            "WITH used AS (
+                 UPDATE verification_codes SET used_at = now()
+                 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
+                   AND expires_at > now() AND tries < $3
+                 RETURNING user_id)
+             UPDATE users SET verified_at = coalesce(verified_at, now())
+             FROM used WHERE users.id = used.user_id
+             RETURNING users.id",
+        )
+        .bind(user_id.0)
+        .bind(code_hash)
+        .bind(MAX_CODE_TRIES as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        if verified.is_some() {
+            return Ok(CodeCheck::Verified);
+        }
+        let tries: Option<i32> = sqlx::query_scalar(
+            "UPDATE verification_codes SET tries = tries + 1
+             WHERE user_id = $1 AND used_at IS NULL AND expires_at > now() AND tries < $2
+             RETURNING tries",
+        )
+        .bind(user_id.0)
+        .bind(MAX_CODE_TRIES as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match tries {
+            Some(tries) => CodeCheck::Wrong {
+                tries_left: MAX_CODE_TRIES.saturating_sub(tries.max(0) as u32),
+            },
+            None => CodeCheck::NoLiveCode,
+        })
     }
 }

@@ -7,7 +7,10 @@ use super::{SqliteStore, now_ms};
 use crate::codec::{Id, Time};
 use crate::{
     StoreError,
-    accounts::{Accounts, Contacts, Identifier, LiveSession, LoginRecord, NewUser, UserCreated},
+    accounts::{
+        Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
+        MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
+    },
 };
 
 #[async_trait]
@@ -59,18 +62,28 @@ impl Accounts for SqliteStore {
 
     async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
         let (email, phone) = id.columns();
-        let row: Option<(Id, String)> = sqlx::query_as(
-            "SELECT id, password_hash FROM users
+        let row: Option<(Id, String, bool)> = sqlx::query_as(
+            "SELECT id, password_hash, verified_at IS NOT NULL FROM users
              WHERE deleted_at IS NULL AND (email = ? OR phone = ?)",
         )
         .bind(email)
         .bind(phone)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(id, password_hash)| LoginRecord {
+        Ok(row.map(|(id, password_hash, verified)| LoginRecord {
             user_id: UserId(id.0),
             password_hash,
+            verified,
         }))
+    }
+
+    async fn referral_code(&self, user_id: UserId) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT referral_code FROM users WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(user_id.to_string())
+        .fetch_optional(&self.reader)
+        .await?)
     }
 
     async fn create_session(
@@ -116,5 +129,94 @@ impl Accounts for SqliteStore {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM verification_codes WHERE user_id = ?")
+            .bind(code.user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO verification_codes (id, user_id, code_hash, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(code.id.to_string())
+        .bind(code.user_id.to_string())
+        .bind(&code.code_hash)
+        .bind(now_ms())
+        .bind(code.expires_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
+        let rows: Vec<(Id, i64, Time, Time, Option<Time>)> = sqlx::query_as(
+            "SELECT id, tries, created_at, expires_at, used_at FROM verification_codes
+             WHERE user_id = ? ORDER BY created_at DESC, id DESC",
+        )
+        .bind(user_id.to_string())
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, tries, created_at, expires_at, used_at)| CodeRecord {
+                id: id.0,
+                tries: tries.clamp(0, i64::from(u32::MAX)) as u32,
+                created_at: created_at.0,
+                expires_at: expires_at.0,
+                used_at: used_at.map(|t| t.0),
+            })
+            .collect())
+    }
+
+    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError> {
+        // One writer connection and one transaction: no other guess runs
+        // between the check and its record.
+        let now = now_ms();
+        let user = user_id.to_string();
+        let mut tx = self.writer.begin().await?;
+        let used = sqlx::query(
+            "UPDATE verification_codes SET used_at = ?
+             WHERE user_id = ? AND code_hash = ? AND used_at IS NULL
+               AND expires_at > ? AND tries < ?",
+        )
+        .bind(now)
+        .bind(&user)
+        .bind(code_hash)
+        .bind(now)
+        .bind(MAX_CODE_TRIES)
+        .execute(&mut *tx)
+        .await?;
+        let outcome = if used.rows_affected() > 0 {
+            sqlx::query("UPDATE users SET verified_at = coalesce(verified_at, ?) WHERE id = ?")
+                .bind(now)
+                .bind(&user)
+                .execute(&mut *tx)
+                .await?;
+            CodeCheck::Verified
+        } else {
+            let tries: Option<i64> = sqlx::query_scalar(
+                "UPDATE verification_codes SET tries = tries + 1
+                 WHERE user_id = ? AND used_at IS NULL AND expires_at > ? AND tries < ?
+                 RETURNING tries",
+            )
+            .bind(&user)
+            .bind(now)
+            .bind(MAX_CODE_TRIES)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match tries {
+                Some(tries) => CodeCheck::Wrong {
+                    tries_left: MAX_CODE_TRIES
+                        .saturating_sub(tries.clamp(0, i64::from(MAX_CODE_TRIES)) as u32),
+                },
+                None => CodeCheck::NoLiveCode,
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
     }
 }

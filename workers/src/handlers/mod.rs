@@ -27,7 +27,7 @@ use kiln_providers::{
     sms::{DevSms, SmsSender, SmsSettings},
     upscale::{DevUpscaler, Upscaler},
 };
-use kiln_store::{Objects, UrlSigner};
+use kiln_store::{CodeKey, Objects, UrlSigner};
 
 /// Why the configured providers could not be built; the text names the
 /// setting.
@@ -50,6 +50,10 @@ pub struct Deps {
     pub links: ObjectLinks,
     /// Fetches clients' reference images, guarded against SSRF.
     pub fetcher: Arc<GuardedFetcher>,
+    /// The server's verification-code key: `send_email` and `send_sms`
+    /// derive account codes under it. Every `serve` and `work` process
+    /// must share it.
+    pub codes: Arc<CodeKey>,
 }
 
 impl Deps {
@@ -59,6 +63,7 @@ impl Deps {
         settings: &ProviderSettings,
         objects: Objects,
         links: ObjectLinks,
+        codes: Arc<CodeKey>,
     ) -> Result<Deps, ProviderSetupError> {
         let built = settings.build().map_err(ProviderSetupError)?;
         Ok(Deps {
@@ -71,6 +76,7 @@ impl Deps {
             objects,
             links,
             fetcher: built.fetcher,
+            codes,
         })
     }
 
@@ -93,6 +99,8 @@ impl Deps {
                 ttl: std::time::Duration::from_secs(600),
             },
             fetcher: Arc::new(GuardedFetcher::new(FetchPolicy::default())),
+            // A throwaway key too: swap in the API's to send its codes.
+            codes: Arc::new(CodeKey::random()),
         }
     }
 }
@@ -128,10 +136,12 @@ pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
         .register(SendEmailHandler {
             mailer: deps.mailer.clone(),
             product_name: deps.product_name.clone(),
+            codes: deps.codes.clone(),
         })
         .register(SendSmsHandler {
             sms: deps.sms.clone(),
             product_name: deps.product_name.clone(),
+            codes: deps.codes.clone(),
         })
         .register(PruneJobsHandler {
             retention: config.finished_job_retention_ms,

@@ -2,12 +2,19 @@
 //! payload holds only the user id), render the notice, hand it to the
 //! configured provider. A user without that contact, or deleted, ends the
 //! job at once: retrying cannot make an address appear.
+//!
+//! An account's verification code waits in the queue as its row's id
+//! (`Notice::AccountVerification`); the code is derived here, under the
+//! server's code key, just before sending, and is never written anywhere
+//! but the message. A code that was used, replaced or expired meanwhile
+//! is not sent.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_jobs::{JobError, NoticeSent, SendEmail, SendSms};
-use kiln_store::accounts::Contacts;
+use chrono::Utc;
+use kiln_jobs::{JobError, Notice, NoticeSent, SendEmail, SendSms, UserId};
+use kiln_store::{CodeKey, accounts::Contacts};
 
 use crate::{Handler, JobContext, Outcome};
 use kiln_providers::{
@@ -18,11 +25,44 @@ use kiln_providers::{
 pub struct SendEmailHandler {
     pub mailer: Arc<dyn Mailer>,
     pub product_name: String,
+    /// Derives account verification codes.
+    pub codes: Arc<CodeKey>,
 }
 
 pub struct SendSmsHandler {
     pub sms: Arc<dyn SmsSender>,
     pub product_name: String,
+    pub codes: Arc<CodeKey>,
+}
+
+/// The notice with its code derived, when it is a verification code that
+/// can still be used; a dead code ends the job (`code_not_live`): sending
+/// it would only mislead.
+async fn ready(
+    ctx: &JobContext,
+    codes: &CodeKey,
+    user_id: UserId,
+    notice: Notice,
+) -> Result<Notice, JobError> {
+    if let Notice::AccountVerification { code_id, .. } = &notice {
+        let live = ctx
+            .store()
+            .codes(user_id)
+            .await?
+            .iter()
+            .any(|c| c.id == *code_id && c.is_live(Utc::now()));
+        if !live {
+            return Err(JobError::permanent(
+                "code_not_live",
+                "the verification code was used, replaced or expired before it could be sent",
+            ));
+        }
+    }
+    Ok(notice.with_code(|id| codes.code(id)))
+}
+
+fn unrendered() -> JobError {
+    JobError::permanent("notice_unrendered", "the notice could not be rendered")
 }
 
 async fn contacts(ctx: &JobContext, user_id: kiln_jobs::UserId) -> Result<Contacts, JobError> {
@@ -39,7 +79,8 @@ impl Handler<SendEmail> for SendEmailHandler {
             .await?
             .email
             .ok_or_else(|| JobError::permanent("no_email", "the user has no email address"))?;
-        let (subject, text, html) = job.notice.email(&self.product_name);
+        let notice = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let (subject, text, html) = notice.email(&self.product_name).ok_or_else(unrendered)?;
         let sent = self
             .mailer
             .send(&EmailMessage {
@@ -63,10 +104,9 @@ impl Handler<SendSms> for SendSmsHandler {
             .await?
             .phone
             .ok_or_else(|| JobError::permanent("no_phone", "the user has no phone number"))?;
-        let sent = self
-            .sms
-            .send(&to, &job.notice.sms(&self.product_name))
-            .await?;
+        let notice = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let body = notice.sms(&self.product_name).ok_or_else(unrendered)?;
+        let sent = self.sms.send(&to, &body).await?;
         Ok(Outcome::Done(NoticeSent {
             provider: self.sms.name().to_owned(),
             provider_id: sent.provider_id,
