@@ -368,7 +368,8 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<Strin
     let code = {
         let store = kiln_store::connect(&kiln_store::ConnectOptions {
             url: url.to_owned(),
-            max_connections: 1,
+            // One of them holds the store's LISTEN.
+            max_connections: 2,
             wait: false,
             session_cache: std::time::Duration::ZERO,
         })
