@@ -1,4 +1,6 @@
-//! The server secret behind verification codes (P2). A code is never
+//! The server secret behind verification codes, which prove that a user
+//! holds their email or phone and must never be readable from the
+//! database. A code is never
 //! stored: it is derived from its row's random id under this key when the
 //! worker sends it, and the row keeps only an HMAC-SHA256 of the code under
 //! the same key. Someone holding the database alone can neither read a code

@@ -82,8 +82,7 @@ const SLOT_POLL: Duration = Duration::from_millis(50);
 /// [`UNAVAILABLE`] error (the job retries later) rather than skipping the
 /// limit.
 pub struct RedisLimiter {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis: LazyConnection,
     prefix: String,
     lease: Duration,
     limits: BTreeMap<String, Limit>,
@@ -103,10 +102,8 @@ impl RedisLimiter {
         lease: Duration,
         limits: BTreeMap<String, Limit>,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
         Ok(RedisLimiter {
-            client,
-            conn: OnceCell::new(),
+            redis: LazyConnection::new(url)?,
             prefix: prefix.into(),
             // Refreshed every third of it: keep that from spinning.
             lease: lease.max(Duration::from_millis(30)),
@@ -114,23 +111,6 @@ impl RedisLimiter {
             acquire: Script::new(ACQUIRE_LUA),
             refresh: Arc::new(Script::new(REFRESH_LUA)),
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, ProviderError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                // Short timeouts and one retry: a limiter that cannot answer
-                // should fail the attempt quickly, not hold the worker.
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
-            .await
-            .map_err(unavailable)?;
-        Ok(conn.clone())
     }
 
     fn keys(&self, provider: &str) -> (String, String) {
@@ -142,6 +122,39 @@ impl RedisLimiter {
 
 fn unavailable(e: redis::RedisError) -> ProviderError {
     ProviderError::transient(UNAVAILABLE, format!("Redis rate limiter: {e}"))
+}
+
+/// A Redis connection made on first use, then shared; it reconnects by
+/// itself. Used by every limit kept in Redis.
+pub(super) struct LazyConnection {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+}
+
+impl LazyConnection {
+    pub(super) fn new(url: &str) -> Result<LazyConnection, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
+        Ok(LazyConnection {
+            client,
+            conn: OnceCell::new(),
+        })
+    }
+
+    pub(super) async fn get(&self) -> Result<ConnectionManager, redis::RedisError> {
+        let conn = self
+            .conn
+            .get_or_try_init(|| {
+                // Short timeouts and one retry: a limit that cannot answer
+                // should fail its caller quickly, not hold it.
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(self.client.clone(), config)
+            })
+            .await?;
+        Ok(conn.clone())
+    }
 }
 
 #[async_trait]
@@ -157,7 +170,7 @@ impl RateLimiter for RedisLimiter {
         let lease_ms = self.lease.as_millis() as u64;
         let (rate_key, holders_key) = self.keys(provider);
         let started = Instant::now();
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await.map_err(unavailable)?;
         loop {
             let id = uuid::Uuid::now_v7().to_string();
             // If this future is dropped while the script runs, the slot it

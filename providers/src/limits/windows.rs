@@ -6,13 +6,9 @@
 
 use std::time::Duration;
 
-use redis::{
-    Script,
-    aio::{ConnectionManager, ConnectionManagerConfig},
-};
-use tokio::sync::OnceCell;
+use redis::Script;
 
-use super::UNAVAILABLE;
+use super::{UNAVAILABLE, redis::LazyConnection};
 use crate::ProviderError;
 
 /// KEYS: one sorted set per window (member = event id, score = ms).
@@ -54,8 +50,7 @@ pub struct CountWindow {
 /// transient [`UNAVAILABLE`] error (callers refuse rather than skip the
 /// limit).
 pub struct RedisWindows {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis: LazyConnection,
     prefix: String,
     script: Script,
 }
@@ -64,28 +59,11 @@ impl RedisWindows {
     /// `url`: `redis://[:password@]host:port/db`; `prefix` starts every key
     /// (`{prefix}window:{<key>}:<ms>`).
     pub fn new(url: &str, prefix: impl Into<String>) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad Redis URL: {e}"))?;
         Ok(RedisWindows {
-            client,
-            conn: OnceCell::new(),
+            redis: LazyConnection::new(url)?,
             prefix: prefix.into(),
             script: Script::new(HIT_LUA),
         })
-    }
-
-    async fn connection(&self) -> Result<ConnectionManager, ProviderError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)))
-                    .set_number_of_retries(1);
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
-            .await
-            .map_err(unavailable)?;
-        Ok(conn.clone())
     }
 
     /// Records an event for `key` when every window has room and answers
@@ -120,7 +98,7 @@ impl RedisWindows {
                 .arg(w.max)
                 .arg(w.per.as_millis().clamp(1, u64::MAX.into()) as u64);
         }
-        let mut conn = self.connection().await?;
+        let mut conn = self.redis.get().await.map_err(unavailable)?;
         let wait_ms: i64 = invocation
             .invoke_async(&mut conn)
             .await
