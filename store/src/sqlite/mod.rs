@@ -573,6 +573,16 @@ impl JobWrites for SqliteStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
+        // Paused queues are left out before the write lock is taken: the
+        // per-row check below would otherwise walk every job of a paused
+        // queue while holding it (seconds with a million queued), and
+        // other processes' writes would starve behind repeated claims. The
+        // check stays for a queue paused meanwhile.
+        let paused = self.paused_queues().await?;
+        let queues: Vec<&String> = queues.iter().filter(|q| !paused.contains(q)).collect();
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         // The same order as on Postgres: priority, then the owner
         // round-robin, then age, across all the worker's queues.
