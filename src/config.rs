@@ -11,7 +11,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Toml},
 };
-use kiln_api::ApiConfig;
+use kiln_api::{ApiConfig, CreditsConfig};
 use kiln_providers::{
     ProviderSettings, email::EmailSettings, fetch::FetchPolicy, images::ImagesSettings,
     limits::RateLimitSettings, moderation::ModerationSettings, sms::SmsSettings,
@@ -32,6 +32,7 @@ pub struct Settings {
     pub worker: WorkerConfig,
     pub scheduler: SchedulerConfig,
     pub api: ApiConfig,
+    pub credits: CreditsConfig,
     pub storage: StorageSettings,
     pub images: ImagesSettings,
     pub moderation: ModerationSettings,
@@ -146,6 +147,7 @@ const SECTIONS: &[&str] = &[
     "worker",
     "scheduler",
     "api",
+    "credits",
     "storage",
     "images",
     "moderation",
@@ -315,6 +317,9 @@ impl Settings {
         kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
         self.api
             .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.credits
+            .validate(&self.api)
             .map_err(|e| format!("invalid setting {e}"))?;
         self.providers()
             .validate()

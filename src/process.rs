@@ -125,6 +125,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         objects: objects.clone(),
         signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
+        credits: std::sync::Arc::new(settings.credits.clone()),
         codes: codes.clone(),
         throttle,
     };

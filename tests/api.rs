@@ -334,6 +334,8 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
             // Workers derive the codes the API issues, under the same key,
             // into one outbox the test reads.
             .env("KILN_API_CODE_KEY", "cd".repeat(32))
+            // Exactly what each client's 250 generations cost.
+            .env("KILN_CREDITS_SIGNUP_GRANT", 250)
             .env(
                 "KILN_EMAIL_OUTBOX_DIR",
                 storage.path().join("outbox").display(),
@@ -417,6 +419,26 @@ async fn serve_and_two_workers_on_postgres_finish_500_generations_exactly_once()
         failed_attempts.is_empty(),
         "some attempts failed: {failed_attempts:?}"
     );
+    // Each generation was charged once: the grant is spent, nothing held.
+    for client in &clients {
+        let credits: Value = client
+            .get("/v1/credits?limit=100")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&credits["balance"], &credits["reserved"]),
+            (&json!(0), &json!(0))
+        );
+    }
+    let charges: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credit_entries WHERE kind = 'charge' AND job_id IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(charges, 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

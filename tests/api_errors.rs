@@ -521,12 +521,43 @@ async fn bad_batches_are_422_and_enqueue_nothing() {
     // Nothing of any refused batch went in.
     let page = expect_ok(c.get("/v1/jobs").await, 200, "list").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 0, "{page}");
-    // The largest batch is taken whole.
-    let r = c
-        .post("/v1/generations/batch", json!({"items": vec![item; 100]}))
-        .await;
+    // A batch reserves its whole price at once: with the sign-up grant's
+    // 50 credits, 100 images are refused whole and nothing goes in.
+    let hundred = json!({"items": vec![item; 100]});
+    expect(
+        c.post("/v1/generations/batch", hundred.clone()).await,
+        402,
+        "insufficient_credits",
+        "batch beyond the balance",
+    )
+    .await;
+    let page = expect_ok(c.get("/v1/jobs").await, 200, "list").await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 0, "{page}");
+    let credits = expect_ok(c.get("/v1/credits").await, 200, "credits").await;
+    assert_eq!(
+        (&credits["balance"], &credits["reserved"]),
+        (&json!(50), &json!(0))
+    );
+
+    // The largest batch is taken whole once it is paid for.
+    let store = k._api.store();
+    let user = store
+        .login_record(&kiln_store::accounts::Identifier::Email(
+            "batches@example.com".into(),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
+    assert!(store.grant_credits(user, 50, "test").await.unwrap());
+    let r = c.post("/v1/generations/batch", hundred).await;
     let batch = expect_ok(r, 202, "batch of 100").await;
     assert_eq!(batch["jobs"].as_array().unwrap().len(), 100);
+    let credits = expect_ok(c.get("/v1/credits").await, 200, "credits").await;
+    assert_eq!(
+        (&credits["balance"], &credits["reserved"]),
+        (&json!(0), &json!(100))
+    );
 }
 
 /// One HTTP/1.1 request over a plain socket, reading while writing: the

@@ -1,4 +1,4 @@
-use std::{path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -153,4 +153,93 @@ pub fn parse_size(s: &str) -> Option<(u32, u32)> {
     let (w, h) = s.split_once('x')?;
     let (w, h) = (w.parse().ok()?, h.parse().ok()?);
     (w > 0 && h > 0).then_some((w, h))
+}
+
+/// What things cost and what accounts are given (`[credits]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// Given to every account once, when it is first verified.
+    pub signup_grant: u32,
+    /// Given to an account that signed up with a referral code, and to
+    /// the account whose code it was, on that first verification.
+    pub referral_bonus: u32,
+    /// The price of one generated image, by size (`WIDTHxHEIGHT`, as in
+    /// `api.sizes`); every size a request may ask for needs one.
+    pub image_prices: BTreeMap<String, u32>,
+    /// The price of one upscale, by scale (`"2"`, `"4"`).
+    pub upscale_prices: BTreeMap<String, u32>,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        let prices =
+            |pairs: &[(&str, u32)]| pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
+        CreditsConfig {
+            signup_grant: 50,
+            referral_bonus: 10,
+            image_prices: prices(&[
+                ("256x256", 1),
+                ("512x512", 1),
+                ("1024x1024", 1),
+                ("1024x1536", 2),
+                ("1536x1024", 2),
+            ]),
+            upscale_prices: prices(&[("2", 1), ("4", 2)]),
+        }
+    }
+}
+
+/// A bad `[credits]` setting; the text names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreditsConfigError {
+    #[error("credits.image_prices has no price for the size {0} of api.sizes")]
+    ImagePrice(String),
+    #[error("credits.upscale_prices has no price for the scale {0}")]
+    UpscalePrice(u32),
+}
+
+impl CreditsConfig {
+    /// Every size `api` offers and every upscale scale has a price.
+    pub fn validate(&self, api: &ApiConfig) -> Result<(), CreditsConfigError> {
+        if let Some(size) = api
+            .sizes
+            .iter()
+            .find(|s| !self.image_prices.contains_key(*s))
+        {
+            return Err(CreditsConfigError::ImagePrice(size.clone()));
+        }
+        if let Some(scale) = kiln_jobs::UpscaleImage::SCALES
+            .iter()
+            .find(|s| !self.upscale_prices.contains_key(&s.to_string()))
+        {
+            return Err(CreditsConfigError::UpscalePrice(*scale));
+        }
+        Ok(())
+    }
+
+    /// What `n` images of `size` cost (validated to have a price; an
+    /// unpriced size costs nothing rather than failing a request).
+    pub fn images(&self, size: &str, n: u32) -> u32 {
+        self.image_prices
+            .get(size)
+            .copied()
+            .unwrap_or(0)
+            .saturating_mul(n)
+    }
+
+    pub fn upscale(&self, scale: u32) -> u32 {
+        self.upscale_prices
+            .get(&scale.to_string())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What a first verification grants.
+    pub fn verification_grants(&self) -> kiln_store::credits::VerificationGrants {
+        kiln_store::credits::VerificationGrants {
+            signup: self.signup_grant,
+            referral_bonus: self.referral_bonus,
+        }
+    }
 }

@@ -7,7 +7,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::{ApiConfig, Problem, config::parse_size};
+use crate::{
+    ApiConfig, Problem,
+    config::{CreditsConfig, parse_size},
+};
 
 /// The body of `POST /v1/generations`, as sent.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -204,10 +207,11 @@ impl GenerationSpec {
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
-    /// What the store records of this request.
-    pub fn into_input(self) -> GenerationInput {
+    /// What the store records of this request, priced by `credits`.
+    pub fn into_input(self, credits: &CreditsConfig) -> GenerationInput {
         let request_hash = self.request_hash();
         GenerationInput {
+            credits: credits.images(self.size.as_str(), self.n),
             prompt: self.prompt.0,
             model: self.model,
             width: self.size.width,
@@ -223,10 +227,11 @@ impl GenerationSpec {
         self,
         owner: kiln_jobs::UserId,
         idempotency_key: Option<String>,
+        credits: &CreditsConfig,
     ) -> NewGeneration {
         NewGeneration {
             owner,
-            input: self.into_input(),
+            input: self.into_input(credits),
             idempotency_key,
         }
     }
@@ -269,8 +274,12 @@ pub fn new_generation_batch(
     specs: Vec<GenerationSpec>,
     owner: kiln_jobs::UserId,
     idempotency_key: Option<String>,
+    credits: &CreditsConfig,
 ) -> NewGenerationBatch {
-    let items: Vec<GenerationInput> = specs.into_iter().map(GenerationSpec::into_input).collect();
+    let items: Vec<GenerationInput> = specs
+        .into_iter()
+        .map(|spec| spec.into_input(credits))
+        .collect();
     let mut hasher = Sha256::new();
     for item in &items {
         hasher.update(item.request_hash.as_bytes());

@@ -15,7 +15,7 @@ mod state;
 pub mod testing;
 mod throttle;
 
-pub use config::{ApiConfig, ApiConfigError, parse_size};
+pub use config::{ApiConfig, ApiConfigError, CreditsConfig, CreditsConfigError, parse_size};
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};

@@ -20,7 +20,8 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code, e.g. `invalid_input`, `unauthorized`,
     /// `not_found`, `conflict`, `underage`, `payload_too_large`,
-    /// `weak_password`, `invalid_code`, `unverified`, `rate_limited`.
+    /// `weak_password`, `invalid_code`, `unverified`, `rate_limited`,
+    /// `insufficient_credits`.
     pub code: &'static str,
     /// Seconds for a `Retry-After` header (429, 503), not in the body.
     #[serde(skip)]
@@ -87,6 +88,16 @@ impl Problem {
         )
     }
 
+    /// 402: the account's balance is short of the request's price; nothing
+    /// was enqueued.
+    pub fn insufficient_credits() -> Problem {
+        Problem::new(
+            StatusCode::PAYMENT_REQUIRED,
+            "insufficient_credits",
+            "your credit balance is short of what this request costs; see GET /v1/credits",
+        )
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::CONFLICT, "conflict", detail)
     }
@@ -107,6 +118,7 @@ impl From<kiln_store::StoreError> for Problem {
     fn from(e: kiln_store::StoreError) -> Problem {
         match e {
             kiln_store::StoreError::Contended => Problem::conflict(e.to_string()),
+            kiln_store::StoreError::InsufficientCredits => Problem::insufficient_credits(),
             e => Problem::internal(e),
         }
     }

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use kiln_store::{CodeKey, Objects, Store, UrlSigner};
 
-use crate::{ApiConfig, Throttle};
+use crate::{ApiConfig, CreditsConfig, Throttle};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -11,6 +11,8 @@ pub struct AppState {
     pub objects: Objects,
     pub signer: Arc<UrlSigner>,
     pub config: Arc<ApiConfig>,
+    /// Prices and grants.
+    pub credits: Arc<CreditsConfig>,
     /// Verification codes: derived, hashed and throttled under this key.
     pub codes: Arc<CodeKey>,
     /// How often codes may be sent to one address.

@@ -15,7 +15,7 @@ use axum::{
 use kiln_store::{CodeKey, Objects, Store, StoreError, UrlSigner, testing::TestDatabase};
 use tower::ServiceExt;
 
-use crate::{ApiConfig, AppState, LocalThrottle};
+use crate::{ApiConfig, AppState, CreditsConfig, LocalThrottle};
 
 /// An API over one store, with the production defaults except a bcrypt
 /// cost of 4 (tests need no brute-force resistance), objects in memory and
@@ -49,6 +49,7 @@ impl TestApi {
                 objects: Objects::memory(),
                 signer: Arc::new(signer),
                 config: Arc::new(config),
+                credits: Arc::new(CreditsConfig::default()),
                 codes: Arc::new(CodeKey::random()),
                 throttle: Arc::new(LocalThrottle::new()),
                 dependencies: Vec::new(),
@@ -72,6 +73,12 @@ impl TestApi {
         let mut api = TestApi::new(db.store().await?);
         api._db = Some(db);
         Ok(api)
+    }
+
+    /// Prices and grants other than the defaults.
+    pub fn with_credits(mut self, credits: CreditsConfig) -> TestApi {
+        self.state.credits = Arc::new(credits);
+        self
     }
 
     /// Keeps `db` alive as long as this API (the store it was made from).

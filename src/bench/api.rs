@@ -346,8 +346,8 @@ struct Session {
     token: String,
 }
 
-/// Registers a bench user, verifies it and signs in; the answer is the
-/// bearer token. The `serve` child may run without workers, so no message
+/// Registers a bench user, gives it credits, verifies it and signs in; the
+/// answer is the bearer token. The `serve` child may run without workers, so no message
 /// carries the code: the bench derives it from the stored code row under
 /// the key file it gave the child (`dir/code.key`), as a worker would.
 async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<String> {
@@ -386,6 +386,10 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<Strin
             .into_iter()
             .next()
             .context("no verification code was issued")?;
+        // Every enqueue reserves credits: enough for any run.
+        store
+            .grant_credits(user.user_id, 1_000_000_000, "bench")
+            .await?;
         keys.code(latest.id)
     };
     let verify = json!({ "email": EMAIL, "code": code });

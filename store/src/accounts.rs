@@ -3,7 +3,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use kiln_jobs::UserId;
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{StoreError, credits::VerificationGrants};
 
 /// How a person signs in: an email address or a phone number (E.164),
 /// already normalised.
@@ -176,8 +176,14 @@ pub trait Accounts: Send + Sync {
     /// The user's stored codes, newest first.
     async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;
     /// One guess at the user's live code, checked and recorded atomically:
-    /// a right guess uses the code up and marks the account verified; a
-    /// wrong one spends a try. Two guesses at once never both succeed, and
-    /// never spend more than [`MAX_CODE_TRIES`] tries.
-    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError>;
+    /// a right guess uses the code up and marks the account verified (the
+    /// first time, with `grants` in the same transaction); a wrong one
+    /// spends a try. Two guesses at once never both succeed, and never
+    /// spend more than [`MAX_CODE_TRIES`] tries.
+    async fn check_code(
+        &self,
+        user_id: UserId,
+        code_hash: &str,
+        grants: VerificationGrants,
+    ) -> Result<CodeCheck, StoreError>;
 }

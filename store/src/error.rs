@@ -1,7 +1,11 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// The owner's balance is short of what a job reserves; nothing of
+    /// the write was stored.
+    #[error("not enough credits")]
+    InsufficientCredits,
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: expected postgres://… or sqlite:…")]
@@ -38,6 +42,24 @@ pub enum ObjectsError {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SigningKeyError(pub String);
+
+/// What the credit-reserving triggers raise when the balance is short
+/// (`migrations/*/0013_credits.sql`): a SQLSTATE on Postgres, a message on
+/// SQLite.
+const INSUFFICIENT_CREDITS_SQLSTATE: &str = "KC402";
+const INSUFFICIENT_CREDITS_MESSAGE: &str = "kiln: insufficient credits";
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e
+            && (db.code().as_deref() == Some(INSUFFICIENT_CREDITS_SQLSTATE)
+                || db.message() == INSUFFICIENT_CREDITS_MESSAGE)
+        {
+            return StoreError::InsufficientCredits;
+        }
+        StoreError::Database(e)
+    }
+}
 
 impl From<serde_json::Error> for StoreError {
     fn from(e: serde_json::Error) -> Self {

@@ -20,6 +20,8 @@ pub struct GenerationInput {
     /// SHA-256 of the canonical request, to tell an idempotent retry from a
     /// different request under the same key.
     pub request_hash: String,
+    /// What it costs: reserved from the owner's balance with its job.
+    pub credits: u32,
 }
 
 /// A generation request, stored with its `generate_image` job in one
@@ -59,10 +61,12 @@ impl NewGenerationBatch {
         let ids: Vec<Uuid> = self.items.iter().map(|_| Uuid::now_v7()).collect();
         let jobs = ids
             .iter()
-            .map(|&generation_id| {
+            .zip(&self.items)
+            .map(|(&generation_id, item)| {
                 Ok(
                     crate::NewJob::of(&kiln_jobs::GenerateImage { generation_id })?
-                        .owner(self.owner),
+                        .owner(self.owner)
+                        .reserving(item.credits),
                 )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -80,9 +80,13 @@ async fn dispatch(
     }
 }
 
-async fn write(engine: &dyn Engine, group: Vec<(NewGeneration, Answer)>) {
+async fn write(engine: &dyn Engine, mut group: Vec<(NewGeneration, Answer)>) {
     metrics().enqueue_group_size.observe(group.len() as f64);
     if group.len() > 1 {
+        // Each generation locks its owner's credit account until the
+        // group commits: always in owner order, the order completions lock
+        // them in too, so two transactions never deadlock over accounts.
+        group.sort_by_key(|(g, _)| g.owner);
         let generations = group.iter().map(|(g, _)| g.clone()).collect();
         match engine.create_generations(generations).await {
             Ok(outcomes) => {
@@ -91,6 +95,9 @@ async fn write(engine: &dyn Engine, group: Vec<(NewGeneration, Answer)>) {
                 }
                 return;
             }
+            // One owner's balance was short: the transaction rolled back;
+            // alone, that request gets its 402 and the others go in.
+            Err(StoreError::InsufficientCredits) => {}
             // The database refused a statement (or the commit): the
             // transaction rolled back and nothing of the group is stored.
             Err(StoreError::Database(sqlx::Error::Database(e))) => tracing::warn!(

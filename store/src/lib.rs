@@ -7,6 +7,7 @@ pub mod accounts;
 mod code_key;
 mod codec;
 mod connect;
+pub mod credits;
 mod error;
 pub mod generations;
 mod group_commit;

@@ -68,6 +68,12 @@ pub struct NewJob {
     /// `None` runs as soon as a worker is free.
     pub run_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
+    /// Credits of the owner's balance the job reserves as it goes in
+    /// (0: free). The database refuses the job when the balance is short
+    /// ([`StoreError::InsufficientCredits`](crate::StoreError)), and settles
+    /// the reservation once when the job ends: charged on success,
+    /// refunded otherwise.
+    pub credits: u32,
 }
 
 impl NewJob {
@@ -82,7 +88,14 @@ impl NewJob {
             max_attempts: J::MAX_ATTEMPTS,
             run_at: None,
             idempotency_key: None,
+            credits: 0,
         })
+    }
+
+    /// The job reserves `credits` of its owner's balance.
+    pub fn reserving(mut self, credits: u32) -> Self {
+        self.credits = credits;
+        self
     }
 
     pub fn owner(mut self, owner: UserId) -> Self {

@@ -133,9 +133,16 @@ pub trait JobWrites: Send + Sync + 'static {
 }
 
 /// The operations a [`Store`](crate::Store) passes straight through.
-pub trait Database: Queue + crate::accounts::Accounts + crate::generations::Generations {}
+pub trait Database:
+    Queue + crate::accounts::Accounts + crate::credits::Credits + crate::generations::Generations
+{
+}
 
-impl<T: Queue + crate::accounts::Accounts + crate::generations::Generations> Database for T {}
+impl<
+    T: Queue + crate::accounts::Accounts + crate::credits::Credits + crate::generations::Generations,
+> Database for T
+{
+}
 
 /// A database engine: everything, as the [`Store`](crate::Store) sees it.
 pub trait Engine: Database + JobWrites {}

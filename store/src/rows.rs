@@ -8,6 +8,7 @@ use kiln_jobs::UserId;
 use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
     codec::{Id, Json, Time},
+    credits::{CreditEntry, EntryKind},
     generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
 };
 
@@ -19,7 +20,7 @@ pub(crate) const JOB_COLUMNS: &str =
 
 /// Every column of `jobs` and `finished_jobs`, in table order: a job
 /// that ends moves from one to the other whole.
-const STORED_COLUMNS: [&str; 26] = [
+const STORED_COLUMNS: [&str; 27] = [
     "id",
     "kind",
     "queue",
@@ -46,6 +47,7 @@ const STORED_COLUMNS: [&str; 26] = [
     "started_at",
     "finished_at",
     "updated_at",
+    "credits",
 ];
 
 /// `INSERT INTO finished_jobs (…) SELECT …`: the insert that moves a job
@@ -312,4 +314,39 @@ impl TryFrom<ModerationRow> for ModerationRecord {
             created_at: r.created_at.0,
         })
     }
+}
+
+pub(crate) const CREDIT_ENTRY_COLUMNS: &str =
+    "id, kind, amount, reason, job_id, order_id, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CreditEntryRow {
+    id: i64,
+    kind: String,
+    amount: i64,
+    reason: String,
+    job_id: Option<Id>,
+    order_id: Option<Id>,
+    created_at: Time,
+}
+
+impl TryFrom<CreditEntryRow> for CreditEntry {
+    type Error = StoreError;
+
+    fn try_from(r: CreditEntryRow) -> Result<CreditEntry, StoreError> {
+        Ok(CreditEntry {
+            id: r.id,
+            kind: EntryKind::parse(&r.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("credit entry kind {:?}", r.kind)))?,
+            amount: r.amount.max(0) as u64,
+            reason: r.reason,
+            job_id: r.job_id.map(|id| id.0),
+            order_id: r.order_id.map(|id| id.0),
+            created_at: r.created_at.0,
+        })
+    }
+}
+
+pub(crate) fn credit_entries(rows: Vec<CreditEntryRow>) -> Result<Vec<CreditEntry>, StoreError> {
+    rows.into_iter().map(CreditEntry::try_from).collect()
 }

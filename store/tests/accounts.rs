@@ -7,6 +7,7 @@ use kiln_jobs::UserId;
 use kiln_store::{
     Store,
     accounts::{CodeCheck, Identifier, MAX_CODE_TRIES, NewCode, NewUser, UserCreated},
+    credits::VerificationGrants,
     testing::TestDatabase,
 };
 use std::time::{Duration, Instant};
@@ -283,25 +284,37 @@ async fn a_code_verifies_its_account_once(store: Store, _: &TestDatabase) {
         "new accounts are unverified"
     );
     assert_eq!(
-        store.check_code(ada, "right").await.unwrap(),
+        store
+            .check_code(ada, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode,
         "no code issued yet"
     );
     let issued = code(ada, "right", TimeDelta::minutes(10));
     store.issue_code(issued.clone()).await.unwrap();
     assert_eq!(
-        store.check_code(bob, "right").await.unwrap(),
+        store
+            .check_code(bob, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode,
         "ada's code is not bob's"
     );
     assert_eq!(
-        store.check_code(ada, "right").await.unwrap(),
+        store
+            .check_code(ada, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::Verified
     );
     assert!(verified(&store, "ada@example.com").await);
     assert!(!verified(&store, "bob@example.com").await);
     assert_eq!(
-        store.check_code(ada, "right").await.unwrap(),
+        store
+            .check_code(ada, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode,
         "a used code is dead"
     );
@@ -321,12 +334,18 @@ async fn a_code_dies_after_five_wrong_tries(store: Store, _: &TestDatabase) {
         .unwrap();
     for left in (0..MAX_CODE_TRIES).rev() {
         assert_eq!(
-            store.check_code(ada, "wrong").await.unwrap(),
+            store
+                .check_code(ada, "wrong", VerificationGrants::default())
+                .await
+                .unwrap(),
             CodeCheck::Wrong { tries_left: left }
         );
     }
     assert_eq!(
-        store.check_code(ada, "right").await.unwrap(),
+        store
+            .check_code(ada, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode,
         "after the fifth wrong try even the right code is refused"
     );
@@ -345,11 +364,17 @@ async fn an_expired_code_is_refused_and_spends_nothing(store: Store, _: &TestDat
     assert!(store.codes(ada).await.unwrap()[0].is_live(Utc::now()));
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert_eq!(
-        store.check_code(ada, "right").await.unwrap(),
+        store
+            .check_code(ada, "right", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode
     );
     assert_eq!(
-        store.check_code(ada, "wrong").await.unwrap(),
+        store
+            .check_code(ada, "wrong", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::NoLiveCode
     );
     let codes = store.codes(ada).await.unwrap();
@@ -365,7 +390,10 @@ async fn a_new_code_replaces_the_old_one(store: Store, _: &TestDatabase) {
         .await
         .unwrap();
     assert_eq!(
-        store.check_code(ada, "wrong").await.unwrap(),
+        store
+            .check_code(ada, "wrong", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::Wrong {
             tries_left: MAX_CODE_TRIES - 1
         }
@@ -377,13 +405,19 @@ async fn a_new_code_replaces_the_old_one(store: Store, _: &TestDatabase) {
     assert_eq!(codes[0].id, second.id);
     assert_eq!(codes[0].tries, 0);
     assert_eq!(
-        store.check_code(ada, "first").await.unwrap(),
+        store
+            .check_code(ada, "first", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::Wrong {
             tries_left: MAX_CODE_TRIES - 1
         }
     );
     assert_eq!(
-        store.check_code(ada, "second").await.unwrap(),
+        store
+            .check_code(ada, "second", VerificationGrants::default())
+            .await
+            .unwrap(),
         CodeCheck::Verified
     );
 }
@@ -398,7 +432,12 @@ async fn concurrent_guesses_use_a_code_once(store: Store, _: &TestDatabase) {
         .map(|i| {
             let store = store.clone();
             let guess = if i % 2 == 0 { "right" } else { "wrong" };
-            tokio::spawn(async move { store.check_code(ada, guess).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .check_code(ada, guess, VerificationGrants::default())
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut outcomes = Vec::new();

@@ -25,6 +25,7 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
                 n: 2,
                 reference_urls: Vec::new(),
                 request_hash: prompt.into(),
+                credits: 0,
             },
             idempotency_key: None,
         })

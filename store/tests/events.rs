@@ -225,6 +225,7 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
                 n: 1,
                 reference_urls: vec![],
                 request_hash: "h".into(),
+                credits: 0,
             },
             idempotency_key: None,
         })
@@ -250,6 +251,7 @@ async fn a_batch_of_generations_wakes_its_queue(store: Store, _: &TestDatabase) 
         n: 1,
         reference_urls: vec![],
         request_hash: "h".into(),
+        credits: 0,
     };
     store
         .create_generation_batch(kiln_store::generations::NewGenerationBatch {

@@ -38,6 +38,7 @@ fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
             n: 2,
             reference_urls: vec!["https://example.com/fox.png".into()],
             request_hash: hash.into(),
+            credits: 0,
         },
         idempotency_key: key.map(str::to_owned),
     }

@@ -51,6 +51,7 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
                 n,
                 reference_urls: Vec::new(),
                 request_hash: Uuid::now_v7().to_string(),
+                credits: 0,
             },
             idempotency_key: None,
         })

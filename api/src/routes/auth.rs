@@ -295,7 +295,11 @@ async fn verify(
     let (outcome, account) = match state.store.login_record(&identifier).await? {
         Some(record) if !record.verified => {
             let hash = state.codes.code_hash(record.user_id, &code);
-            let outcome = state.store.check_code(record.user_id, &hash).await?;
+            let grants = state.credits.verification_grants();
+            let outcome = state
+                .store
+                .check_code(record.user_id, &hash, grants)
+                .await?;
             (outcome, Some(record.user_id))
         }
         _ => (CodeCheck::NoLiveCode, None),

@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         (status = 200, description = "the job an earlier request with this Idempotency-Key made", body = JobResource),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
@@ -48,7 +49,7 @@ async fn create(
     let idempotency_key = idempotency::key(&headers)?;
     let outcome = state
         .store
-        .create_generation(spec.into_new_generation(user.id, idempotency_key))
+        .create_generation(spec.into_new_generation(user.id, idempotency_key, &state.credits))
         .await?;
     let (status, job) = match outcome {
         GenerationEnqueued::Created { job } => (StatusCode::ACCEPTED, *job),
@@ -91,6 +92,7 @@ pub struct BatchJobs {
         (status = 200, description = "the jobs an earlier request with this Idempotency-Key made", body = BatchJobs),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 409, description = "Idempotency-Key reused with other items", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
@@ -106,7 +108,12 @@ async fn create_batch(
     let idempotency_key = idempotency::key(&headers)?;
     let outcome = state
         .store
-        .create_generation_batch(new_generation_batch(specs, user.id, idempotency_key))
+        .create_generation_batch(new_generation_batch(
+            specs,
+            user.id,
+            idempotency_key,
+            &state.credits,
+        ))
         .await?;
     let (status, job_ids) = match outcome {
         BatchEnqueued::Created { job_ids } => (StatusCode::ACCEPTED, job_ids),

@@ -1,4 +1,5 @@
 mod auth;
+mod credits;
 mod generations;
 mod health;
 mod images;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(auth::routes())
+        .merge(credits::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())

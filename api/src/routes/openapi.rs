@@ -17,6 +17,7 @@ use crate::AppState;
         super::auth::resend,
         super::auth::login,
         super::auth::logout,
+        super::credits::show,
         super::generations::create,
         super::generations::create_batch,
         super::upscales::create,

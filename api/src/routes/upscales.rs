@@ -55,6 +55,7 @@ impl UpscaleRequest {
         (status = 200, description = "the job an earlier request with this Idempotency-Key made", body = JobResource),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 404, description = "no such image of yours", body = Problem),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
@@ -78,7 +79,8 @@ async fn create(
 
     let mut job = NewJob::of(&payload)
         .map_err(Problem::internal)?
-        .owner(user.id);
+        .owner(user.id)
+        .reserving(state.credits.upscale(payload.scale));
     job.idempotency_key = key;
     let enqueued = state.store.enqueue(job).await?;
     let job = state

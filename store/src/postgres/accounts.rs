@@ -3,13 +3,14 @@ use chrono::{DateTime, Utc};
 use kiln_jobs::UserId;
 use uuid::Uuid;
 
-use super::PgStore;
+use super::{PgStore, credits::grant_on};
 use crate::{
     StoreError,
     accounts::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
         MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
     },
+    credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
 };
 
 #[async_trait]
@@ -177,27 +178,53 @@ impl Accounts for PgStore {
             .collect())
     }
 
-    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError> {
+    async fn check_code(
+        &self,
+        user_id: UserId,
+        code_hash: &str,
+        grants: VerificationGrants,
+    ) -> Result<CodeCheck, StoreError> {
         // Each statement re-checks the row after taking its lock, so of two
         // guesses at once one uses the code and the other finds it used.
-        let verified: Option<Uuid> = sqlx::query_scalar(
-            "WITH used AS (
-                 UPDATE verification_codes SET used_at = now()
-                 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
-                   AND expires_at > now() AND tries < $3
-                 RETURNING user_id)
-             UPDATE users SET verified_at = coalesce(verified_at, now())
-             FROM used WHERE users.id = used.user_id
-             RETURNING users.id",
+        let mut tx = self.pool.begin().await?;
+        let used: Option<i32> = sqlx::query_scalar(
+            "UPDATE verification_codes SET used_at = now()
+             WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
+               AND expires_at > now() AND tries < $3
+             RETURNING 1",
         )
         .bind(user_id.0)
         .bind(code_hash)
         .bind(MAX_CODE_TRIES as i32)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        if verified.is_some() {
+        if used.is_some() {
+            // Only the first verification grants (a later code, say for a
+            // new address, finds `verified_at` set).
+            let first: Option<Option<Uuid>> = sqlx::query_scalar(
+                "UPDATE users SET verified_at = now() WHERE id = $1 AND verified_at IS NULL
+                 RETURNING referred_by",
+            )
+            .bind(user_id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(referred_by) = first {
+                grant_on(&mut tx, user_id, grants.signup, SIGNUP_REASON).await?;
+                if let Some(referrer) = referred_by {
+                    grant_on(&mut tx, user_id, grants.referral_bonus, REFERRAL_REASON).await?;
+                    grant_on(
+                        &mut tx,
+                        UserId(referrer),
+                        grants.referral_bonus,
+                        &referrer_reason(user_id),
+                    )
+                    .await?;
+                }
+            }
+            tx.commit().await?;
             return Ok(CodeCheck::Verified);
         }
+        tx.rollback().await?;
         let tries: Option<i32> = sqlx::query_scalar(
             "UPDATE verification_codes SET tries = tries + 1
              WHERE user_id = $1 AND used_at IS NULL AND expires_at > now() AND tries < $2

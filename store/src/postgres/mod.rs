@@ -24,6 +24,7 @@ use crate::{
 };
 
 mod accounts;
+mod credits;
 mod generations;
 mod notify;
 
@@ -114,6 +115,7 @@ impl PgStore {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut credits = Vec::with_capacity(n);
         let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -144,15 +146,16 @@ impl PgStore {
             maxes.push(job.max_attempts as i32);
             run_ats.push(job.run_at);
             keys.push(job.idempotency_key);
+            credits.push(job.credits as i32);
         }
         // Keyed jobs go in only with their keys (see `enqueue_in`).
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH t AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                       $6::int[], $7::smallint[], $8::bigint[], $9::int[],
-                                      $10::timestamptz[], $11::text[])
+                                      $10::timestamptz[], $11::text[], $12::int[])
                       AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
-                           max_attempts, run_at, idempotency_key)),
+                           max_attempts, run_at, idempotency_key, credits)),
              keys AS (
                  INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
                  SELECT coalesce(owner, ''), kind, idempotency_key, id FROM t
@@ -160,10 +163,11 @@ impl PgStore {
                  ON CONFLICT DO NOTHING
                  RETURNING job_id)
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key)
+                               fair_seq, max_attempts, run_at, idempotency_key, credits)
              SELECT id, kind, queue, owner, payload::jsonb, schema_version,
                     CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-                    priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key
+                    priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key,
+                    credits
              FROM t
              WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
              RETURNING id",
@@ -179,6 +183,7 @@ impl PgStore {
         .bind(&maxes)
         .bind(&run_ats)
         .bind(&keys)
+        .bind(&credits)
         .fetch_all(&mut *tx)
         .await?;
         // Idempotent duplicates were skipped: say which positions went in.
@@ -263,7 +268,7 @@ impl PgStore {
 
 /// The statement that inserts one job, `job`, and then `then` (more
 /// `WITH` members that may read `job`), returning `returning` of `job`.
-/// `$1`–`$10` are bound by [`bind_job`]. A keyed job goes in only with its
+/// `$1`–`$11` are bound by [`bind_job`]. A keyed job goes in only with its
 /// key: a concurrent enqueue of the same key waits on the key's row, then
 /// inserts nothing and finds the first job ([`existing_keyed_job`]).
 /// The owner's place in the round-robin is read in the same statement (see
@@ -277,14 +282,14 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
              RETURNING job_id),
          job AS (
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key)
+                               fair_seq, max_attempts, run_at, idempotency_key, credits)
              SELECT $1, $2, $3, $4, $5, $6,
                     CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
                     $8,
                     CASE WHEN $4::text IS NULL THEN 0 ELSE coalesce(
                         (SELECT fair_seq FROM jobs WHERE owner = $4
                          ORDER BY fair_seq DESC LIMIT 1), 0) + 1 END,
-                    $9, coalesce($7, now()), $10
+                    $9, coalesce($7, now()), $10, $11
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM key)
              RETURNING *){then}
          SELECT {returning} FROM job"
@@ -294,20 +299,22 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
 static ENQUEUE_SQL: LazyLock<String> = LazyLock::new(|| insert_job_sql("", "id"));
 
 /// One generation and its `generate_image` job in one statement (so one
-/// round trip, no transaction to open and close): `$11`–`$20` are the
-/// generation's columns.
+/// round trip, no transaction to open and close): `$12`–`$20` are the
+/// generation's columns. The job's credits are reserved by the insert
+/// itself (trigger `jobs_reserve_credits`), so a short balance stores
+/// nothing.
 static CREATE_GENERATION_SQL: LazyLock<String> = LazyLock::new(|| {
     insert_job_sql(
         ",
          generation AS (
              INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
                                       request_hash, reference_urls)
-             SELECT $11, job.id, $12, $13, $14, $15, $16, $17, $18, $19::jsonb FROM job)",
+             SELECT $12, job.id, $13, $14, $15, $16, $17, $18, $19, $20::jsonb FROM job)",
         JOB_COLUMNS,
     )
 });
 
-/// Binds `$1`–`$10` of [`insert_job_sql`].
+/// Binds `$1`–`$11` of [`insert_job_sql`].
 fn bind_job<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -324,6 +331,7 @@ fn bind_job<'q, O>(
         .bind(job.priority)
         .bind(job.max_attempts as i32)
         .bind(&job.idempotency_key)
+        .bind(job.credits as i32)
 }
 
 /// The job that holds `job`'s idempotency key, when the insert found it.
@@ -347,7 +355,9 @@ async fn create_generation_on(
     g: &NewGeneration,
 ) -> Result<GenerationEnqueued, StoreError> {
     let id = Uuid::now_v7();
-    let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
+    let mut job = NewJob::of(&GenerateImage { generation_id: id })?
+        .owner(g.owner)
+        .reserving(g.input.credits);
     job.idempotency_key = g.idempotency_key.clone();
     let input = &g.input;
     let references = serde_json::json!(input.reference_urls).to_string();
@@ -515,6 +525,13 @@ fn error_entry(code: &str, message: &str, permanent: &str) -> String {
     )
 }
 
+/// The order a statement that ends several jobs moves them in. Ending a
+/// job that holds credits locks its owner's credit account (trigger
+/// `finished_jobs_settle_credits`); a group commit locks accounts in the
+/// same order (`group_commit.rs`), so two such transactions never wait on
+/// each other in a cycle. Byte order, as Rust sorts a [`UserId`].
+const BY_OWNER: &str = "ORDER BY owner COLLATE \"C\"";
+
 /// Successes: every job still ours leaves `jobs` for `finished_jobs` in
 /// one statement; the count is the rows moved.
 static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -533,7 +550,7 @@ static COMPLETE_SQL: LazyLock<String> = LazyLock::new(|| {
              DELETE FROM jobs USING unnest($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
              WHERE jobs.id = c.id AND jobs.token = c.token AND jobs.state = 'running'
              RETURNING jobs.*, c.result AS new_result)
-         {insert}"
+         {insert} {BY_OWNER}"
     )
 });
 
@@ -589,7 +606,7 @@ static RELEASE_SQL: LazyLock<String> = LazyLock::new(|| {
              WHERE jobs.id = l.id AND jobs.token = l.token AND jobs.state = 'running'
                AND jobs.cancel_requested
              RETURNING jobs.*),
-         moved AS ({insert} RETURNING 1),
+         moved AS ({insert} {BY_OWNER} RETURNING 1),
          back AS (
              UPDATE jobs SET state = 'available', attempt = jobs.attempt - 1, started_at = NULL,
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now()

@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use kiln_jobs::UserId;
 use uuid::Uuid;
 
-use super::{SqliteStore, now_ms};
+use super::{SqliteStore, credits::grant_in, now_ms};
 use crate::codec::{Id, Time};
 use crate::{
     StoreError,
@@ -11,6 +11,7 @@ use crate::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
         MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
     },
+    credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
 };
 
 #[async_trait]
@@ -172,7 +173,12 @@ impl Accounts for SqliteStore {
             .collect())
     }
 
-    async fn check_code(&self, user_id: UserId, code_hash: &str) -> Result<CodeCheck, StoreError> {
+    async fn check_code(
+        &self,
+        user_id: UserId,
+        code_hash: &str,
+        grants: VerificationGrants,
+    ) -> Result<CodeCheck, StoreError> {
         // One writer connection and one transaction: no other guess runs
         // between the check and its record.
         let now = now_ms();
@@ -191,11 +197,28 @@ impl Accounts for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let outcome = if used.rows_affected() > 0 {
-            sqlx::query("UPDATE users SET verified_at = coalesce(verified_at, ?) WHERE id = ?")
-                .bind(now)
-                .bind(&user)
-                .execute(&mut *tx)
-                .await?;
+            // Only the first verification grants.
+            let first: Option<Option<Id>> = sqlx::query_scalar(
+                "UPDATE users SET verified_at = ? WHERE id = ? AND verified_at IS NULL
+                 RETURNING referred_by",
+            )
+            .bind(now)
+            .bind(&user)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(referred_by) = first {
+                grant_in(&mut tx, user_id, grants.signup, SIGNUP_REASON).await?;
+                if let Some(referrer) = referred_by {
+                    grant_in(&mut tx, user_id, grants.referral_bonus, REFERRAL_REASON).await?;
+                    grant_in(
+                        &mut tx,
+                        UserId(referrer.0),
+                        grants.referral_bonus,
+                        &referrer_reason(user_id),
+                    )
+                    .await?;
+                }
+            }
             CodeCheck::Verified
         } else {
             let tries: Option<i64> = sqlx::query_scalar(

@@ -24,6 +24,7 @@ use crate::{
 };
 
 mod accounts;
+mod credits;
 mod generations;
 
 use crate::generations::NewGenerationRow;
@@ -146,6 +147,7 @@ impl SqliteStore {
                 this_seq,
                 job.max_attempts,
                 run_at,
+                job.credits,
             ]));
             ids.push((i, id));
         }
@@ -155,11 +157,11 @@ impl SqliteStore {
         if !unkeyed.is_empty() {
             sqlx::query(
                 "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state,
-                                   priority, fair_seq, max_attempts, run_at, created_at,
-                                   updated_at)
+                                   priority, fair_seq, max_attempts, run_at, credits,
+                                   created_at, updated_at)
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
                         value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
-                        value ->> 10, ?2, ?2
+                        value ->> 10, value ->> 11, ?2, ?2
                  FROM json_each(?1)",
             )
             .bind(serde_json::Value::Array(unkeyed).to_string())
@@ -214,8 +216,9 @@ impl SqliteStore {
         }
         sqlx::query(
             "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               fair_seq, max_attempts, run_at, idempotency_key, credits,
+                               created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&job.kind)
@@ -229,6 +232,7 @@ impl SqliteStore {
         .bind(job.max_attempts as i64)
         .bind(run_at)
         .bind(&job.idempotency_key)
+        .bind(job.credits)
         .bind(now)
         .bind(now)
         .execute(&mut *conn)
@@ -245,7 +249,9 @@ async fn create_generation_in(
     g: &NewGeneration,
 ) -> Result<GenerationEnqueued, StoreError> {
     let id = Uuid::now_v7();
-    let mut job = NewJob::of(&GenerateImage { generation_id: id })?.owner(g.owner);
+    let mut job = NewJob::of(&GenerateImage { generation_id: id })?
+        .owner(g.owner)
+        .reserving(g.input.credits);
     job.idempotency_key = g.idempotency_key.clone();
     let enqueued = SqliteStore::enqueue_in(&mut *tx, job).await?;
     if !enqueued.created {
