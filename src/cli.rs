@@ -47,6 +47,7 @@ use clap::{Parser, Subcommand};
 ///   api.codes_per_hour        KILN_API_CODES_PER_HOUR       5 codes to one address an hour
 ///   api.code_key              KILN_API_CODE_KEY             (hex, >= 32 bytes; shared by all `serve`s and `work`s)
 ///   api.code_key_file         KILN_API_CODE_KEY_FILE        data/code.key (generated when no key is set)
+///   api.client_ip_header      KILN_API_CLIENT_IP_HEADER     (unset: the peer address) X-Forwarded-For behind a trusted proxy
 ///   credits.signup_grant      KILN_CREDITS_SIGNUP_GRANT     50, once, on an account's first verification
 ///   credits.referral_bonus    KILN_CREDITS_REFERRAL_BONUS   10 to a referred account and its referrer, on verification
 ///   credits.image_prices      (config file)                 { "1024x1024" = 1, "1024x1536" = 2, … } per image, by size

@@ -126,6 +126,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
         credits: std::sync::Arc::new(settings.credits.clone()),
+        seen_ips: Default::default(),
         codes: codes.clone(),
         throttle,
     };
@@ -203,10 +204,15 @@ async fn serve(
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("HTTP server failed")
+    // The peer address is the client's IP for the access log (unless
+    // `api.client_ip_header` names the trusted proxy's header).
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("HTTP server failed")
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -1,8 +1,18 @@
 //! Bearer tokens: opaque random strings, stored only as SHA-256 hashes.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    sync::Mutex,
+};
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::request::Parts,
+};
 use base64::Engine;
 use kiln_jobs::UserId;
+use kiln_store::access_log::{AccessEvent, Origin};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -39,13 +49,14 @@ impl FromRequestParts<AppState> for CurrentUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let token = bearer(parts).ok_or_else(Problem::unauthorized)?;
         let hash = token_hash(token);
-        match state.store.session_user(&hash).await? {
-            Some(id) => Ok(CurrentUser {
-                id,
-                token_hash: hash,
-            }),
-            None => Err(Problem::unauthorized()),
-        }
+        let Some(id) = state.store.session_user(&hash).await? else {
+            return Err(Problem::unauthorized());
+        };
+        note_origin(state, id, &ClientOrigin::of(parts, &state.config)).await?;
+        Ok(CurrentUser {
+            id,
+            token_hash: hash,
+        })
     }
 }
 
@@ -72,4 +83,94 @@ pub fn decoy_hash(cost: u32) -> String {
     DECOY
         .get_or_init(|| bcrypt::hash("kiln-decoy-password", cost).unwrap_or_default())
         .clone()
+}
+
+/// The longest user agent kept; beyond it the rest is cut.
+const MAX_USER_AGENT: usize = 512;
+
+/// Where a request came from: the client's IP and user agent, for the
+/// access log. The IP is the connection's peer, or, when
+/// `api.client_ip_header` names one, the last address in that header (the
+/// one the trusted proxy in front of kiln appended); never a header the
+/// operator did not name, which any client could forge.
+pub struct ClientOrigin(pub Origin);
+
+impl ClientOrigin {
+    pub fn of(parts: &Parts, config: &crate::ApiConfig) -> Origin {
+        let ip = match &config.client_ip_header {
+            Some(header) => parts
+                .headers
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok()),
+            None => parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        };
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+        Origin {
+            ip: ip.map(|ip| ip.to_canonical().to_string()),
+            user_agent,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for ClientOrigin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientOrigin(ClientOrigin::of(parts, &state.config)))
+    }
+}
+
+/// Above this many pairs the memory of [`SeenIps`] starts again (each
+/// forgotten pair costs one more database probe, nothing else).
+const SEEN_IPS_CAP: usize = 100_000;
+
+/// The (account, IP) pairs this process has checked lately, so a token's
+/// use asks the database whether its IP is new only once per process.
+#[derive(Default)]
+pub struct SeenIps(Mutex<HashSet<(UserId, String)>>);
+
+impl SeenIps {
+    /// True when this process had not seen the pair (and now has).
+    fn first_here(&self, user: UserId, ip: &str) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&(user, ip.to_owned())) {
+            return false;
+        }
+        if seen.len() >= SEEN_IPS_CAP {
+            seen.clear();
+        }
+        seen.insert((user, ip.to_owned()));
+        true
+    }
+}
+
+/// Records that `user` was used from `origin`'s IP; a first use from it
+/// is a `new_ip` entry of the access log. Answers whether it was new.
+pub async fn note_origin(state: &AppState, user: UserId, origin: &Origin) -> Result<bool, Problem> {
+    let Some(ip) = &origin.ip else {
+        return Ok(false);
+    };
+    if !state.seen_ips.first_here(user, ip) {
+        return Ok(false);
+    }
+    let new = state.store.note_ip(user, ip).await?;
+    if new {
+        state
+            .store
+            .record_access(Some(user), AccessEvent::NewIp, origin)
+            .await?;
+    }
+    Ok(new)
 }

@@ -46,6 +46,10 @@ pub struct ApiConfig {
     /// generated into `code_key_file` on first start and reused.
     pub code_key: Option<SecretString>,
     pub code_key_file: PathBuf,
+    /// The header a trusted reverse proxy puts the client's address in
+    /// (`X-Forwarded-For`, `X-Real-IP`); its last address is the client's
+    /// IP in the access log. Unset: the connection's peer address.
+    pub client_ip_header: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +74,7 @@ impl Default for ApiConfig {
             codes_per_hour: 5,
             code_key: None,
             code_key_file: PathBuf::from("data/code.key"),
+            client_ip_header: None,
         }
     }
 }
@@ -93,6 +98,10 @@ pub enum ApiConfigError {
     CodesPerHour,
     #[error("api.code_key (KILN_API_CODE_KEY) must be at least 32 bytes as hex")]
     CodeKey,
+    #[error(
+        "api.client_ip_header (KILN_API_CLIENT_IP_HEADER) must be a header name, e.g. X-Forwarded-For"
+    )]
+    ClientIpHeader,
 }
 
 impl ApiConfig {
@@ -122,6 +131,11 @@ impl ApiConfig {
             && hex::decode(key.expose_secret().trim()).map_or(true, |k| k.len() < 32)
         {
             return Err(ApiConfigError::CodeKey);
+        }
+        if let Some(header) = &self.client_ip_header
+            && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            return Err(ApiConfigError::ClientIpHeader);
         }
         Ok(())
     }

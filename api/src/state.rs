@@ -13,6 +13,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Prices and grants.
     pub credits: Arc<CreditsConfig>,
+    /// The (account, IP) pairs this process has recorded lately.
+    pub seen_ips: Arc<crate::auth::SeenIps>,
     /// Verification codes: derived, hashed and throttled under this key.
     pub codes: Arc<CodeKey>,
     /// How often codes may be sent to one address.

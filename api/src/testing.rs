@@ -50,6 +50,7 @@ impl TestApi {
                 signer: Arc::new(signer),
                 config: Arc::new(config),
                 credits: Arc::new(CreditsConfig::default()),
+                seen_ips: Arc::default(),
                 codes: Arc::new(CodeKey::random()),
                 throttle: Arc::new(LocalThrottle::new()),
                 dependencies: Vec::new(),
@@ -195,7 +196,11 @@ impl TestApi {
         let addr = listener.local_addr().expect("the bound address");
         let router = self.router();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
         });
         TestServer { addr, task }
     }

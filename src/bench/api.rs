@@ -111,32 +111,48 @@ async fn loads(database: &'static str, url: &str, args: &BenchArgs) -> anyhow::R
     let mut serve = spawn_kiln("serve", url, dir.path(), http, loopback(0))?;
     wait_ready(&mut serve, http, "/healthz").await?;
     let mut conn = Conn::open(http).await?;
-    let token = sign_in(&mut conn, url, dir.path()).await?;
+    // Several accounts, as a service has: each account's enqueues wait
+    // for each other on its credit balance (one row lock), so one account
+    // on every connection would measure that account, not the API.
+    let mut tokens = Vec::new();
+    let accounts = args.http_accounts as usize;
+    for n in 0..accounts {
+        tokens.push(sign_in(&mut conn, url, dir.path(), &format!("bench{n}@example.com")).await?);
+    }
+    let token = &tokens[0];
     let connections = args.http_connections;
     let mut rows = Vec::new();
 
-    let single = Call::post("/v1/generations", &token, &json!({ "prompt": PROMPT }))?;
-    // Also the job that the status poll reads, owned by this user.
-    let job: JobBody = conn.json(&single, StatusCode::ACCEPTED).await?;
+    let single = tokens
+        .iter()
+        .map(|t| Call::post("/v1/generations", t, &json!({ "prompt": PROMPT })))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Also the job that the status poll reads, owned by the first account.
+    let job: JobBody = conn.json(&single[0], StatusCode::ACCEPTED).await?;
     super::checkpoint(url).await?;
     let load = run_load(http, args, &single).await?;
     load.ensure_ok("POST /v1/generations")?;
     rows.push(
         ApiRow::new(
             database,
-            format!("API enqueue, single: POST /v1/generations, {connections} connections"),
+            format!(
+                "API enqueue, single: POST /v1/generations, {connections} connections, {accounts} accounts"
+            ),
         )
         .loaded(&load, Some(1)),
     );
 
     let items = vec![json!({ "prompt": PROMPT }); BATCH_ITEMS];
-    let batch = Call::post("/v1/generations/batch", &token, &json!({ "items": items }))?;
+    let batch = tokens
+        .iter()
+        .map(|t| Call::post("/v1/generations/batch", t, &json!({ "items": items })))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let label = format!(
-        "API enqueue, batch of {BATCH_ITEMS}: POST /v1/generations/batch, {connections} connections"
+        "API enqueue, batch of {BATCH_ITEMS}: POST /v1/generations/batch, {connections} connections, {accounts} accounts"
     );
     // The batch route is new; a build without it answers 404 (or 405 if
     // another route takes the path), which is a note, not a failure.
-    let (status, body) = conn.send(&batch).await?;
+    let (status, body) = conn.send(&batch[0]).await?;
     if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
         rows.push(
             ApiRow::new(database, label)
@@ -160,7 +176,7 @@ async fn loads(database: &'static str, url: &str, args: &BenchArgs) -> anyhow::R
         rows.push(ApiRow::new(database, label).loaded(&load, Some(BATCH_ITEMS)));
     }
 
-    let poll = Call::get(&format!("/v1/jobs/{}", job.id), Some(&token))?;
+    let poll = [Call::get(&format!("/v1/jobs/{}", job.id), Some(token))?];
     let kiln = run_load(http, args, &poll).await?;
     kiln.ensure_ok("GET /v1/jobs/{id}")?;
     drop(serve);
@@ -174,7 +190,7 @@ async fn loads(database: &'static str, url: &str, args: &BenchArgs) -> anyhow::R
             .env("KILN_LOG_LEVEL", "warn"),
         "kiln bench --serve-bare-axum",
     )?;
-    wait_ready(&mut bare, bare_addr, &poll.path).await?;
+    wait_ready(&mut bare, bare_addr, &poll[0].path).await?;
     let baseline = run_load(bare_addr, args, &poll).await?;
     baseline.ensure_ok("bare axum GET /v1/jobs/{id}")?;
     let ratio = kiln.per_sec() / baseline.per_sec();
@@ -228,7 +244,7 @@ async fn generations(
     };
 
     let mut conn = Conn::open(http).await?;
-    let token = sign_in(&mut conn, url, dir.path()).await?;
+    let token = sign_in(&mut conn, url, dir.path(), "bench@example.com").await?;
     let create = Call::post("/v1/generations", &token, &json!({ "prompt": PROMPT }))?;
     let samples = args.generation_samples;
     let mut took = Vec::with_capacity(samples as usize);
@@ -350,10 +366,9 @@ struct Session {
 /// answer is the bearer token. The `serve` child may run without workers, so no message
 /// carries the code: the bench derives it from the stored code row under
 /// the key file it gave the child (`dir/code.key`), as a worker would.
-async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<String> {
-    const EMAIL: &str = "bench@example.com";
+async fn sign_in(conn: &mut Conn, url: &str, dir: &Path, email: &str) -> anyhow::Result<String> {
     let account = json!({
-        "email": EMAIL,
+        "email": email,
         "password": "bench lantern quietly humming",
     });
     let mut register = account.clone();
@@ -377,7 +392,7 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<Strin
         .context("opening the bench database to read the code")?;
         let keys = kiln_store::CodeKey::load_or_create(&dir.join("code.key"))?;
         let user = store
-            .login_record(&kiln_store::accounts::Identifier::Email(EMAIL.to_owned()))
+            .login_record(&kiln_store::accounts::Identifier::Email(email.to_owned()))
             .await?
             .context("the bench user was not created")?;
         let latest = store
@@ -392,7 +407,7 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path) -> anyhow::Result<Strin
             .await?;
         keys.code(latest.id)
     };
-    let verify = json!({ "email": EMAIL, "code": code });
+    let verify = json!({ "email": email, "code": code });
     let verify = Call::new(Method::POST, "/v1/auth/verify", None, Some(&verify))?;
     let (status, body) = conn.send(&verify).await?;
     ensure!(
@@ -536,15 +551,15 @@ impl Load {
     }
 }
 
-/// `--http-connections` tasks, each sending `call` over its own connection
-/// back to back until the deadline. Requests started in the warm-up are
-/// sent but not measured.
-async fn run_load(addr: SocketAddr, args: &BenchArgs, call: &Call) -> anyhow::Result<Load> {
+/// `--http-connections` tasks, each sending one of `calls` (connection
+/// `i` the `i % len`th) over its own connection back to back until the
+/// deadline. Requests started in the warm-up are sent but not measured.
+async fn run_load(addr: SocketAddr, args: &BenchArgs, calls: &[Call]) -> anyhow::Result<Load> {
     let measure_from = Instant::now() + WARM_UP;
     let until = measure_from + Duration::from_secs(args.http_seconds);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.http_connections {
-        let call = call.clone();
+    for i in 0..args.http_connections as usize {
+        let call = calls[i % calls.len()].clone();
         tasks.spawn(async move {
             let mut conn = Conn::open(addr).await?;
             let mut latencies = Vec::new();

@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// request after the other.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub http_connections: u32,
+    /// Accounts the API enqueue loads spread their connections over, in
+    /// turn. Each account's enqueues wait for each other on its credit
+    /// balance (one row lock on Postgres), so with as many accounts as
+    /// connections (the default) each has one request in flight, as users
+    /// do; fewer measures accounts with many requests in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_accounts: u32,
     /// Seconds each API load run is measured, after a 1 s warm-up.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub http_seconds: u64,

@@ -3,6 +3,7 @@
 //! the verification-code key,
 //! and the process's metrics registry.
 
+pub mod access_log;
 pub mod accounts;
 mod code_key;
 mod codec;

@@ -134,12 +134,20 @@ pub trait JobWrites: Send + Sync + 'static {
 
 /// The operations a [`Store`](crate::Store) passes straight through.
 pub trait Database:
-    Queue + crate::accounts::Accounts + crate::credits::Credits + crate::generations::Generations
+    Queue
+    + crate::access_log::AccessLog
+    + crate::accounts::Accounts
+    + crate::credits::Credits
+    + crate::generations::Generations
 {
 }
 
 impl<
-    T: Queue + crate::accounts::Accounts + crate::credits::Credits + crate::generations::Generations,
+    T: Queue
+        + crate::access_log::AccessLog
+        + crate::accounts::Accounts
+        + crate::credits::Credits
+        + crate::generations::Generations,
 > Database for T
 {
 }

@@ -7,6 +7,7 @@ use kiln_jobs::UserId;
 
 use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
+    access_log::{AccessEntry, AccessEvent},
     codec::{Id, Json, Time},
     credits::{CreditEntry, EntryKind},
     generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
@@ -349,4 +350,30 @@ impl TryFrom<CreditEntryRow> for CreditEntry {
 
 pub(crate) fn credit_entries(rows: Vec<CreditEntryRow>) -> Result<Vec<CreditEntry>, StoreError> {
     rows.into_iter().map(CreditEntry::try_from).collect()
+}
+
+pub(crate) const ACCESS_COLUMNS: &str = "id, event, ip, user_agent, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AccessRow {
+    id: i64,
+    event: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    created_at: Time,
+}
+
+pub(crate) fn access_entries(rows: Vec<AccessRow>) -> Result<Vec<AccessEntry>, StoreError> {
+    rows.into_iter()
+        .map(|r| {
+            Ok(AccessEntry {
+                id: r.id,
+                event: AccessEvent::parse(&r.event)
+                    .ok_or_else(|| StoreError::Corrupt(format!("access event {:?}", r.event)))?,
+                ip: r.ip,
+                user_agent: r.user_agent,
+                created_at: r.created_at.0,
+            })
+        })
+        .collect()
 }

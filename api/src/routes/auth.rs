@@ -3,6 +3,7 @@ use chrono::{Datelike, NaiveDate, Utc};
 use kiln_jobs::{Notice, SendEmail, SendSms, UserId};
 use kiln_store::{
     CODE_DIGITS, NewJob,
+    access_log::AccessEvent,
     accounts::{CodeCheck, Identifier, NewCode, NewUser, UserCreated},
 };
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     AppState, Json, Problem,
-    auth::{self, CurrentUser},
+    auth::{self, ClientOrigin, CurrentUser},
     identifier::identifier,
     password::check_new_password,
 };
@@ -229,6 +230,7 @@ async fn send_code(
     ))]
 async fn register(
     State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
     Json(req): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, Problem> {
     let identifier = identifier(req.email, req.phone)?;
@@ -246,10 +248,21 @@ async fn register(
         referred_by_code: req.referral_code.map(|c| c.trim().to_uppercase()),
     };
     match state.store.create_user(user).await? {
-        UserCreated::Created(user_id) => send_code(&state, &identifier, user_id).await?,
+        UserCreated::Created(user_id) => {
+            state
+                .store
+                .record_access(Some(user_id), AccessEvent::Register, &origin)
+                .await?;
+            send_code(&state, &identifier, user_id).await?;
+        }
         UserCreated::Taken => {
             // A deleted account keeps its address but is told nothing.
             if let Some(existing) = state.store.login_record(&identifier).await? {
+                let event = AccessEvent::RegistrationAttempt;
+                state
+                    .store
+                    .record_access(Some(existing.user_id), event, &origin)
+                    .await?;
                 notify(
                     &state,
                     &identifier,
@@ -285,6 +298,7 @@ fn invalid_code() -> Problem {
     ))]
 async fn verify(
     State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
     Json(req): Json<VerifyRequest>,
 ) -> Result<Json<Verified>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
@@ -305,10 +319,24 @@ async fn verify(
         _ => (CodeCheck::NoLiveCode, None),
     };
     match (outcome, account) {
-        (CodeCheck::Verified, Some(user_id)) => Ok(Json(Verified {
-            status: "verified".to_owned(),
-            referral_code: state.store.referral_code(user_id).await?,
-        })),
+        (CodeCheck::Verified, Some(user_id)) => {
+            state
+                .store
+                .record_access(Some(user_id), AccessEvent::Verify, &origin)
+                .await?;
+            Ok(Json(Verified {
+                status: "verified".to_owned(),
+                referral_code: state.store.referral_code(user_id).await?,
+            }))
+        }
+        (CodeCheck::Wrong { .. }, Some(user_id)) => {
+            let event = AccessEvent::VerifyFailed;
+            state
+                .store
+                .record_access(Some(user_id), event, &origin)
+                .await?;
+            Err(invalid_code())
+        }
         _ => Err(invalid_code()),
     }
 }
@@ -350,6 +378,7 @@ async fn resend(
     ))]
 async fn login(
     State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<Session>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
@@ -362,6 +391,11 @@ async fn login(
         .await
         .unwrap_or(false);
     let Some((user_id, verified)) = account.filter(|_| matches) else {
+        let user = account.map(|(user_id, _)| user_id);
+        state
+            .store
+            .record_access(user, AccessEvent::LoginFailed, &origin)
+            .await?;
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -383,6 +417,11 @@ async fn login(
         .store
         .create_session(user_id, &auth::token_hash(&token), expires_at)
         .await?;
+    state
+        .store
+        .record_access(Some(user_id), AccessEvent::Login, &origin)
+        .await?;
+    auth::note_origin(&state, user_id, &origin).await?;
     Ok(Json(Session { token, expires_at }))
 }
 
@@ -392,8 +431,16 @@ async fn login(
         (status = 204, description = "the token is revoked"),
         (status = 401, description = "no valid token", body = Problem),
     ))]
-async fn logout(State(state): State<AppState>, user: CurrentUser) -> Result<StatusCode, Problem> {
+async fn logout(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+) -> Result<StatusCode, Problem> {
     state.store.revoke_session(&user.token_hash).await?;
+    state
+        .store
+        .record_access(Some(user.id), AccessEvent::Logout, &origin)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

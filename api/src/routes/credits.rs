@@ -78,19 +78,7 @@ async fn show(
     user: CurrentUser,
     Query(query): Query<CreditsQuery>,
 ) -> Result<Json<CreditsPage>, Problem> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Problem::invalid("limit must be between 1 and 100"));
-    }
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|id| *id > 0)
-                .ok_or_else(|| Problem::invalid("cursor is not one this API gave out"))?,
-        ),
-    };
+    let (limit, before) = super::numeric_page(query.limit, query.cursor.as_deref())?;
     // The sums first: an entry written between the two reads then shows
     // in the list without being missing from a later balance.
     let sums = state.store.credit_balance(user.id).await?;

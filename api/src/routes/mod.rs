@@ -4,6 +4,7 @@ mod generations;
 mod health;
 mod images;
 mod jobs;
+mod me;
 mod metrics;
 mod openapi;
 mod upscales;
@@ -29,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(auth::routes())
         .merge(credits::routes())
+        .merge(me::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())
@@ -69,4 +71,26 @@ pub fn internal_router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(metrics::routes())
         .with_state(state)
+}
+
+/// A page's size (1 to 100, default 20) and the id entries must be older
+/// than, from `?limit=&cursor=` of a list paged by increasing numeric ids.
+pub(super) fn numeric_page(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(u32, Option<i64>), Problem> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::invalid("limit must be between 1 and 100"));
+    }
+    let before = match cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| Problem::invalid("cursor is not one this API gave out"))?,
+        ),
+    };
+    Ok((limit, before))
 }

@@ -18,6 +18,7 @@ use crate::AppState;
         super::auth::login,
         super::auth::logout,
         super::credits::show,
+        super::me::access_log,
         super::generations::create,
         super::generations::create_batch,
         super::upscales::create,

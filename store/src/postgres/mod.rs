@@ -23,6 +23,7 @@ use crate::{
     rows::{self, CLAIM_COLUMNS, ClaimRow, JOB_COLUMNS, JobRow},
 };
 
+mod access_log;
 mod accounts;
 mod credits;
 mod generations;

@@ -1,0 +1,99 @@
+//! The access and audit log (P6): what happened to an account, when, and
+//! from which IP and user agent. Entries are appended, shown to their user
+//! (`GET /v1/me/access-log`) and removed only by retention.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kiln_jobs::UserId;
+
+use crate::StoreError;
+
+/// What happened. Stored as its `as_str` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessEvent {
+    /// An account was created.
+    Register,
+    /// Someone tried to register an address that has an account.
+    RegistrationAttempt,
+    /// The account proved it holds its address.
+    Verify,
+    /// A wrong code was tried for the account.
+    VerifyFailed,
+    /// A session was opened.
+    Login,
+    /// A wrong password was tried (for an account, or for no account).
+    LoginFailed,
+    /// A session was closed.
+    Logout,
+    /// A session was used from an IP the account had not used before.
+    NewIp,
+}
+
+impl AccessEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessEvent::Register => "register",
+            AccessEvent::RegistrationAttempt => "registration_attempt",
+            AccessEvent::Verify => "verify",
+            AccessEvent::VerifyFailed => "verify_failed",
+            AccessEvent::Login => "login",
+            AccessEvent::LoginFailed => "login_failed",
+            AccessEvent::Logout => "logout",
+            AccessEvent::NewIp => "new_ip",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AccessEvent> {
+        [
+            AccessEvent::Register,
+            AccessEvent::RegistrationAttempt,
+            AccessEvent::Verify,
+            AccessEvent::VerifyFailed,
+            AccessEvent::Login,
+            AccessEvent::LoginFailed,
+            AccessEvent::Logout,
+            AccessEvent::NewIp,
+        ]
+        .into_iter()
+        .find(|e| e.as_str() == s)
+    }
+}
+
+/// Where a request came from, as the API saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessEntry {
+    /// Increasing: entries page by it, newest first.
+    pub id: i64,
+    pub event: AccessEvent,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait AccessLog: Send + Sync {
+    /// Appends an entry; `user` is `None` for a failed login to an address
+    /// with no account.
+    async fn record_access(
+        &self,
+        user: Option<UserId>,
+        event: AccessEvent,
+        origin: &Origin,
+    ) -> Result<(), StoreError>;
+    /// A user's entries, newest first, older than `before` when given.
+    async fn access_log(
+        &self,
+        user: UserId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<AccessEntry>, StoreError>;
+    /// Remembers that `user` was used from `ip`: true the first time.
+    async fn note_ip(&self, user: UserId, ip: &str) -> Result<bool, StoreError>;
+}
