@@ -48,6 +48,9 @@ use clap::{Parser, Subcommand};
 ///   api.code_key              KILN_API_CODE_KEY             (hex, >= 32 bytes; shared by all `serve`s and `work`s)
 ///   api.code_key_file         KILN_API_CODE_KEY_FILE        data/code.key (generated when no key is set)
 ///   api.client_ip_header      KILN_API_CLIENT_IP_HEADER     (unset: the peer address) X-Forwarded-For behind a trusted proxy
+///   api.login_failures_per_address KILN_API_LOGIN_FAILURES_PER_ADDRESS 5 wrong passwords per address in the window, then 429
+///   api.login_failures_per_ip KILN_API_LOGIN_FAILURES_PER_IP 50 wrong passwords per IP in the window
+///   api.login_failure_window_secs KILN_API_LOGIN_FAILURE_WINDOW_SECS 900
 ///   credits.signup_grant      KILN_CREDITS_SIGNUP_GRANT     50, once, on an account's first verification
 ///   credits.referral_bonus    KILN_CREDITS_REFERRAL_BONUS   10 to a referred account and its referrer, on verification
 ///   credits.image_prices      (config file)                 { "1024x1024" = 1, "1024x1536" = 2, … } per image, by size

@@ -262,6 +262,16 @@ impl kiln_api::Dependency for RedisDependency {
 /// The API's per-address limits in Redis, shared by every `serve`.
 struct RedisThrottle(kiln_providers::limits::RedisWindows);
 
+fn count_windows(windows: &[kiln_api::Window]) -> Vec<kiln_providers::limits::CountWindow> {
+    windows
+        .iter()
+        .map(|w| kiln_providers::limits::CountWindow {
+            max: w.max,
+            per: w.per,
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl kiln_api::Throttle for RedisThrottle {
     async fn hit(
@@ -269,15 +279,19 @@ impl kiln_api::Throttle for RedisThrottle {
         key: &str,
         windows: &[kiln_api::Window],
     ) -> Result<Option<std::time::Duration>, kiln_api::DependencyError> {
-        let windows: Vec<kiln_providers::limits::CountWindow> = windows
-            .iter()
-            .map(|w| kiln_providers::limits::CountWindow {
-                max: w.max,
-                per: w.per,
-            })
-            .collect();
         self.0
-            .hit(key, &windows)
+            .hit(key, &count_windows(windows))
+            .await
+            .map_err(|e| kiln_api::DependencyError(e.to_string()))
+    }
+
+    async fn peek(
+        &self,
+        key: &str,
+        windows: &[kiln_api::Window],
+    ) -> Result<Option<std::time::Duration>, kiln_api::DependencyError> {
+        self.0
+            .peek(key, &count_windows(windows))
             .await
             .map_err(|e| kiln_api::DependencyError(e.to_string()))
     }

@@ -355,3 +355,43 @@ async fn two_serve_processes_share_the_limit_through_redis() {
         .await;
     assert_eq!(r.status(), 202);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sixth_wrong_password_across_two_serve_processes_is_refused_until_the_window_passes() {
+    let db = TestDatabase::postgres().await;
+    let prefix = format!("kiln-test:{}:", uuid::Uuid::now_v7());
+    let serve = || {
+        kiln(&["serve"])
+            .database(&db.url)
+            .env("KILN_RATE_LIMITS_REDIS_URL", "redis://127.0.0.1:6379")
+            .env("KILN_RATE_LIMITS_KEY_PREFIX", &prefix)
+            .env("KILN_API_CODE_KEY", "ef".repeat(32))
+    };
+    let a = started(serve()).await;
+    let b = started(serve()).await;
+    let (ca, cb) = (Client::new(&a.url("")), Client::new(&b.url("")));
+    let login = |c: &Client, email: &str, password: &str| {
+        let c = c.clone();
+        let body = json!({"email": email, "password": password});
+        async move { c.post("/v1/auth/login", body).await }
+    };
+    // An address with no account: the same count, so 429 tells nothing.
+    for n in 0..5 {
+        let c = if n % 2 == 0 { &ca } else { &cb };
+        let r = login(c, "nobody@example.com", "wrong wrong wrong").await;
+        assert_eq!(r.status(), 401, "attempt {n}");
+    }
+    let r = login(&cb, "nobody@example.com", "wrong wrong wrong").await;
+    let wait: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&wait), "Retry-After {wait}");
+    assert_problem(r, 429, "rate_limited").await;
+    let r = login(&ca, "nobody@example.com", "wrong wrong wrong").await;
+    assert_problem(r, 429, "rate_limited").await;
+    // Another address from the same IP still gets its own five.
+    let r = login(&ca, "somebody@example.com", "wrong wrong wrong").await;
+    assert_eq!(r.status(), 401);
+}

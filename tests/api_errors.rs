@@ -2302,3 +2302,51 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_are_limited_per_address_and_per_ip_even_when_then_right() {
+    let db = TestDatabase::sqlite();
+    let store = db.store().await.expect("a scratch store");
+    let api = TestApi::with_config(
+        store,
+        kiln_api::ApiConfig {
+            login_failures_per_ip: 8,
+            ..kiln_api::testing::test_config()
+        },
+    )
+    .keeping(db);
+    let k = InProcess {
+        server: api.serve().await,
+        _api: api,
+    };
+    let c = signed_up(&k, "guarded").await;
+    let login = |email: &str, password: &str| {
+        c.post(
+            "/v1/auth/login",
+            json!({"email": email, "password": password}),
+        )
+    };
+    for n in 0..5 {
+        let r = login("guarded@example.com", "not it at all").await;
+        assert_eq!(r.status(), 401, "wrong password {n}");
+    }
+    // The sixth is refused, and so is the right password now: otherwise
+    // the limit would tell a guesser when a guess was right.
+    for password in ["not it at all", PASSWORD] {
+        let r = login("guarded@example.com", password).await;
+        assert!(r.headers().contains_key("retry-after"));
+        expect(r, 429, "rate_limited", "past the limit").await;
+    }
+    // Three more wrong ones to other addresses reach the IP's 8.
+    for n in 0..3 {
+        let r = login(&format!("other{n}@example.com"), "not it at all").await;
+        assert_eq!(r.status(), 401, "other address {n}");
+    }
+    expect(
+        login("fresh@example.com", "not it at all").await,
+        429,
+        "rate_limited",
+        "past the IP's limit",
+    )
+    .await;
+}

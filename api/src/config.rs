@@ -50,6 +50,13 @@ pub struct ApiConfig {
     /// (`X-Forwarded-For`, `X-Real-IP`); its last address is the client's
     /// IP in the access log. Unset: the connection's peer address.
     pub client_ip_header: Option<String>,
+    /// Wrong passwords one address may take in `login_failure_window_secs`
+    /// (known or not); then every login to it answers 429 until the window
+    /// has room (0: no limit).
+    pub login_failures_per_address: u32,
+    /// Wrong passwords from one IP, to any addresses, in the window.
+    pub login_failures_per_ip: u32,
+    pub login_failure_window_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -75,6 +82,9 @@ impl Default for ApiConfig {
             code_key: None,
             code_key_file: PathBuf::from("data/code.key"),
             client_ip_header: None,
+            login_failures_per_address: 5,
+            login_failures_per_ip: 50,
+            login_failure_window_secs: 900,
         }
     }
 }
@@ -152,6 +162,21 @@ impl ApiConfig {
                 per: Duration::from_secs(3600),
             },
         ]
+    }
+
+    /// The limits on wrong passwords: for one address, and from one IP.
+    pub fn login_windows(&self) -> ([Window; 1], [Window; 1]) {
+        let per = Duration::from_secs(self.login_failure_window_secs);
+        (
+            [Window {
+                max: self.login_failures_per_address,
+                per,
+            }],
+            [Window {
+                max: self.login_failures_per_ip,
+                per,
+            }],
+        )
     }
 
     /// The code key as bytes, when it is set (validated to be hex).

@@ -33,6 +33,14 @@ pub trait Throttle: Send + Sync {
     /// there would be room. A window with `max` 0 or `per` 0 is no limit.
     async fn hit(&self, key: &str, windows: &[Window])
     -> Result<Option<Duration>, DependencyError>;
+
+    /// [`Throttle::hit`] without recording: how long until every window
+    /// would have room for one more event (`None`: now).
+    async fn peek(
+        &self,
+        key: &str,
+        windows: &[Window],
+    ) -> Result<Option<Duration>, DependencyError>;
 }
 
 /// Above this many keys, a hit first forgets the keys with no event in
@@ -52,6 +60,21 @@ impl LocalThrottle {
 
     /// [`Throttle::hit`] at the instant `now`.
     pub fn hit_at(&self, key: &str, windows: &[Window], now: Instant) -> Option<Duration> {
+        self.count_at(key, windows, now, true)
+    }
+
+    /// [`Throttle::peek`] at the instant `now`.
+    pub fn peek_at(&self, key: &str, windows: &[Window], now: Instant) -> Option<Duration> {
+        self.count_at(key, windows, now, false)
+    }
+
+    fn count_at(
+        &self,
+        key: &str,
+        windows: &[Window],
+        now: Instant,
+        record: bool,
+    ) -> Option<Duration> {
         let windows: Vec<Window> = windows
             .iter()
             .copied()
@@ -87,12 +110,13 @@ impl LocalThrottle {
                 wait = wait.max((*leaving + w.per).saturating_duration_since(now));
             }
         }
-        if wait.is_zero() {
-            hits.push_back(now);
-            None
-        } else {
-            Some(wait)
+        if !wait.is_zero() {
+            return Some(wait);
         }
+        if record {
+            hits.push_back(now);
+        }
+        None
     }
 }
 
@@ -104,6 +128,14 @@ impl Throttle for LocalThrottle {
         windows: &[Window],
     ) -> Result<Option<Duration>, DependencyError> {
         Ok(self.hit_at(key, windows, Instant::now()))
+    }
+
+    async fn peek(
+        &self,
+        key: &str,
+        windows: &[Window],
+    ) -> Result<Option<Duration>, DependencyError> {
+        Ok(self.peek_at(key, windows, Instant::now()))
     }
 }
 
@@ -152,6 +184,21 @@ mod tests {
             t.hit_at("ada", &windows(), at(3601)),
             Some(Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn a_peek_counts_nothing() {
+        let t = LocalThrottle::new();
+        let now = Instant::now();
+        let three = [Window { max: 3, per: HOUR }];
+        for _ in 0..10 {
+            assert_eq!(t.peek_at("ada", &three, now), None);
+        }
+        for _ in 0..3 {
+            assert_eq!(t.hit_at("ada", &three, now), None);
+        }
+        assert_eq!(t.peek_at("ada", &three, now), Some(HOUR));
+        assert_eq!(t.peek_at("bob", &three, now), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@ use chrono::{Datelike, NaiveDate, Utc};
 use kiln_jobs::{Notice, SendEmail, SendSms, UserId};
 use kiln_store::{
     CODE_DIGITS, NewJob,
-    access_log::AccessEvent,
+    access_log::{AccessEvent, Origin},
     accounts::{CodeCheck, Identifier, NewCode, NewUser, UserCreated},
 };
 use serde::{Deserialize, Serialize};
@@ -164,6 +164,63 @@ async fn throttle_sends(state: &AppState, identifier: &Identifier) -> Result<(),
             "a code was sent to this address a short while ago; wait before asking again",
         )),
         Err(e) => Err(Problem::unavailable(format!("code throttle: {e}"))),
+    }
+}
+
+/// Wrong passwords counted per address (a pseudonym of it, whether or not
+/// it has an account, so the answer tells nothing) and per IP, in every
+/// `serve` process alike when the throttle is Redis.
+struct LoginThrottle<'a> {
+    state: &'a AppState,
+    address_key: String,
+    ip_key: Option<String>,
+}
+
+impl<'a> LoginThrottle<'a> {
+    fn new(state: &'a AppState, identifier: &Identifier, origin: &Origin) -> Self {
+        LoginThrottle {
+            state,
+            address_key: state.codes.pseudonym("login_failures", address(identifier)),
+            ip_key: origin
+                .ip
+                .as_deref()
+                .map(|ip| state.codes.pseudonym("login_failures_ip", ip)),
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = (&str, [crate::Window; 1])> {
+        let (per_address, per_ip) = self.state.config.login_windows();
+        std::iter::once((self.address_key.as_str(), per_address))
+            .chain(self.ip_key.as_deref().map(|k| (k, per_ip)))
+    }
+
+    /// 429 `rate_limited` while the address or the IP has used up its
+    /// wrong passwords.
+    async fn refuse_when_full(&self) -> Result<(), Problem> {
+        for (key, windows) in self.keys() {
+            match self.state.throttle.peek(key, &windows).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    return Err(Problem::rate_limited(
+                        wait,
+                        "too many wrong passwords; wait before trying again",
+                    ));
+                }
+                Err(e) => return Err(Problem::unavailable(format!("login throttle: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts a wrong password against the address and the IP. (A window
+    /// filled meanwhile by a concurrent guess counts this one no more.)
+    async fn count_failure(&self) -> Result<(), Problem> {
+        for (key, windows) in self.keys() {
+            if let Err(e) = self.state.throttle.hit(key, &windows).await {
+                return Err(Problem::unavailable(format!("login throttle: {e}")));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -375,6 +432,7 @@ async fn resend(
         (status = 401, description = "wrong email, phone or password", body = Problem),
         (status = 403, description = "`unverified`: the password is right but the address is not verified yet", body = Problem),
         (status = 422, description = "invalid input", body = Problem),
+        (status = 429, description = "`rate_limited`: 5 wrong passwords for this address, or 50 from this IP, in 15 minutes (`api.login_failures_per_address`, `api.login_failures_per_ip`, `api.login_failure_window_secs`); `Retry-After` says when to try again", body = Problem),
     ))]
 async fn login(
     State(state): State<AppState>,
@@ -382,6 +440,11 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<Session>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
+    let throttled = LoginThrottle::new(&state, &identifier, &origin);
+    // Before the password is checked: a right password must not get in
+    // past the limit either, or the limit would tell a guesser when it
+    // guessed right.
+    throttled.refuse_when_full().await?;
     let record = state.store.login_record(&identifier).await?;
     let (account, hash) = match record {
         Some(r) => (Some((r.user_id, r.verified)), r.password_hash),
@@ -396,6 +459,7 @@ async fn login(
             .store
             .record_access(user, AccessEvent::LoginFailed, &origin)
             .await?;
+        throttled.count_failure().await?;
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",

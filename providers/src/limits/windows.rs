@@ -12,9 +12,10 @@ use super::{UNAVAILABLE, redis::LazyConnection};
 use crate::ProviderError;
 
 /// KEYS: one sorted set per window (member = event id, score = ms).
-/// ARGV: event id, then per window its max and its length in ms.
-/// Returns 0 when the event was recorded in every window, otherwise the
-/// ms until each window would have room (the longest), recording nothing.
+/// ARGV: event id (empty: only look), then per window its max and its
+/// length in ms. Returns 0 when every window has room (and, with an id,
+/// the event was recorded in each), otherwise the ms until each window
+/// would have room (the longest), recording nothing.
 const HIT_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,7 +31,7 @@ for i, key in ipairs(KEYS) do
     if w > wait then wait = w end
   end
 end
-if wait > 0 then return wait end
+if wait > 0 or ARGV[1] == '' then return wait end
 for i, key in ipairs(KEYS) do
   redis.call('ZADD', key, now, ARGV[1])
   redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
@@ -75,6 +76,25 @@ impl RedisWindows {
         key: &str,
         windows: &[CountWindow],
     ) -> Result<Option<Duration>, ProviderError> {
+        self.run(key, windows, true).await
+    }
+
+    /// [`RedisWindows::hit`] without recording: how long until every
+    /// window would have room (`None`: now).
+    pub async fn peek(
+        &self,
+        key: &str,
+        windows: &[CountWindow],
+    ) -> Result<Option<Duration>, ProviderError> {
+        self.run(key, windows, false).await
+    }
+
+    async fn run(
+        &self,
+        key: &str,
+        windows: &[CountWindow],
+        record: bool,
+    ) -> Result<Option<Duration>, ProviderError> {
         let windows: Vec<CountWindow> = windows
             .iter()
             .copied()
@@ -92,7 +112,11 @@ impl RedisWindows {
                 w.per.as_millis()
             ));
         }
-        invocation.arg(uuid::Uuid::now_v7().to_string());
+        invocation.arg(if record {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            String::new()
+        });
         for w in &windows {
             invocation
                 .arg(w.max)
