@@ -137,6 +137,9 @@ pub enum Command {
     Schedule,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Manage accounts: grant or revoke the operator role.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Measure throughput and latency against baselines on throwaway
     /// databases; prints one table.
     #[cfg(feature = "bench")]
@@ -148,6 +151,15 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Give the account with this email or phone (`+…`) the operator role
+    /// the admin API asks for; written to its access log.
+    GrantOperator { address: String },
+    /// Take the operator role away; written to its access log.
+    RevokeOperator { address: String },
 }
 
 /// What `kiln bench` prints in a build without the `bench` feature.

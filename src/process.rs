@@ -68,6 +68,36 @@ pub async fn migrate(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kiln user …`: grants or revokes the operator role, and writes the
+/// change to the account's access log (no IP: it came from this machine's
+/// command line).
+pub async fn user(settings: Settings, command: crate::cli::UserCommand) -> anyhow::Result<()> {
+    use crate::cli::UserCommand;
+    use kiln_store::access_log::{AccessEvent, Origin};
+    let (address, operator, event) = match &command {
+        UserCommand::GrantOperator { address } => (address, true, AccessEvent::OperatorGranted),
+        UserCommand::RevokeOperator { address } => (address, false, AccessEvent::OperatorRevoked),
+    };
+    let identifier = kiln_api::parse_address(address).map_err(|p| {
+        anyhow::anyhow!("{address:?} is not an email or phone number: {}", p.detail)
+    })?;
+    let store = open_store(&settings).await?;
+    let Some(user) = store.set_operator(&identifier, operator).await? else {
+        anyhow::bail!("no account has the address {address:?}");
+    };
+    let origin = Origin {
+        ip: None,
+        user_agent: Some(format!("kiln {} (command line)", env!("CARGO_PKG_VERSION"))),
+    };
+    store.record_access(Some(user), event, &origin).await?;
+    println!(
+        "{} the operator role {} account {user}",
+        if operator { "granted" } else { "revoked" },
+        if operator { "to" } else { "from" }
+    );
+    Ok(())
+}
+
 /// Runs the given roles until SIGTERM or SIGINT, then stops them in order.
 pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();

@@ -120,7 +120,7 @@ fn help_lists_the_subcommands_of_this_build() {
     let out = run_kiln(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["all", "serve", "work", "schedule", "migrate"] {
+    for command in ["all", "serve", "work", "schedule", "migrate", "user"] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(command)),
             "{command} missing from --help:\n{help}"
@@ -145,5 +145,80 @@ fn bench_without_the_feature_says_how_to_get_it() {
             "{args:?}: {err}"
         );
         assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// `kiln user` against a database, as an operator runs it.
+fn kiln_user(url: &str, args: &[&str]) -> std::process::Output {
+    let cwd = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("user")
+        .args(args)
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_DATABASE_URL", url)
+        .env("KILN_LOG_LEVEL", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_role_is_granted_and_revoked_from_the_command_line_and_logged() {
+    use kiln_store::{
+        access_log::AccessEvent,
+        accounts::{Identifier, NewUser},
+        testing::TestDatabase,
+    };
+    let db = TestDatabase::postgres().await;
+    let store = db.store().await.unwrap();
+    let ada = store
+        .create_user(NewUser {
+            identifier: Identifier::Email("ada@example.com".into()),
+            password_hash: "$2b$04$hash".into(),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
+            referral_code: "ADA".into(),
+            referred_by_code: None,
+        })
+        .await
+        .unwrap()
+        .id()
+        .unwrap();
+    assert!(!store.is_operator(ada).await.unwrap());
+
+    // Spelled as a person might type it: normalised as sign-up does.
+    let out = kiln_user(&db.url, &["grant-operator", " ADA@Example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("granted the operator role"));
+    assert!(store.is_operator(ada).await.unwrap());
+
+    let out = kiln_user(&db.url, &["revoke-operator", "ada@example.com"]);
+    assert!(out.status.success());
+    assert!(!store.is_operator(ada).await.unwrap());
+    let log = store.access_log(ada, None, 10).await.unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.event).collect::<Vec<_>>(),
+        [AccessEvent::OperatorRevoked, AccessEvent::OperatorGranted]
+    );
+    assert!(
+        log[0]
+            .user_agent
+            .as_deref()
+            .unwrap()
+            .contains("command line")
+    );
+
+    for (address, says) in [
+        ("nobody@example.com", "no account has the address"),
+        ("not an address", "is not an email or phone number"),
+    ] {
+        let out = kiln_user(&db.url, &["grant-operator", address]);
+        assert_eq!(out.status.code(), Some(1), "{address}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{address}: {err}");
     }
 }

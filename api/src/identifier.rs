@@ -34,6 +34,16 @@ pub fn identifier(email: Option<String>, phone: Option<String>) -> Result<Identi
     }
 }
 
+/// An address as an operator types it: a phone number when it starts with
+/// `+`, an email address otherwise; normalised as sign-up does.
+pub fn parse_address(raw: &str) -> Result<Identifier, Problem> {
+    if raw.trim_start().starts_with('+') {
+        phone_number(raw).map(Identifier::Phone)
+    } else {
+        email_address(raw).map(Identifier::Email)
+    }
+}
+
 /// Characters that are not seen, or not seen as what they are: controls
 /// (Cc), and the Unicode default-ignorable code points (zero-width space,
 /// joiners, bidi marks and overrides, soft hyphen, variation selectors,

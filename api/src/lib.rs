@@ -16,6 +16,7 @@ pub mod testing;
 mod throttle;
 
 pub use config::{ApiConfig, ApiConfigError, CreditsConfig, CreditsConfigError, parse_size};
+pub use identifier::parse_address;
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};

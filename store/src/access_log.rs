@@ -28,6 +28,10 @@ pub enum AccessEvent {
     Logout,
     /// A session was used from an IP the account had not used before.
     NewIp,
+    /// The operator role was granted to the account (`kiln user`).
+    OperatorGranted,
+    /// The operator role was taken from the account.
+    OperatorRevoked,
 }
 
 impl AccessEvent {
@@ -41,6 +45,8 @@ impl AccessEvent {
             AccessEvent::LoginFailed => "login_failed",
             AccessEvent::Logout => "logout",
             AccessEvent::NewIp => "new_ip",
+            AccessEvent::OperatorGranted => "operator_granted",
+            AccessEvent::OperatorRevoked => "operator_revoked",
         }
     }
 
@@ -54,6 +60,8 @@ impl AccessEvent {
             AccessEvent::LoginFailed,
             AccessEvent::Logout,
             AccessEvent::NewIp,
+            AccessEvent::OperatorGranted,
+            AccessEvent::OperatorRevoked,
         ]
         .into_iter()
         .find(|e| e.as_str() == s)

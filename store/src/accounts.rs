@@ -173,6 +173,16 @@ pub trait Accounts: Send + Sync {
     /// Keeps a new verification code for its user, in place of any earlier
     /// one (a user has at most one code that can be right).
     async fn issue_code(&self, code: NewCode) -> Result<(), StoreError>;
+    /// Grants (`true`) or revokes the operator role of the account with
+    /// this address; `None` when there is none (or it is deleted).
+    async fn set_operator(
+        &self,
+        id: &Identifier,
+        operator: bool,
+    ) -> Result<Option<UserId>, StoreError>;
+    /// Whether the account holds the operator role.
+    async fn is_operator(&self, user_id: UserId) -> Result<bool, StoreError>;
+
     /// The user's stored codes, newest first.
     async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;
     /// One guess at the user's live code, checked and recorded atomically:

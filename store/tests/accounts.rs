@@ -26,6 +26,7 @@ kiln_store::both_databases!(
     an_expired_code_is_refused_and_spends_nothing,
     a_new_code_replaces_the_old_one,
     concurrent_guesses_use_a_code_once,
+    the_operator_role_is_granted_and_revoked_by_address,
 );
 
 fn user(identifier: Identifier, code: &str) -> NewUser {
@@ -451,4 +452,42 @@ async fn concurrent_guesses_use_a_code_once(store: Store, _: &TestDatabase) {
     assert_eq!(wins, 1, "{outcomes:?}");
     let codes = store.codes(ada).await.unwrap();
     assert!(codes[0].tries <= MAX_CODE_TRIES, "{codes:?}");
+}
+
+async fn the_operator_role_is_granted_and_revoked_by_address(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA1")).await;
+    let bob = created(
+        &store,
+        user(Identifier::Phone("+15005550006".into()), "BOB1"),
+    )
+    .await;
+    assert!(!store.is_operator(ada).await.unwrap());
+    assert_eq!(
+        store
+            .set_operator(&email("ada@example.com"), true)
+            .await
+            .unwrap(),
+        Some(ada)
+    );
+    assert!(store.is_operator(ada).await.unwrap());
+    assert!(!store.is_operator(bob).await.unwrap(), "only that account");
+    assert_eq!(
+        store
+            .set_operator(&Identifier::Phone("+15005550006".into()), true)
+            .await
+            .unwrap(),
+        Some(bob)
+    );
+    store
+        .set_operator(&email("ada@example.com"), false)
+        .await
+        .unwrap();
+    assert!(!store.is_operator(ada).await.unwrap());
+    assert_eq!(
+        store
+            .set_operator(&email("nobody@example.com"), true)
+            .await
+            .unwrap(),
+        None
+    );
 }

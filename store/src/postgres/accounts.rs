@@ -178,6 +178,33 @@ impl Accounts for PgStore {
             .collect())
     }
 
+    async fn set_operator(
+        &self,
+        id: &Identifier,
+        operator: bool,
+    ) -> Result<Option<UserId>, StoreError> {
+        let (email, phone) = id.columns();
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE users SET operator = $3
+             WHERE deleted_at IS NULL AND (email = $1 OR phone = $2) RETURNING id",
+        )
+        .bind(email)
+        .bind(phone)
+        .bind(operator)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(user.map(UserId))
+    }
+
+    async fn is_operator(&self, user_id: UserId) -> Result<bool, StoreError> {
+        let operator: Option<bool> =
+            sqlx::query_scalar("SELECT operator FROM users WHERE id = $1 AND deleted_at IS NULL")
+                .bind(user_id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(operator.unwrap_or(false))
+    }
+
     async fn check_code(
         &self,
         user_id: UserId,

@@ -173,6 +173,33 @@ impl Accounts for SqliteStore {
             .collect())
     }
 
+    async fn set_operator(
+        &self,
+        id: &Identifier,
+        operator: bool,
+    ) -> Result<Option<UserId>, StoreError> {
+        let (email, phone) = id.columns();
+        let user: Option<Id> = sqlx::query_scalar(
+            "UPDATE users SET operator = ?3
+             WHERE deleted_at IS NULL AND (email = ?1 OR phone = ?2) RETURNING id",
+        )
+        .bind(email)
+        .bind(phone)
+        .bind(operator)
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(user.map(|id| UserId(id.0)))
+    }
+
+    async fn is_operator(&self, user_id: UserId) -> Result<bool, StoreError> {
+        let operator: Option<bool> =
+            sqlx::query_scalar("SELECT operator FROM users WHERE id = ? AND deleted_at IS NULL")
+                .bind(user_id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(operator.unwrap_or(false))
+    }
+
     async fn check_code(
         &self,
         user_id: UserId,
