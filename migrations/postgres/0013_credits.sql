@@ -1,4 +1,4 @@
--- Credits (P5): an append-only ledger and, per account, its running sums.
+-- Credits: an append-only ledger and, per account, its running sums.
 --
 -- Every entry has a positive `amount`; its kind says where it moves it:
 --   grant, purchase  add to `balance`

@@ -1,8 +1,8 @@
--- The access and audit log (P6): sign-ups, verifications, logins, failed
+-- The access and audit log: sign-ups, verifications, logins, failed
 -- logins, logouts, a token used from an address not seen before, and
 -- (later) every data-subject and operator action, with the time, the
 -- client's IP and user agent. `user_id` is NULL for a failed login to an
--- address with no account. Kept at least 180 days (P11).
+-- address with no account. Kept at least 180 days.
 CREATE TABLE access_log (
     id          bigserial PRIMARY KEY,
     user_id     uuid REFERENCES users (id),

@@ -1,6 +1,7 @@
-//! The access and audit log (P6): what happened to an account, when, and
-//! from which IP and user agent. Entries are appended, shown to their user
-//! (`GET /v1/me/access-log`) and removed only by retention.
+//! The access and audit log: what happened to an account, when, and from
+//! which IP and user agent. Entries are appended, shown to their user
+//! (`GET /v1/me/access-log`) and removed only by retention, never before
+//! they are 180 days old.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

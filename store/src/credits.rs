@@ -1,5 +1,7 @@
-//! The credits ledger (P5): append-only entries and each account's running
-//! sums. Reservations and their settlement are not written here but by the
+//! The credits ledger: every credit given, bought, held, spent or given
+//! back is an append-only entry, and each account keeps their running
+//! sums, so a balance is never overdrawn and every purchase stays on
+//! record. Reservations and their settlement are not written here but by the
 //! database itself, in the statement that enqueues or ends a job (triggers
 //! in `migrations/*/0013_credits.sql`), so no write path can skip one or do
 //! one twice.
