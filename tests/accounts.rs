@@ -327,9 +327,9 @@ async fn codes_to_one_address_are_rate_limited() {
     assert!(k.outbox_messages("+4915112345679").len() <= 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_serve_processes_share_the_limit_through_redis() {
-    let db = TestDatabase::postgres().await;
+/// Two `kiln serve` processes on `db` that share their limits through
+/// Redis, under a key prefix of their own.
+async fn two_serves_sharing_redis(db: &TestDatabase) -> (Kiln, Kiln) {
     let prefix = format!("kiln-test:{}:", uuid::Uuid::now_v7());
     let serve = || {
         kiln(&["serve"])
@@ -338,8 +338,13 @@ async fn two_serve_processes_share_the_limit_through_redis() {
             .env("KILN_RATE_LIMITS_KEY_PREFIX", &prefix)
             .env("KILN_API_CODE_KEY", "ef".repeat(32))
     };
-    let a = started(serve()).await;
-    let b = started(serve()).await;
+    (started(serve()).await, started(serve()).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_serve_processes_share_the_limit_through_redis() {
+    let db = TestDatabase::postgres().await;
+    let (a, b) = two_serves_sharing_redis(&db).await;
     let (ca, cb) = (Client::new(&a.url("")), Client::new(&b.url("")));
     assert_eq!(
         register(&ca, "email", "shared@example.com").await.status(),
@@ -359,16 +364,7 @@ async fn two_serve_processes_share_the_limit_through_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sixth_wrong_password_across_two_serve_processes_is_refused_until_the_window_passes() {
     let db = TestDatabase::postgres().await;
-    let prefix = format!("kiln-test:{}:", uuid::Uuid::now_v7());
-    let serve = || {
-        kiln(&["serve"])
-            .database(&db.url)
-            .env("KILN_RATE_LIMITS_REDIS_URL", "redis://127.0.0.1:6379")
-            .env("KILN_RATE_LIMITS_KEY_PREFIX", &prefix)
-            .env("KILN_API_CODE_KEY", "ef".repeat(32))
-    };
-    let a = started(serve()).await;
-    let b = started(serve()).await;
+    let (a, b) = two_serves_sharing_redis(&db).await;
     let (ca, cb) = (Client::new(&a.url("")), Client::new(&b.url("")));
     let login = |c: &Client, email: &str, password: &str| {
         let c = c.clone();

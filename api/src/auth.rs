@@ -52,7 +52,14 @@ impl FromRequestParts<AppState> for CurrentUser {
         let Some(id) = state.store.session_user(&hash).await? else {
             return Err(Problem::unauthorized());
         };
-        note_origin(state, id, &ClientOrigin::of(parts, &state.config)).await?;
+        // Every authenticated request passes here (the status poll too):
+        // the IP is looked up in memory, and only a pair this process has
+        // not seen reads the user agent and asks the database.
+        if let Some(ip) = client_ip(parts, &state.config)
+            && state.seen_ips.first_here(id, ip)
+        {
+            note_new_here(state, id, &origin(Some(ip), parts)).await?;
+        }
         Ok(CurrentUser {
             id,
             token_hash: hash,
@@ -97,27 +104,36 @@ pub struct ClientOrigin(pub Origin);
 
 impl ClientOrigin {
     pub fn of(parts: &Parts, config: &crate::ApiConfig) -> Origin {
-        let ip = match &config.client_ip_header {
-            Some(header) => parts
-                .headers
-                .get(header.as_str())
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok()),
-            None => parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0.ip()),
-        };
-        let user_agent = parts
+        origin(client_ip(parts, config), parts)
+    }
+}
+
+/// The client's IP, as [`ClientOrigin`] reads it.
+fn client_ip(parts: &Parts, config: &crate::ApiConfig) -> Option<IpAddr> {
+    let ip = match &config.client_ip_header {
+        Some(header) => parts
             .headers
-            .get(axum::http::header::USER_AGENT)
+            .get(header.as_str())
             .and_then(|v| v.to_str().ok())
-            .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
-        Origin {
-            ip: ip.map(|ip| ip.to_canonical().to_string()),
-            user_agent,
-        }
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok()),
+        None => parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip()),
+    };
+    ip.map(|ip| ip.to_canonical())
+}
+
+fn origin(ip: Option<IpAddr>, parts: &Parts) -> Origin {
+    let user_agent = parts
+        .headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(MAX_USER_AGENT).collect());
+    Origin {
+        ip: ip.map(|ip| ip.to_string()),
+        user_agent,
     }
 }
 
@@ -137,21 +153,22 @@ impl FromRequestParts<AppState> for ClientOrigin {
 const SEEN_IPS_CAP: usize = 100_000;
 
 /// The (account, IP) pairs this process has checked lately, so a token's
-/// use asks the database whether its IP is new only once per process.
+/// use asks the database whether its IP is new only once per process. A
+/// request that finds its pair here allocates nothing.
 #[derive(Default)]
-pub struct SeenIps(Mutex<HashSet<(UserId, String)>>);
+pub struct SeenIps(Mutex<HashSet<(UserId, IpAddr)>>);
 
 impl SeenIps {
     /// True when this process had not seen the pair (and now has).
-    fn first_here(&self, user: UserId, ip: &str) -> bool {
+    fn first_here(&self, user: UserId, ip: IpAddr) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&(user, ip.to_owned())) {
+        if seen.contains(&(user, ip)) {
             return false;
         }
         if seen.len() >= SEEN_IPS_CAP {
             seen.clear();
         }
-        seen.insert((user, ip.to_owned()));
+        seen.insert((user, ip));
         true
     }
 }
@@ -159,12 +176,20 @@ impl SeenIps {
 /// Records that `user` was used from `origin`'s IP; a first use from it
 /// is a `new_ip` entry of the access log. Answers whether it was new.
 pub async fn note_origin(state: &AppState, user: UserId, origin: &Origin) -> Result<bool, Problem> {
-    let Some(ip) = &origin.ip else {
+    let Some(ip) = origin.ip.as_deref().and_then(|ip| ip.parse().ok()) else {
         return Ok(false);
     };
     if !state.seen_ips.first_here(user, ip) {
         return Ok(false);
     }
+    note_new_here(state, user, origin).await
+}
+
+/// The database's answer for a pair this process had not seen.
+async fn note_new_here(state: &AppState, user: UserId, origin: &Origin) -> Result<bool, Problem> {
+    let Some(ip) = &origin.ip else {
+        return Ok(false);
+    };
     let new = state.store.note_ip(user, ip).await?;
     if new {
         state

@@ -36,6 +36,20 @@ pub enum AccessEvent {
 }
 
 impl AccessEvent {
+    /// Every event, to read a stored name back.
+    pub const ALL: [AccessEvent; 10] = [
+        AccessEvent::Register,
+        AccessEvent::RegistrationAttempt,
+        AccessEvent::Verify,
+        AccessEvent::VerifyFailed,
+        AccessEvent::Login,
+        AccessEvent::LoginFailed,
+        AccessEvent::Logout,
+        AccessEvent::NewIp,
+        AccessEvent::OperatorGranted,
+        AccessEvent::OperatorRevoked,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AccessEvent::Register => "register",
@@ -52,20 +66,7 @@ impl AccessEvent {
     }
 
     pub fn parse(s: &str) -> Option<AccessEvent> {
-        [
-            AccessEvent::Register,
-            AccessEvent::RegistrationAttempt,
-            AccessEvent::Verify,
-            AccessEvent::VerifyFailed,
-            AccessEvent::Login,
-            AccessEvent::LoginFailed,
-            AccessEvent::Logout,
-            AccessEvent::NewIp,
-            AccessEvent::OperatorGranted,
-            AccessEvent::OperatorRevoked,
-        ]
-        .into_iter()
-        .find(|e| e.as_str() == s)
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
     access_log::{AccessEntry, AccessEvent},
     codec::{Id, Json, Time},
-    credits::{CreditEntry, EntryKind},
+    credits::{CreditBalance, CreditEntry, EntryKind},
     generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
 };
 
@@ -346,6 +346,16 @@ impl TryFrom<CreditEntryRow> for CreditEntry {
             created_at: r.created_at.0,
         })
     }
+}
+
+/// An account's `(balance, reserved)` row; no row is no credits.
+pub(crate) fn credit_balance(row: Option<(i64, i64)>) -> CreditBalance {
+    row.map_or_else(CreditBalance::default, |(balance, reserved)| {
+        CreditBalance {
+            balance: balance.max(0) as u64,
+            reserved: reserved.max(0) as u64,
+        }
+    })
 }
 
 pub(crate) fn credit_entries(rows: Vec<CreditEntryRow>) -> Result<Vec<CreditEntry>, StoreError> {

@@ -46,14 +46,7 @@ impl Credits for PgStore {
                 .bind(user.0)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(
-            row.map_or_else(CreditBalance::default, |(balance, reserved)| {
-                CreditBalance {
-                    balance: balance.max(0) as u64,
-                    reserved: reserved.max(0) as u64,
-                }
-            }),
-        )
+        Ok(rows::credit_balance(row))
     }
 
     async fn credit_entries(

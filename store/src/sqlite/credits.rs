@@ -53,14 +53,7 @@ impl Credits for SqliteStore {
                 .bind(user.to_string())
                 .fetch_optional(&self.reader)
                 .await?;
-        Ok(
-            row.map_or_else(CreditBalance::default, |(balance, reserved)| {
-                CreditBalance {
-                    balance: balance.max(0) as u64,
-                    reserved: reserved.max(0) as u64,
-                }
-            }),
-        )
+        Ok(rows::credit_balance(row))
     }
 
     async fn credit_entries(
