@@ -54,6 +54,12 @@ id!(
     UserId
 );
 
+id!(
+    /// A purchase of credits: opened at checkout, paid by the merchant's
+    /// signed notification. Random (v4), since checkout links carry it.
+    OrderId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

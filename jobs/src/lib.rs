@@ -17,7 +17,7 @@ pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, Policy, spec};
 pub use error::{DecodeError, JobError};
 pub use generate_image::{GenerateImage, GenerateImageResult, GeneratedImage, stage};
-pub use ids::UserId;
+pub use ids::{OrderId, UserId};
 pub use job::{Job, decode};
 pub use notice::{Notice, escape_html};
 pub use probe::{Probe, ProbeFailure, ProbeResult};

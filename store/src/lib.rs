@@ -16,6 +16,7 @@ mod key_file;
 pub mod metrics;
 mod model;
 mod objects;
+pub mod orders;
 mod postgres;
 mod queue;
 mod rescue;

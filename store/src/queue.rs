@@ -139,6 +139,7 @@ pub trait Database:
     + crate::accounts::Accounts
     + crate::credits::Credits
     + crate::generations::Generations
+    + crate::orders::Orders
 {
 }
 
@@ -147,7 +148,8 @@ impl<
         + crate::access_log::AccessLog
         + crate::accounts::Accounts
         + crate::credits::Credits
-        + crate::generations::Generations,
+        + crate::generations::Generations
+        + crate::orders::Orders,
 > Database for T
 {
 }

@@ -3,7 +3,7 @@
 //! [`codec`](crate::codec) newtypes, whichever database it is.
 
 use chrono::{DateTime, Utc};
-use kiln_jobs::UserId;
+use kiln_jobs::{OrderId, UserId};
 
 use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
@@ -11,6 +11,7 @@ use crate::{
     codec::{Id, Json, Time},
     credits::{CreditBalance, CreditEntry, EntryKind},
     generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
+    orders::{Order, OrderStatus},
 };
 
 /// Every column of `jobs` that [`JobRecord`] holds.
@@ -386,4 +387,48 @@ pub(crate) fn access_entries(rows: Vec<AccessRow>) -> Result<Vec<AccessEntry>, S
             })
         })
         .collect()
+}
+
+pub(crate) const ORDER_COLUMNS: &str = "id, user_id, provider, pack, credits, status, \
+    transaction_id, amount, currency, created_at, paid_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct OrderRow {
+    id: Id,
+    user_id: Option<Id>,
+    provider: String,
+    pack: String,
+    credits: i64,
+    status: String,
+    transaction_id: Option<String>,
+    amount: Option<i64>,
+    currency: Option<String>,
+    created_at: Time,
+    paid_at: Option<Time>,
+}
+
+impl TryFrom<OrderRow> for Order {
+    type Error = StoreError;
+
+    fn try_from(r: OrderRow) -> Result<Order, StoreError> {
+        Ok(Order {
+            id: OrderId(r.id.0),
+            user: r.user_id.map(|id| UserId(id.0)),
+            provider: r.provider,
+            pack: r.pack,
+            credits: u32::try_from(r.credits)
+                .map_err(|_| StoreError::Corrupt(format!("order credits {}", r.credits)))?,
+            status: OrderStatus::parse(&r.status)
+                .ok_or_else(|| StoreError::Corrupt(format!("order status {:?}", r.status)))?,
+            transaction_id: r.transaction_id,
+            amount: r.amount,
+            currency: r.currency,
+            created_at: r.created_at.0,
+            paid_at: r.paid_at.map(|t| t.0),
+        })
+    }
+}
+
+pub(crate) fn orders(rows: Vec<OrderRow>) -> Result<Vec<Order>, StoreError> {
+    rows.into_iter().map(Order::try_from).collect()
 }

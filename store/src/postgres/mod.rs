@@ -28,6 +28,7 @@ mod accounts;
 mod credits;
 mod generations;
 mod notify;
+mod orders;
 
 use generations::insert_generations;
 use notify::Notifier;

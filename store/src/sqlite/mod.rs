@@ -27,6 +27,7 @@ mod access_log;
 mod accounts;
 mod credits;
 mod generations;
+mod orders;
 
 use crate::generations::NewGenerationRow;
 use generations::{existing_batch, insert_generations};
