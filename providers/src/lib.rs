@@ -1,5 +1,6 @@
 //! The external parties kiln's handlers call, one folder per capability
-//! (`images`, `moderation`, `upscale`, `email`, `sms`, `fetch`): each holds
+//! (`images`, `moderation`, `upscale`, `email`, `sms`, `fetch`,
+//! `payments`): each holds
 //! its small trait, the settings section that picks an implementation, the
 //! real clients and an offline `dev` implementation. Handlers hold them as
 //! `Arc<dyn Trait>`, built by [`ProviderSettings`] behind the shared rate
@@ -21,6 +22,7 @@ pub mod limits;
 mod message;
 pub mod moderation;
 pub mod openai;
+pub mod payments;
 mod settings;
 pub mod sms;
 pub mod upscale;
