@@ -110,6 +110,15 @@ use clap::{Parser, Subcommand};
 ///   sms.base_url              KILN_SMS_BASE_URL             https://api.twilio.com
 ///   sms.timeout_ms            KILN_SMS_TIMEOUT_MS           10000
 ///   sms.outbox_dir            KILN_SMS_OUTBOX_DIR           data/outbox (dev)
+///   payments.provider         KILN_PAYMENTS_PROVIDER        dev | paddle
+///   payments.packs            KILN_PAYMENTS_PACKS           '{small={credits=100,amount=500,currency="USD",price_id="pri_…"}}'
+///   payments.share_email      KILN_PAYMENTS_SHARE_EMAIL     true: the account's email goes to the merchant at checkout
+///   payments.paddle_base_url  KILN_PAYMENTS_PADDLE_BASE_URL https://api.paddle.com
+///   payments.paddle_api_key   KILN_PAYMENTS_PADDLE_API_KEY  (required for paddle)
+///   payments.webhook_secret   KILN_PAYMENTS_WEBHOOK_SECRET  (required for paddle) the notification destination's key
+///   payments.webhook_tolerance_secs KILN_PAYMENTS_WEBHOOK_TOLERANCE_SECS 5 (paddle), 300 (dev)
+///   payments.dev_secret_file  KILN_PAYMENTS_DEV_SECRET_FILE data/payments.key
+///   payments.timeout_ms       KILN_PAYMENTS_TIMEOUT_MS      10000
 ///   rate_limits.providers     KILN_RATE_LIMITS_PROVIDERS    '{images={requests_per_second=5}}'
 ///   rate_limits.redis_url     KILN_RATE_LIMITS_REDIS_URL    (unset: limits per process)
 ///   rate_limits.key_prefix    KILN_RATE_LIMITS_KEY_PREFIX   kiln:ratelimit:

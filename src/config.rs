@@ -14,8 +14,8 @@ use figment::{
 use kiln_api::{ApiConfig, CreditsConfig};
 use kiln_providers::{
     ProviderSettings, email::EmailSettings, fetch::FetchPolicy, images::ImagesSettings,
-    limits::RateLimitSettings, moderation::ModerationSettings, sms::SmsSettings,
-    upscale::UpscaleSettings,
+    limits::RateLimitSettings, moderation::ModerationSettings, payments::PaymentsSettings,
+    sms::SmsSettings, upscale::UpscaleSettings,
 };
 use kiln_scheduler::SchedulerConfig;
 use kiln_workers::WorkerConfig;
@@ -39,6 +39,7 @@ pub struct Settings {
     pub upscale: UpscaleSettings,
     pub email: EmailSettings,
     pub sms: SmsSettings,
+    pub payments: PaymentsSettings,
     pub rate_limits: RateLimitSettings,
     pub reference_images: FetchPolicy,
 }
@@ -154,6 +155,7 @@ const SECTIONS: &[&str] = &[
     "upscale",
     "email",
     "sms",
+    "payments",
     "rate_limits",
     "reference_images",
 ];
@@ -322,6 +324,9 @@ impl Settings {
             .validate(&self.api)
             .map_err(|e| format!("invalid setting {e}"))?;
         self.providers()
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
+        self.payments
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         if let Some(base) = &self.storage.public_base_url

@@ -145,6 +145,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         )),
         None => std::sync::Arc::new(kiln_api::LocalThrottle::new()),
     };
+    let shop = shop(&settings, public.as_ref())?;
     let mut dependencies: Vec<std::sync::Arc<dyn kiln_api::Dependency>> = Vec::new();
     if let Some(url) = &settings.rate_limits.redis_url {
         dependencies.push(std::sync::Arc::new(RedisDependency(url.clone())));
@@ -156,6 +157,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
         credits: std::sync::Arc::new(settings.credits.clone()),
+        shop: std::sync::Arc::new(shop),
         seen_ips: Default::default(),
         codes: codes.clone(),
         throttle,
@@ -221,6 +223,40 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         }
     }
     result
+}
+
+/// How credits are sold. The dev merchant's checkout pages and its
+/// notifications go to `storage.public_base_url` when set, else straight to
+/// this process's listener.
+fn shop(
+    settings: &Settings,
+    public: Option<&tokio::net::TcpListener>,
+) -> anyhow::Result<kiln_api::Shop> {
+    use kiln_providers::payments::Provider;
+    let payments = &settings.payments;
+    let (base_url, dev_secret) = match payments.provider {
+        Provider::Dev => {
+            let base = match (&settings.storage.public_base_url, public) {
+                (Some(base), _) => base.clone(),
+                (None, Some(listener)) => {
+                    let mut addr = listener.local_addr()?;
+                    if addr.ip().is_unspecified() {
+                        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    format!("http://{addr}")
+                }
+                (None, None) => String::new(),
+            };
+            let secret = kiln_store::load_or_create_key(
+                &payments.dev_secret_file,
+                "dev payments signing secret",
+            )
+            .context("loading the dev payments secret (payments.dev_secret_file)")?;
+            (base, secret)
+        }
+        Provider::Paddle => (String::new(), Vec::new()),
+    };
+    kiln_api::Shop::new(payments, &base_url, dev_secret).map_err(anyhow::Error::msg)
 }
 
 async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -20,5 +20,5 @@ pub use identifier::parse_address;
 pub use problem::{Json, Path, Problem, Query};
 pub use resources::{ImageResource, JobResource};
 pub use routes::{ApiDoc, internal_router, router};
-pub use state::{AppState, Dependency, DependencyError};
+pub use state::{AppState, Dependency, DependencyError, Shop};
 pub use throttle::{LocalThrottle, Throttle, Window};

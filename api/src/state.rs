@@ -1,5 +1,7 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use kiln_providers::payments::{DevPayments, Pack, Payments, PaymentsSettings};
 use kiln_store::{CodeKey, Objects, Store, UrlSigner};
 
 use crate::{ApiConfig, CreditsConfig, Throttle};
@@ -13,6 +15,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Prices and grants.
     pub credits: Arc<CreditsConfig>,
+    /// How credits are sold.
+    pub shop: Arc<Shop>,
     /// The (account, IP) pairs this process has recorded lately.
     pub seen_ips: Arc<crate::auth::SeenIps>,
     /// Verification codes: derived, hashed and throttled under this key.
@@ -36,3 +40,32 @@ pub trait Dependency: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DependencyError(pub String);
+
+/// How credits are sold: the merchant of record and the packs on sale.
+pub struct Shop {
+    pub merchant: Arc<dyn Payments>,
+    /// The merchant again when it is the dev provider, whose checkout pages
+    /// the API serves itself.
+    pub dev: Option<Arc<DevPayments>>,
+    pub packs: BTreeMap<String, Pack>,
+    /// Whether checkout passes the account's email to the merchant.
+    pub share_email: bool,
+}
+
+impl Shop {
+    /// The shop the `[payments]` settings describe; the dev merchant's pages
+    /// are under `base_url` and it signs with `dev_secret`.
+    pub fn new(
+        settings: &PaymentsSettings,
+        base_url: &str,
+        dev_secret: Vec<u8>,
+    ) -> Result<Shop, String> {
+        let built = settings.build(base_url, dev_secret)?;
+        Ok(Shop {
+            merchant: built.payments,
+            dev: built.dev,
+            packs: settings.packs.clone(),
+            share_email: settings.share_email,
+        })
+    }
+}

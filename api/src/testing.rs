@@ -15,7 +15,8 @@ use axum::{
 use kiln_store::{CodeKey, Objects, Store, StoreError, UrlSigner, testing::TestDatabase};
 use tower::ServiceExt;
 
-use crate::{ApiConfig, AppState, CreditsConfig, LocalThrottle};
+use crate::{ApiConfig, AppState, CreditsConfig, LocalThrottle, Shop};
+use kiln_providers::payments::PaymentsSettings;
 
 /// An API over one store, with the production defaults except a bcrypt
 /// cost of 4 (tests need no brute-force resistance), objects in memory and
@@ -50,6 +51,14 @@ impl TestApi {
                 signer: Arc::new(signer),
                 config: Arc::new(config),
                 credits: Arc::new(CreditsConfig::default()),
+                shop: Arc::new(
+                    Shop::new(
+                        &PaymentsSettings::default(),
+                        "http://127.0.0.1",
+                        rand::random::<[u8; 32]>().to_vec(),
+                    )
+                    .expect("the default payments settings are valid"),
+                ),
                 seen_ips: Arc::default(),
                 codes: Arc::new(CodeKey::random()),
                 throttle: Arc::new(LocalThrottle::new()),
@@ -77,6 +86,12 @@ impl TestApi {
     }
 
     /// Prices and grants other than the defaults.
+    /// Sells credits as `shop` says (a Paddle fake, other packs).
+    pub fn with_shop(mut self, shop: Shop) -> TestApi {
+        self.state.shop = Arc::new(shop);
+        self
+    }
+
     pub fn with_credits(mut self, credits: CreditsConfig) -> TestApi {
         self.state.credits = Arc::new(credits);
         self

@@ -1,7 +1,8 @@
 //! Secret keys kept in files on the embedded default: generated on first
 //! start (32 random bytes, hex, file mode 0600) and read back on later
-//! starts. The URL-signing key and the verification-code key both live
-//! this way, each in a file of its own.
+//! starts. The URL-signing key, the verification-code key and the dev
+//! payments provider's signing secret live this way, each in a file of
+//! its own.
 
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -31,6 +31,7 @@ pub mod testing;
 pub use code_key::{CODE_DIGITS, CodeKey};
 pub use connect::{ConnectOptions, connect};
 pub use error::{ObjectsError, SigningKeyError, StoreError};
+pub use key_file::load_or_create as load_or_create_key;
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
     Lease, NewJob, QueueStat, Rescued, StoreEvent,

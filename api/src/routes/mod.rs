@@ -7,6 +7,7 @@ mod jobs;
 mod me;
 mod metrics;
 mod openapi;
+mod payments;
 mod upscales;
 
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(auth::routes())
         .merge(credits::routes())
+        .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
         .merge(generations::routes())
         .merge(jobs::routes())

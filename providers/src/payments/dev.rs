@@ -23,6 +23,7 @@ use crate::ProviderError;
 use kiln_jobs::{OrderId, UserId};
 
 pub struct DevPayments {
+    client: reqwest::Client,
     base_url: String,
     secret: Vec<u8>,
     tolerance: Duration,
@@ -40,6 +41,7 @@ impl std::fmt::Debug for DevPayments {
 impl DevPayments {
     pub fn new(base_url: &str, secret: Vec<u8>, tolerance: Duration) -> Self {
         DevPayments {
+            client: crate::http::client(Duration::from_secs(10)),
             base_url: base_url.trim_end_matches('/').to_owned(),
             secret,
             tolerance,
@@ -81,6 +83,32 @@ impl DevPayments {
         let id = format!("msg_{}", Uuid::new_v4().simple());
         let headers = signature::sign_standard(&self.secret, &id, now.timestamp(), &body);
         (headers, body)
+    }
+}
+
+impl DevPayments {
+    /// Pays an order as a merchant would: posts its signed notification to
+    /// [`DevPayments::webhook_url`] and returns the receiver's status.
+    pub async fn pay(
+        &self,
+        order: OrderId,
+        account: UserId,
+        pack: &Pack,
+    ) -> Result<reqwest::StatusCode, ProviderError> {
+        let (headers, body) = self.payment_notification(order, account, pack, Utc::now());
+        let mut request = self
+            .client
+            .post(self.webhook_url())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| crate::http::transport_error("kiln", &e))?;
+        Ok(answer.status())
     }
 }
 
