@@ -67,6 +67,22 @@ impl FromRequestParts<AppState> for CurrentUser {
     }
 }
 
+/// The signed-in user of a request that starts jobs: 403 `restricted`
+/// when the owner restricted the account.
+pub struct ActiveUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for ActiveUser {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let user = CurrentUser::from_request_parts(parts, state).await?;
+        if state.store.is_restricted(user.id).await? {
+            return Err(Problem::restricted());
+        }
+        Ok(ActiveUser(user))
+    }
+}
+
 /// Hashes a password with bcrypt on the blocking pool: a cost-12 hash takes
 /// a quarter second of CPU, which must not stall the async workers.
 pub async fn hash_password(password: String, cost: u32) -> Result<String, Problem> {
@@ -174,28 +190,36 @@ impl SeenIps {
 }
 
 /// Records that `user` was used from `origin`'s IP; a first use from it
-/// is a `new_ip` entry of the access log. Answers whether it was new.
-pub async fn note_origin(state: &AppState, user: UserId, origin: &Origin) -> Result<bool, Problem> {
+/// is a `new_ip` entry of the access log, whose id is answered.
+pub async fn note_origin(
+    state: &AppState,
+    user: UserId,
+    origin: &Origin,
+) -> Result<Option<i64>, Problem> {
     let Some(ip) = origin.ip.as_deref().and_then(|ip| ip.parse().ok()) else {
-        return Ok(false);
+        return Ok(None);
     };
     if !state.seen_ips.first_here(user, ip) {
-        return Ok(false);
+        return Ok(None);
     }
     note_new_here(state, user, origin).await
 }
 
 /// The database's answer for a pair this process had not seen.
-async fn note_new_here(state: &AppState, user: UserId, origin: &Origin) -> Result<bool, Problem> {
+async fn note_new_here(
+    state: &AppState,
+    user: UserId,
+    origin: &Origin,
+) -> Result<Option<i64>, Problem> {
     let Some(ip) = &origin.ip else {
-        return Ok(false);
+        return Ok(None);
     };
-    let new = state.store.note_ip(user, ip).await?;
-    if new {
-        state
-            .store
-            .record_access(Some(user), AccessEvent::NewIp, origin)
-            .await?;
+    if !state.store.note_ip(user, ip).await? {
+        return Ok(None);
     }
-    Ok(new)
+    let entry = state
+        .store
+        .record_access(Some(user), AccessEvent::NewIp, origin)
+        .await?;
+    Ok(Some(entry))
 }

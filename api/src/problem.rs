@@ -98,6 +98,15 @@ impl Problem {
         )
     }
 
+    /// 403: the owner restricted the account, so it starts no new jobs.
+    pub fn restricted() -> Problem {
+        Problem::new(
+            StatusCode::FORBIDDEN,
+            "restricted",
+            "your account is restricted and starts no new jobs; lift it with DELETE /v1/me/restriction",
+        )
+    }
+
     pub fn conflict(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::CONFLICT, "conflict", detail)
     }

@@ -34,6 +34,11 @@ pub enum Notice {
     },
     /// A security incident notice (sent within 72 hours of a breach).
     SecurityNotice { summary: String },
+    /// A sign-in from a new IP, as it waits in the queue: the id of the
+    /// account's access-log entry, not the IP or the user agent. The sender
+    /// reads them from the entry when it sends, so no personal
+    /// data sits in the jobs table; it renders only once read.
+    NewLoginEntry { entry_id: i64 },
     /// A sign-in from an IP address not seen before.
     NewLogin {
         at: String,
@@ -129,13 +134,14 @@ impl Notice {
         }
     }
 
-    /// The email: `(subject, text, html)`; `None` for an
-    /// [`Notice::AccountVerification`] whose code is not derived yet.
+    /// The email: `(subject, text, html)`; `None` for a notice still in
+    /// its queued form ([`Notice::AccountVerification`],
+    /// [`Notice::NewLoginEntry`]).
     pub fn email(&self, product_name: &str) -> Option<(String, String, String)> {
         let product = product_name;
         let e = escape_html;
         let (subject, text, paragraphs) = match self {
-            Notice::AccountVerification { .. } => return None,
+            Notice::AccountVerification { .. } | Notice::NewLoginEntry { .. } => return None,
             Notice::RegistrationAttempt => (
                 format!("Someone tried to sign up for {product} with your address"),
                 format!(
@@ -273,7 +279,7 @@ impl Notice {
     pub fn sms(&self, product_name: &str) -> Option<String> {
         let product = short(product_name, SMS_PRODUCT_CHARS);
         Some(match self {
-            Notice::AccountVerification { .. } => return None,
+            Notice::AccountVerification { .. } | Notice::NewLoginEntry { .. } => return None,
             Notice::RegistrationAttempt => format!(
                 "{product}: someone tried to sign up with your number, which already has an account. Nothing changed. Not you? Ignore this."
             ),

@@ -33,11 +33,20 @@ pub enum AccessEvent {
     OperatorGranted,
     /// The operator role was taken from the account.
     OperatorRevoked,
+    /// The owner asked to replace the account's email or phone; a code
+    /// went to the new address.
+    ContactChangeRequested,
+    /// The new address was confirmed and replaced the old.
+    ContactChanged,
+    /// The owner restricted the account's processing.
+    Restricted,
+    /// The owner lifted the restriction.
+    Unrestricted,
 }
 
 impl AccessEvent {
     /// Every event, to read a stored name back.
-    pub const ALL: [AccessEvent; 10] = [
+    pub const ALL: [AccessEvent; 14] = [
         AccessEvent::Register,
         AccessEvent::RegistrationAttempt,
         AccessEvent::Verify,
@@ -48,6 +57,10 @@ impl AccessEvent {
         AccessEvent::NewIp,
         AccessEvent::OperatorGranted,
         AccessEvent::OperatorRevoked,
+        AccessEvent::ContactChangeRequested,
+        AccessEvent::ContactChanged,
+        AccessEvent::Restricted,
+        AccessEvent::Unrestricted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +75,10 @@ impl AccessEvent {
             AccessEvent::NewIp => "new_ip",
             AccessEvent::OperatorGranted => "operator_granted",
             AccessEvent::OperatorRevoked => "operator_revoked",
+            AccessEvent::ContactChangeRequested => "contact_change_requested",
+            AccessEvent::ContactChanged => "contact_changed",
+            AccessEvent::Restricted => "restricted",
+            AccessEvent::Unrestricted => "unrestricted",
         }
     }
 
@@ -89,14 +106,14 @@ pub struct AccessEntry {
 
 #[async_trait]
 pub trait AccessLog: Send + Sync {
-    /// Appends an entry; `user` is `None` for a failed login to an address
-    /// with no account.
+    /// Appends an entry and answers its id; `user` is `None` for a failed
+    /// login to an address with no account.
     async fn record_access(
         &self,
         user: Option<UserId>,
         event: AccessEvent,
         origin: &Origin,
-    ) -> Result<(), StoreError>;
+    ) -> Result<i64, StoreError>;
     /// A user's entries, newest first, older than `before` when given.
     async fn access_log(
         &self,

@@ -14,6 +14,13 @@ pub enum Identifier {
 }
 
 impl Identifier {
+    /// The identifier two nullable columns hold (email first), if any.
+    pub(crate) fn from_columns(email: Option<String>, phone: Option<String>) -> Option<Identifier> {
+        email
+            .map(Identifier::Email)
+            .or(phone.map(Identifier::Phone))
+    }
+
     /// The `(email, phone)` columns: one set, the other NULL.
     pub(crate) fn columns(&self) -> (Option<&str>, Option<&str>) {
         match self {
@@ -72,6 +79,30 @@ impl std::fmt::Debug for Contacts {
     }
 }
 
+/// An account as its owner sees it (`GET /v1/me`). `Debug` leaves the
+/// contact details out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub id: UserId,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub birth_date: NaiveDate,
+    pub referral_code: String,
+    pub operator: bool,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub restricted_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Profile")
+            .field("id", &self.id)
+            .field("restricted_at", &self.restricted_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What login needs to check a password.
 #[derive(Debug, Clone)]
 pub struct LoginRecord {
@@ -95,6 +126,9 @@ pub struct NewCode {
     /// `CodeKey::code_hash` of the code.
     pub code_hash: String,
     pub expires_at: DateTime<Utc>,
+    /// For a code that confirms a new address: the address, which only
+    /// verifying the code moves into the account.
+    pub contact: Option<Identifier>,
 }
 
 /// The hash is left out: it is as good as the code to whoever has the key.
@@ -109,7 +143,7 @@ impl std::fmt::Debug for NewCode {
 }
 
 /// A stored verification code, without its hash.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CodeRecord {
     pub id: Uuid,
     /// Wrong guesses so far.
@@ -117,6 +151,23 @@ pub struct CodeRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
+    /// The new address the code confirms, if it confirms one: where it is
+    /// sent.
+    pub contact: Option<Identifier>,
+}
+
+/// Says whether a new address is pending, never which.
+impl std::fmt::Debug for CodeRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CodeRecord")
+            .field("id", &self.id)
+            .field("tries", &self.tries)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("used_at", &self.used_at)
+            .field("contact", &self.contact.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 impl CodeRecord {
@@ -137,6 +188,9 @@ pub enum CodeCheck {
     /// The user has no code that could be right: none issued, used,
     /// expired, or out of tries.
     NoLiveCode,
+    /// Right, but the new address it confirms went to another account
+    /// meanwhile: nothing changed, the code is spent.
+    AddressTaken,
 }
 
 /// A session that may be used: whose it is and until when.
@@ -182,6 +236,12 @@ pub trait Accounts: Send + Sync {
     ) -> Result<Option<UserId>, StoreError>;
     /// Whether the account holds the operator role.
     async fn is_operator(&self, user_id: UserId) -> Result<bool, StoreError>;
+    /// The account as its owner sees it; `None` once deleted.
+    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError>;
+    /// Restricts the account (no new jobs) or lifts it: false when it was
+    /// already so (or is deleted).
+    async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError>;
+    async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError>;
 
     /// The user's stored codes, newest first.
     async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;

@@ -8,6 +8,7 @@ use kiln_jobs::{OrderId, UserId};
 use crate::{
     ClaimedJob, ErrorEntry, JobRecord, JobState, Lease, StoreError,
     access_log::{AccessEntry, AccessEvent},
+    accounts::Profile,
     codec::{Id, Json, Time},
     credits::{CreditBalance, CreditEntry, EntryKind},
     generations::{Generation, ImageRecord, ModerationRecord, ModerationSubject},
@@ -431,4 +432,36 @@ impl TryFrom<OrderRow> for Order {
 
 pub(crate) fn orders(rows: Vec<OrderRow>) -> Result<Vec<Order>, StoreError> {
     rows.into_iter().map(Order::try_from).collect()
+}
+
+pub(crate) const PROFILE_COLUMNS: &str = "id, email, phone, birth_date, referral_code, operator, \
+    verified_at, restricted_at, created_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ProfileRow {
+    id: Id,
+    email: Option<String>,
+    phone: Option<String>,
+    birth_date: chrono::NaiveDate,
+    referral_code: String,
+    operator: bool,
+    verified_at: Option<Time>,
+    restricted_at: Option<Time>,
+    created_at: Time,
+}
+
+impl From<ProfileRow> for Profile {
+    fn from(r: ProfileRow) -> Profile {
+        Profile {
+            id: UserId(r.id.0),
+            email: r.email,
+            phone: r.phone,
+            birth_date: r.birth_date,
+            referral_code: r.referral_code,
+            operator: r.operator,
+            verified_at: r.verified_at.map(|t| t.0),
+            restricted_at: r.restricted_at.map(|t| t.0),
+            created_at: r.created_at.0,
+        }
+    }
 }

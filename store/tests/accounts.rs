@@ -27,6 +27,9 @@ kiln_store::both_databases!(
     a_new_code_replaces_the_old_one,
     concurrent_guesses_use_a_code_once,
     the_operator_role_is_granted_and_revoked_by_address,
+    a_code_for_a_new_address_moves_it_in_when_verified,
+    a_new_address_taken_meanwhile_changes_nothing,
+    restriction_is_set_and_lifted_once,
 );
 
 fn user(identifier: Identifier, code: &str) -> NewUser {
@@ -265,6 +268,7 @@ fn code(user_id: UserId, hash: &str, valid_for: TimeDelta) -> NewCode {
         user_id,
         code_hash: hash.into(),
         expires_at: Utc::now() + valid_for,
+        contact: None,
     }
 }
 
@@ -488,6 +492,117 @@ async fn the_operator_role_is_granted_and_revoked_by_address(store: Store, _: &T
             .set_operator(&email("nobody@example.com"), true)
             .await
             .unwrap(),
+        None
+    );
+}
+
+async fn a_code_for_a_new_address_moves_it_in_when_verified(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA")).await;
+    let grants = VerificationGrants::default();
+    let new = email("ada.new@example.com");
+    store
+        .issue_code(NewCode {
+            contact: Some(new.clone()),
+            ..code(ada, "h1", TimeDelta::minutes(10))
+        })
+        .await
+        .unwrap();
+    let codes = store.codes(ada).await.unwrap();
+    assert_eq!(codes[0].contact, Some(new.clone()));
+    assert!(
+        !format!("{:?}", codes[0]).contains("ada.new"),
+        "Debug hides the address"
+    );
+    // Unconfirmed, it changes nothing.
+    let profile = store.profile(ada).await.unwrap().unwrap();
+    assert_eq!(profile.email.as_deref(), Some("ada@example.com"));
+
+    assert_eq!(
+        store.check_code(ada, "h1", grants).await.unwrap(),
+        CodeCheck::Verified
+    );
+    let profile = store.profile(ada).await.unwrap().unwrap();
+    assert_eq!(profile.email.as_deref(), Some("ada.new@example.com"));
+    assert_eq!(profile.phone, None);
+    assert!(
+        store
+            .login_record(&email("ada@example.com"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.login_record(&new).await.unwrap().unwrap().user_id,
+        ada
+    );
+
+    // A phone joins the email instead of replacing it.
+    let phone = Identifier::Phone("+4915112345678".into());
+    store
+        .issue_code(NewCode {
+            contact: Some(phone.clone()),
+            ..code(ada, "h2", TimeDelta::minutes(10))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.check_code(ada, "h2", grants).await.unwrap(),
+        CodeCheck::Verified
+    );
+    let profile = store.profile(ada).await.unwrap().unwrap();
+    assert_eq!(profile.email.as_deref(), Some("ada.new@example.com"));
+    assert_eq!(profile.phone.as_deref(), Some("+4915112345678"));
+}
+
+async fn a_new_address_taken_meanwhile_changes_nothing(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA")).await;
+    store
+        .issue_code(NewCode {
+            contact: Some(email("shared@example.com")),
+            ..code(ada, "h", TimeDelta::minutes(10))
+        })
+        .await
+        .unwrap();
+    let bob = created(&store, user(email("shared@example.com"), "BOB")).await;
+    let grants = VerificationGrants::default();
+    assert_eq!(
+        store.check_code(ada, "h", grants).await.unwrap(),
+        CodeCheck::AddressTaken
+    );
+    // The code is spent, Ada keeps her address, Bob his.
+    assert_eq!(
+        store.check_code(ada, "h", grants).await.unwrap(),
+        CodeCheck::NoLiveCode
+    );
+    let profile = store.profile(ada).await.unwrap().unwrap();
+    assert_eq!(profile.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(
+        store
+            .login_record(&email("shared@example.com"))
+            .await
+            .unwrap()
+            .unwrap()
+            .user_id,
+        bob
+    );
+}
+
+async fn restriction_is_set_and_lifted_once(store: Store, _: &TestDatabase) {
+    let ada = created(&store, user(email("ada@example.com"), "ADA")).await;
+    assert!(!store.is_restricted(ada).await.unwrap());
+    assert!(store.set_restricted(ada, true).await.unwrap());
+    assert!(
+        !store.set_restricted(ada, true).await.unwrap(),
+        "already restricted"
+    );
+    assert!(store.is_restricted(ada).await.unwrap());
+    let at = store.profile(ada).await.unwrap().unwrap().restricted_at;
+    assert!(at.is_some());
+    assert!(store.set_restricted(ada, false).await.unwrap());
+    assert!(!store.set_restricted(ada, false).await.unwrap());
+    assert!(!store.is_restricted(ada).await.unwrap());
+    assert_eq!(
+        store.profile(ada).await.unwrap().unwrap().restricted_at,
         None
     );
 }

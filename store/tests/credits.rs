@@ -324,6 +324,7 @@ async fn verify(store: &Store, user: UserId, grants: VerificationGrants) -> Code
             user_id: user,
             code_hash: "right".into(),
             expires_at: Utc::now() + TimeDelta::minutes(10),
+            contact: None,
         })
         .await
         .unwrap();

@@ -418,6 +418,7 @@ async fn an_account_code_is_derived_when_sent_and_only_while_live(store: Store, 
             user_id,
             code_hash: keys.code_hash(user_id, &code),
             expires_at: chrono::Utc::now() + chrono::Duration::minutes(10),
+            contact: None,
         }
     };
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());

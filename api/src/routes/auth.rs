@@ -52,7 +52,7 @@ pub struct VerificationSent {
 }
 
 impl VerificationSent {
-    fn new() -> VerificationSent {
+    pub(super) fn new() -> VerificationSent {
         VerificationSent {
             status: "verification_sent".to_owned(),
         }
@@ -155,7 +155,10 @@ fn referral_code() -> String {
 /// Counts one code or notice for this address against
 /// `api.code_resend_interval_secs` and `api.codes_per_hour`, whether or
 /// not the address has an account; past them, 429 `rate_limited`.
-async fn throttle_sends(state: &AppState, identifier: &Identifier) -> Result<(), Problem> {
+pub(super) async fn throttle_sends(
+    state: &AppState,
+    identifier: &Identifier,
+) -> Result<(), Problem> {
     let key = state.codes.pseudonym("code_sends", address(identifier));
     match state.throttle.hit(&key, &state.config.code_windows()).await {
         Ok(None) => Ok(()),
@@ -226,7 +229,7 @@ impl<'a> LoginThrottle<'a> {
 
 /// Enqueues a `send_email` or `send_sms` job (by the identifier's kind)
 /// with this notice for the user.
-async fn notify(
+pub(super) async fn notify(
     state: &AppState,
     identifier: &Identifier,
     user_id: UserId,
@@ -241,14 +244,33 @@ async fn notify(
     Ok(())
 }
 
+/// A notice the law does not require (a sign-in from a new IP, a sign-up
+/// attempt on a taken address): not sent to an account its owner
+/// restricted.
+async fn notify_unless_restricted(
+    state: &AppState,
+    identifier: &Identifier,
+    user_id: UserId,
+    notice: Notice,
+) -> Result<(), Problem> {
+    if state.store.is_restricted(user_id).await? {
+        return Ok(());
+    }
+    notify(state, identifier, user_id, notice).await
+}
+
 /// Issues a new code for the user (in place of any earlier one) and
 /// enqueues it. The job carries the code's row id, not the code: the
 /// worker derives the code under the shared key when it sends. Not one
 /// transaction: should the enqueue fail, the user asks for another code.
-async fn send_code(
+///
+/// `confirms` is set when the code confirms a new address for the account
+/// (`identifier`, where it is sent): verifying it moves the address in.
+pub(super) async fn send_code(
     state: &AppState,
     identifier: &Identifier,
     user_id: UserId,
+    confirms_new_address: bool,
 ) -> Result<(), Problem> {
     let code_id = Uuid::now_v7();
     let ttl = state.config.code_ttl_secs;
@@ -260,6 +282,7 @@ async fn send_code(
             user_id,
             code_hash: state.codes.code_hash(user_id, &code),
             expires_at: Utc::now() + chrono::Duration::seconds(ttl as i64),
+            contact: confirms_new_address.then(|| identifier.clone()),
         })
         .await?;
     let minutes_valid = u32::try_from(ttl.div_ceil(60)).unwrap_or(u32::MAX);
@@ -310,7 +333,10 @@ async fn register(
                 .store
                 .record_access(Some(user_id), AccessEvent::Register, &origin)
                 .await?;
-            send_code(&state, &identifier, user_id).await?;
+            // The address it was made from is known to the account: a
+            // first sign-in from there is not news.
+            auth::note_origin(&state, user_id, &origin).await?;
+            send_code(&state, &identifier, user_id, false).await?;
         }
         UserCreated::Taken => {
             // A deleted account keeps its address but is told nothing.
@@ -320,7 +346,7 @@ async fn register(
                     .store
                     .record_access(Some(existing.user_id), event, &origin)
                     .await?;
-                notify(
+                notify_unless_restricted(
                     &state,
                     &identifier,
                     existing.user_id,
@@ -336,7 +362,7 @@ async fn register(
     Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
 }
 
-fn invalid_code() -> Problem {
+pub(super) fn invalid_code() -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "invalid_code",
@@ -417,7 +443,7 @@ async fn resend(
     if let Some(record) = state.store.login_record(&identifier).await?
         && !record.verified
     {
-        send_code(&state, &identifier, record.user_id).await?;
+        send_code(&state, &identifier, record.user_id, false).await?;
     }
     Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
 }
@@ -485,7 +511,10 @@ async fn login(
         .store
         .record_access(Some(user_id), AccessEvent::Login, &origin)
         .await?;
-    auth::note_origin(&state, user_id, &origin).await?;
+    if let Some(entry_id) = auth::note_origin(&state, user_id, &origin).await? {
+        let notice = Notice::NewLoginEntry { entry_id };
+        notify_unless_restricted(&state, &identifier, user_id, notice).await?;
+    }
     Ok(Json(Session { token, expires_at }))
 }
 

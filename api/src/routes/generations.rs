@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use crate::{
     AppState, Json, Problem,
-    auth::CurrentUser,
+    auth::ActiveUser,
     generation_request::{GenerationBatchRequest, GenerationRequest, new_generation_batch},
     idempotency,
     resources::JobResource,
@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         (status = 200, description = "the job an earlier request with this Idempotency-Key made", body = JobResource),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 403, description = "`restricted`: you restricted your account, so it starts no new jobs", body = Problem),
         (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
@@ -41,7 +42,7 @@ pub fn routes() -> Router<AppState> {
     ))]
 async fn create(
     State(state): State<AppState>,
-    user: CurrentUser,
+    ActiveUser(user): ActiveUser,
     headers: HeaderMap,
     Json(req): Json<GenerationRequest>,
 ) -> Result<Response, Problem> {
@@ -92,6 +93,7 @@ pub struct BatchJobs {
         (status = 200, description = "the jobs an earlier request with this Idempotency-Key made", body = BatchJobs),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 403, description = "`restricted`: you restricted your account, so it starts no new jobs", body = Problem),
         (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 409, description = "Idempotency-Key reused with other items", body = Problem),
         (status = 413, description = "body too large", body = Problem),
@@ -100,7 +102,7 @@ pub struct BatchJobs {
     ))]
 async fn create_batch(
     State(state): State<AppState>,
-    user: CurrentUser,
+    ActiveUser(user): ActiveUser,
     headers: HeaderMap,
     Json(req): Json<GenerationBatchRequest>,
 ) -> Result<Response, Problem> {

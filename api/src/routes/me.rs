@@ -1,13 +1,226 @@
-use axum::{Router, extract::State, routing::get};
-use chrono::{DateTime, Utc};
-use kiln_store::access_log::{AccessEntry, AccessEvent};
+use axum::{
+    Router,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use kiln_jobs::UserId;
+use kiln_store::{
+    CODE_DIGITS,
+    access_log::{AccessEntry, AccessEvent},
+    accounts::{CodeCheck, Profile},
+};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{AppState, Json, Problem, Query, auth::CurrentUser};
+use super::auth::{VerificationSent, invalid_code, send_code, throttle_sends};
+use crate::{
+    AppState, Json, Problem, Query,
+    auth::{ClientOrigin, CurrentUser},
+    identifier::identifier,
+};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/me/access-log", get(access_log))
+    Router::new()
+        .route("/v1/me", get(show).patch(correct))
+        .route("/v1/me/restriction", post(restrict).delete(unrestrict))
+        .route("/v1/me/access-log", get(access_log))
+}
+
+/// Your account, as kiln keeps it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeResource {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: UserId,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub birth_date: NaiveDate,
+    /// Your code to share: whoever signs up with it, and you, get a bonus.
+    pub referral_code: String,
+    pub verified_at: Option<DateTime<Utc>>,
+    /// Whether you restricted the account (it starts no new jobs and gets
+    /// only the notices the law requires).
+    pub restricted: bool,
+    pub restricted_at: Option<DateTime<Utc>>,
+    pub operator: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Profile> for MeResource {
+    fn from(p: Profile) -> Self {
+        MeResource {
+            id: p.id,
+            email: p.email,
+            phone: p.phone,
+            birth_date: p.birth_date,
+            referral_code: p.referral_code,
+            verified_at: p.verified_at,
+            restricted: p.restricted_at.is_some(),
+            restricted_at: p.restricted_at,
+            operator: p.operator,
+            created_at: p.created_at,
+        }
+    }
+}
+
+async fn profile(state: &AppState, user: UserId) -> Result<MeResource, Problem> {
+    state
+        .store
+        .profile(user)
+        .await?
+        .map(MeResource::from)
+        // A token outlives its account only by a race with deletion.
+        .ok_or_else(Problem::unauthorized)
+}
+
+#[utoipa::path(get, path = "/v1/me", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "your account", body = MeResource),
+        (status = 401, description = "no valid token", body = Problem),
+    ))]
+async fn show(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Json<MeResource>, Problem> {
+    Ok(Json(profile(&state, user.id).await?))
+}
+
+/// A correction: a new `email` or `phone` (one of them). Without `code`, a
+/// code is sent to the new address; with the code it received, the new
+/// address replaces the old.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// The 6 digits sent to the new address.
+    pub code: Option<String>,
+}
+
+#[utoipa::path(patch, path = "/v1/me", tag = "accounts",
+    security(("bearer" = [])),
+    request_body = CorrectionRequest,
+    responses(
+        (status = 200, description = "the code was right: the new address replaced the old", body = MeResource),
+        (status = 202, description = "a code is on its way to the new address (an address that has another account gets no code, and the same answer)", body = VerificationSent),
+        (status = 400, description = "malformed JSON", body = Problem),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 409, description = "the address went to another account before the code was used", body = Problem),
+        (status = 413, description = "body too large", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
+        (status = 422, description = "`invalid_code`, or `invalid_input`: not exactly one of email and phone, not an address, or already yours", body = Problem),
+        (status = 429, description = "`rate_limited`: a code went to this address a short while ago", body = Problem),
+    ))]
+async fn correct(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+    Json(req): Json<CorrectionRequest>,
+) -> Result<Response, Problem> {
+    let new = identifier(req.email, req.phone)?;
+    let Some(code) = req.code else {
+        let current = profile(&state, user.id).await?;
+        let (email, phone) = match &new {
+            kiln_store::accounts::Identifier::Email(e) => (Some(e), None),
+            kiln_store::accounts::Identifier::Phone(p) => (None, Some(p)),
+        };
+        if (email.is_some() && email == current.email.as_ref())
+            || (phone.is_some() && phone == current.phone.as_ref())
+        {
+            return Err(Problem::invalid("that is already your address"));
+        }
+        throttle_sends(&state, &new).await?;
+        // An address with an account gets no code and the same answer, so
+        // the request tells nobody whose it is.
+        if state.store.login_record(&new).await?.is_none() {
+            send_code(&state, &new, user.id, true).await?;
+        }
+        state
+            .store
+            .record_access(Some(user.id), AccessEvent::ContactChangeRequested, &origin)
+            .await?;
+        return Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())).into_response());
+    };
+    let code: String = code.trim().nfkc().collect();
+    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::invalid("code must be the 6 digits that were sent"));
+    }
+    // The code must be the one sent to this address.
+    let pending = state
+        .store
+        .codes(user.id)
+        .await?
+        .into_iter()
+        .any(|c| c.is_live(Utc::now()) && c.contact.as_ref() == Some(&new));
+    if !pending {
+        return Err(invalid_code());
+    }
+    let hash = state.codes.code_hash(user.id, &code);
+    let grants = state.credits.verification_grants();
+    match state.store.check_code(user.id, &hash, grants).await? {
+        CodeCheck::Verified => {
+            state
+                .store
+                .record_access(Some(user.id), AccessEvent::ContactChanged, &origin)
+                .await?;
+            Ok(Json(profile(&state, user.id).await?).into_response())
+        }
+        CodeCheck::AddressTaken => Err(Problem::conflict(
+            "that address now belongs to another account; nothing was changed",
+        )),
+        CodeCheck::Wrong { .. } => {
+            state
+                .store
+                .record_access(Some(user.id), AccessEvent::VerifyFailed, &origin)
+                .await?;
+            Err(invalid_code())
+        }
+        CodeCheck::NoLiveCode => Err(invalid_code()),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/me/restriction", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "the account is restricted: it starts no new jobs (403 `restricted`) and gets only the notices the law requires; what runs already finishes"),
+        (status = 401, description = "no valid token", body = Problem),
+    ))]
+async fn restrict(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+) -> Result<StatusCode, Problem> {
+    if state.store.set_restricted(user.id, true).await? {
+        state
+            .store
+            .record_access(Some(user.id), AccessEvent::Restricted, &origin)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(delete, path = "/v1/me/restriction", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "the restriction is lifted"),
+        (status = 401, description = "no valid token", body = Problem),
+    ))]
+async fn unrestrict(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+) -> Result<StatusCode, Problem> {
+    if state.store.set_restricted(user.id, false).await? {
+        state
+            .store
+            .record_access(Some(user.id), AccessEvent::Unrestricted, &origin)
+            .await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -26,7 +239,8 @@ pub struct AccessEntryResource {
     /// `register`, `registration_attempt` (someone tried to sign up with
     /// your address), `verify`, `verify_failed`, `login`, `login_failed`,
     /// `logout`, `new_ip` (your account was used from an IP for the first
-    /// time).
+    /// time), `contact_change_requested`, `contact_changed`, `restricted`,
+    /// `unrestricted`, `operator_granted`, `operator_revoked`.
     #[schema(value_type = String, example = "login")]
     pub event: AccessEvent,
     pub ip: Option<String>,

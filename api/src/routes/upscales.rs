@@ -11,7 +11,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState, Json, Problem, auth::CurrentUser, idempotency, problem::parse_id,
+    AppState, Json, Problem, auth::ActiveUser, idempotency, problem::parse_id,
     resources::JobResource,
 };
 
@@ -55,6 +55,7 @@ impl UpscaleRequest {
         (status = 200, description = "the job an earlier request with this Idempotency-Key made", body = JobResource),
         (status = 400, description = "malformed JSON or header", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 403, description = "`restricted`: you restricted your account, so it starts no new jobs", body = Problem),
         (status = 402, description = "`insufficient_credits`: the balance is short of the price; nothing was enqueued", body = Problem),
         (status = 404, description = "no such image of yours", body = Problem),
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
@@ -64,7 +65,7 @@ impl UpscaleRequest {
     ))]
 async fn create(
     State(state): State<AppState>,
-    user: CurrentUser,
+    ActiveUser(user): ActiveUser,
     headers: HeaderMap,
     Json(req): Json<UpscaleRequest>,
 ) -> Result<Response, Problem> {

@@ -15,17 +15,18 @@ impl AccessLog for PgStore {
         user: Option<UserId>,
         event: AccessEvent,
         origin: &Origin,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO access_log (user_id, event, ip, user_agent) VALUES ($1, $2, $3, $4)",
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO access_log (user_id, event, ip, user_agent) VALUES ($1, $2, $3, $4)
+             RETURNING id",
         )
         .bind(user.map(|u| u.0))
         .bind(event.as_str())
         .bind(&origin.ip)
         .bind(&origin.user_agent)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(id)
     }
 
     async fn access_log(

@@ -8,9 +8,10 @@ use crate::{
     StoreError,
     accounts::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
-        MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
+        MAX_CODE_TRIES, NewCode, NewUser, Profile, UserCreated,
     },
     credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
+    rows::{PROFILE_COLUMNS, ProfileRow},
 };
 
 #[async_trait]
@@ -138,14 +139,20 @@ impl Accounts for PgStore {
             .bind(code.user_id.0)
             .execute(&mut *tx)
             .await?;
+        let (new_email, new_phone) = code
+            .contact
+            .as_ref()
+            .map_or((None, None), Identifier::columns);
         sqlx::query(
-            "INSERT INTO verification_codes (id, user_id, code_hash, expires_at)
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO verification_codes (id, user_id, code_hash, expires_at, new_email, new_phone)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(code.id)
         .bind(code.user_id.0)
         .bind(&code.code_hash)
         .bind(code.expires_at)
+        .bind(new_email)
+        .bind(new_phone)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -153,28 +160,34 @@ impl Accounts for PgStore {
     }
 
     async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
-        let rows: Vec<(
+        type CodeRow = (
             Uuid,
             i32,
             DateTime<Utc>,
             DateTime<Utc>,
             Option<DateTime<Utc>>,
-        )> = sqlx::query_as(
-            "SELECT id, tries, created_at, expires_at, used_at FROM verification_codes
-                 WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<CodeRow> = sqlx::query_as(
+            "SELECT id, tries, created_at, expires_at, used_at, new_email, new_phone
+             FROM verification_codes WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
         )
         .bind(user_id.0)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, tries, created_at, expires_at, used_at)| CodeRecord {
-                id,
-                tries: tries.max(0) as u32,
-                created_at,
-                expires_at,
-                used_at,
-            })
+            .map(
+                |(id, tries, created_at, expires_at, used_at, email, phone)| CodeRecord {
+                    id,
+                    tries: tries.max(0) as u32,
+                    created_at,
+                    expires_at,
+                    used_at,
+                    contact: Identifier::from_columns(email, phone),
+                },
+            )
             .collect())
     }
 
@@ -205,6 +218,38 @@ impl Accounts for PgStore {
         Ok(operator.unwrap_or(false))
     }
 
+    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
+        let sql =
+            format!("SELECT {PROFILE_COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL");
+        let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Profile::from))
+    }
+
+    async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE users SET restricted_at = CASE WHEN $2 THEN now() END
+             WHERE id = $1 AND deleted_at IS NULL AND (restricted_at IS NOT NULL) <> $2",
+        )
+        .bind(user_id.0)
+        .bind(restricted)
+        .execute(&self.pool)
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError> {
+        let restricted: Option<bool> = sqlx::query_scalar(
+            "SELECT restricted_at IS NOT NULL FROM users WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(restricted.unwrap_or(false))
+    }
+
     async fn check_code(
         &self,
         user_id: UserId,
@@ -214,18 +259,42 @@ impl Accounts for PgStore {
         // Each statement re-checks the row after taking its lock, so of two
         // guesses at once one uses the code and the other finds it used.
         let mut tx = self.pool.begin().await?;
-        let used: Option<i32> = sqlx::query_scalar(
+        let used: Option<(Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE verification_codes SET used_at = now()
              WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
                AND expires_at > now() AND tries < $3
-             RETURNING 1",
+             RETURNING new_email, new_phone",
         )
         .bind(user_id.0)
         .bind(code_hash)
         .bind(MAX_CODE_TRIES as i32)
         .fetch_optional(&mut *tx)
         .await?;
-        if used.is_some() {
+        if let Some((new_email, new_phone)) = used {
+            if let Some(contact) = Identifier::from_columns(new_email, new_phone) {
+                // The new address replaces the old, unless another account
+                // took it since the code was sent.
+                let (email, phone) = contact.columns();
+                let mut moved = sqlx::Acquire::begin(&mut *tx).await?;
+                let set = sqlx::query(
+                    "UPDATE users SET email = coalesce($2, email), phone = coalesce($3, phone)
+                     WHERE id = $1",
+                )
+                .bind(user_id.0)
+                .bind(email)
+                .bind(phone)
+                .execute(&mut *moved)
+                .await;
+                match set {
+                    Ok(_) => moved.commit().await?,
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        moved.rollback().await?;
+                        tx.commit().await?;
+                        return Ok(CodeCheck::AddressTaken);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             // Only the first verification grants (a later code, say for a
             // new address, finds `verified_at` set).
             let first: Option<Option<Uuid>> = sqlx::query_scalar(

@@ -15,19 +15,19 @@ impl AccessLog for SqliteStore {
         user: Option<UserId>,
         event: AccessEvent,
         origin: &Origin,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
             "INSERT INTO access_log (user_id, event, ip, user_agent, created_at)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(user.map(|u| u.to_string()))
         .bind(event.as_str())
         .bind(&origin.ip)
         .bind(&origin.user_agent)
         .bind(now_ms())
-        .execute(&self.writer)
+        .fetch_one(&self.writer)
         .await?;
-        Ok(())
+        Ok(id)
     }
 
     async fn access_log(

@@ -9,9 +9,10 @@ use crate::{
     StoreError,
     accounts::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
-        MAX_CODE_TRIES, NewCode, NewUser, UserCreated,
+        MAX_CODE_TRIES, NewCode, NewUser, Profile, UserCreated,
     },
     credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
+    rows::{PROFILE_COLUMNS, ProfileRow},
 };
 
 #[async_trait]
@@ -138,15 +139,22 @@ impl Accounts for SqliteStore {
             .bind(code.user_id.to_string())
             .execute(&mut *tx)
             .await?;
+        let (new_email, new_phone) = code
+            .contact
+            .as_ref()
+            .map_or((None, None), Identifier::columns);
         sqlx::query(
-            "INSERT INTO verification_codes (id, user_id, code_hash, created_at, expires_at)
-             VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO verification_codes
+                 (id, user_id, code_hash, created_at, expires_at, new_email, new_phone)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(code.id.to_string())
         .bind(code.user_id.to_string())
         .bind(&code.code_hash)
         .bind(now_ms())
         .bind(code.expires_at.timestamp_millis())
+        .bind(new_email)
+        .bind(new_phone)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -154,22 +162,34 @@ impl Accounts for SqliteStore {
     }
 
     async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
-        let rows: Vec<(Id, i64, Time, Time, Option<Time>)> = sqlx::query_as(
-            "SELECT id, tries, created_at, expires_at, used_at FROM verification_codes
-             WHERE user_id = ? ORDER BY created_at DESC, id DESC",
+        type CodeRow = (
+            Id,
+            i64,
+            Time,
+            Time,
+            Option<Time>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<CodeRow> = sqlx::query_as(
+            "SELECT id, tries, created_at, expires_at, used_at, new_email, new_phone
+             FROM verification_codes WHERE user_id = ? ORDER BY created_at DESC, id DESC",
         )
         .bind(user_id.to_string())
         .fetch_all(&self.reader)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, tries, created_at, expires_at, used_at)| CodeRecord {
-                id: id.0,
-                tries: tries.clamp(0, i64::from(u32::MAX)) as u32,
-                created_at: created_at.0,
-                expires_at: expires_at.0,
-                used_at: used_at.map(|t| t.0),
-            })
+            .map(
+                |(id, tries, created_at, expires_at, used_at, email, phone)| CodeRecord {
+                    id: id.0,
+                    tries: tries.clamp(0, i64::from(u32::MAX)) as u32,
+                    created_at: created_at.0,
+                    expires_at: expires_at.0,
+                    used_at: used_at.map(|t| t.0),
+                    contact: Identifier::from_columns(email, phone),
+                },
+            )
             .collect())
     }
 
@@ -200,6 +220,39 @@ impl Accounts for SqliteStore {
         Ok(operator.unwrap_or(false))
     }
 
+    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
+        let sql =
+            format!("SELECT {PROFILE_COLUMNS} FROM users WHERE id = ? AND deleted_at IS NULL");
+        let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(user_id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        Ok(row.map(Profile::from))
+    }
+
+    async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE users SET restricted_at = CASE WHEN ?2 THEN ?3 END
+             WHERE id = ?1 AND deleted_at IS NULL AND (restricted_at IS NOT NULL) <> ?2",
+        )
+        .bind(user_id.to_string())
+        .bind(restricted)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError> {
+        let restricted: Option<bool> = sqlx::query_scalar(
+            "SELECT restricted_at IS NOT NULL FROM users WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(user_id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(restricted.unwrap_or(false))
+    }
+
     async fn check_code(
         &self,
         user_id: UserId,
@@ -211,19 +264,47 @@ impl Accounts for SqliteStore {
         let now = now_ms();
         let user = user_id.to_string();
         let mut tx = self.writer.begin().await?;
-        let used = sqlx::query(
+        let used: Option<(Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE verification_codes SET used_at = ?
              WHERE user_id = ? AND code_hash = ? AND used_at IS NULL
-               AND expires_at > ? AND tries < ?",
+               AND expires_at > ? AND tries < ?
+             RETURNING new_email, new_phone",
         )
         .bind(now)
         .bind(&user)
         .bind(code_hash)
         .bind(now)
         .bind(MAX_CODE_TRIES)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        let outcome = if used.rows_affected() > 0 {
+        if let Some(contact) = used
+            .clone()
+            .and_then(|(email, phone)| Identifier::from_columns(email, phone))
+        {
+            // The new address replaces the old, unless another account took
+            // it since the code was sent.
+            let (email, phone) = contact.columns();
+            let mut moved = sqlx::Acquire::begin(&mut *tx).await?;
+            let set = sqlx::query(
+                "UPDATE users SET email = coalesce(?, email), phone = coalesce(?, phone)
+                 WHERE id = ?",
+            )
+            .bind(email)
+            .bind(phone)
+            .bind(&user)
+            .execute(&mut *moved)
+            .await;
+            match set {
+                Ok(_) => moved.commit().await?,
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                    moved.rollback().await?;
+                    tx.commit().await?;
+                    return Ok(CodeCheck::AddressTaken);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let outcome = if used.is_some() {
             // Only the first verification grants.
             let first: Option<Option<Id>> = sqlx::query_scalar(
                 "UPDATE users SET verified_at = ? WHERE id = ? AND verified_at IS NULL

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use kiln_jobs::{JobError, Notice, NoticeSent, SendEmail, SendSms, UserId};
-use kiln_store::{CodeKey, accounts::Contacts};
+use kiln_store::{
+    CodeKey,
+    accounts::{Contacts, Identifier},
+};
 
 use crate::{Handler, JobContext, Outcome};
 use kiln_providers::{
@@ -36,29 +39,55 @@ pub struct SendSmsHandler {
 }
 
 /// The notice with its code derived, when it is a verification code that
-/// can still be used; a dead code ends the job (`code_not_live`): sending
-/// it would only mislead.
+/// can still be used, and the new address the code confirms (it goes
+/// there, not to the account's current one); a dead code ends the job
+/// (`code_not_live`): sending it would only mislead.
 async fn ready(
     ctx: &JobContext,
     codes: &CodeKey,
     user_id: UserId,
     notice: Notice,
-) -> Result<Notice, JobError> {
+) -> Result<(Notice, Option<Identifier>), JobError> {
+    let mut pending = None;
     if let Notice::AccountVerification { code_id, .. } = &notice {
         let live = ctx
             .store()
             .codes(user_id)
             .await?
-            .iter()
-            .any(|c| c.id == *code_id && c.is_live(Utc::now()));
-        if !live {
+            .into_iter()
+            .find(|c| c.id == *code_id && c.is_live(Utc::now()));
+        let Some(code) = live else {
             return Err(JobError::permanent(
                 "code_not_live",
                 "the verification code was used, replaced or expired before it could be sent",
             ));
-        }
+        };
+        pending = code.contact;
     }
-    Ok(notice.with_code(|id| codes.code(id)))
+    let notice = match notice {
+        Notice::NewLoginEntry { entry_id } => sign_in(ctx, user_id, entry_id).await?,
+        other => other.with_code(|id| codes.code(id)),
+    };
+    Ok((notice, pending))
+}
+
+/// The sign-in an access-log entry records, as the notice shows it.
+async fn sign_in(ctx: &JobContext, user_id: UserId, entry_id: i64) -> Result<Notice, JobError> {
+    let entry = ctx
+        .store()
+        .access_log(user_id, entry_id.checked_add(1), 1)
+        .await?
+        .into_iter()
+        .find(|e| e.id == entry_id)
+        .ok_or_else(|| {
+            JobError::permanent("entry_missing", "the sign-in's access-log entry is gone")
+        })?;
+    let unknown = || "unknown".to_owned();
+    Ok(Notice::NewLogin {
+        at: entry.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        ip: entry.ip.unwrap_or_else(unknown),
+        user_agent: entry.user_agent.unwrap_or_else(unknown),
+    })
 }
 
 fn unrendered() -> JobError {
@@ -75,11 +104,14 @@ async fn contacts(ctx: &JobContext, user_id: kiln_jobs::UserId) -> Result<Contac
 #[async_trait]
 impl Handler<SendEmail> for SendEmailHandler {
     async fn run(&self, job: SendEmail, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let to = contacts(ctx, job.user_id)
-            .await?
-            .email
-            .ok_or_else(|| JobError::permanent("no_email", "the user has no email address"))?;
-        let notice = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let (notice, pending) = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let to = match pending {
+            Some(Identifier::Email(new)) => new,
+            _ => contacts(ctx, job.user_id)
+                .await?
+                .email
+                .ok_or_else(|| JobError::permanent("no_email", "the user has no email address"))?,
+        };
         let (subject, text, html) = notice.email(&self.product_name).ok_or_else(unrendered)?;
         let sent = self
             .mailer
@@ -100,11 +132,14 @@ impl Handler<SendEmail> for SendEmailHandler {
 #[async_trait]
 impl Handler<SendSms> for SendSmsHandler {
     async fn run(&self, job: SendSms, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let to = contacts(ctx, job.user_id)
-            .await?
-            .phone
-            .ok_or_else(|| JobError::permanent("no_phone", "the user has no phone number"))?;
-        let notice = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let (notice, pending) = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let to = match pending {
+            Some(Identifier::Phone(new)) => new,
+            _ => contacts(ctx, job.user_id)
+                .await?
+                .phone
+                .ok_or_else(|| JobError::permanent("no_phone", "the user has no phone number"))?,
+        };
         let body = notice.sms(&self.product_name).ok_or_else(unrendered)?;
         let sent = self.sms.send(&to, &body).await?;
         Ok(Outcome::Done(NoticeSent {
