@@ -66,9 +66,10 @@ async fn a_user_sees_their_own_sign_up_logins_and_logouts_with_ip_and_agent() {
         names(&entries),
         [
             "register",
+            // The address it signed up from is the account's first IP.
+            "new_ip",
             "verify",
             "login",
-            "new_ip",
             "login_failed",
             "login",
             "logout"
@@ -82,7 +83,7 @@ async fn a_user_sees_their_own_sign_up_logins_and_logouts_with_ip_and_agent() {
     // Someone else sees none of it.
     let stranger = Client::signed_up(&k, "stranger@example.com").await;
     let theirs = events(&stranger).await;
-    assert_eq!(names(&theirs), ["register", "verify", "login", "new_ip"]);
+    assert_eq!(names(&theirs), ["register", "new_ip", "verify", "login"]);
     assert_eq!(
         client
             .request(reqwest::Method::GET, "/v1/me/access-log")

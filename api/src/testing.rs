@@ -107,6 +107,11 @@ impl TestApi {
         &self.state.store
     }
 
+    /// The bucket images are served from (in memory).
+    pub fn objects(&self) -> &Objects {
+        &self.state.objects
+    }
+
     /// The public router over this API's state.
     pub fn router(&self) -> Router {
         crate::router(self.state.clone())

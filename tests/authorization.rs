@@ -1,0 +1,293 @@
+//! The authorization matrix: every operation of the OpenAPI document,
+//! asked by an anonymous client, the owner of the resources it names
+//! (Ada), another user (Bob), a user who restricted their account (Rex)
+//! and an operator (Olga), answers exactly the status it should. Another
+//! user's resources answer 404, as if they did not exist; a restricted
+//! account reads but starts nothing (403); the operator role grants
+//! nothing on users' routes. The test fails when the document gains an
+//! operation the matrix does not cover.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::http::Method;
+use kiln_api::testing::TestApi;
+use kiln_store::accounts::Identifier;
+use kiln_store::generations::ImageRecord;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Who asks: anonymous, Ada (the owner), Bob, Rex (restricted), Olga
+/// (operator).
+const WHO: [&str; 5] = ["anonymous", "ada", "bob", "rex", "olga"];
+
+struct Case {
+    method: Method,
+    /// As the OpenAPI document names it.
+    template: &'static str,
+    /// The status each of [`WHO`] gets.
+    expect: [u16; 5],
+}
+
+fn case(method: Method, template: &'static str, expect: [u16; 5]) -> Case {
+    Case {
+        method,
+        template,
+        expect,
+    }
+}
+
+/// Every operation, in the order they are asked: what changes an account
+/// (logout, restriction, deleting the image) comes where it cannot
+/// disturb the rest, and the owner asks last.
+fn matrix() -> Vec<Case> {
+    use Method as M;
+    vec![
+        case(M::GET, "/healthz", [200; 5]),
+        case(M::GET, "/readyz", [200; 5]),
+        case(M::POST, "/v1/auth/register", [202; 5]),
+        case(M::POST, "/v1/auth/verify", [422; 5]),
+        case(M::POST, "/v1/auth/resend", [202; 5]),
+        case(M::POST, "/v1/auth/login", [200; 5]),
+        case(M::GET, "/v1/credits", [401, 200, 200, 200, 200]),
+        case(M::GET, "/v1/credits/packs", [200; 5]),
+        case(M::POST, "/v1/credits/checkout", [401, 201, 201, 201, 201]),
+        // Signed by the merchant, not by a token: unsigned is refused.
+        case(M::POST, "/v1/webhooks/payments", [400; 5]),
+        case(M::POST, "/v1/generations", [401, 202, 202, 403, 202]),
+        case(M::POST, "/v1/generations/batch", [401, 202, 202, 403, 202]),
+        case(M::POST, "/v1/upscales", [401, 202, 404, 403, 404]),
+        case(M::GET, "/v1/jobs", [401, 200, 200, 200, 200]),
+        case(M::GET, "/v1/jobs/{id}", [401, 200, 404, 404, 404]),
+        case(M::POST, "/v1/jobs/{id}/cancel", [401, 200, 404, 404, 404]),
+        case(M::GET, "/v1/images", [401, 200, 200, 200, 200]),
+        case(M::GET, "/v1/images/{id}", [401, 200, 404, 404, 404]),
+        // A signed link is the capability; a token adds nothing.
+        case(M::GET, "/v1/files/{key}", [200; 5]),
+        case(M::DELETE, "/v1/images/{id}", [401, 204, 404, 404, 404]),
+        case(M::GET, "/v1/me", [401, 200, 200, 200, 200]),
+        case(M::PATCH, "/v1/me", [401, 202, 202, 202, 202]),
+        case(M::GET, "/v1/me/access-log", [401, 200, 200, 200, 200]),
+        case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
+        case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
+        case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),
+    ]
+}
+
+/// The operations the OpenAPI document lists.
+fn documented(api: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in api["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    ops
+}
+
+struct World {
+    api: TestApi,
+    /// Each principal's address (none for anonymous) and token.
+    tokens: [Option<String>; 5],
+    job: Uuid,
+    image: Uuid,
+    file: String,
+    fresh: AtomicU32,
+}
+
+impl World {
+    /// An address never used before, for sign-ups and corrections.
+    fn fresh(&self) -> String {
+        format!(
+            "new{}@example.com",
+            self.fresh.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A token of its own for the principal (logout revokes the one used).
+    async fn login(&self, who: usize) -> Option<String> {
+        self.tokens[who].as_ref()?;
+        let body = json!({"email": format!("{}@example.com", WHO[who]), "password": PASSWORD});
+        let r = self
+            .api
+            .request(Method::POST, "/v1/auth/login", Some(body), None)
+            .await;
+        Some(r.json()["token"].as_str().unwrap().to_owned())
+    }
+
+    /// The concrete request of an operation.
+    fn request(&self, c: &Case) -> (String, Option<Value>) {
+        let ada = || "ada@example.com".to_owned();
+        match (c.method.as_str(), c.template) {
+            ("POST", "/v1/auth/register") => (
+                c.template.into(),
+                Some(
+                    json!({"email": self.fresh(), "password": PASSWORD, "birth_date": "1990-01-01"}),
+                ),
+            ),
+            ("POST", "/v1/auth/verify") => (
+                c.template.into(),
+                Some(json!({"email": self.fresh(), "code": "123456"})),
+            ),
+            ("POST", "/v1/auth/resend") => {
+                (c.template.into(), Some(json!({"email": self.fresh()})))
+            }
+            ("POST", "/v1/auth/login") => (
+                c.template.into(),
+                Some(json!({"email": ada(), "password": PASSWORD})),
+            ),
+            ("POST", "/v1/credits/checkout") => (c.template.into(), Some(json!({"pack": "small"}))),
+            ("POST", "/v1/webhooks/payments") => {
+                (c.template.into(), Some(json!({"type": "order.paid"})))
+            }
+            ("POST", "/v1/generations") => (
+                c.template.into(),
+                Some(json!({"prompt": "a kiln at night"})),
+            ),
+            ("POST", "/v1/generations/batch") => (
+                c.template.into(),
+                Some(json!({"items": [{"prompt": "a kiln at night"}]})),
+            ),
+            ("POST", "/v1/upscales") => (c.template.into(), Some(json!({"image_id": self.image}))),
+            ("PATCH", "/v1/me") => (c.template.into(), Some(json!({"email": self.fresh()}))),
+            (_, "/v1/files/{key}") => (self.file.clone(), None),
+            (_, t) => (
+                t.replace(
+                    "{id}",
+                    &match t {
+                        t if t.starts_with("/v1/jobs/") => self.job.to_string(),
+                        _ => self.image.to_string(),
+                    },
+                ),
+                None,
+            ),
+        }
+    }
+}
+
+async fn world() -> World {
+    let api = TestApi::sqlite().await.unwrap();
+    let mut tokens: [Option<String>; 5] = Default::default();
+    for (who, name) in WHO.iter().enumerate().skip(1) {
+        tokens[who] = Some(
+            api.signed_up(&format!("{name}@example.com"), PASSWORD)
+                .await,
+        );
+    }
+    let store = api.store();
+    let rex = store
+        .login_record(&Identifier::Email("rex@example.com".into()))
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
+    store.set_restricted(rex, true).await.unwrap();
+    store
+        .set_operator(&Identifier::Email("olga@example.com".into()), true)
+        .await
+        .unwrap();
+
+    // Ada's generation, and an image of it as a worker would store it.
+    let r = api
+        .request(
+            Method::POST,
+            "/v1/generations",
+            Some(json!({"prompt": "a harbour"})),
+            tokens[1].as_deref(),
+        )
+        .await;
+    assert_eq!(r.status, 202);
+    let job: Uuid = r.json()["id"].as_str().unwrap().parse().unwrap();
+    let generation = store.generation_for_job(job).await.unwrap().unwrap();
+    let image = Uuid::now_v7();
+    let key = format!("images/{image}.png");
+    api.objects()
+        .put(&key, bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n"))
+        .await
+        .unwrap();
+    store
+        .add_image(&ImageRecord {
+            id: image,
+            generation_id: generation.id,
+            owner: generation.owner,
+            object_key: key,
+            width: 1024,
+            height: 1024,
+            content_type: "image/png".into(),
+            bytes: 8,
+            created_at: chrono::Utc::now(),
+            source_image_id: None,
+        })
+        .await
+        .unwrap();
+    let shown = api
+        .request(
+            Method::GET,
+            &format!("/v1/images/{image}"),
+            None,
+            tokens[1].as_deref(),
+        )
+        .await;
+    assert_eq!(shown.status, 200);
+    let file = shown.json()["url"].as_str().unwrap().to_owned();
+    World {
+        api,
+        tokens,
+        job,
+        image,
+        file,
+        fresh: AtomicU32::new(0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_each_principal_as_it_should() {
+    let w = world().await;
+    let doc = w
+        .api
+        .request(Method::GET, "/openapi.json", None, None)
+        .await;
+    let matrix = matrix();
+    let covered: BTreeSet<(String, String)> = matrix
+        .iter()
+        .map(|c| (c.method.to_string(), c.template.to_owned()))
+        .collect();
+    assert_eq!(
+        documented(&doc.json()),
+        covered,
+        "the matrix must cover exactly the documented operations"
+    );
+
+    let mut wrong = Vec::new();
+    for c in &matrix {
+        // Anonymous first, the owner last.
+        for who in [0, 2, 3, 4, 1] {
+            let token = if c.template == "/v1/auth/logout" {
+                w.login(who).await
+            } else {
+                w.tokens[who].clone()
+            };
+            let (path, body) = w.request(c);
+            let r = w
+                .api
+                .request(c.method.clone(), &path, body, token.as_deref())
+                .await;
+            if r.status.as_u16() != c.expect[who] {
+                wrong.push(format!(
+                    "{} {} as {}: {} (expected {}) {}",
+                    c.method,
+                    c.template,
+                    WHO[who],
+                    r.status.as_u16(),
+                    c.expect[who],
+                    String::from_utf8_lossy(&r.body)
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
