@@ -22,6 +22,7 @@ pub struct Metrics {
     pub workers_busy: IntGaugeVec,
     pub provider_rate_limit_wait_seconds: HistogramVec,
     pub enqueue_group_size: prometheus::Histogram,
+    pub payment_notifications: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -58,6 +59,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "kiln_job_retries_total",
             "Failed attempts that will be retried",
             &["kind"],
+        )?,
+        payment_notifications: counter(
+            "kiln_payment_notifications_total",
+            "Notifications from the merchant of record, by outcome: granted, duplicate, already_paid, ignored, unknown_order, or refused (invalid_signature, stale_signature, invalid_notification)",
+            &["provider", "outcome"],
         )?,
         leases_rescued: counter(
             "kiln_leases_rescued_total",

@@ -52,15 +52,24 @@ async fn notification(
     body: Bytes,
 ) -> Result<Json<NotificationAck>, Problem> {
     let merchant = &state.shop.merchant;
+    let provider = merchant.name();
+    let counted = |outcome: &str| {
+        kiln_store::metrics::metrics()
+            .payment_notifications
+            .with_label_values(&[provider, outcome])
+            .inc();
+    };
     let event = merchant
         .verify(&headers, &body, Utc::now())
         .map_err(|refusal| {
-            tracing::warn!(provider = merchant.name(), reason = %refusal, "payment notification refused");
+            counted(refusal.code());
+            tracing::warn!(provider, reason = %refusal, "payment notification refused");
             Problem::new(StatusCode::BAD_REQUEST, refusal.code(), refusal.to_string())
         })?;
-    let notification = notification_of(merchant.name(), event);
+    let notification = notification_of(provider, event);
     let outcome = state.store.apply_payment(&notification).await?;
-    let (provider, event_id) = (merchant.name(), notification.event_id.as_str());
+    counted(outcome.as_str());
+    let event_id = notification.event_id.as_str();
     match outcome {
         PaymentOutcome::Granted { credits, .. } => {
             tracing::info!(provider, event_id, credits, "credits purchased");
