@@ -110,6 +110,10 @@ use clap::{Parser, Subcommand};
 ///   sms.base_url              KILN_SMS_BASE_URL             https://api.twilio.com
 ///   sms.timeout_ms            KILN_SMS_TIMEOUT_MS           10000
 ///   sms.outbox_dir            KILN_SMS_OUTBOX_DIR           data/outbox (dev)
+///   encryption.keys           KILN_ENCRYPTION_KEYS          '{k1="<64 hex>"}' (unset: generated into key_dir)
+///   encryption.current_key    KILN_ENCRYPTION_CURRENT_KEY   k1 (the only key when there is one)
+///   encryption.index_key      KILN_ENCRYPTION_INDEX_KEY     (required with keys) 64 hex digits, never rotated
+///   encryption.key_dir        KILN_ENCRYPTION_KEY_DIR       data/pii-keys
 ///   payments.provider         KILN_PAYMENTS_PROVIDER        dev | paddle
 ///   payments.packs            KILN_PAYMENTS_PACKS           '{small={credits=100,amount=500,currency="USD",price_id="pri_…"}}'
 ///   payments.share_email      KILN_PAYMENTS_SHARE_EMAIL     true: the account's email goes to the merchant at checkout
@@ -149,6 +153,9 @@ pub enum Command {
     /// Manage accounts: grant or revoke the operator role.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the keys personal data is sealed under.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Measure throughput and latency against baselines on throwaway
     /// databases; prints one table.
     #[cfg(feature = "bench")]
@@ -169,6 +176,18 @@ pub enum UserCommand {
     GrantOperator { address: String },
     /// Take the operator role away; written to its access log.
     RevokeOperator { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Seal with a new key from now on (a new file in
+    /// `encryption.key_dir`, or the configured `encryption.current_key`)
+    /// and reseal every account under it, in batches.
+    Rotate {
+        /// Accounts per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: u32,
+    },
 }
 
 /// What `kiln bench` prints in a build without the `bench` feature.

@@ -3,6 +3,7 @@
 //! validated before anything runs.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -33,6 +34,7 @@ pub struct Settings {
     pub scheduler: SchedulerConfig,
     pub api: ApiConfig,
     pub credits: CreditsConfig,
+    pub encryption: EncryptionSettings,
     pub storage: StorageSettings,
     pub images: ImagesSettings,
     pub moderation: ModerationSettings,
@@ -42,6 +44,71 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     pub rate_limits: RateLimitSettings,
     pub reference_images: FetchPolicy,
+}
+
+/// The keys personal data is sealed under (`[encryption]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionSettings {
+    /// AES-256 keys by id, each 64 hex digits. Every process sharing a
+    /// database must have the same. When unset, keys are generated into
+    /// `key_dir` on first start (the embedded default).
+    pub keys: BTreeMap<String, SecretString>,
+    /// The id of the key that seals new data (default: the only key).
+    pub current_key: Option<String>,
+    /// The blind-index key (hex, 32 bytes or more); required with `keys`,
+    /// and never rotated.
+    pub index_key: Option<SecretString>,
+    /// Where generated keys live (`index.key`, `k1.key`, …).
+    pub key_dir: PathBuf,
+}
+
+impl Default for EncryptionSettings {
+    fn default() -> Self {
+        EncryptionSettings {
+            keys: BTreeMap::new(),
+            current_key: None,
+            index_key: None,
+            key_dir: PathBuf::from("data/pii-keys"),
+        }
+    }
+}
+
+impl EncryptionSettings {
+    /// Whether the keys come from the configuration (not from `key_dir`).
+    pub fn configured(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// The keys: from the configuration, or from `key_dir` (made there on
+    /// first start).
+    pub fn pii(&self) -> Result<kiln_store::Pii, String> {
+        if !self.configured() {
+            return kiln_store::Pii::load_or_create(&self.key_dir)
+                .map_err(|e| format!("encryption.key_dir: {e}"));
+        }
+        let hex_key = |name: &str, value: &SecretString| {
+            hex::decode(value.expose_secret().trim())
+                .map_err(|_| format!("encryption.{name}: not hex"))
+        };
+        let index = self
+            .index_key
+            .as_ref()
+            .ok_or("encryption.index_key: required with encryption.keys")?;
+        let index = hex_key("index_key", index)?;
+        let mut keys = BTreeMap::new();
+        for (id, key) in &self.keys {
+            keys.insert(id.clone(), hex_key(&format!("keys.{id}"), key)?);
+        }
+        let current = match (&self.current_key, keys.len()) {
+            (Some(id), _) => id.clone(),
+            (None, 1) => keys.keys().next().cloned().unwrap_or_default(),
+            (None, _) => {
+                return Err("encryption.current_key: required with more than one key".into());
+            }
+        };
+        kiln_store::Pii::new(&index, &current, &keys).map_err(|e| format!("encryption: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +216,7 @@ const SECTIONS: &[&str] = &[
     "scheduler",
     "api",
     "credits",
+    "encryption",
     "storage",
     "images",
     "moderation",
@@ -323,6 +391,11 @@ impl Settings {
         self.credits
             .validate(&self.api)
             .map_err(|e| format!("invalid setting {e}"))?;
+        if self.encryption.configured() {
+            self.encryption
+                .pii()
+                .map_err(|e| format!("invalid setting {e}"))?;
+        }
         self.providers()
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;

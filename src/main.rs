@@ -48,6 +48,7 @@ fn main() -> ExitCode {
             Command::Schedule => process::run(settings, process::Roles::SCHEDULE).await,
             Command::Migrate => process::migrate(settings).await,
             Command::User(command) => process::user(settings, command).await,
+            Command::Keys(command) => process::keys(settings, command).await,
             #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(settings, args).await,
             // Answered before the settings were loaded.

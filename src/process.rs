@@ -41,18 +41,74 @@ impl Roles {
 
 /// Connects (waiting for an unreachable database) and migrates when asked.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let pii = settings
+        .encryption
+        .pii()
+        .map_err(anyhow::Error::msg)
+        .context("loading the personal-data keys")?;
     let store = kiln_store::connect(&ConnectOptions {
         url: settings.database.url.clone(),
         max_connections: settings.database.max_connections,
         wait: true,
         session_cache: std::time::Duration::from_secs(settings.api.session_cache_secs),
+        pii: std::sync::Arc::new(pii),
     })
     .await
     .context("opening the database (database.url)")?;
     if settings.database.migrate_on_start {
         store.migrate().await.context("migrating the database")?;
+    } else {
+        store.check_pii_keys().await?;
+    }
+    // Accounts from before addresses were sealed are sealed now, once.
+    let sealed = store.reseal_accounts(false, 500, |_, _| {}).await?;
+    if sealed > 0 {
+        tracing::info!(
+            accounts = sealed,
+            "sealed the addresses of accounts stored in the clear"
+        );
     }
     Ok(store)
+}
+
+/// `kiln keys rotate`: a new key seals from now on (a new `k<N>.key` in
+/// `encryption.key_dir`, or the configured `encryption.current_key`), and
+/// every account is resealed under it in batches. Old keys stay readable,
+/// so what runs meanwhile keeps working.
+pub async fn keys(settings: Settings, command: crate::cli::KeysCommand) -> anyhow::Result<()> {
+    let crate::cli::KeysCommand::Rotate { batch } = command;
+    if !settings.encryption.configured() {
+        let id = kiln_store::Pii::add_key_file(&settings.encryption.key_dir)
+            .map_err(|e| anyhow::anyhow!("encryption.key_dir: {e}"))?;
+        eprintln!(
+            "kiln: new key {id} in {}",
+            settings.encryption.key_dir.display()
+        );
+    }
+    let store = open_store(&settings).await?;
+    let total = store.count_accounts().await?;
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "resealing {bar:40} {pos}/{len} accounts ({eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let resealed = store
+        .reseal_accounts(true, batch, |_, examined| {
+            if let Some(bar) = &bar {
+                bar.set_position(examined);
+            }
+        })
+        .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    println!("resealed {resealed} of {total} accounts");
+    Ok(())
 }
 
 pub async fn migrate(settings: Settings) -> anyhow::Result<()> {

@@ -159,6 +159,14 @@ fn kiln_user(url: &str, args: &[&str]) -> std::process::Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("KILN_DATABASE_URL", url)
         .env("KILN_LOG_LEVEL", "warn")
+        .env(
+            "KILN_ENCRYPTION_KEYS",
+            format!("{{k1=\"{}\"}}", kiln_store::testing::TEST_PII_KEY),
+        )
+        .env(
+            "KILN_ENCRYPTION_INDEX_KEY",
+            kiln_store::testing::TEST_INDEX_KEY,
+        )
         .output()
         .unwrap()
 }

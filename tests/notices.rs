@@ -104,6 +104,7 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,
+        pii: kiln_store::testing::test_pii(),
     })
     .await
     .unwrap();

@@ -298,6 +298,7 @@ async fn paddle_checkout_and_notifications_on_postgres() {
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,
+        pii: kiln_store::testing::test_pii(),
     })
     .await
     .unwrap();

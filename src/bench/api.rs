@@ -387,6 +387,8 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path, email: &str) -> anyhow:
             max_connections: 2,
             wait: false,
             session_cache: std::time::Duration::ZERO,
+            // The keys the child made, to find the account by its address.
+            pii: std::sync::Arc::new(kiln_store::Pii::load_or_create(&dir.join("pii-keys"))?),
         })
         .await
         .context("opening the bench database to read the code")?;
@@ -639,6 +641,7 @@ fn spawn_kiln(
             .env("KILN_STORAGE_ROOT", dir.join("objects"))
             .env("KILN_STORAGE_SIGNING_KEY_FILE", dir.join("signing.key"))
             .env("KILN_API_CODE_KEY_FILE", dir.join("code.key"))
+            .env("KILN_ENCRYPTION_KEY_DIR", dir.join("pii-keys"))
             .env("KILN_EMAIL_OUTBOX_DIR", dir.join("outbox"))
             .env("KILN_SMS_OUTBOX_DIR", dir.join("outbox")),
         &format!("kiln {role}"),

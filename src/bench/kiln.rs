@@ -22,6 +22,8 @@ pub(super) async fn open(url: &str) -> anyhow::Result<Store> {
         max_connections: 8,
         wait: false,
         session_cache: std::time::Duration::ZERO,
+        // Throwaway databases: throwaway keys.
+        pii: std::sync::Arc::new(kiln_store::Pii::random()),
     })
     .await?;
     store.migrate().await?;

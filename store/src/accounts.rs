@@ -200,13 +200,36 @@ pub struct LiveSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Accounts and their sessions.
+/// An account's addresses as the database keeps them (see
+/// [`Pii`](crate::Pii)): blind indexes and sealed text. Both sealed
+/// columns empty means a row from before sealing, whose index columns
+/// still hold the plain addresses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredContacts {
+    pub user_id: UserId,
+    pub email_index: Option<String>,
+    pub phone_index: Option<String>,
+    pub email_sealed: Option<String>,
+    pub phone_sealed: Option<String>,
+}
+
+/// Accounts and their sessions, as the engines store them. Addresses cross
+/// this trait only sealed or blind (`*_sealed`, `*_blind`): the
+/// [`Store`](crate::Store) seals and opens them, under its keys, in
+/// methods of the plain names (`create_user`, `login_record`, `contacts`,
+/// `profile`, `codes`, `issue_code`, `set_operator`).
 #[async_trait]
 pub trait Accounts: Send + Sync {
-    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError>;
-    /// Where to reach a user who is not deleted; `None` otherwise.
-    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError>;
-    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
+    /// `user.identifier` is the blind index; `sealed` the sealed address.
+    async fn create_user_sealed(
+        &self,
+        user: NewUser,
+        sealed: String,
+    ) -> Result<UserCreated, StoreError>;
+    /// A user's addresses, sealed; `None` once deleted.
+    async fn sealed_contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError>;
+    /// By blind index.
+    async fn login_record_blind(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError>;
     /// The account's own referral code, to share; `None` once deleted.
     async fn referral_code(&self, user_id: UserId) -> Result<Option<String>, StoreError>;
     /// Stores a session under the SHA-256 of its bearer token.
@@ -225,26 +248,31 @@ pub trait Accounts: Send + Sync {
     async fn revoke_session_row(&self, token_hash: &str) -> Result<bool, StoreError>;
 
     /// Keeps a new verification code for its user, in place of any earlier
-    /// one (a user has at most one code that can be right).
-    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError>;
+    /// one (a user has at most one code that can be right). `code.contact`
+    /// is the blind index of the new address, `contact_sealed` its text.
+    async fn issue_code_sealed(
+        &self,
+        code: NewCode,
+        contact_sealed: Option<String>,
+    ) -> Result<(), StoreError>;
     /// Grants (`true`) or revokes the operator role of the account with
-    /// this address; `None` when there is none (or it is deleted).
-    async fn set_operator(
+    /// this blind index; `None` when there is none (or it is deleted).
+    async fn set_operator_blind(
         &self,
         id: &Identifier,
         operator: bool,
     ) -> Result<Option<UserId>, StoreError>;
     /// Whether the account holds the operator role.
     async fn is_operator(&self, user_id: UserId) -> Result<bool, StoreError>;
-    /// The account as its owner sees it; `None` once deleted.
-    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError>;
+    /// The account, its email and phone sealed; `None` once deleted.
+    async fn sealed_profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError>;
     /// Restricts the account (no new jobs) or lifts it: false when it was
     /// already so (or is deleted).
     async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError>;
     async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError>;
 
-    /// The user's stored codes, newest first.
-    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;
+    /// The user's stored codes, newest first, their new addresses sealed.
+    async fn sealed_codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;
     /// One guess at the user's live code, checked and recorded atomically:
     /// a right guess uses the code up and marks the account verified (the
     /// first time, with `grants` in the same transaction); a wrong one
@@ -256,4 +284,19 @@ pub trait Accounts: Send + Sync {
         code_hash: &str,
         grants: VerificationGrants,
     ) -> Result<CodeCheck, StoreError>;
+
+    /// Up to `limit` accounts after `after` (by id), with their addresses as
+    /// stored, to reseal.
+    async fn stored_contacts(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<StoredContacts>, StoreError>;
+    /// How many accounts there are (deleted ones too).
+    async fn account_count(&self) -> Result<u64, StoreError>;
+    /// Writes an account's addresses resealed (indexes and sealed text).
+    async fn reseal_contacts(&self, contacts: &StoredContacts) -> Result<(), StoreError>;
+    /// Keeps `fingerprint` as the database's, unless it has one: the one
+    /// it has.
+    async fn pii_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError>;
 }

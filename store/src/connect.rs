@@ -16,6 +16,8 @@ pub struct ConnectOptions {
     pub wait: bool,
     /// How long a process may answer a session from memory (zero: never).
     pub session_cache: Duration,
+    /// The keys personal data is sealed under.
+    pub pii: Arc<crate::Pii>,
 }
 
 /// Opens the store for `url`. With `wait`, an unreachable Postgres is
@@ -56,6 +58,7 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
             Arc::new(PgStore::new(pool, events.clone())),
             events,
             options.session_cache,
+            options.pii.clone(),
         ))
     } else if url.starts_with("sqlite:") {
         let engine = SqliteStore::open(url, options.max_connections).await?;
@@ -63,6 +66,7 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
             Arc::new(engine),
             Store::channel(),
             options.session_cache,
+            options.pii.clone(),
         ))
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))

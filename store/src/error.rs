@@ -12,6 +12,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
+    /// This process's personal-data keys are not the ones the database's
+    /// data is sealed under.
+    #[error("{0}")]
+    KeysMismatch(String),
     /// A concurrent request with the same idempotency key rolled back
     /// while this one waited for it; the caller may try again.
     #[error("a concurrent request with the same idempotency key did not finish; try again")]

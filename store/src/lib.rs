@@ -17,6 +17,7 @@ pub mod metrics;
 mod model;
 mod objects;
 pub mod orders;
+mod pii;
 mod postgres;
 mod queue;
 mod rescue;
@@ -37,6 +38,7 @@ pub use model::{
     Lease, NewJob, QueueStat, Rescued, StoreEvent,
 };
 pub use objects::{Objects, S3Options};
+pub use pii::Pii;
 pub use postgres::PgStore;
 pub use queue::{Database, Engine, JobWrites, Queue};
 pub use signed_url::{SignatureError, UrlSigner};

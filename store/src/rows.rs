@@ -434,8 +434,9 @@ pub(crate) fn orders(rows: Vec<OrderRow>) -> Result<Vec<Order>, StoreError> {
     rows.into_iter().map(Order::try_from).collect()
 }
 
-pub(crate) const PROFILE_COLUMNS: &str = "id, email, phone, birth_date, referral_code, operator, \
-    verified_at, restricted_at, created_at";
+/// The addresses sealed: the [`Store`](crate::Store) opens them.
+pub(crate) const PROFILE_COLUMNS: &str = "id, email_sealed AS email, phone_sealed AS phone, \
+    birth_date, referral_code, operator, verified_at, restricted_at, created_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct ProfileRow {

@@ -6,8 +6,12 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
-    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Rescued, StoreError,
-    StoreEvent,
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Pii, Rescued,
+    StoreError, StoreEvent,
+    accounts::{
+        CodeRecord, Contacts, Identifier, LoginRecord, NewCode, NewUser, Profile, StoredContacts,
+        UserCreated,
+    },
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     group_commit::GroupCommit,
     metrics::metrics,
@@ -27,6 +31,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    /// Seals and opens every address, and makes its blind index.
+    pii: Arc<Pii>,
     events: broadcast::Sender<StoreEvent>,
     sessions: Arc<SessionCache>,
     group_commit: GroupCommit,
@@ -48,11 +54,13 @@ impl Store {
         engine: Arc<dyn Engine>,
         events: broadcast::Sender<StoreEvent>,
         session_ttl: Duration,
+        pii: Arc<Pii>,
     ) -> Store {
         let sessions = Arc::new(SessionCache::new(session_ttl, events.subscribe()));
         let group_commit = GroupCommit::start(engine.clone());
         Store {
             engine,
+            pii,
             events,
             sessions,
             group_commit,
@@ -313,5 +321,203 @@ impl Store {
             ))]);
         }
         Ok(enqueued)
+    }
+}
+
+/// Accounts with their addresses in the clear: sealed on the way in, blind
+/// for lookups, opened on the way out. Nothing else in kiln sees a sealed
+/// value or an index.
+impl Store {
+    /// Applies pending migrations, then checks that this process's
+    /// personal-data keys are the database's (the first to migrate records
+    /// them).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.engine.migrate().await?;
+        self.check_pii_keys().await
+    }
+
+    /// The keys this store seals under (another store on the same database
+    /// needs the same).
+    pub fn pii(&self) -> Arc<Pii> {
+        self.pii.clone()
+    }
+
+    pub async fn count_accounts(&self) -> Result<u64, StoreError> {
+        self.engine.account_count().await
+    }
+
+    pub async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError> {
+        let sealed = self.pii.seal(address(&user.identifier));
+        let blind = self.pii.blind(&user.identifier);
+        self.engine
+            .create_user_sealed(
+                NewUser {
+                    identifier: blind,
+                    ..user
+                },
+                sealed,
+            )
+            .await
+    }
+
+    pub async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
+        self.engine.login_record_blind(&self.pii.blind(id)).await
+    }
+
+    /// Where to reach a user who is not deleted; `None` otherwise.
+    pub async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
+        let Some(sealed) = self.engine.sealed_contacts(user_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Contacts {
+            email: self.open_some(sealed.email)?,
+            phone: self.open_some(sealed.phone)?,
+        }))
+    }
+
+    /// The account as its owner sees it; `None` once deleted.
+    pub async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
+        let Some(p) = self.engine.sealed_profile(user_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Profile {
+            email: self.open_some(p.email.clone())?,
+            phone: self.open_some(p.phone.clone())?,
+            ..p
+        }))
+    }
+
+    /// Keeps a new verification code for its user, in place of any earlier
+    /// one; a code that confirms a new address keeps the address sealed.
+    pub async fn issue_code(&self, code: NewCode) -> Result<(), StoreError> {
+        let sealed = code.contact.as_ref().map(|c| self.pii.seal(address(c)));
+        let blind = code.contact.as_ref().map(|c| self.pii.blind(c));
+        self.engine
+            .issue_code_sealed(
+                NewCode {
+                    contact: blind,
+                    ..code
+                },
+                sealed,
+            )
+            .await
+    }
+
+    /// The user's stored codes, newest first.
+    pub async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
+        self.engine
+            .sealed_codes(user_id)
+            .await?
+            .into_iter()
+            .map(|c| {
+                let contact = match c.contact.clone() {
+                    Some(Identifier::Email(s)) => Some(Identifier::Email(self.pii.open(&s)?)),
+                    Some(Identifier::Phone(s)) => Some(Identifier::Phone(self.pii.open(&s)?)),
+                    None => None,
+                };
+                Ok(CodeRecord { contact, ..c })
+            })
+            .collect()
+    }
+
+    /// Grants (`true`) or revokes the operator role of the account with
+    /// this address; `None` when there is none (or it is deleted).
+    pub async fn set_operator(
+        &self,
+        id: &Identifier,
+        operator: bool,
+    ) -> Result<Option<UserId>, StoreError> {
+        self.engine
+            .set_operator_blind(&self.pii.blind(id), operator)
+            .await
+    }
+
+    /// Reseals, in batches of `batch`, every account whose addresses are
+    /// not under the current key (with `all`), or only those from before
+    /// sealing (without): after a key rotation, and as a process starts.
+    /// `progress(done, examined)` is told after each batch. Answers how
+    /// many accounts were resealed.
+    pub async fn reseal_accounts(
+        &self,
+        all: bool,
+        batch: u32,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, StoreError> {
+        let (mut after, mut done, mut examined) = (None, 0u64, 0u64);
+        loop {
+            let rows = self.engine.stored_contacts(after, batch).await?;
+            let Some(last) = rows.last() else {
+                return Ok(done);
+            };
+            after = Some(last.user_id);
+            examined += rows.len() as u64;
+            for row in rows {
+                if let Some(resealed) = self.resealed(&row, all)? {
+                    self.engine.reseal_contacts(&resealed).await?;
+                    done += 1;
+                }
+            }
+            progress(done, examined);
+        }
+    }
+
+    /// The row under the current key, or `None` when it needs nothing.
+    fn resealed(
+        &self,
+        row: &StoredContacts,
+        all: bool,
+    ) -> Result<Option<StoredContacts>, StoreError> {
+        let legacy = row.email_sealed.is_none() && row.phone_sealed.is_none();
+        let stale = [&row.email_sealed, &row.phone_sealed]
+            .into_iter()
+            .flatten()
+            .any(|s| !self.pii.is_current(s));
+        if !(legacy || (all && stale)) {
+            return Ok(None);
+        }
+        // Before sealing, the index columns held the plain addresses.
+        let (email, phone) = if legacy {
+            (row.email_index.clone(), row.phone_index.clone())
+        } else {
+            (
+                self.open_some(row.email_sealed.clone())?,
+                self.open_some(row.phone_sealed.clone())?,
+            )
+        };
+        let index = |id: Identifier| match self.pii.blind(&id) {
+            Identifier::Email(i) | Identifier::Phone(i) => i,
+        };
+        Ok(Some(StoredContacts {
+            user_id: row.user_id,
+            email_index: email.clone().map(|e| index(Identifier::Email(e))),
+            phone_index: phone.clone().map(|p| index(Identifier::Phone(p))),
+            email_sealed: email.map(|e| self.pii.seal(&e)),
+            phone_sealed: phone.map(|p| self.pii.seal(&p)),
+        }))
+    }
+
+    /// Refuses keys other than the ones this database's data is sealed
+    /// under (the first process to start records its index key's digest).
+    pub async fn check_pii_keys(&self) -> Result<(), StoreError> {
+        let ours = self.pii.fingerprint();
+        let theirs = self.engine.pii_fingerprint(&ours).await?;
+        if theirs != ours {
+            return Err(StoreError::KeysMismatch(format!(
+                "this database's personal data was sealed under another index key \
+                 (digest {theirs}, this process has {ours}): give every process the same \
+                 encryption keys"
+            )));
+        }
+        Ok(())
+    }
+
+    fn open_some(&self, sealed: Option<String>) -> Result<Option<String>, StoreError> {
+        sealed.map(|s| self.pii.open(&s)).transpose()
+    }
+}
+
+fn address(id: &Identifier) -> &str {
+    match id {
+        Identifier::Email(a) | Identifier::Phone(a) => a,
     }
 }

@@ -20,6 +20,22 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// The personal-data keys of tests, as hex: every test store seals under
+/// them, and the `kiln` processes tests start are given them
+/// (`KILN_ENCRYPTION_KEYS`, `KILN_ENCRYPTION_INDEX_KEY`), so a test and the
+/// processes it starts read each other's accounts, as the processes of one
+/// deployment share theirs.
+pub const TEST_PII_KEY: &str = "6b696c6e2d746573742d7069692d6b65792d6f662d33322d62797465732d2121";
+pub const TEST_INDEX_KEY: &str = "6b696c6e2d746573742d696e6465782d6b65792d33322d62797465732d212121";
+
+/// The keys of [`TEST_PII_KEY`] and [`TEST_INDEX_KEY`], the key's id `k1`.
+pub fn test_pii() -> std::sync::Arc<crate::Pii> {
+    let key = hex::decode(TEST_PII_KEY).expect("hex");
+    let index = hex::decode(TEST_INDEX_KEY).expect("hex");
+    let keys = std::collections::BTreeMap::from([("k1".to_owned(), key)]);
+    std::sync::Arc::new(crate::Pii::new(&index, "k1", &keys).expect("valid test keys"))
+}
+
 /// A database that lives as long as the value: a fresh Postgres database
 /// (dropped afterwards) or a SQLite file in a temporary directory.
 pub struct TestDatabase {
@@ -92,6 +108,7 @@ impl TestDatabase {
             wait: false,
             // As `kiln serve` runs by default.
             session_cache: std::time::Duration::from_secs(60),
+            pii: test_pii(),
         })
         .await?;
         store.migrate().await?;

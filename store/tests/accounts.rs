@@ -30,6 +30,8 @@ kiln_store::both_databases!(
     a_code_for_a_new_address_moves_it_in_when_verified,
     a_new_address_taken_meanwhile_changes_nothing,
     restriction_is_set_and_lifted_once,
+    accounts_stored_in_the_clear_are_sealed_once,
+    a_store_with_other_keys_is_refused,
 );
 
 fn user(identifier: Identifier, code: &str) -> NewUser {
@@ -201,6 +203,7 @@ async fn a_session_revoked_by_another_process_stops_working_here(store: Store, d
         max_connections: 2,
         wait: false,
         session_cache: Duration::from_secs(60),
+        pii: store.pii(),
     })
     .await
     .unwrap();
@@ -247,6 +250,7 @@ async fn a_session_looked_up_lately_is_answered_from_memory(store: Store, db: &T
         max_connections: 2,
         wait: false,
         session_cache: Duration::ZERO,
+        pii: store.pii(),
     })
     .await
     .unwrap();
@@ -605,4 +609,94 @@ async fn restriction_is_set_and_lifted_once(store: Store, _: &TestDatabase) {
         store.profile(ada).await.unwrap().unwrap().restricted_at,
         None
     );
+}
+
+/// A row as kiln wrote it before addresses were sealed: the plain address
+/// in the (then) address column, nothing sealed.
+async fn insert_legacy_user(db: &TestDatabase, email: &str) {
+    use sqlx::Connection;
+    let id = Uuid::now_v7();
+    let sql =
+        "INSERT INTO users (id, email_index, password_hash, birth_date, referral_code, created_at)
+               VALUES ($1, $2, '$2b$04$hash', $3, $4, $5)";
+    let birth = NaiveDate::from_ymd_opt(1990, 1, 1).unwrap();
+    if db.is_postgres() {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql)
+            .bind(id)
+            .bind(email)
+            .bind(birth)
+            .bind(id.simple().to_string())
+            .bind(Utc::now())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(sql)
+            .bind(id.to_string())
+            .bind(email)
+            .bind(birth.to_string())
+            .bind(id.simple().to_string())
+            .bind(Utc::now().timestamp_millis())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+async fn accounts_stored_in_the_clear_are_sealed_once(store: Store, db: &TestDatabase) {
+    insert_legacy_user(db, "old@example.com").await;
+    created(&store, user(email("new@example.com"), "NEW")).await;
+    // Before: the old account cannot be found by its address.
+    assert!(
+        store
+            .login_record(&email("old@example.com"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut batches = 0;
+    let sealed = store
+        .reseal_accounts(false, 1, |_, _| batches += 1)
+        .await
+        .unwrap();
+    assert_eq!(sealed, 1, "only the account in the clear");
+    assert_eq!(batches, 2, "one account per batch");
+    let old = store
+        .login_record(&email("old@example.com"))
+        .await
+        .unwrap()
+        .unwrap();
+    let contacts = store.contacts(old.user_id).await.unwrap().unwrap();
+    assert_eq!(contacts.email.as_deref(), Some("old@example.com"));
+    assert_eq!(
+        store.reseal_accounts(false, 10, |_, _| {}).await.unwrap(),
+        0
+    );
+    // Everything is under the current key already.
+    assert_eq!(store.reseal_accounts(true, 10, |_, _| {}).await.unwrap(), 0);
+    assert_eq!(store.count_accounts().await.unwrap(), 2);
+}
+
+async fn a_store_with_other_keys_is_refused(store: Store, db: &TestDatabase) {
+    created(&store, user(email("ada@example.com"), "ADA")).await;
+    let other = kiln_store::connect(&kiln_store::ConnectOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+        wait: false,
+        session_cache: Duration::ZERO,
+        pii: std::sync::Arc::new(kiln_store::Pii::random()),
+    })
+    .await
+    .unwrap();
+    let refused = other.check_pii_keys().await.unwrap_err();
+    assert!(
+        refused.to_string().contains("another index key"),
+        "{refused}"
+    );
+    assert!(matches!(
+        other.migrate().await,
+        Err(kiln_store::StoreError::KeysMismatch(_))
+    ));
 }

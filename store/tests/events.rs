@@ -319,6 +319,7 @@ async fn another_store_on_the_database_hears_the_writes(store: Store, db: &TestD
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,
+        pii: store.pii(),
     })
     .await
     .unwrap();

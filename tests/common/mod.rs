@@ -36,6 +36,9 @@ pub struct KilnBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     cwd: Option<PathBuf>,
+    /// Whether the process makes its own personal-data keys under `data/`
+    /// (the embedded default) instead of the tests' shared ones.
+    own_keys: bool,
 }
 
 pub fn kiln(args: &[&str]) -> KilnBuilder {
@@ -43,6 +46,7 @@ pub fn kiln(args: &[&str]) -> KilnBuilder {
         args: args.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
         cwd: None,
+        own_keys: false,
     }
 }
 
@@ -54,6 +58,14 @@ impl KilnBuilder {
 
     pub fn database(self, url: &str) -> Self {
         self.env("KILN_DATABASE_URL", url)
+    }
+
+    /// Lets the process generate its personal-data keys under `data/`, as
+    /// the embedded default does, instead of sharing the tests' keys
+    /// (`kiln_store::testing::test_pii`) as every other process does.
+    pub fn own_keys(mut self) -> Self {
+        self.own_keys = true;
+        self
     }
 
     pub fn cwd(mut self, dir: &Path) -> Self {
@@ -78,6 +90,16 @@ impl KilnBuilder {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
+        if !self.own_keys {
+            cmd.env(
+                "KILN_ENCRYPTION_KEYS",
+                format!("{{k1=\"{}\"}}", kiln_store::testing::TEST_PII_KEY),
+            )
+            .env(
+                "KILN_ENCRYPTION_INDEX_KEY",
+                kiln_store::testing::TEST_INDEX_KEY,
+            );
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

@@ -8,7 +8,7 @@ use crate::{
     StoreError,
     accounts::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
-        MAX_CODE_TRIES, NewCode, NewUser, Profile, UserCreated,
+        MAX_CODE_TRIES, NewCode, NewUser, Profile, StoredContacts, UserCreated,
     },
     credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
     rows::{PROFILE_COLUMNS, ProfileRow},
@@ -16,7 +16,11 @@ use crate::{
 
 #[async_trait]
 impl Accounts for PgStore {
-    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError> {
+    async fn create_user_sealed(
+        &self,
+        user: NewUser,
+        sealed: String,
+    ) -> Result<UserCreated, StoreError> {
         let referred_by: Option<Uuid> = match &user.referred_by_code {
             Some(code) => match sqlx::query_scalar("SELECT id FROM users WHERE referral_code = $1")
                 .bind(code)
@@ -30,9 +34,12 @@ impl Accounts for PgStore {
         };
         let id = Uuid::now_v7();
         let (email, phone) = user.identifier.columns();
+        let is_email = email.is_some();
         let inserted = sqlx::query(
-            "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code, referred_by)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO users (id, email_index, phone_index, password_hash, birth_date,
+                                referral_code, referred_by, email_sealed, phone_sealed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7,
+                     CASE WHEN $8 THEN $9 END, CASE WHEN $8 THEN NULL ELSE $9 END)",
         )
         .bind(id)
         .bind(email)
@@ -41,6 +48,8 @@ impl Accounts for PgStore {
         .bind(user.birth_date)
         .bind(&user.referral_code)
         .bind(referred_by)
+        .bind(is_email)
+        .bind(&sealed)
         .execute(&self.pool)
         .await;
         match inserted {
@@ -50,20 +59,21 @@ impl Accounts for PgStore {
         }
     }
 
-    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
-        let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT email, phone FROM users WHERE id = $1 AND deleted_at IS NULL")
-                .bind(user_id.0)
-                .fetch_optional(&self.pool)
-                .await?;
+    async fn sealed_contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT email_sealed, phone_sealed FROM users WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(user_id.0)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|(email, phone)| Contacts { email, phone }))
     }
 
-    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
+    async fn login_record_blind(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
         let (email, phone) = id.columns();
         let row: Option<(Uuid, String, bool)> = sqlx::query_as(
             "SELECT id, password_hash, verified_at IS NOT NULL FROM users
-             WHERE deleted_at IS NULL AND (email = $1 OR phone = $2)",
+             WHERE deleted_at IS NULL AND (email_index = $1 OR phone_index = $2)",
         )
         .bind(email)
         .bind(phone)
@@ -133,7 +143,11 @@ impl Accounts for PgStore {
         Ok(revoked == 1)
     }
 
-    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError> {
+    async fn issue_code_sealed(
+        &self,
+        code: NewCode,
+        contact_sealed: Option<String>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM verification_codes WHERE user_id = $1")
             .bind(code.user_id.0)
@@ -144,8 +158,10 @@ impl Accounts for PgStore {
             .as_ref()
             .map_or((None, None), Identifier::columns);
         sqlx::query(
-            "INSERT INTO verification_codes (id, user_id, code_hash, expires_at, new_email, new_phone)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO verification_codes
+                 (id, user_id, code_hash, expires_at, new_email_index, new_phone_index,
+                  new_contact_sealed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(code.id)
         .bind(code.user_id.0)
@@ -153,13 +169,14 @@ impl Accounts for PgStore {
         .bind(code.expires_at)
         .bind(new_email)
         .bind(new_phone)
+        .bind(contact_sealed)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
+    async fn sealed_codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
         type CodeRow = (
             Uuid,
             i32,
@@ -170,7 +187,9 @@ impl Accounts for PgStore {
             Option<String>,
         );
         let rows: Vec<CodeRow> = sqlx::query_as(
-            "SELECT id, tries, created_at, expires_at, used_at, new_email, new_phone
+            "SELECT id, tries, created_at, expires_at, used_at,
+                    CASE WHEN new_email_index IS NOT NULL THEN new_contact_sealed END,
+                    CASE WHEN new_phone_index IS NOT NULL THEN new_contact_sealed END
              FROM verification_codes WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
         )
         .bind(user_id.0)
@@ -191,7 +210,7 @@ impl Accounts for PgStore {
             .collect())
     }
 
-    async fn set_operator(
+    async fn set_operator_blind(
         &self,
         id: &Identifier,
         operator: bool,
@@ -199,7 +218,7 @@ impl Accounts for PgStore {
         let (email, phone) = id.columns();
         let user: Option<Uuid> = sqlx::query_scalar(
             "UPDATE users SET operator = $3
-             WHERE deleted_at IS NULL AND (email = $1 OR phone = $2) RETURNING id",
+             WHERE deleted_at IS NULL AND (email_index = $1 OR phone_index = $2) RETURNING id",
         )
         .bind(email)
         .bind(phone)
@@ -218,7 +237,7 @@ impl Accounts for PgStore {
         Ok(operator.unwrap_or(false))
     }
 
-    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
+    async fn sealed_profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
         let sql =
             format!("SELECT {PROFILE_COLUMNS} FROM users WHERE id = $1 AND deleted_at IS NULL");
         let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -259,30 +278,35 @@ impl Accounts for PgStore {
         // Each statement re-checks the row after taking its lock, so of two
         // guesses at once one uses the code and the other finds it used.
         let mut tx = self.pool.begin().await?;
-        let used: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        let used: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE verification_codes SET used_at = now()
              WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL
                AND expires_at > now() AND tries < $3
-             RETURNING new_email, new_phone",
+             RETURNING new_email_index, new_phone_index, new_contact_sealed",
         )
         .bind(user_id.0)
         .bind(code_hash)
         .bind(MAX_CODE_TRIES as i32)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some((new_email, new_phone)) = used {
+        if let Some((new_email, new_phone, sealed)) = used {
             if let Some(contact) = Identifier::from_columns(new_email, new_phone) {
                 // The new address replaces the old, unless another account
                 // took it since the code was sent.
                 let (email, phone) = contact.columns();
                 let mut moved = sqlx::Acquire::begin(&mut *tx).await?;
                 let set = sqlx::query(
-                    "UPDATE users SET email = coalesce($2, email), phone = coalesce($3, phone)
+                    "UPDATE users SET
+                         email_index = coalesce($2, email_index),
+                         email_sealed = CASE WHEN $2 IS NULL THEN email_sealed ELSE $4 END,
+                         phone_index = coalesce($3, phone_index),
+                         phone_sealed = CASE WHEN $3 IS NULL THEN phone_sealed ELSE $4 END
                      WHERE id = $1",
                 )
                 .bind(user_id.0)
                 .bind(email)
                 .bind(phone)
+                .bind(sealed)
                 .execute(&mut *moved)
                 .await;
                 match set {
@@ -336,5 +360,72 @@ impl Accounts for PgStore {
             },
             None => CodeCheck::NoLiveCode,
         })
+    }
+
+    async fn stored_contacts(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<StoredContacts>, StoreError> {
+        type Row = (
+            Uuid,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, email_index, phone_index, email_sealed, phone_sealed FROM users
+             WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid)
+             ORDER BY id LIMIT $2",
+        )
+        .bind(after.map(|u| u.0))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, email_index, phone_index, email_sealed, phone_sealed)| StoredContacts {
+                    user_id: UserId(id),
+                    email_index,
+                    phone_index,
+                    email_sealed,
+                    phone_sealed,
+                },
+            )
+            .collect())
+    }
+
+    async fn account_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn reseal_contacts(&self, c: &StoredContacts) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE users SET email_index = $2, phone_index = $3, email_sealed = $4, phone_sealed = $5
+             WHERE id = $1",
+        )
+        .bind(c.user_id.0)
+        .bind(&c.email_index)
+        .bind(&c.phone_index)
+        .bind(&c.email_sealed)
+        .bind(&c.phone_sealed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn pii_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
+        sqlx::query("INSERT INTO pii_keys (fingerprint) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(fingerprint)
+            .execute(&self.pool)
+            .await?;
+        Ok(sqlx::query_scalar("SELECT fingerprint FROM pii_keys")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

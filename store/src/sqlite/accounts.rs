@@ -9,7 +9,7 @@ use crate::{
     StoreError,
     accounts::{
         Accounts, CodeCheck, CodeRecord, Contacts, Identifier, LiveSession, LoginRecord,
-        MAX_CODE_TRIES, NewCode, NewUser, Profile, UserCreated,
+        MAX_CODE_TRIES, NewCode, NewUser, Profile, StoredContacts, UserCreated,
     },
     credits::{REFERRAL_REASON, SIGNUP_REASON, VerificationGrants, referrer_reason},
     rows::{PROFILE_COLUMNS, ProfileRow},
@@ -17,7 +17,11 @@ use crate::{
 
 #[async_trait]
 impl Accounts for SqliteStore {
-    async fn create_user(&self, user: NewUser) -> Result<UserCreated, StoreError> {
+    async fn create_user_sealed(
+        &self,
+        user: NewUser,
+        sealed: String,
+    ) -> Result<UserCreated, StoreError> {
         let referred_by: Option<String> = match &user.referred_by_code {
             Some(code) => match sqlx::query_scalar("SELECT id FROM users WHERE referral_code = ?")
                 .bind(code)
@@ -31,10 +35,15 @@ impl Accounts for SqliteStore {
         };
         let id = Uuid::now_v7();
         let (email, phone) = user.identifier.columns();
+        let (email_sealed, phone_sealed) = if email.is_some() {
+            (Some(&sealed), None)
+        } else {
+            (None, Some(&sealed))
+        };
         let inserted = sqlx::query(
-            "INSERT INTO users (id, email, phone, password_hash, birth_date, referral_code,
-                                referred_by, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, email_index, phone_index, password_hash, birth_date,
+                                referral_code, referred_by, created_at, email_sealed, phone_sealed)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(email)
@@ -44,6 +53,8 @@ impl Accounts for SqliteStore {
         .bind(&user.referral_code)
         .bind(referred_by)
         .bind(now_ms())
+        .bind(email_sealed)
+        .bind(phone_sealed)
         .execute(&self.writer)
         .await;
         match inserted {
@@ -53,20 +64,21 @@ impl Accounts for SqliteStore {
         }
     }
 
-    async fn contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
-        let row: Option<(Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT email, phone FROM users WHERE id = ? AND deleted_at IS NULL")
-                .bind(user_id.to_string())
-                .fetch_optional(&self.reader)
-                .await?;
+    async fn sealed_contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
+        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT email_sealed, phone_sealed FROM users WHERE id = ? AND deleted_at IS NULL",
+        )
+        .bind(user_id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
         Ok(row.map(|(email, phone)| Contacts { email, phone }))
     }
 
-    async fn login_record(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
+    async fn login_record_blind(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
         let (email, phone) = id.columns();
         let row: Option<(Id, String, bool)> = sqlx::query_as(
             "SELECT id, password_hash, verified_at IS NOT NULL FROM users
-             WHERE deleted_at IS NULL AND (email = ? OR phone = ?)",
+             WHERE deleted_at IS NULL AND (email_index = ? OR phone_index = ?)",
         )
         .bind(email)
         .bind(phone)
@@ -133,7 +145,11 @@ impl Accounts for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn issue_code(&self, code: NewCode) -> Result<(), StoreError> {
+    async fn issue_code_sealed(
+        &self,
+        code: NewCode,
+        contact_sealed: Option<String>,
+    ) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM verification_codes WHERE user_id = ?")
             .bind(code.user_id.to_string())
@@ -145,8 +161,9 @@ impl Accounts for SqliteStore {
             .map_or((None, None), Identifier::columns);
         sqlx::query(
             "INSERT INTO verification_codes
-                 (id, user_id, code_hash, created_at, expires_at, new_email, new_phone)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (id, user_id, code_hash, created_at, expires_at, new_email_index,
+                  new_phone_index, new_contact_sealed)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(code.id.to_string())
         .bind(code.user_id.to_string())
@@ -155,13 +172,14 @@ impl Accounts for SqliteStore {
         .bind(code.expires_at.timestamp_millis())
         .bind(new_email)
         .bind(new_phone)
+        .bind(contact_sealed)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
+    async fn sealed_codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError> {
         type CodeRow = (
             Id,
             i64,
@@ -172,7 +190,9 @@ impl Accounts for SqliteStore {
             Option<String>,
         );
         let rows: Vec<CodeRow> = sqlx::query_as(
-            "SELECT id, tries, created_at, expires_at, used_at, new_email, new_phone
+            "SELECT id, tries, created_at, expires_at, used_at,
+                    CASE WHEN new_email_index IS NOT NULL THEN new_contact_sealed END,
+                    CASE WHEN new_phone_index IS NOT NULL THEN new_contact_sealed END
              FROM verification_codes WHERE user_id = ? ORDER BY created_at DESC, id DESC",
         )
         .bind(user_id.to_string())
@@ -193,7 +213,7 @@ impl Accounts for SqliteStore {
             .collect())
     }
 
-    async fn set_operator(
+    async fn set_operator_blind(
         &self,
         id: &Identifier,
         operator: bool,
@@ -201,7 +221,7 @@ impl Accounts for SqliteStore {
         let (email, phone) = id.columns();
         let user: Option<Id> = sqlx::query_scalar(
             "UPDATE users SET operator = ?3
-             WHERE deleted_at IS NULL AND (email = ?1 OR phone = ?2) RETURNING id",
+             WHERE deleted_at IS NULL AND (email_index = ?1 OR phone_index = ?2) RETURNING id",
         )
         .bind(email)
         .bind(phone)
@@ -220,7 +240,7 @@ impl Accounts for SqliteStore {
         Ok(operator.unwrap_or(false))
     }
 
-    async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
+    async fn sealed_profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
         let sql =
             format!("SELECT {PROFILE_COLUMNS} FROM users WHERE id = ? AND deleted_at IS NULL");
         let row: Option<ProfileRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -264,11 +284,11 @@ impl Accounts for SqliteStore {
         let now = now_ms();
         let user = user_id.to_string();
         let mut tx = self.writer.begin().await?;
-        let used: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+        let used: Option<(Option<String>, Option<String>, Option<String>)> = sqlx::query_as(
             "UPDATE verification_codes SET used_at = ?
              WHERE user_id = ? AND code_hash = ? AND used_at IS NULL
                AND expires_at > ? AND tries < ?
-             RETURNING new_email, new_phone",
+             RETURNING new_email_index, new_phone_index, new_contact_sealed",
         )
         .bind(now)
         .bind(&user)
@@ -277,20 +297,24 @@ impl Accounts for SqliteStore {
         .bind(MAX_CODE_TRIES)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(contact) = used
-            .clone()
-            .and_then(|(email, phone)| Identifier::from_columns(email, phone))
-        {
+        if let Some((contact, sealed)) = used.clone().and_then(|(email, phone, sealed)| {
+            Identifier::from_columns(email, phone).map(|c| (c, sealed))
+        }) {
             // The new address replaces the old, unless another account took
             // it since the code was sent.
             let (email, phone) = contact.columns();
             let mut moved = sqlx::Acquire::begin(&mut *tx).await?;
             let set = sqlx::query(
-                "UPDATE users SET email = coalesce(?, email), phone = coalesce(?, phone)
-                 WHERE id = ?",
+                "UPDATE users SET
+                     email_index = coalesce(?1, email_index),
+                     email_sealed = CASE WHEN ?1 IS NULL THEN email_sealed ELSE ?3 END,
+                     phone_index = coalesce(?2, phone_index),
+                     phone_sealed = CASE WHEN ?2 IS NULL THEN phone_sealed ELSE ?3 END
+                 WHERE id = ?4",
             )
             .bind(email)
             .bind(phone)
+            .bind(sealed)
             .bind(&user)
             .execute(&mut *moved)
             .await;
@@ -349,5 +373,73 @@ impl Accounts for SqliteStore {
         };
         tx.commit().await?;
         Ok(outcome)
+    }
+
+    async fn stored_contacts(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<StoredContacts>, StoreError> {
+        type Row = (
+            Id,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, email_index, phone_index, email_sealed, phone_sealed FROM users
+             WHERE id > coalesce(?, '') ORDER BY id LIMIT ?",
+        )
+        .bind(after.map(|u| u.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, email_index, phone_index, email_sealed, phone_sealed)| StoredContacts {
+                    user_id: UserId(id.0),
+                    email_index,
+                    phone_index,
+                    email_sealed,
+                    phone_sealed,
+                },
+            )
+            .collect())
+    }
+
+    async fn account_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn reseal_contacts(&self, c: &StoredContacts) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE users SET email_index = ?, phone_index = ?, email_sealed = ?, phone_sealed = ?
+             WHERE id = ?",
+        )
+        .bind(&c.email_index)
+        .bind(&c.phone_index)
+        .bind(&c.email_sealed)
+        .bind(&c.phone_sealed)
+        .bind(c.user_id.to_string())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn pii_fingerprint(&self, fingerprint: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO pii_keys (singleton, fingerprint) VALUES (1, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(fingerprint)
+        .execute(&self.writer)
+        .await?;
+        Ok(sqlx::query_scalar("SELECT fingerprint FROM pii_keys")
+            .fetch_one(&self.writer)
+            .await?)
     }
 }
