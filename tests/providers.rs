@@ -381,16 +381,13 @@ async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
     // The verification-code notice, by email to the email user and by SMS
     // to the phone user.
     let store = db.store().await.unwrap();
-    let email_user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
-        .bind(email)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let phone_user: uuid::Uuid = sqlx::query_scalar("SELECT id FROM users WHERE phone = $1")
-        .bind(phone)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    use kiln_store::accounts::Identifier;
+    let user_of = |id: Identifier| {
+        let store = store.clone();
+        async move { store.login_record(&id).await.unwrap().unwrap().user_id.0 }
+    };
+    let email_user = user_of(Identifier::Email(email.to_owned())).await;
+    let phone_user = user_of(Identifier::Phone(phone.to_owned())).await;
     let code = kiln_jobs::Notice::VerificationCode {
         code: "730519".into(),
         minutes_valid: 10,
