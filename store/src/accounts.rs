@@ -286,11 +286,13 @@ pub trait Accounts: Send + Sync {
     ) -> Result<CodeCheck, StoreError>;
 
     /// Up to `limit` accounts after `after` (by id), with their addresses as
-    /// stored, to reseal.
+    /// stored, to reseal; with `only_unsealed`, only those from before
+    /// sealing (none, on a database that never had any, in one query).
     async fn stored_contacts(
         &self,
         after: Option<UserId>,
         limit: u32,
+        only_unsealed: bool,
     ) -> Result<Vec<StoredContacts>, StoreError>;
     /// How many accounts there are (deleted ones too).
     async fn account_count(&self) -> Result<u64, StoreError>;

@@ -445,7 +445,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let (mut after, mut done, mut examined) = (None, 0u64, 0u64);
         loop {
-            let rows = self.engine.stored_contacts(after, batch).await?;
+            let rows = self.engine.stored_contacts(after, batch, !all).await?;
             let Some(last) = rows.last() else {
                 return Ok(done);
             };

@@ -366,6 +366,7 @@ impl Accounts for PgStore {
         &self,
         after: Option<UserId>,
         limit: u32,
+        only_unsealed: bool,
     ) -> Result<Vec<StoredContacts>, StoreError> {
         type Row = (
             Uuid,
@@ -377,10 +378,12 @@ impl Accounts for PgStore {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, email_index, phone_index, email_sealed, phone_sealed FROM users
              WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid)
+               AND (NOT $3 OR (email_sealed IS NULL AND phone_sealed IS NULL))
              ORDER BY id LIMIT $2",
         )
         .bind(after.map(|u| u.0))
         .bind(i64::from(limit))
+        .bind(only_unsealed)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows

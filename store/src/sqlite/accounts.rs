@@ -379,6 +379,7 @@ impl Accounts for SqliteStore {
         &self,
         after: Option<UserId>,
         limit: u32,
+        only_unsealed: bool,
     ) -> Result<Vec<StoredContacts>, StoreError> {
         type Row = (
             Id,
@@ -389,10 +390,13 @@ impl Accounts for SqliteStore {
         );
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, email_index, phone_index, email_sealed, phone_sealed FROM users
-             WHERE id > coalesce(?, '') ORDER BY id LIMIT ?",
+             WHERE id > coalesce(?1, '')
+               AND (NOT ?3 OR (email_sealed IS NULL AND phone_sealed IS NULL))
+             ORDER BY id LIMIT ?2",
         )
         .bind(after.map(|u| u.to_string()))
         .bind(i64::from(limit))
+        .bind(only_unsealed)
         .fetch_all(&self.reader)
         .await?;
         Ok(rows
