@@ -14,6 +14,13 @@ pub enum Identifier {
 }
 
 impl Identifier {
+    /// The address itself, whichever kind it is.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Identifier::Email(a) | Identifier::Phone(a) => a,
+        }
+    }
+
     /// The identifier two nullable columns hold (email first), if any.
     pub(crate) fn from_columns(email: Option<String>, phone: Option<String>) -> Option<Identifier> {
         email

@@ -101,12 +101,6 @@ pub struct Session {
     pub expires_at: chrono::DateTime<Utc>,
 }
 
-fn address(identifier: &Identifier) -> &str {
-    match identifier {
-        Identifier::Email(a) | Identifier::Phone(a) => a,
-    }
-}
-
 /// The earliest birth date accepted: anything before is a typo or a
 /// default value (`0000-01-01`), not a person.
 const EARLIEST_BIRTH_DATE: NaiveDate = match NaiveDate::from_ymd_opt(1900, 1, 1) {
@@ -159,7 +153,7 @@ pub(super) async fn throttle_sends(
     state: &AppState,
     identifier: &Identifier,
 ) -> Result<(), Problem> {
-    let key = state.codes.pseudonym("code_sends", address(identifier));
+    let key = state.codes.pseudonym("code_sends", identifier.as_str());
     match state.throttle.hit(&key, &state.config.code_windows()).await {
         Ok(None) => Ok(()),
         Ok(Some(wait)) => Err(Problem::rate_limited(
@@ -183,7 +177,7 @@ impl<'a> LoginThrottle<'a> {
     fn new(state: &'a AppState, identifier: &Identifier, origin: &Origin) -> Self {
         LoginThrottle {
             state,
-            address_key: state.codes.pseudonym("login_failures", address(identifier)),
+            address_key: state.codes.pseudonym("login_failures", identifier.as_str()),
             ip_key: origin
                 .ip
                 .as_deref()
@@ -314,7 +308,7 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> Result<impl IntoResponse, Problem> {
     let identifier = identifier(req.email, req.phone)?;
-    check_new_password(&req.password, address(&identifier))?;
+    check_new_password(&req.password, identifier.as_str())?;
     let birth = birth_date(&req.birth_date, Utc::now().date_naive())?;
     throttle_sends(&state, &identifier).await?;
     // Hashed whether or not the address is taken, so both answer alike in

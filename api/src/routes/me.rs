@@ -10,7 +10,7 @@ use kiln_jobs::UserId;
 use kiln_store::{
     CODE_DIGITS,
     access_log::{AccessEntry, AccessEvent},
-    accounts::{CodeCheck, Profile},
+    accounts::{CodeCheck, Identifier, Profile},
 };
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -124,13 +124,11 @@ async fn correct(
     let new = identifier(req.email, req.phone)?;
     let Some(code) = req.code else {
         let current = profile(&state, user.id).await?;
-        let (email, phone) = match &new {
-            kiln_store::accounts::Identifier::Email(e) => (Some(e), None),
-            kiln_store::accounts::Identifier::Phone(p) => (None, Some(p)),
+        let already = match &new {
+            Identifier::Email(e) => current.email.as_ref() == Some(e),
+            Identifier::Phone(p) => current.phone.as_ref() == Some(p),
         };
-        if (email.is_some() && email == current.email.as_ref())
-            || (phone.is_some() && phone == current.phone.as_ref())
-        {
+        if already {
             return Err(Problem::invalid("that is already your address"));
         }
         throttle_sends(&state, &new).await?;
