@@ -28,8 +28,14 @@ use clap::{Parser, Subcommand};
 ///   worker.shutdown_grace_ms  KILN_WORKER_SHUTDOWN_GRACE_MS 25000 for running jobs on SIGTERM
 ///   worker.maintenance_interval_ms  KILN_WORKER_MAINTENANCE_INTERVAL_MS  5000
 ///   worker.crash_loop_cap     KILN_WORKER_CRASH_LOOP_CAP    3 lost workers and a job ends failed
-///   worker.finished_job_retention_ms  KILN_WORKER_FINISHED_JOB_RETENTION_MS  604800000 (7 days)
-///   scheduler.prune_jobs_cron KILN_SCHEDULER_PRUNE_JOBS_CRON "0 17 * * * *"
+///   scheduler.retention_purge_cron KILN_SCHEDULER_RETENTION_PURGE_CRON "0 17 3 * * *" (cron with seconds, UTC)
+///   scheduler.catch_up        KILN_SCHEDULER_CATCH_UP       true: after downtime, each plan's latest missed slot fires once
+///   retention.deleted_account_days KILN_RETENTION_DELETED_ACCOUNT_DAYS 30 (at most 30)
+///   retention.access_log_days KILN_RETENTION_ACCESS_LOG_DAYS 180 (at least 180)
+///   retention.moderation_days KILN_RETENTION_MODERATION_DAYS 180 (at least 180)
+///   retention.payment_years   KILN_RETENTION_PAYMENT_YEARS  5 (at least 5)
+///   retention.finished_jobs_days KILN_RETENTION_FINISHED_JOBS_DAYS 7
+///   retention.export_days     KILN_RETENTION_EXPORT_DAYS    7
 ///   api.bcrypt_cost           KILN_API_BCRYPT_COST          12
 ///   api.token_ttl_secs        KILN_API_TOKEN_TTL_SECS       2592000 (30 days)
 ///   api.session_cache_secs    KILN_API_SESSION_CACHE_SECS   60: a token looked up lately is trusted from memory (revocation ends it at once)
@@ -147,7 +153,12 @@ pub enum Command {
     /// Workers only; scale out with more `work` processes on one Postgres.
     Work,
     /// The cron scheduler only; any number of replicas fire each slot once.
-    Schedule,
+    Schedule {
+        /// Print each plan, the slot it last handled and its next fire
+        /// times (UTC), then exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Manage accounts: grant or revoke the operator role.

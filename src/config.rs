@@ -13,6 +13,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use kiln_api::{ApiConfig, CreditsConfig};
+use kiln_jobs::RetentionSettings;
 use kiln_providers::{
     ProviderSettings, email::EmailSettings, fetch::FetchPolicy, images::ImagesSettings,
     limits::RateLimitSettings, moderation::ModerationSettings, payments::PaymentsSettings,
@@ -32,6 +33,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub worker: WorkerConfig,
     pub scheduler: SchedulerConfig,
+    pub retention: RetentionSettings,
     pub api: ApiConfig,
     pub credits: CreditsConfig,
     pub encryption: EncryptionSettings,
@@ -214,6 +216,7 @@ const SECTIONS: &[&str] = &[
     "log",
     "worker",
     "scheduler",
+    "retention",
     "api",
     "credits",
     "encryption",
@@ -385,6 +388,9 @@ impl Settings {
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;
         kiln_scheduler::plans(&self.scheduler).map_err(|e| format!("invalid setting {e}"))?;
+        self.retention
+            .validate()
+            .map_err(|e| format!("invalid setting {e}"))?;
         self.api
             .validate()
             .map_err(|e| format!("invalid setting {e}"))?;

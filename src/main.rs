@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             Command::All => process::run(settings, process::Roles::ALL).await,
             Command::Serve => process::run(settings, process::Roles::SERVE).await,
             Command::Work => process::run(settings, process::Roles::WORK).await,
-            Command::Schedule => process::run(settings, process::Roles::SCHEDULE).await,
+            Command::Schedule { list: true } => process::list_schedule(settings).await,
+            Command::Schedule { list: false } => {
+                process::run(settings, process::Roles::SCHEDULE).await
+            }
             Command::Migrate => process::migrate(settings).await,
             Command::User(command) => process::user(settings, command).await,
             Command::Keys(command) => process::keys(settings, command).await,

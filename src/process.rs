@@ -154,6 +154,32 @@ pub async fn user(settings: Settings, command: crate::cli::UserCommand) -> anyho
     Ok(())
 }
 
+/// `kiln schedule --list`: each plan, its cron and setting, the slot any
+/// replica last handled, and its next fire times (UTC).
+pub async fn list_schedule(settings: Settings) -> anyhow::Result<()> {
+    let plans = kiln_scheduler::plans(&settings.scheduler).map_err(anyhow::Error::msg)?;
+    let store = open_store(&settings).await?;
+    let records = store.plan_records().await?;
+    let now = chrono::Utc::now();
+    for plan in &plans {
+        let last = records
+            .iter()
+            .find(|r| r.plan == plan.name)
+            .and_then(|r| r.last_slot)
+            .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339());
+        println!(
+            "{}  {:?} (scheduler.{})  last slot: {last}",
+            plan.name,
+            plan.schedule.to_string(),
+            plan.setting
+        );
+        for at in kiln_scheduler::next_fires(&plan.schedule, now, 5) {
+            println!("  next {}", at.to_rfc3339());
+        }
+    }
+    Ok(())
+}
+
 /// Runs the given roles until SIGTERM or SIGINT, then stops them in order.
 pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
@@ -245,7 +271,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
             codes.clone(),
         )
         .map_err(anyhow::Error::msg)?;
-        let registry = kiln_workers::handlers::registry(&settings.worker, &deps);
+        let registry = kiln_workers::handlers::registry(&settings.retention, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();
         let store = store.clone();
@@ -258,10 +284,11 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     }
     if roles.scheduler {
         let plans = kiln_scheduler::plans(&settings.scheduler).map_err(anyhow::Error::msg)?;
+        let catch_up = settings.scheduler.catch_up;
         let store = store.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
-            kiln_scheduler::run(store, plans, shutdown).await;
+            kiln_scheduler::run(store, plans, catch_up, shutdown).await;
             Ok(())
         });
     }

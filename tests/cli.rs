@@ -72,10 +72,81 @@ async fn a_bad_setting_stops_kiln_with_a_message_naming_it() {
     assert!(log.contains("concurency"), "{log}");
 
     let mut k = kiln(&[])
-        .env("KILN_SCHEDULER_PRUNE_JOBS_CRON", "every tuesday")
+        .env("KILN_SCHEDULER_RETENTION_PURGE_CRON", "every tuesday")
         .spawn();
     let log = refused(&mut k).await;
-    assert!(log.contains("scheduler.prune_jobs_cron"), "{log}");
+    assert!(log.contains("scheduler.retention_purge_cron"), "{log}");
+}
+
+/// The privacy policy's periods are limits: a retention setting that
+/// would keep data longer (deleted accounts) or shorter (logs, decisions,
+/// payments) than it promises stops kiln before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_setting_beyond_the_policy_stops_kiln_naming_it() {
+    for (var, value, setting) in [
+        (
+            "KILN_RETENTION_DELETED_ACCOUNT_DAYS",
+            "31",
+            "retention.deleted_account_days",
+        ),
+        (
+            "KILN_RETENTION_ACCESS_LOG_DAYS",
+            "179",
+            "retention.access_log_days",
+        ),
+        (
+            "KILN_RETENTION_MODERATION_DAYS",
+            "90",
+            "retention.moderation_days",
+        ),
+        (
+            "KILN_RETENTION_PAYMENT_YEARS",
+            "4",
+            "retention.payment_years",
+        ),
+    ] {
+        let mut k = kiln(&["work"]).env(var, value).spawn();
+        let log = refused(&mut k).await;
+        assert!(log.contains(setting), "{var}={value}: {log}");
+        assert!(log.contains("privacy policy"), "{var}={value}: {log}");
+    }
+    // The policy's own periods, and longer logs, start.
+    let ok = kiln(&[])
+        .env("KILN_RETENTION_DELETED_ACCOUNT_DAYS", "30")
+        .env("KILN_RETENTION_ACCESS_LOG_DAYS", "365")
+        .spawn();
+    ok.wait_http(ok.http, "/healthz").await;
+}
+
+#[test]
+fn schedule_list_prints_each_plan_and_its_next_fire_times() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["schedule", "--list"])
+        .current_dir(cwd.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KILN_SCHEDULER_RETENTION_PURGE_CRON", "0 30 4 * * *")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let plan = lines.next().unwrap();
+    assert!(plan.starts_with("retention_purge "), "{stdout}");
+    assert!(plan.contains("scheduler.retention_purge_cron"), "{stdout}");
+    assert!(plan.contains("last slot: never"), "{stdout}");
+    let next: Vec<&str> = lines.collect();
+    assert_eq!(next.len(), 5, "{stdout}");
+    for line in next {
+        let at = line.trim().strip_prefix("next ").unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+        assert_eq!(at.format("%H:%M:%S").to_string(), "04:30:00", "{stdout}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::{Backoff, GenerateImage, Job, Probe, PruneJobs, SendEmail, SendSms, UpscaleImage};
+use crate::{Backoff, GenerateImage, Job, Probe, RetentionPurge, SendEmail, SendSms, UpscaleImage};
 
 /// How the queue runs a kind's attempts: how many, how long each may take,
 /// how long to wait between them.
@@ -64,7 +64,7 @@ impl KindSpec {
 pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<Probe>(),
-    KindSpec::of::<PruneJobs>(),
+    KindSpec::of::<RetentionPurge>(),
     KindSpec::of::<SendEmail>(),
     KindSpec::of::<SendSms>(),
     KindSpec::of::<UpscaleImage>(),

@@ -9,7 +9,7 @@ mod ids;
 mod job;
 mod notice;
 mod probe;
-mod prune_jobs;
+mod retention_purge;
 mod send_notice;
 mod upscale_image;
 
@@ -21,6 +21,6 @@ pub use ids::{OrderId, UserId};
 pub use job::{Job, decode};
 pub use notice::{Notice, escape_html};
 pub use probe::{Probe, ProbeFailure, ProbeResult};
-pub use prune_jobs::{PruneJobs, PruneJobsResult};
+pub use retention_purge::{DataClass, RetentionPurge, RetentionPurgeResult, RetentionSettings};
 pub use send_notice::{NoticeSent, SendEmail, SendSms};
 pub use upscale_image::{UpscaleImage, UpscaleImageResult};

@@ -46,9 +46,12 @@ fn results_serialize_to_their_stored_shape() {
         serde_json::to_value(&probe).unwrap(),
         json!({"attempt": 2, "job_id": id, "worker": "w-1"})
     );
+    let purged = RetentionPurgeResult {
+        purged: [(DataClass::AccessLog, 3), (DataClass::FinishedJobs, 7)].into(),
+    };
     assert_eq!(
-        serde_json::to_value(PruneJobsResult { deleted: 7 }).unwrap(),
-        json!({"deleted": 7})
+        serde_json::to_value(&purged).unwrap(),
+        json!({"purged": {"finished_jobs": 7, "access_log": 3}})
     );
     let sent = NoticeSent {
         provider: "dev".into(),

@@ -3,14 +3,18 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerConfig {
-    /// When finished jobs past their retention are pruned (cron with seconds).
-    pub prune_jobs_cron: String,
+    /// When the retention purge runs (cron with seconds, UTC).
+    pub retention_purge_cron: String,
+    /// After downtime, fire each plan's latest missed slot once at start
+    /// (never every missed slot); false: wait for the next slot.
+    pub catch_up: bool,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {
-            prune_jobs_cron: "0 17 * * * *".to_owned(),
+            retention_purge_cron: "0 17 3 * * *".to_owned(),
+            catch_up: true,
         }
     }
 }

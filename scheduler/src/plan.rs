@@ -1,15 +1,18 @@
 use std::str::FromStr;
 
 use cron::Schedule;
-use kiln_jobs::PruneJobs;
+use kiln_jobs::RetentionPurge;
 use kiln_store::NewJob;
 
 use crate::SchedulerConfig;
 
-/// A periodic job: its name (part of every slot's idempotency key), when it
-/// fires, and the job it enqueues.
+/// A periodic job: its name (the key of its record in `cron_plans` and
+/// part of every slot's idempotency key), when it fires, and the job it
+/// enqueues.
 pub struct Plan {
     pub name: &'static str,
+    /// The setting it comes from, for `kiln schedule --list`.
+    pub setting: &'static str,
     pub schedule: Schedule,
     pub job: NewJob,
 }
@@ -20,10 +23,10 @@ pub fn plans(config: &SchedulerConfig) -> Result<Vec<Plan>, String> {
         Schedule::from_str(expr)
             .map_err(|e| format!("scheduler.{setting} {expr:?} is not a cron expression: {e}"))
     };
-    let job = |j: &PruneJobs| NewJob::of(j).map_err(|e| e.to_string());
     Ok(vec![Plan {
-        name: "prune_jobs",
-        schedule: parse("prune_jobs_cron", &config.prune_jobs_cron)?,
-        job: job(&PruneJobs {})?,
+        name: "retention_purge",
+        setting: "retention_purge_cron",
+        schedule: parse("retention_purge_cron", &config.retention_purge_cron)?,
+        job: NewJob::of(&RetentionPurge {}).map_err(|e| e.to_string())?,
     }])
 }

@@ -1,34 +1,38 @@
 //! The scheduler against real databases, each test on PostgreSQL and on
-//! SQLite: replicas fire each slot once, a gap in firing is caught up slot
-//! by slot, and a bad cron setting is refused by name.
+//! SQLite: replicas fire each slot once, a slot never fires after a later
+//! one, a plan whose last job has not finished skips its slot, downtime is
+//! caught up with one slot, and a bad cron setting is refused by name.
 //!
-//! Slots come from explicit timestamps passed to `fire_due`; the one test
-//! of `run` waits for events in the database and bounds nothing by time.
+//! Slots are explicit timestamps; the one test of `run` waits for events
+//! in the database and bounds nothing by time.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::{str::FromStr, time::Duration};
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use cron::Schedule;
-use kiln_jobs::{Job, PruneJobs};
-use kiln_scheduler::{Plan, SchedulerConfig, fire_due, plans, run};
-use kiln_store::{JobState, NewJob, Store, testing::TestDatabase};
+use kiln_jobs::{Job, RetentionPurge};
+use kiln_scheduler::{Plan, SchedulerConfig, catch_up, fire, latest_due, plans, run};
+use kiln_store::{Completion, NewJob, Store, schedules::SlotFired, testing::TestDatabase};
 use tokio_util::sync::CancellationToken;
 
 kiln_store::both_databases!(
-    two_replicas_over_the_same_slots_enqueue_each_slot_once,
-    two_running_schedulers_enqueue_each_slot_once,
-    a_gap_is_caught_up_with_every_missed_slot,
-    the_configured_prune_plan_fires_hourly_at_minute_17,
+    replicas_asking_for_one_slot_at_once_fire_it_once,
+    a_slot_older_than_the_last_handled_is_not_fired,
+    a_plan_whose_last_job_runs_skips_its_slot,
+    three_running_schedulers_fire_each_slot_once,
+    downtime_is_caught_up_with_the_latest_slot_only,
+    a_plan_that_never_fired_does_not_catch_up,
 );
 
 /// A plan that fires every second: slots to spare in a short window.
 fn every_second(name: &'static str) -> Plan {
     Plan {
         name,
+        setting: "test",
         schedule: Schedule::from_str("* * * * * *").unwrap(),
-        job: NewJob::of(&PruneJobs {}).unwrap(),
+        job: NewJob::of(&RetentionPurge {}).unwrap(),
     }
 }
 
@@ -43,7 +47,7 @@ async fn keys(db: &TestDatabase) -> Vec<String> {
         "SELECT coalesce(idempotency_key, '') FROM jobs WHERE kind = '{0}'
          UNION ALL SELECT coalesce(idempotency_key, '') FROM finished_jobs WHERE kind = '{0}'
          ORDER BY 1",
-        PruneJobs::KIND
+        RetentionPurge::KIND
     );
     let sql = sqlx::AssertSqlSafe(sql);
     if db.is_postgres() {
@@ -59,58 +63,136 @@ async fn keys(db: &TestDatabase) -> Vec<String> {
     }
 }
 
-/// `plan:slot` keys for these slots, sorted as [`keys`] sorts them.
-fn slot_keys(plan: &str, slots: impl IntoIterator<Item = DateTime<Utc>>) -> Vec<String> {
-    let mut keys: Vec<String> = slots
-        .into_iter()
-        .map(|t| format!("{plan}:{}", t.timestamp()))
+fn key(plan: &str, slot: DateTime<Utc>) -> String {
+    format!("{plan}:{}", slot.timestamp())
+}
+
+/// Plays the worker: runs every due maintenance job to success. Returns
+/// how many it finished.
+async fn finish_due(store: &Store) -> usize {
+    let queues = vec![RetentionPurge::QUEUE.to_owned()];
+    let claimed = store
+        .claim("test", &queues, 100, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let done: Vec<Completion> = claimed
+        .iter()
+        .map(|j| Completion {
+            lease: j.lease,
+            result: serde_json::json!({"purged": {}}),
+        })
         .collect();
-    keys.sort();
-    keys
+    store.complete(&done).await.unwrap();
+    done.len()
 }
 
-async fn two_replicas_over_the_same_slots_enqueue_each_slot_once(store: Store, db: &TestDatabase) {
-    let a = vec![every_second("every_second")];
-    let b = vec![every_second("every_second")];
-    let (since, until) = (at(10, 0, 0), at(10, 0, 20));
-    // Both replicas at once over the same window, then each again.
-    let (fired_a, fired_b) = tokio::join!(
-        fire_due(&store, &a, since, until),
-        fire_due(&store, &b, since, until)
+async fn replicas_asking_for_one_slot_at_once_fire_it_once(store: Store, db: &TestDatabase) {
+    let plan = every_second("every_second");
+    let slot = at(10, 0, 1);
+    let (a, b, c) = tokio::join!(
+        fire(&store, &plan, slot),
+        fire(&store, &plan, slot),
+        fire(&store, &plan, slot)
     );
+    let outcomes = [a.unwrap(), b.unwrap(), c.unwrap()];
+    let fired = outcomes
+        .iter()
+        .filter(|o| matches!(o, SlotFired::Fired(_)))
+        .count();
+    assert_eq!(fired, 1, "{outcomes:?}");
     assert!(
-        fired_a && fired_b,
-        "a replica reported a slot it could not enqueue"
+        outcomes
+            .iter()
+            .all(|o| matches!(o, SlotFired::Fired(_) | SlotFired::AlreadyHandled)),
+        "{outcomes:?}"
     );
-    assert!(fire_due(&store, &a, since, until).await);
-    assert!(fire_due(&store, &b, since, until).await);
-
-    // (10:00:00, 10:00:20]: the 20 slots 10:00:01 ..= 10:00:20, once each.
-    let expected = slot_keys("every_second", (1..=20).map(|s| at(10, 0, s)));
-    assert_eq!(keys(db).await, expected);
+    assert_eq!(keys(db).await, vec![key("every_second", slot)]);
+    let records = store.plan_records().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].last_slot, Some(slot));
 }
 
-async fn two_running_schedulers_enqueue_each_slot_once(store: Store, db: &TestDatabase) {
+async fn a_slot_older_than_the_last_handled_is_not_fired(store: Store, db: &TestDatabase) {
+    let plan = every_second("every_second");
+    assert!(matches!(
+        fire(&store, &plan, at(10, 0, 5)).await.unwrap(),
+        SlotFired::Fired(_)
+    ));
+    finish_due(&store).await;
+    // A replica that lagged behind asks for an earlier slot, then the same.
+    for slot in [at(10, 0, 3), at(10, 0, 5)] {
+        assert_eq!(
+            fire(&store, &plan, slot).await.unwrap(),
+            SlotFired::AlreadyHandled
+        );
+    }
+    assert_eq!(keys(db).await, vec![key("every_second", at(10, 0, 5))]);
+}
+
+async fn a_plan_whose_last_job_runs_skips_its_slot(store: Store, db: &TestDatabase) {
+    let plan = every_second("every_second");
+    let SlotFired::Fired(first) = fire(&store, &plan, at(10, 0, 1)).await.unwrap() else {
+        panic!("the first slot did not fire");
+    };
+    // Claimed and running, as an overrunning purge would be.
+    let queues = vec![RetentionPurge::QUEUE.to_owned()];
+    let running = store
+        .claim("test", &queues, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(
+        fire(&store, &plan, at(10, 0, 2)).await.unwrap(),
+        SlotFired::StillRunning(first)
+    );
+    // The skipped slot stays skipped for every replica.
+    assert_eq!(
+        fire(&store, &plan, at(10, 0, 2)).await.unwrap(),
+        SlotFired::AlreadyHandled
+    );
+    store
+        .complete(&[Completion {
+            lease: running[0].lease,
+            result: serde_json::json!({"purged": {}}),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(
+        fire(&store, &plan, at(10, 0, 3)).await.unwrap(),
+        SlotFired::Fired(_)
+    ));
+    assert_eq!(
+        keys(db).await,
+        vec![
+            key("every_second", at(10, 0, 1)),
+            key("every_second", at(10, 0, 3))
+        ]
+    );
+}
+
+async fn three_running_schedulers_fire_each_slot_once(store: Store, db: &TestDatabase) {
     let stop = CancellationToken::new();
-    let replicas: Vec<_> = (0..2)
+    let replicas: Vec<_> = (0..3)
         .map(|_| {
             tokio::spawn(run(
                 store.clone(),
                 vec![every_second("every_second")],
+                true,
                 stop.clone(),
             ))
         })
         .collect();
-    // Until three slots have been enqueued (between them, the replicas
-    // have raced for each). The deadline only turns a hang into a failure.
+    // Until four slots have fired, finishing each job as a worker would.
+    // The deadline only turns a hang into a failure.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut seen = keys(db).await;
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the schedulers enqueued only {seen:?}"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        finish_due(&store).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         seen = keys(db).await;
     }
     stop.cancel();
@@ -121,89 +203,65 @@ async fn two_running_schedulers_enqueue_each_slot_once(store: Store, db: &TestDa
     let mut distinct = seen.clone();
     distinct.dedup();
     assert_eq!(seen, distinct, "a slot was enqueued twice");
-    let slots: Vec<i64> = seen
-        .iter()
-        .map(|k| {
-            k.strip_prefix("every_second:")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_else(|| panic!("not a plan:slot key: {k}"))
-        })
-        .collect();
-    // One job per second, none skipped, between the first and the last.
-    let (first, last) = (slots[0], slots[slots.len() - 1]);
-    assert_eq!(slots, (first..=last).collect::<Vec<_>>());
 }
 
-/// After downtime, `fire_due(since, until)` enqueues every slot in
-/// (since, until]: the missed ones are not dropped or merged into one, and
-/// each is due at once (no `run_at` of its slot time).
-async fn a_gap_is_caught_up_with_every_missed_slot(store: Store, db: &TestDatabase) {
-    let plans = vec![every_second("every_second")];
-    assert!(fire_due(&store, &plans, at(9, 59, 55), at(10, 0, 0)).await);
-    // Down from 10:00:00 to 10:01:30: 90 slots missed.
-    assert!(fire_due(&store, &plans, at(10, 0, 0), at(10, 1, 30)).await);
-    let expected = slot_keys(
-        "every_second",
-        (56..=59)
-            .map(|s| at(9, 59, s))
-            .chain((0..=59).map(|s| at(10, 0, s)))
-            .chain((0..=30).map(|s| at(10, 1, s))),
-    );
-    assert_eq!(keys(db).await, expected);
-
-    // A replica that comes back with an older `since` (it was down longer)
-    // enqueues nothing twice.
-    assert!(fire_due(&store, &plans, at(9, 59, 0), at(10, 1, 30)).await);
-    let expected = slot_keys(
-        "every_second",
-        (1..=59)
-            .map(|s| at(9, 59, s))
-            .chain((0..=59).map(|s| at(10, 0, s)))
-            .chain((0..=30).map(|s| at(10, 1, s))),
-    );
-    assert_eq!(keys(db).await, expected);
-
-    // Every caught-up job is due now, not at its slot.
-    let stats = store.queue_stats().await.unwrap();
-    let count = |state: JobState| {
-        stats
-            .iter()
-            .filter(|s| s.queue == PruneJobs::QUEUE && s.state == state)
-            .map(|s| s.count)
-            .sum::<i64>()
-    };
-    assert_eq!(
-        count(JobState::Available),
-        expected.len() as i64,
-        "{stats:?}"
-    );
-    assert_eq!(count(JobState::Scheduled), 0, "{stats:?}");
-}
-
-async fn the_configured_prune_plan_fires_hourly_at_minute_17(store: Store, db: &TestDatabase) {
-    let plans = plans(&SchedulerConfig::default()).unwrap();
-    // Three hours of downtime: 10:17, 11:17 and 12:17 are due; the window
-    // is open at `since` (09:17 fired before) and closed at `until`.
-    assert!(fire_due(&store, &plans, at(9, 17, 0), at(12, 17, 0)).await);
+async fn downtime_is_caught_up_with_the_latest_slot_only(store: Store, db: &TestDatabase) {
+    let plan = every_second("every_second");
+    let now = Utc::now();
+    let before = latest_due(&plan.schedule, now - TimeDelta::seconds(10)).unwrap();
+    assert!(matches!(
+        fire(&store, &plan, before).await.unwrap(),
+        SlotFired::Fired(_)
+    ));
+    finish_due(&store).await;
+    // Ten slots went by with no scheduler: one fires, the latest.
+    let latest = latest_due(&plan.schedule, now).unwrap();
+    assert!(matches!(
+        catch_up(&store, &plan, now).await.unwrap(),
+        Some(SlotFired::Fired(_))
+    ));
+    // A second replica starting at the same time finds nothing missed.
+    assert_eq!(catch_up(&store, &plan, now).await.unwrap(), None);
     assert_eq!(
         keys(db).await,
-        slot_keys("prune_jobs", [at(10, 17, 0), at(11, 17, 0), at(12, 17, 0)])
+        vec![key("every_second", before), key("every_second", latest)]
     );
-    // Nothing is due inside one hour between two slots.
-    assert!(fire_due(&store, &plans, at(12, 17, 0), at(13, 16, 59)).await);
-    assert_eq!(keys(db).await.len(), 3);
+}
+
+async fn a_plan_that_never_fired_does_not_catch_up(store: Store, db: &TestDatabase) {
+    let plan = every_second("every_second");
+    assert_eq!(catch_up(&store, &plan, Utc::now()).await.unwrap(), None);
+    assert!(keys(db).await.is_empty());
+}
+
+#[test]
+fn the_latest_due_slot_is_at_or_before_now() {
+    let schedule = Schedule::from_str("*/2 * * * * *").unwrap();
+    assert_eq!(latest_due(&schedule, at(10, 0, 4)), Some(at(10, 0, 4)));
+    let half_past = at(10, 0, 5) + TimeDelta::milliseconds(500);
+    assert_eq!(latest_due(&schedule, half_past), Some(at(10, 0, 4)));
+    let daily = &plans(&SchedulerConfig::default()).unwrap()[0];
+    assert_eq!(daily.name, "retention_purge");
+    assert_eq!(
+        latest_due(&daily.schedule, at(10, 0, 0)),
+        Some(at(3, 17, 0))
+    );
 }
 
 #[test]
 fn an_invalid_cron_expression_is_refused_naming_the_setting() {
     for expr in ["every tuesday", "", "* * * *", "61 * * * * *"] {
         let config = SchedulerConfig {
-            prune_jobs_cron: expr.to_owned(),
+            retention_purge_cron: expr.to_owned(),
+            ..Default::default()
         };
         let err = plans(&config)
             .err()
             .unwrap_or_else(|| panic!("{expr:?} was accepted"));
-        assert!(err.contains("scheduler.prune_jobs_cron"), "{expr:?}: {err}");
+        assert!(
+            err.contains("scheduler.retention_purge_cron"),
+            "{expr:?}: {err}"
+        );
         assert!(err.contains(&format!("{expr:?}")), "{expr:?}: {err}");
     }
     assert!(plans(&SchedulerConfig::default()).is_ok());

@@ -117,7 +117,7 @@ fn spawn_in_process(
     let stop = CancellationToken::new();
     let config = worker_config(args, claims);
     let deps = kiln_workers::handlers::Deps::dev(kiln_store::Objects::memory(), Vec::new());
-    let registry = kiln_workers::handlers::registry(&config, &deps);
+    let registry = kiln_workers::handlers::registry(&Default::default(), &deps);
     let handle = tokio::spawn(kiln_workers::run(
         store.clone(),
         registry,

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub provider_rate_limit_wait_seconds: HistogramVec,
     pub enqueue_group_size: prometheus::Histogram,
     pub payment_notifications: IntCounterVec,
+    pub cron_fires: IntCounterVec,
+    pub cron_skips: IntCounterVec,
+    pub retention_purged: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -64,6 +67,21 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "kiln_payment_notifications_total",
             "Notifications from the merchant of record, by outcome: granted, duplicate, already_paid, ignored, unknown_order, or refused (invalid_signature, stale_signature, invalid_notification)",
             &["provider", "outcome"],
+        )?,
+        cron_fires: counter(
+            "kiln_cron_fires_total",
+            "Cron slots this process enqueued a job for (summed over replicas: one per slot)",
+            &["plan"],
+        )?,
+        cron_skips: counter(
+            "kiln_cron_skips_total",
+            "Cron slots this process skipped because the plan's previous job had not finished",
+            &["plan"],
+        )?,
+        retention_purged: counter(
+            "kiln_retention_purged_total",
+            "Rows (and objects) the retention purge removed, by data class",
+            &["class"],
         )?,
         leases_rescued: counter(
             "kiln_leases_rescued_total",

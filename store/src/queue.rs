@@ -31,11 +31,15 @@ pub trait Queue: Send + Sync + 'static {
     async fn pause_queue(&self, queue: &str) -> Result<(), StoreError>;
     async fn paused_queues(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Removes the finished jobs that finished more than `older_than` ago
-    /// (and their idempotency keys). Rows are deleted `limit` at a time;
-    /// on Postgres, whole days older than the cutoff are dropped first,
-    /// however many rows they hold. Returns how many jobs were removed.
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError>;
+    /// Removes the finished jobs that finished before `before` (and their
+    /// idempotency keys). Rows are deleted `limit` at a time; on Postgres,
+    /// whole days older than the cutoff are dropped first, however many
+    /// rows they hold. Returns how many jobs were removed.
+    async fn prune_finished(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
     /// Creates the storage finished jobs will move to in the coming days
     /// (Postgres: the day partitions of `finished_jobs`). Cheap and
     /// idempotent: the maintenance loop calls it on every tick.
@@ -130,6 +134,16 @@ pub trait JobWrites: Send + Sync + 'static {
         &self,
         b: NewGenerationBatch,
     ) -> Result<BatchEnqueued, StoreError>;
+
+    /// Enqueues `job` for a cron plan's `slot`, unless that slot (or a
+    /// later one) was handled already or the plan's last job is still
+    /// unfinished (see `schedules.rs`).
+    async fn fire_slot(
+        &self,
+        plan: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        job: NewJob,
+    ) -> Result<crate::schedules::SlotFired, StoreError>;
 }
 
 /// The operations a [`Store`](crate::Store) passes straight through.
@@ -140,6 +154,8 @@ pub trait Database:
     + crate::credits::Credits
     + crate::generations::Generations
     + crate::orders::Orders
+    + crate::schedules::Schedules
+    + crate::retention::Retention
 {
 }
 
@@ -149,7 +165,9 @@ impl<
         + crate::accounts::Accounts
         + crate::credits::Credits
         + crate::generations::Generations
-        + crate::orders::Orders,
+        + crate::orders::Orders
+        + crate::schedules::Schedules
+        + crate::retention::Retention,
 > Database for T
 {
 }

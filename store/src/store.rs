@@ -16,6 +16,7 @@ use crate::{
     group_commit::GroupCommit,
     metrics::metrics,
     queue::{Database, Engine},
+    schedules::SlotFired,
     sessions::SessionCache,
 };
 
@@ -150,6 +151,29 @@ impl Store {
             self.tell([StoreEvent::JobsAvailable(Some(queue))]);
         }
         Ok(enqueued)
+    }
+
+    /// Enqueues a cron plan's job for `slot`, once across every replica
+    /// and never beside an unfinished run of the same plan (see
+    /// `schedules.rs`); counts fires and skips per plan.
+    pub async fn fire_slot(
+        &self,
+        plan: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        job: NewJob,
+    ) -> Result<SlotFired, StoreError> {
+        let (kind, queue) = (job.kind.clone(), job.queue.clone());
+        let fired = self.engine.fire_slot(plan, slot, job).await?;
+        match fired {
+            SlotFired::Fired(_) => {
+                metrics().jobs_enqueued.with_label_values(&[&kind]).inc();
+                metrics().cron_fires.with_label_values(&[plan]).inc();
+                self.tell([StoreEvent::JobsAvailable(Some(queue))]);
+            }
+            SlotFired::StillRunning(_) => metrics().cron_skips.with_label_values(&[plan]).inc(),
+            SlotFired::AlreadyHandled => {}
+        }
+        Ok(fired)
     }
 
     /// Inserts many jobs at once; returns the ids of those inserted (a job

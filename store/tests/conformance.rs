@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use kiln_jobs::{Job, Probe, PruneJobs, UserId};
+use kiln_jobs::{Job, Probe, RetentionPurge, UserId};
 use kiln_store::{
     CancelOutcome, Completion, Failure, JobState, NewJob, Store, StoreEvent, testing::TestDatabase,
 };
@@ -76,7 +76,7 @@ async fn claim_order_follows_priority_then_age(store: Store, _: &TestDatabase) {
 async fn one_claim_serves_several_queues_in_priority_order(store: Store, _: &TestDatabase) {
     let routine = store.enqueue(probe()).await.unwrap().id;
     let urgent = store
-        .enqueue(NewJob::of(&PruneJobs {}).unwrap().priority(5))
+        .enqueue(NewJob::of(&RetentionPurge {}).unwrap().priority(5))
         .await
         .unwrap()
         .id;
@@ -257,7 +257,7 @@ async fn idempotency_is_per_owner_and_kind(store: Store, _: &TestDatabase) {
         .await
         .unwrap();
     let system = store.enqueue(probe().idempotency_key("k")).await.unwrap();
-    let other_kind = NewJob::of(&PruneJobs {})
+    let other_kind = NewJob::of(&RetentionPurge {})
         .unwrap()
         .owner(ALICE)
         .idempotency_key("k");
@@ -427,7 +427,7 @@ async fn paused_queue_is_not_claimed_until_resumed(store: Store, _: &TestDatabas
         store.paused_queues().await.unwrap(),
         vec!["default".to_owned()]
     );
-    let maintenance = NewJob::of(&PruneJobs {}).unwrap();
+    let maintenance = NewJob::of(&RetentionPurge {}).unwrap();
     store.enqueue(maintenance).await.unwrap();
     let other = store
         .claim("w", &["maintenance".to_owned()], 1, LEASE)
@@ -550,7 +550,7 @@ async fn prune_deletes_only_old_finished_jobs(store: Store, _: &TestDatabase) {
     let waiting = store.enqueue(probe()).await.unwrap().id;
     assert_eq!(
         store
-            .prune_finished(Duration::from_secs(3600), 100)
+            .prune_finished(ago(Duration::from_secs(3600)), 100)
             .await
             .unwrap(),
         0
@@ -558,7 +558,7 @@ async fn prune_deletes_only_old_finished_jobs(store: Store, _: &TestDatabase) {
     tokio::time::sleep(Duration::from_millis(30)).await;
     assert_eq!(
         store
-            .prune_finished(Duration::from_millis(10), 100)
+            .prune_finished(ago(Duration::from_millis(10)), 100)
             .await
             .unwrap(),
         1
@@ -678,4 +678,9 @@ async fn transactional_enqueue_commits_and_rolls_back_with_the_caller(
         tx.commit().await.unwrap();
         assert!(store.get(committed).await.unwrap().is_some());
     }
+}
+
+/// The instant `d` before now: what "older than `d`" prunes up to.
+fn ago(d: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::TimeDelta::from_std(d).unwrap()
 }

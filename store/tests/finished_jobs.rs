@@ -276,7 +276,7 @@ async fn an_idempotency_key_outlives_its_job_finishing(store: Store, _: &TestDat
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
         store
-            .prune_finished(Duration::from_millis(10), 100)
+            .prune_finished(ago(Duration::from_millis(10)), 100)
             .await
             .unwrap(),
         1
@@ -305,7 +305,7 @@ async fn prune_removes_exactly_the_old_finished_rows(store: Store, db: &TestData
     let waiting = store.enqueue(probe(owner)).await.unwrap().id;
 
     // Bounded batches: two, two, then the last old one.
-    let cutoff = Duration::from_millis(150);
+    let cutoff = ago(Duration::from_millis(150));
     assert_eq!(store.prune_finished(cutoff, 2).await.unwrap(), 2);
     assert_eq!(store.prune_finished(cutoff, 2).await.unwrap(), 2);
     assert_eq!(store.prune_finished(cutoff, 2).await.unwrap(), 1);
@@ -413,7 +413,7 @@ mod partitions {
         assert_eq!(home(&pool, stray).await, "finished_jobs_default");
 
         let removed = store
-            .prune_finished(Duration::from_secs(24 * 3600), 100)
+            .prune_finished(ago(Duration::from_secs(24 * 3600)), 100)
             .await
             .unwrap();
         assert_eq!(removed, 3);
@@ -453,4 +453,9 @@ mod partitions {
         assert_eq!(home(&pool, id).await, "finished_jobs_p20000201");
         assert_eq!(state(&store, id).await, JobState::Succeeded);
     }
+}
+
+/// The instant `d` before now: what "older than `d`" prunes up to.
+fn ago(d: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::TimeDelta::from_std(d).unwrap()
 }

@@ -32,9 +32,6 @@ pub struct WorkerConfig {
     pub maintenance_interval_ms: Duration,
     /// A job whose worker is lost this many times ends `failed`.
     pub crash_loop_cap: u32,
-    /// Finished jobs older than this are pruned by the `prune_jobs` job.
-    #[serde(with = "crate::config::millis")]
-    pub finished_job_retention_ms: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -49,7 +46,6 @@ impl Default for WorkerConfig {
             shutdown_grace_ms: Duration::from_secs(25),
             maintenance_interval_ms: Duration::from_secs(5),
             crash_loop_cap: 3,
-            finished_job_retention_ms: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! handler per job kind. The providers the handlers call live in
 //! `kiln-providers`.
 
+mod clock;
 mod config;
 mod context;
 pub mod handlers;
@@ -10,6 +11,7 @@ mod runtime;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use clock::Clock;
 pub use config::{WorkerConfig, WorkerConfigError};
 pub use context::{JobContext, Outcome};
 pub use registry::{Handler, Registry};

@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use kiln_jobs::RetentionSettings;
 use kiln_jobs::{Job, JobError};
 use kiln_providers::{
     email::{DEV_FROM, DevMailer},
@@ -47,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    Outcome, Registry, WorkerConfig,
+    Clock, Outcome, Registry,
     handlers::{Deps, registry},
     runtime::{completer, inflight::InFlight, service::RunJob},
 };
@@ -102,18 +103,18 @@ impl<R: std::fmt::Debug> Performed<R> {
 }
 
 impl TestWorker {
-    /// Every handler with the default [`WorkerConfig`].
+    /// Every handler with the default retention, on the system clock.
     pub fn new(store: Store) -> TestWorker {
-        TestWorker::with_config(store, &WorkerConfig::default())
+        TestWorker::with_retention(store, &RetentionSettings::default(), Clock::system())
     }
 
-    /// Every handler with `config` (e.g. another finished-job retention for
-    /// `prune_jobs`).
+    /// Every handler with `retention`, on `clock` (e.g. a fixed time days
+    /// ahead, to make rows due for the `retention_purge`).
     ///
     /// # Panics
     ///
     /// When no temporary directory can be made for the outboxes.
-    pub fn with_config(store: Store, config: &WorkerConfig) -> TestWorker {
+    pub fn with_retention(store: Store, retention: &RetentionSettings, clock: Clock) -> TestWorker {
         let outbox = match tempfile::tempdir() {
             Ok(dir) => dir,
             Err(e) => panic!("cannot make a temporary outbox directory: {e}"),
@@ -124,7 +125,8 @@ impl TestWorker {
         let mut deps = Deps::dev(Objects::memory(), blocked.collect());
         deps.mailer = Arc::new(DevMailer::new(&emails, DEV_FROM));
         deps.sms = Arc::new(DevSms::new(&texts));
-        let registry = registry(config, &deps);
+        deps.clock = clock;
+        let registry = registry(retention, &deps);
         let (completed_tx, completed_rx) = mpsc::channel(1);
         let run = RunJob {
             store: store.clone(),

@@ -4,19 +4,16 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use std::time::Duration;
-
 use kiln_jobs::{
-    GenerateImage, JobError, Notice, Probe, ProbeFailure, PruneJobs, SendEmail, SendSms,
-    UpscaleImage, stage,
+    GenerateImage, JobError, Notice, Probe, ProbeFailure, SendEmail, SendSms, UpscaleImage, stage,
 };
 use kiln_store::{
-    JobRecord, JobState, NewJob, Store,
+    JobRecord, JobState, Store,
     accounts::{Identifier, NewUser},
     generations::{GenerationEnqueued, ModerationSubject, NewGeneration},
     testing::{self, TestDatabase},
 };
-use kiln_workers::{Outcome, WorkerConfig, testing::TestWorker};
+use kiln_workers::testing::TestWorker;
 use uuid::Uuid;
 
 kiln_store::both_databases!(
@@ -30,7 +27,6 @@ kiln_store::both_databases!(
     an_account_code_is_derived_when_sent_and_only_while_live,
     probe_reports_its_attempt_and_worker,
     failing_probe_is_retried_or_failed_as_told,
-    prune_jobs_deletes_old_finished_jobs_only,
 );
 
 async fn row(store: &Store, id: Uuid) -> JobRecord {
@@ -363,48 +359,6 @@ async fn failing_probe_is_retried_or_failed_as_told(store: Store, _: &TestDataba
         .unwrap()
         .expect_error();
     assert_eq!(panicked.code(), "panic", "caught as the runtime catches it");
-}
-
-async fn prune_jobs_deletes_old_finished_jobs_only(store: Store, _: &TestDatabase) {
-    let keep_everything = TestWorker::new(store.clone());
-    let finished = keep_everything.perform(Probe::default()).await.unwrap();
-    let finished = finished.job_id;
-    let waiting = store
-        .enqueue(NewJob::of(&Probe::default()).unwrap())
-        .await
-        .unwrap()
-        .id;
-
-    // The default retention is a week: nothing here is that old.
-    let result = keep_everything
-        .perform(PruneJobs {})
-        .await
-        .unwrap()
-        .expect_done();
-    assert_eq!(result.deleted, 0);
-    assert!(store.get(finished).await.unwrap().is_some());
-
-    let prune_now = TestWorker::with_config(
-        store.clone(),
-        &WorkerConfig {
-            finished_job_retention_ms: Duration::ZERO,
-            ..WorkerConfig::default()
-        },
-    );
-    // Finished a moment ago is older than no retention at all.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let performed = prune_now.perform(PruneJobs {}).await.unwrap();
-    let job_id = performed.job_id;
-    let result = performed.expect_done();
-    // The probe, and the first prune job.
-    assert_eq!(result.deleted, 2);
-    assert!(store.get(finished).await.unwrap().is_none());
-    assert_eq!(row(&store, waiting).await.state, JobState::Available);
-    assert_eq!(row(&store, job_id).await.state, JobState::Succeeded);
-    assert!(matches!(
-        prune_now.perform(PruneJobs {}).await.unwrap().result,
-        Ok(Outcome::Done(_))
-    ));
 }
 
 async fn an_account_code_is_derived_when_sent_and_only_while_live(store: Store, _: &TestDatabase) {

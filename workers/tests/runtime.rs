@@ -58,7 +58,7 @@ impl Running {
 fn start(store: &Store, config: WorkerConfig) -> Running {
     let stop = CancellationToken::new();
     let deps = kiln_workers::handlers::Deps::dev(kiln_store::Objects::memory(), Vec::new());
-    let registry = kiln_workers::handlers::registry(&config, &deps);
+    let registry = kiln_workers::handlers::registry(&Default::default(), &deps);
     let handle = tokio::spawn(kiln_workers::run(
         store.clone(),
         registry,

@@ -29,6 +29,8 @@ mod credits;
 mod generations;
 mod notify;
 mod orders;
+mod retention;
+mod schedules;
 
 use generations::insert_generations;
 use notify::Notifier;
@@ -770,12 +772,11 @@ impl Queue for PgStore {
         )
     }
 
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
-        let cutoff: chrono::DateTime<chrono::Utc> =
-            sqlx::query_scalar("SELECT now() - make_interval(secs => $1)")
-                .bind(secs(older_than))
-                .fetch_one(&self.pool)
-                .await?;
+    async fn prune_finished(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
         // Whole days first: O(1) each, however many rows they hold.
         let mut removed = self.drop_finished_days(cutoff).await?;
         // Then what is left older than the cutoff: the DEFAULT partition's
@@ -843,6 +844,15 @@ impl Queue for PgStore {
 
 #[async_trait]
 impl JobWrites for PgStore {
+    async fn fire_slot(
+        &self,
+        plan: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        job: NewJob,
+    ) -> Result<crate::schedules::SlotFired, StoreError> {
+        self.fire_slot_in_db(plan, slot, job).await
+    }
+
     fn announce(&self, events: &[StoreEvent]) -> bool {
         self.notifier.send(events.iter().cloned());
         true

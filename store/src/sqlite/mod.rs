@@ -28,6 +28,8 @@ mod accounts;
 mod credits;
 mod generations;
 mod orders;
+mod retention;
+mod schedules;
 
 use crate::generations::NewGenerationRow;
 use generations::{existing_batch, insert_generations};
@@ -469,12 +471,16 @@ impl Queue for SqliteStore {
         )
     }
 
-    async fn prune_finished(&self, older_than: Duration, limit: u32) -> Result<u64, StoreError> {
+    async fn prune_finished(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
         let mut tx = self.writer.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM finished_jobs WHERE finished_at < ? ORDER BY finished_at LIMIT ?",
         )
-        .bind(now_ms() - ms(older_than))
+        .bind(crate::codec::Time(before))
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?;
@@ -551,6 +557,15 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl JobWrites for SqliteStore {
+    async fn fire_slot(
+        &self,
+        plan: &str,
+        slot: chrono::DateTime<chrono::Utc>,
+        job: NewJob,
+    ) -> Result<crate::schedules::SlotFired, StoreError> {
+        self.fire_slot_in_db(plan, slot, job).await
+    }
+
     fn announce(&self, _: &[StoreEvent]) -> bool {
         false
     }

@@ -4,7 +4,7 @@ mod generate_image;
 mod links;
 mod moderation;
 mod probe;
-mod prune_jobs;
+mod retention_purge;
 mod send_notice;
 mod upscale_image;
 
@@ -13,11 +13,12 @@ use std::sync::Arc;
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
 pub use probe::ProbeHandler;
-pub use prune_jobs::PruneJobsHandler;
+pub use retention_purge::RetentionPurgeHandler;
 pub use send_notice::{SendEmailHandler, SendSmsHandler};
 pub use upscale_image::UpscaleImageHandler;
 
-use crate::{Registry, WorkerConfig};
+use crate::{Clock, Registry};
+use kiln_jobs::RetentionSettings;
 use kiln_providers::{
     ProviderSettings,
     email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
@@ -54,6 +55,8 @@ pub struct Deps {
     /// derive account codes under it. Every `serve` and `work` process
     /// must share it.
     pub codes: Arc<CodeKey>,
+    /// The time handlers go by (the retention purge's cutoffs).
+    pub clock: Clock,
 }
 
 impl Deps {
@@ -77,6 +80,7 @@ impl Deps {
             links,
             fetcher: built.fetcher,
             codes,
+            clock: Clock::system(),
         })
     }
 
@@ -101,6 +105,7 @@ impl Deps {
             fetcher: Arc::new(GuardedFetcher::new(FetchPolicy::default())),
             // A throwaway key too: swap in the API's to send its codes.
             codes: Arc::new(CodeKey::random()),
+            clock: Clock::system(),
         }
     }
 }
@@ -117,7 +122,7 @@ fn throwaway_signer() -> UrlSigner {
 }
 
 /// Every kind's handler, as this build runs them.
-pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
+pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
     Registry::new()
         .register(GenerateImageHandler {
             generator: deps.generator.clone(),
@@ -143,8 +148,9 @@ pub fn registry(config: &WorkerConfig, deps: &Deps) -> Registry {
             product_name: deps.product_name.clone(),
             codes: deps.codes.clone(),
         })
-        .register(PruneJobsHandler {
-            retention: config.finished_job_retention_ms,
+        .register(RetentionPurgeHandler {
+            retention: retention.clone(),
+            clock: deps.clock.clone(),
         })
 }
 
@@ -153,7 +159,7 @@ mod tests {
     #[test]
     fn every_kind_has_a_handler() {
         let deps = super::Deps::dev(kiln_store::Objects::memory(), Vec::new());
-        let registry = super::registry(&crate::WorkerConfig::default(), &deps);
+        let registry = super::registry(&Default::default(), &deps);
         let mut handled: Vec<_> = registry.kinds().collect();
         handled.sort();
         let mut kinds: Vec<_> = kiln_jobs::KINDS.iter().map(|s| s.kind).collect();
@@ -164,7 +170,7 @@ mod tests {
     #[test]
     fn every_handler_runs_under_its_kinds_policy() {
         let deps = super::Deps::dev(kiln_store::Objects::memory(), Vec::new());
-        let registry = super::registry(&crate::WorkerConfig::default(), &deps);
+        let registry = super::registry(&Default::default(), &deps);
         for spec in kiln_jobs::KINDS {
             assert_eq!(
                 registry.policy(spec.kind),
