@@ -239,6 +239,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         signer: signer.clone(),
         config: std::sync::Arc::new(settings.api.clone()),
         credits: std::sync::Arc::new(settings.credits.clone()),
+        retention: std::sync::Arc::new(settings.retention.clone()),
         shop: std::sync::Arc::new(shop),
         seen_ips: Default::default(),
         codes: codes.clone(),

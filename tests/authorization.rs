@@ -42,7 +42,7 @@ fn case(method: Method, template: &'static str, expect: [u16; 5]) -> Case {
 }
 
 /// Every operation, in the order they are asked: what changes an account
-/// (logout, restriction, deleting the image) comes where it cannot
+/// (logout, restriction, deleting the image and the accounts) comes where it cannot
 /// disturb the rest, and the owner asks last.
 fn matrix() -> Vec<Case> {
     use Method as M;
@@ -75,6 +75,8 @@ fn matrix() -> Vec<Case> {
         case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
         case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
         case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),
+        // Each deletes its own account: last of all.
+        case(M::DELETE, "/v1/me", [401, 202, 202, 202, 202]),
     ]
 }
 
@@ -154,6 +156,7 @@ impl World {
             ),
             ("POST", "/v1/upscales") => (c.template.into(), Some(json!({"image_id": self.image}))),
             ("PATCH", "/v1/me") => (c.template.into(), Some(json!({"email": self.fresh()}))),
+            ("DELETE", "/v1/me") => (c.template.into(), Some(json!({"password": PASSWORD}))),
             (_, "/v1/files/{key}") => (self.file.clone(), None),
             (_, t) => (
                 t.replace(

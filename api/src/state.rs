@@ -15,6 +15,8 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Prices and grants.
     pub credits: Arc<CreditsConfig>,
+    /// How long each class of data is kept (what a deletion promises).
+    pub retention: Arc<kiln_jobs::RetentionSettings>,
     /// How credits are sold.
     pub shop: Arc<Shop>,
     /// The (account, IP) pairs this process has recorded lately.

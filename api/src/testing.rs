@@ -51,6 +51,7 @@ impl TestApi {
                 signer: Arc::new(signer),
                 config: Arc::new(config),
                 credits: Arc::new(CreditsConfig::default()),
+                retention: Arc::default(),
                 shop: Arc::new(
                     Shop::new(
                         &PaymentsSettings::default(),

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::{Backoff, GenerateImage, Job, Probe, RetentionPurge, SendEmail, SendSms, UpscaleImage};
+use crate::{
+    AccountPurge, Backoff, GenerateImage, Job, Probe, RetentionPurge, SendEmail, SendSms,
+    UpscaleImage,
+};
 
 /// How the queue runs a kind's attempts: how many, how long each may take,
 /// how long to wait between them.
@@ -62,6 +65,7 @@ impl KindSpec {
 
 /// Every kind kiln knows, in one list.
 pub const KINDS: &[KindSpec] = &[
+    KindSpec::of::<AccountPurge>(),
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<Probe>(),
     KindSpec::of::<RetentionPurge>(),

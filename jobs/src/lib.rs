@@ -1,6 +1,7 @@
 //! The job catalogue: every kind of job kiln runs, as typed payloads with
 //! their queue, attempts, timeout and priority beside them. No I/O here.
 
+mod account_purge;
 mod backoff;
 pub mod catalogue;
 mod error;
@@ -13,6 +14,7 @@ mod retention_purge;
 mod send_notice;
 mod upscale_image;
 
+pub use account_purge::{AccountPurge, AccountPurgeResult};
 pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, Policy, spec};
 pub use error::{DecodeError, JobError};

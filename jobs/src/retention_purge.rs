@@ -39,14 +39,18 @@ pub enum DataClass {
     Moderation,
     /// Payment orders and the merchant's notification ids.
     Payments,
+    /// Deleted accounts not erased yet (their `account_purge` did not
+    /// finish): counted in accounts erased.
+    DeletedAccounts,
 }
 
 impl DataClass {
-    pub const ALL: [DataClass; 4] = [
+    pub const ALL: [DataClass; 5] = [
         DataClass::FinishedJobs,
         DataClass::AccessLog,
         DataClass::Moderation,
         DataClass::Payments,
+        DataClass::DeletedAccounts,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl DataClass {
             DataClass::AccessLog => "access_log",
             DataClass::Moderation => "moderation",
             DataClass::Payments => "payments",
+            DataClass::DeletedAccounts => "deleted_accounts",
         }
     }
 }
@@ -143,6 +148,7 @@ impl RetentionSettings {
             DataClass::AccessLog => DAY * self.access_log_days,
             DataClass::Moderation => DAY * self.moderation_days,
             DataClass::Payments => YEAR * self.payment_years,
+            DataClass::DeletedAccounts => DAY * self.deleted_account_days,
         }
     }
 }

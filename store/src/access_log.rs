@@ -42,11 +42,13 @@ pub enum AccessEvent {
     Restricted,
     /// The owner lifted the restriction.
     Unrestricted,
+    /// The owner deleted the account (the entry outlives it, detached).
+    DeletionRequested,
 }
 
 impl AccessEvent {
     /// Every event, to read a stored name back.
-    pub const ALL: [AccessEvent; 14] = [
+    pub const ALL: [AccessEvent; 15] = [
         AccessEvent::Register,
         AccessEvent::RegistrationAttempt,
         AccessEvent::Verify,
@@ -61,6 +63,7 @@ impl AccessEvent {
         AccessEvent::ContactChanged,
         AccessEvent::Restricted,
         AccessEvent::Unrestricted,
+        AccessEvent::DeletionRequested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +82,7 @@ impl AccessEvent {
             AccessEvent::ContactChanged => "contact_changed",
             AccessEvent::Restricted => "restricted",
             AccessEvent::Unrestricted => "unrestricted",
+            AccessEvent::DeletionRequested => "deletion_requested",
         }
     }
 

@@ -9,6 +9,7 @@ mod code_key;
 mod codec;
 mod connect;
 pub mod credits;
+pub mod deletion;
 mod error;
 pub mod generations;
 mod group_commit;

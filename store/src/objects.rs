@@ -110,6 +110,27 @@ impl Objects {
         }
     }
 
+    /// Deletes every object under `prefix` (a folder, e.g. `refs/<id>/`);
+    /// returns how many. Like `delete`, safe to repeat.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64, ObjectsError> {
+        use futures::TryStreamExt;
+        let path = parse_key(prefix.trim_end_matches('/'))?;
+        let keys: Vec<Path> = self
+            .inner
+            .list(Some(&path))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await
+            .map_err(|e| backend_error("list", prefix, e))?;
+        for key in &keys {
+            match self.inner.delete(key).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(backend_error("delete", key.as_ref(), e)),
+            }
+        }
+        Ok(keys.len() as u64)
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, ObjectsError> {
         let path = parse_key(key)?;
         match self.inner.head(&path).await {

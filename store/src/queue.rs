@@ -144,6 +144,15 @@ pub trait JobWrites: Send + Sync + 'static {
         slot: chrono::DateTime<chrono::Utc>,
         job: NewJob,
     ) -> Result<crate::schedules::SlotFired, StoreError>;
+
+    /// Deletes an account at its owner's request and enqueues `purge` (its
+    /// `account_purge`) in the same transaction; see `deletion.rs`. None
+    /// when the account does not exist or was deleted already.
+    async fn delete_account(
+        &self,
+        user: UserId,
+        purge: NewJob,
+    ) -> Result<Option<crate::deletion::AccountDeleted>, StoreError>;
 }
 
 /// The operations a [`Store`](crate::Store) passes straight through.
@@ -156,6 +165,7 @@ pub trait Database:
     + crate::orders::Orders
     + crate::schedules::Schedules
     + crate::retention::Retention
+    + crate::deletion::Deletion
 {
 }
 
@@ -167,7 +177,8 @@ impl<
         + crate::generations::Generations
         + crate::orders::Orders
         + crate::schedules::Schedules
-        + crate::retention::Retention,
+        + crate::retention::Retention
+        + crate::deletion::Deletion,
 > Database for T
 {
 }

@@ -12,7 +12,9 @@ use crate::StoreError;
 pub trait Retention: Send + Sync + 'static {
     /// Deletes up to `limit` rows of each table of `class` that are older
     /// than `before`; returns how many went. Call until it returns less
-    /// than `limit`. Finished jobs go as [`Queue::prune_finished`](crate::Queue::prune_finished) removes them.
+    /// than `limit`. Finished jobs go as [`Queue::prune_finished`](crate::Queue::prune_finished)
+    /// removes them; deleted accounts are not rows of a table but erased
+    /// through [`Deletion`](crate::deletion::Deletion) (nothing here).
     async fn purge(
         &self,
         class: DataClass,

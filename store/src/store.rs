@@ -176,6 +176,51 @@ impl Store {
         Ok(fired)
     }
 
+    /// Deletes an account at its owner's request (see `deletion.rs`): it
+    /// is hidden, its address freed, every session revoked in every
+    /// process, and its `account_purge` enqueued, in one transaction. None
+    /// when there is no such live account.
+    pub async fn delete_account(&self, user: UserId) -> Result<Option<Uuid>, StoreError> {
+        let purge = NewJob::of(&kiln_jobs::AccountPurge { user })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+            .idempotency_key(format!("account_purge:{user}"));
+        let queue = purge.queue.clone();
+        let Some(deleted) = self.engine.delete_account(user, purge).await? else {
+            return Ok(None);
+        };
+        for token_hash in &deleted.revoked {
+            self.sessions.forget(token_hash);
+        }
+        metrics()
+            .jobs_enqueued
+            .with_label_values(&[kiln_jobs::AccountPurge::KIND])
+            .inc();
+        self.tell([StoreEvent::JobsAvailable(Some(queue))]);
+        Ok(Some(deleted.purge_job))
+    }
+
+    /// Cancels every unfinished job of an owner: waiting ones at once
+    /// (refunded by the move that ends them), running ones by telling
+    /// their workers. Returns (cancelled now, still running).
+    pub async fn cancel_jobs_of(&self, owner: UserId) -> Result<(u64, u64), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let (mut cancelled, mut running) = (0, 0);
+        loop {
+            let ids = self.engine.unfinished_jobs_of(owner, 500).await?;
+            let fresh: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            if fresh.is_empty() {
+                return Ok((cancelled, running));
+            }
+            for id in fresh {
+                match self.cancel(id, Some(owner)).await? {
+                    CancelOutcome::Cancelled => cancelled += 1,
+                    CancelOutcome::Cancelling => running += 1,
+                    CancelOutcome::AlreadyFinished(_) | CancelOutcome::NotFound => {}
+                }
+            }
+        }
+    }
+
     /// Inserts many jobs at once; returns the ids of those inserted (a job
     /// whose idempotency key exists already is skipped).
     pub async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<Uuid>, StoreError> {

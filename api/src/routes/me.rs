@@ -25,7 +25,7 @@ use crate::{
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/me", get(show).patch(correct))
+        .route("/v1/me", get(show).patch(correct).delete(delete_account))
         .route("/v1/me/restriction", post(restrict).delete(unrestrict))
         .route("/v1/me/access-log", get(access_log))
 }
@@ -184,7 +184,7 @@ async fn correct(
 #[utoipa::path(post, path = "/v1/me/restriction", tag = "accounts",
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "the account is restricted: it starts no new jobs (403 `restricted`) and gets only the notices the law requires; what runs already finishes"),
+        (status = 204, description = "the account is restricted: its waiting jobs are cancelled and refunded, running ones told to stop; it starts no new jobs (403 `restricted`) and gets only the notices the law requires"),
         (status = 401, description = "no valid token", body = Problem),
     ))]
 async fn restrict(
@@ -198,6 +198,9 @@ async fn restrict(
             .record_access(Some(user.id), AccessEvent::Restricted, &origin)
             .await?;
     }
+    // Restriction stops processing: what waits is cancelled (and
+    // refunded), what runs is told to stop.
+    state.store.cancel_jobs_of(user.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,6 +224,73 @@ async fn unrestrict(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Deleting your account: your password, to show it is you.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeletionRequest {
+    pub password: String,
+}
+
+/// What a deletion request did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletionAccepted {
+    /// `deletion_requested`.
+    pub status: &'static str,
+    /// By when your prompts, images and personal data are erased at the
+    /// latest (the purge starts at once).
+    pub erased_by: DateTime<Utc>,
+}
+
+#[utoipa::path(delete, path = "/v1/me", tag = "accounts",
+    security(("bearer" = [])),
+    request_body = DeletionRequest,
+    responses(
+        (status = 202, description = "the account is deleted: every token stops working now, the address can register again, and the account's prompts, images, jobs and personal data are erased by `erased_by` (payment records and access-log entries are kept, detached, for the periods the law requires)", body = DeletionAccepted),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 403, description = "`wrong_password`", body = Problem),
+        (status = 422, description = "no password given", body = Problem),
+    ))]
+async fn delete_account(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+    Json(req): Json<DeletionRequest>,
+) -> Result<(StatusCode, Json<DeletionAccepted>), Problem> {
+    // A token outlives its account only by a race with deletion.
+    let hash = state
+        .store
+        .password_hash(user.id)
+        .await?
+        .ok_or_else(Problem::unauthorized)?;
+    if !crate::auth::verify_password(req.password, hash)
+        .await
+        .unwrap_or(false)
+    {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "wrong_password",
+            "the password is not this account's; deleting an account needs its password",
+        ));
+    }
+    // Recorded first: the entry outlives the account, detached from it.
+    state
+        .store
+        .record_access(Some(user.id), AccessEvent::DeletionRequested, &origin)
+        .await?;
+    if state.store.delete_account(user.id).await?.is_none() {
+        return Err(Problem::unauthorized());
+    }
+    let erased_by =
+        Utc::now() + chrono::Duration::days(i64::from(state.retention.deleted_account_days));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeletionAccepted {
+            status: "deletion_requested",
+            erased_by,
+        }),
+    ))
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogQuery {
@@ -238,7 +308,8 @@ pub struct AccessEntryResource {
     /// your address), `verify`, `verify_failed`, `login`, `login_failed`,
     /// `logout`, `new_ip` (your account was used from an IP for the first
     /// time), `contact_change_requested`, `contact_changed`, `restricted`,
-    /// `unrestricted`, `operator_granted`, `operator_revoked`.
+    /// `unrestricted`, `operator_granted`, `operator_revoked`,
+    /// `deletion_requested`.
     #[schema(value_type = String, example = "login")]
     pub event: AccessEvent,
     pub ip: Option<String>,

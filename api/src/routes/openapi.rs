@@ -25,6 +25,7 @@ use crate::AppState;
         super::me::correct,
         super::me::restrict,
         super::me::unrestrict,
+        super::me::delete_account,
         super::me::access_log,
         super::generations::create,
         super::generations::create_batch,

@@ -26,6 +26,7 @@ use crate::{
 mod access_log;
 mod accounts;
 mod credits;
+mod deletion;
 mod generations;
 mod notify;
 mod orders;
@@ -844,6 +845,14 @@ impl Queue for PgStore {
 
 #[async_trait]
 impl JobWrites for PgStore {
+    async fn delete_account(
+        &self,
+        user: UserId,
+        purge: NewJob,
+    ) -> Result<Option<crate::deletion::AccountDeleted>, StoreError> {
+        self.delete_account_in_db(user, purge).await
+    }
+
     async fn fire_slot(
         &self,
         plan: &str,

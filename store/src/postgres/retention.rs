@@ -9,7 +9,9 @@ use crate::{Queue, StoreError, retention::Retention};
 /// (found through the time column's index, deleted without a second lookup).
 fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
     match class {
-        DataClass::FinishedJobs => &[],
+        // Finished jobs go by `prune_finished`; deleted accounts are erased
+        // by the worker, objects first (`Deletion`).
+        DataClass::FinishedJobs | DataClass::DeletedAccounts => &[],
         DataClass::AccessLog => &[("access_log", "created_at"), ("account_ips", "first_seen")],
         DataClass::Moderation => &[("moderation_decisions", "created_at")],
         DataClass::Payments => &[

@@ -26,6 +26,7 @@ use crate::{
 mod access_log;
 mod accounts;
 mod credits;
+mod deletion;
 mod generations;
 mod orders;
 mod retention;
@@ -557,6 +558,14 @@ impl Queue for SqliteStore {
 
 #[async_trait]
 impl JobWrites for SqliteStore {
+    async fn delete_account(
+        &self,
+        user: UserId,
+        purge: NewJob,
+    ) -> Result<Option<crate::deletion::AccountDeleted>, StoreError> {
+        self.delete_account_in_db(user, purge).await
+    }
+
     async fn fire_slot(
         &self,
         plan: &str,

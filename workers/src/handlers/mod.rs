@@ -1,5 +1,6 @@
 //! One handler per job kind, and the list that registers them all.
 
+mod account_purge;
 mod generate_image;
 mod links;
 mod moderation;
@@ -10,6 +11,7 @@ mod upscale_image;
 
 use std::sync::Arc;
 
+pub use account_purge::AccountPurgeHandler;
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
 pub use probe::ProbeHandler;
@@ -151,6 +153,10 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
         .register(RetentionPurgeHandler {
             retention: retention.clone(),
             clock: deps.clock.clone(),
+            objects: deps.objects.clone(),
+        })
+        .register(AccountPurgeHandler {
+            objects: deps.objects.clone(),
         })
 }
 

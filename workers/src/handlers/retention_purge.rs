@@ -3,13 +3,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use kiln_jobs::{DataClass, JobError, RetentionPurge, RetentionPurgeResult, RetentionSettings};
-use kiln_store::metrics::metrics;
+use kiln_store::{Objects, Store, metrics::metrics};
 
+use super::account_purge::{Erasure, erase_account};
 use crate::{Clock, Handler, JobContext, Outcome};
 
 pub struct RetentionPurgeHandler {
     pub retention: RetentionSettings,
     pub clock: Clock,
+    /// Deleted accounts' images are objects too.
+    pub objects: Objects,
 }
 
 /// Rows per statement: each batch commits on its own, so no lock is held
@@ -33,7 +36,9 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                     break;
                 }
                 let n = match class {
-                    DataClass::FinishedJobs => ctx.store().prune_finished(before, BATCH).await?,
+                    DataClass::DeletedAccounts => {
+                        self.erase_deleted_accounts(ctx.store(), before).await?
+                    }
                     _ => ctx.store().purge(class, before, BATCH).await?,
                 };
                 purged += n;
@@ -41,13 +46,33 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                     .retention_purged
                     .with_label_values(&[class.as_str()])
                     .inc_by(n);
-                if n < u64::from(BATCH) {
+                // Deleted accounts: one pass (an account whose jobs still
+                // run is left for the next purge, not retried in a loop).
+                if n < u64::from(BATCH) || class == DataClass::DeletedAccounts {
                     break;
                 }
             }
             result.purged.insert(class, purged);
         }
         Ok(Outcome::Done(result))
+    }
+}
+
+impl RetentionPurgeHandler {
+    /// Erases accounts deleted before `before` whose own `account_purge`
+    /// did not finish; returns how many.
+    async fn erase_deleted_accounts(
+        &self,
+        store: &Store,
+        before: DateTime<Utc>,
+    ) -> Result<u64, JobError> {
+        let mut erased = 0;
+        for user in store.deleted_accounts(before, BATCH).await? {
+            if let Erasure::Done(_) = erase_account(store, &self.objects, user).await? {
+                erased += 1;
+            }
+        }
+        Ok(erased)
     }
 }
 
