@@ -157,7 +157,8 @@ impl Moderator for DevModerator {
     }
 
     /// Judges the prompt the dev generator embedded; an image without one
-    /// (from elsewhere) is allowed, since there is nothing to judge offline.
+    /// (from elsewhere, or stored, since storing strips it) is allowed,
+    /// since there is nothing to judge offline.
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
         // Only kiln's own PNGs carry a prompt to judge by; a JPEG, WebP or
         // GIF (a reference image, an upscaler's answer) has nothing the
@@ -307,6 +308,16 @@ mod tests {
 
         let good = one("a gorgeous scene", 16, 16).await;
         assert!(m.check_image(&good.png).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn an_image_is_judged_before_its_metadata_is_stripped() {
+        // Why the workers moderate a provider's bytes before stripping them.
+        let m = DevModerator::default();
+        let bad = one("a gore scene", 16, 16).await;
+        assert!(!m.check_image(&bad.png).await.unwrap().allowed);
+        let stored = crate::image_metadata::strip_metadata(&bad.png).unwrap();
+        assert!(m.check_image(&stored).await.unwrap().allowed);
     }
 
     #[tokio::test]
