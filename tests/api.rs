@@ -71,6 +71,10 @@ async fn embedded_default_generates_an_image_a_client_can_download() {
     assert_eq!(r.headers()["content-type"], "image/png");
     let bytes = r.bytes().await.unwrap();
     assert_eq!(decode_png(&bytes), (512, 512));
+    // The dev generator wrote the prompt into its PNG; the stored copy
+    // carries none of it.
+    let prompt = b"a red fox in fresh snow";
+    assert!(!bytes.windows(prompt.len()).any(|w| w == prompt));
 
     // The image resource gives a fresh signed URL to the same bytes.
     let meta: Value = client

@@ -16,6 +16,7 @@ pub mod email;
 mod error;
 pub mod fetch;
 pub mod http;
+pub mod image_metadata;
 mod image_type;
 pub mod images;
 pub mod limits;

@@ -7,6 +7,7 @@
 use kiln_jobs::{
     GenerateImage, JobError, Notice, Probe, ProbeFailure, SendEmail, SendSms, UpscaleImage, stage,
 };
+use kiln_providers::images::{DevGenerator, ImageGenerator, ImageRequest};
 use kiln_store::{
     JobRecord, JobState, Store,
     accounts::{Identifier, NewUser},
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 kiln_store::both_databases!(
     generate_image_stores_moderated_pngs,
+    stored_images_carry_no_prompt_or_owner,
     blocked_prompt_fails_permanently_without_images,
     upscale_image_stores_a_larger_image_from_its_source,
     upscale_without_an_owner_fails_permanently,
@@ -113,6 +115,73 @@ async fn generate_image_stores_moderated_pngs(store: Store, _: &TestDatabase) {
         Some(serde_json::to_value(&result).unwrap()),
         "the stored result is the typed one"
     );
+}
+
+/// A PNG decoded whole: its pixels and whether it has any text or EXIF.
+fn decode_png(bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    pixels.truncate(frame.buffer_size());
+    reader.finish().unwrap();
+    let info = reader.info();
+    let metadata = !info.uncompressed_latin1_text.is_empty()
+        || !info.compressed_latin1_text.is_empty()
+        || !info.utf8_text.is_empty()
+        || info.exif_metadata.is_some();
+    (pixels, metadata)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn stored_images_carry_no_prompt_or_owner(store: Store, _: &TestDatabase) {
+    let worker = TestWorker::new(store.clone());
+    let prompt = "a lighthouse at dusk, painted for Ada Lovelace";
+    let (owner, job) = generation(&store, prompt, 2).await;
+    let result = worker.perform_as(owner, job).await.unwrap().expect_done();
+
+    // What the dev generator hands over embeds the prompt (for the dev
+    // moderator); the stored copies keep its pixels and nothing else.
+    let rendered = DevGenerator
+        .generate(&ImageRequest {
+            prompt: prompt.to_owned(),
+            model: "dev-image-1".to_owned(),
+            width: 256,
+            height: 256,
+            n: 2,
+            reference_urls: Vec::new(),
+        })
+        .await
+        .unwrap();
+    assert!(contains(&rendered[0].png, prompt.as_bytes()));
+
+    let owner_forms = [
+        owner.to_string().into_bytes(),
+        owner.0.simple().to_string().into_bytes(),
+        owner.0.as_bytes().to_vec(),
+    ];
+    assert_eq!(result.images.len(), 2);
+    for (image, rendered) in result.images.iter().zip(&rendered) {
+        let record = store.image(image.id, owner).await.unwrap().unwrap();
+        let bytes = worker
+            .objects()
+            .get(&record.object_key)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.bytes, bytes.len() as i64);
+        assert!(!contains(&bytes, prompt.as_bytes()), "the prompt is stored");
+        for owner in &owner_forms {
+            assert!(!contains(&bytes, owner), "the owner's id is stored");
+        }
+        let (pixels, metadata) = decode_png(&bytes);
+        assert!(!metadata, "a stored image has text or EXIF chunks");
+        assert_eq!(pixels, decode_png(&rendered.png).0, "the pixels changed");
+    }
 }
 
 async fn blocked_prompt_fails_permanently_without_images(store: Store, _: &TestDatabase) {

@@ -17,7 +17,9 @@ pub const MAX_SIDE: u32 = 4096;
 pub const MAX_IMAGES: u32 = 10;
 /// The PNG text keyword carrying the prompt, so the offline moderator
 /// ([`DevModerator`](crate::moderation::DevModerator)) can judge
-/// an image offline by what it was asked to show.
+/// an image offline by what it was asked to show. It lives only between
+/// generation and output moderation: the workers store images through
+/// [`strip_output`](crate::image_metadata::strip_output), which drops it.
 pub const PROMPT_KEYWORD: &str = "prompt";
 
 /// Renders one abstract picture per image: a two-colour gradient, stripes

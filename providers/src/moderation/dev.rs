@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use unicode_normalization::UnicodeNormalization;
 
 use super::{Decision, Moderator};
 use crate::{ProviderError, blocking::blocking, images::dev::embedded_prompt};
@@ -18,7 +19,10 @@ const BLOCKED_CATEGORY: &str = "blocked_word";
 /// case. Words are runs of letters and digits: `"gore"` blocks `"GORE
 /// scene"`, `"gore-fest"` and `"gore's"`, but not `"gorgeous"` or
 /// `"goreous"`. A multi-word entry (`"blood bath"`) matches those words in
-/// a row, whatever separates them.
+/// a row, whatever separates them. Text is compared after NFKC
+/// (`"ｎｕｄｅ"` is `"nude"`), with invisible characters both dropped
+/// (`"n\u{200b}ude"`) and taken as spaces (`"x\u{200b}nude"`), and a
+/// word's plural in `s` or `es` is the word (`"nudes"`).
 #[derive(Debug, Clone)]
 pub struct DevModerator {
     pub blocked_words: Vec<String>,
@@ -39,10 +43,23 @@ impl DevModerator {
     }
 
     fn judge(&self, text: &str) -> Decision {
-        let words = words(text);
+        // Invisible characters hide a word when kept as spaces
+        // (`n\u{200b}ude`) and when dropped (`x\u{200b}nude`): both readings
+        // are judged.
+        let readings = [
+            words(text, Invisible::Dropped),
+            words(text, Invisible::Space),
+        ];
         let blocked = self.blocked_words.iter().any(|entry| {
-            let phrase = self::words(entry);
-            !phrase.is_empty() && words.windows(phrase.len()).any(|w| w == phrase.as_slice())
+            let phrase = words(entry, Invisible::Dropped);
+            !phrase.is_empty()
+                && readings.iter().any(|words| {
+                    words.windows(phrase.len()).any(|w| {
+                        w.iter()
+                            .zip(&phrase)
+                            .all(|(word, blocked)| is_or_plural(word, blocked))
+                    })
+                })
         });
         let score = if blocked { 1.0 } else { 0.0 };
         Decision {
@@ -57,11 +74,76 @@ impl DevModerator {
     }
 }
 
-fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
+#[derive(Clone, Copy)]
+enum Invisible {
+    Dropped,
+    Space,
+}
+
+/// The words of `text` as the list compares them: NFKC (fullwidth and
+/// other compatibility letters become plain ones), lowercase, split at
+/// anything but letters and digits.
+fn words(text: &str, invisible: Invisible) -> Vec<String> {
+    let visible = |c: char| match (invisible, is_invisible(c)) {
+        (_, false) => Some(c),
+        (Invisible::Dropped, true) => None,
+        (Invisible::Space, true) => Some(' '),
+    };
+    // Dropped before NFKC, so `e\u{200b}\u{301}` composes into `é`.
+    let text: String = text.chars().filter_map(visible).collect();
+    let folded: String = text
+        .nfkc()
+        .flat_map(char::to_lowercase)
+        .filter_map(visible)
+        .collect();
+    folded
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+        .map(str::to_owned)
         .collect()
+}
+
+/// `word` is `blocked` or its plural in `s` or `es`.
+fn is_or_plural(word: &str, blocked: &str) -> bool {
+    word.strip_prefix(blocked)
+        .is_some_and(|rest| matches!(rest, "" | "s" | "es"))
+}
+
+/// Format characters (Unicode category Cf: zero-width space and joiners,
+/// bidi marks and overrides, soft hyphen, word joiner, BOM, tags) and the
+/// other default-ignorable code points (combining grapheme joiner, Hangul
+/// fillers, variation selectors): drawn as nothing, so a word split by
+/// them still reads as the word. The API's address check refuses the same
+/// set (`api/src/identifier.rs`).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 #[async_trait]
@@ -75,7 +157,8 @@ impl Moderator for DevModerator {
     }
 
     /// Judges the prompt the dev generator embedded; an image without one
-    /// (from elsewhere) is allowed, since there is nothing to judge offline.
+    /// (from elsewhere, or stored, since storing strips it) is allowed,
+    /// since there is nothing to judge offline.
     async fn check_image(&self, png: &[u8]) -> Result<Decision, ProviderError> {
         // Only kiln's own PNGs carry a prompt to judge by; a JPEG, WebP or
         // GIF (a reference image, an upscaler's answer) has nothing the
@@ -147,6 +230,42 @@ mod tests {
     }
 
     #[test]
+    fn zero_width_fullwidth_and_plural_spellings_are_the_word() {
+        let m = DevModerator::default();
+        for text in [
+            "n\u{200b}ude",
+            "a n\u{200d}u\u{2060}d\u{feff}e\u{ad} portrait",
+            "ｎｕｄｅ",
+            "ＮＵＤＥ beach",
+            "𝐧𝐮𝐝𝐞",
+            "nudes",
+            "NUDES please",
+            "pornes",
+            "fan\u{200b}nude",
+            "ｇｏｒｅ\u{200b}s",
+        ] {
+            assert!(blocks(&m, text), "{text:?} should be blocked");
+        }
+        for text in [
+            "gorgeous",
+            "ｇｏｒｇｅｏｕｓ",
+            "nudest",
+            "nuder",
+            "pornography",
+        ] {
+            assert!(!blocks(&m, text), "{text:?} should be allowed");
+        }
+    }
+
+    #[test]
+    fn plurals_of_each_word_of_a_phrase_match() {
+        let m = DevModerator::new(["blood bath".to_owned()]);
+        assert!(blocks(&m, "blood baths"));
+        assert!(blocks(&m, "ｂｌｏｏｄ\u{200b} bathes"));
+        assert!(!blocks(&m, "bloody bath"));
+    }
+
+    #[test]
     fn phrases_match_consecutive_words() {
         let m = DevModerator::new(["Blood Bath".to_owned()]);
         assert!(blocks(&m, "a blood   bath at dawn"));
@@ -189,6 +308,16 @@ mod tests {
 
         let good = one("a gorgeous scene", 16, 16).await;
         assert!(m.check_image(&good.png).await.unwrap().allowed);
+    }
+
+    #[tokio::test]
+    async fn an_image_is_judged_before_its_metadata_is_stripped() {
+        // Why the workers moderate a provider's bytes before stripping them.
+        let m = DevModerator::default();
+        let bad = one("a gore scene", 16, 16).await;
+        assert!(!m.check_image(&bad.png).await.unwrap().allowed);
+        let stored = crate::image_metadata::strip_metadata(&bad.png).unwrap();
+        assert!(m.check_image(&stored).await.unwrap().allowed);
     }
 
     #[tokio::test]

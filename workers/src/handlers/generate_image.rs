@@ -18,12 +18,14 @@ use crate::{
 };
 use kiln_providers::{
     fetch::GuardedFetcher,
+    image_metadata::strip_output,
     images::{ImageGenerator, ImageRequest},
     moderation::Moderator,
 };
 
-/// Moderate the prompt, generate, moderate every output, deliver. Nothing
-/// generated is stored or visible before output moderation allows it.
+/// Moderate the prompt, generate, moderate every output, strip its
+/// metadata, deliver. Nothing generated is stored or visible before output
+/// moderation allows it, and nothing is stored with its metadata.
 pub struct GenerateImageHandler {
     pub generator: Arc<dyn ImageGenerator>,
     pub moderator: Arc<dyn Moderator>,
@@ -105,7 +107,7 @@ impl Handler<GenerateImage> for GenerateImageHandler {
 
         ctx.progress(stage::GENERATING, 20).await?;
         let started = Instant::now();
-        let images = self
+        let mut images = self
             .generator
             .generate(&ImageRequest {
                 prompt: generation.prompt.clone(),
@@ -129,6 +131,13 @@ impl Handler<GenerateImage> for GenerateImageHandler {
                 "generated image",
             )
             .await?;
+        }
+
+        // Moderation judged the provider's own bytes (the dev moderator
+        // reads the prompt the dev generator wrote into them); what is
+        // stored carries no prompt or other metadata.
+        for image in &mut images {
+            image.png = strip_output(image.png.clone()).await?;
         }
 
         // A retried attempt replaces what an earlier one may have stored.

@@ -1,7 +1,7 @@
 //! Upscale one of the owner's images: hand the provider a short-lived
 //! signed link to it (the offline `dev` upscaler gets the bytes), moderate
-//! the result like any output, store it as a new image of the same
-//! generation. Cancelling the job cancels the provider's request.
+//! the result like any output, strip its metadata, store it as a new image
+//! of the same generation. Cancelling the job cancels the provider's request.
 
 use std::{sync::Arc, time::Instant};
 
@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{Handler, JobContext, Outcome};
 use kiln_providers::{
+    image_metadata::strip_output,
     moderation::Moderator,
     upscale::{UpscaleRequest, Upscaler},
 };
@@ -83,6 +84,8 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
         };
         let output = Content::Image(&upscaled.bytes);
         gate(ctx, &*self.moderator, &subject, output, "upscaled image").await?;
+        // Judged as the provider made it; stored without its metadata.
+        let bytes = strip_output(upscaled.bytes).await?;
 
         let id = Uuid::now_v7();
         let record = ImageRecord {
@@ -93,11 +96,11 @@ impl Handler<UpscaleImage> for UpscaleImageHandler {
             width: upscaled.width,
             height: upscaled.height,
             content_type: upscaled.content_type.clone(),
-            bytes: upscaled.bytes.len() as i64,
+            bytes: bytes.len() as i64,
             created_at: Utc::now(),
             source_image_id: Some(source.id),
         };
-        self.objects.put(&record.object_key, upscaled.bytes).await?;
+        self.objects.put(&record.object_key, bytes).await?;
         store.add_image(&record).await?;
         ctx.progress(stage::DONE, 100).await?;
         Ok(Outcome::Done(UpscaleImageResult {
