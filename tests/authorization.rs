@@ -72,6 +72,11 @@ fn matrix() -> Vec<Case> {
         case(M::GET, "/v1/me", [401, 200, 200, 200, 200]),
         case(M::PATCH, "/v1/me", [401, 202, 202, 202, 202]),
         case(M::GET, "/v1/me/access-log", [401, 200, 200, 200, 200]),
+        case(
+            M::GET,
+            "/admin/v1/subject-requests",
+            [401, 403, 403, 403, 200],
+        ),
         case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
         case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
         case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),

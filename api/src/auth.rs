@@ -83,6 +83,26 @@ impl FromRequestParts<AppState> for ActiveUser {
     }
 }
 
+/// A signed-in operator (the role `kiln user grant-operator` gives): any
+/// other account answers 403 `forbidden`.
+pub struct Operator(pub UserId);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let user = CurrentUser::from_request_parts(parts, state).await?;
+        if !state.store.is_operator(user.id).await? {
+            return Err(Problem::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs the operator role",
+            ));
+        }
+        Ok(Operator(user.id))
+    }
+}
+
 /// Hashes a password with bcrypt on the blocking pool: a cost-12 hash takes
 /// a quarter second of CPU, which must not stall the async workers.
 pub async fn hash_password(password: String, cost: u32) -> Result<String, Problem> {

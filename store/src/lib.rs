@@ -29,6 +29,7 @@ mod sessions;
 mod signed_url;
 mod sqlite;
 mod store;
+pub mod subject_requests;
 #[cfg(feature = "testing")]
 pub mod testing;
 

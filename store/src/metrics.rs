@@ -26,6 +26,7 @@ pub struct Metrics {
     pub cron_fires: IntCounterVec,
     pub cron_skips: IntCounterVec,
     pub retention_purged: IntCounterVec,
+    pub subject_requests_overdue: prometheus::IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -83,6 +84,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Rows (and objects) the retention purge removed, by data class",
             &["class"],
         )?,
+        subject_requests_overdue: {
+            let g = prometheus::IntGauge::with_opts(Opts::new(
+                "kiln_subject_requests_overdue",
+                "Data-subject requests not answered by their due date (30 days after they were made)",
+            ))?;
+            registry.register(Box::new(g.clone()))?;
+            g
+        },
         leases_rescued: counter(
             "kiln_leases_rescued_total",
             "Running jobs taken back after their worker's lease expired",

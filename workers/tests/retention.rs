@@ -116,6 +116,7 @@ fn counts(finished: u64, access: u64, moderation: u64, payments: u64) -> BTreeMa
         (DataClass::AccessLog, access),
         (DataClass::Moderation, moderation),
         (DataClass::Payments, payments),
+        (DataClass::DeletedAccounts, 0),
     ])
 }
 

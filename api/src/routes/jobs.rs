@@ -125,22 +125,12 @@ async fn list(
     user: CurrentUser,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<JobPage>, Problem> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Problem::invalid("limit must be between 1 and 100"));
-    }
+    let (limit, before) = super::uuid_page(query.limit, query.cursor.as_deref())?;
     let job_state = match query.state.as_deref() {
         None => None,
         Some(s) => Some(
             JobState::parse(s)
                 .ok_or_else(|| Problem::invalid(format!("state {s:?} is not a job state")))?,
-        ),
-    };
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<Uuid>()
-                .map_err(|_| Problem::invalid("cursor is not one this API gave out"))?,
         ),
     };
     if query.kind.as_deref().is_some_and(|k| k.contains('\0')) {

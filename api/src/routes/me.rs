@@ -11,6 +11,7 @@ use kiln_store::{
     CODE_DIGITS,
     access_log::{AccessEntry, AccessEvent},
     accounts::{CodeCheck, Identifier, Profile},
+    subject_requests::{NewRequest, RequestKind},
 };
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -86,7 +87,31 @@ async fn show(
     State(state): State<AppState>,
     user: CurrentUser,
 ) -> Result<Json<MeResource>, Problem> {
-    Ok(Json(profile(&state, user.id).await?))
+    let me = profile(&state, user.id).await?;
+    // Seeing one's data answers an access request there and then.
+    register(&state, user.id, RequestKind::Access, None, true).await?;
+    Ok(Json(me))
+}
+
+/// Records a data-subject request in the register operators watch (due in
+/// 30 days; `answered` when this answer is the whole of it).
+async fn register(
+    state: &AppState,
+    user: UserId,
+    kind: RequestKind,
+    job_id: Option<uuid::Uuid>,
+    answered: bool,
+) -> Result<(), Problem> {
+    state
+        .store
+        .record_request(NewRequest {
+            user,
+            kind,
+            job_id,
+            answered,
+        })
+        .await?;
+    Ok(())
 }
 
 /// A correction: a new `email` or `phone` (one of them). Without `code`, a
@@ -141,6 +166,9 @@ async fn correct(
             .store
             .record_access(Some(user.id), AccessEvent::ContactChangeRequested, &origin)
             .await?;
+        // Answered by the code sent now; the change itself waits for the
+        // owner to prove the new address.
+        register(&state, user.id, RequestKind::Correction, None, true).await?;
         return Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())).into_response());
     };
     let code: String = code.trim().nfkc().collect();
@@ -201,6 +229,7 @@ async fn restrict(
     // Restriction stops processing: what waits is cancelled (and
     // refunded), what runs is told to stop.
     state.store.cancel_jobs_of(user.id).await?;
+    register(&state, user.id, RequestKind::Restriction, None, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -277,6 +306,7 @@ async fn delete_account(
         .store
         .record_access(Some(user.id), AccessEvent::DeletionRequested, &origin)
         .await?;
+    // The store registers the request with it, answered by the erasure.
     if state.store.delete_account(user.id).await?.is_none() {
         return Err(Problem::unauthorized());
     }

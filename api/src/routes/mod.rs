@@ -1,3 +1,4 @@
+mod admin;
 mod auth;
 mod credits;
 mod generations;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(credits::routes())
         .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
+        .merge(admin::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())
@@ -77,6 +79,25 @@ pub fn internal_router(state: AppState) -> Router {
 
 /// A page's size (1 to 100, default 20) and the id entries must be older
 /// than, from `?limit=&cursor=` of a list paged by increasing numeric ids.
+/// A page's limit (1 to 100, default 20) and the id it continues after,
+/// for lists paged by a UUID (newest first).
+pub(super) fn uuid_page(
+    limit: Option<u32>,
+    cursor: Option<&str>,
+) -> Result<(u32, Option<uuid::Uuid>), Problem> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Problem::invalid("limit must be between 1 and 100"));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<uuid::Uuid>()
+                .map_err(|_| Problem::invalid("cursor is not one this API gave out"))
+        })
+        .transpose()?;
+    Ok((limit, before))
+}
+
 pub(super) fn numeric_page(
     limit: Option<u32>,
     cursor: Option<&str>,

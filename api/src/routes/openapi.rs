@@ -26,6 +26,7 @@ use crate::AppState;
         super::me::restrict,
         super::me::unrestrict,
         super::me::delete_account,
+        super::admin::subject_requests,
         super::me::access_log,
         super::generations::create,
         super::generations::create_batch,

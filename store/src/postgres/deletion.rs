@@ -44,6 +44,19 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await?;
         let purge = PgStore::enqueue_in(&mut tx, purge).await?;
+        // Registered with the deletion, answered by the erasure.
+        let now = Utc::now();
+        sqlx::query(
+            "INSERT INTO subject_requests (id, user_id, kind, job_id, requested_at, due_at)
+             VALUES ($1, $2, 'deletion', $3, $4, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(user.0)
+        .bind(purge.id)
+        .bind(now)
+        .bind(crate::subject_requests::due(now))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some(AccountDeleted {
             purge_job: purge.id,
@@ -164,6 +177,9 @@ impl Deletion for PgStore {
             "UPDATE access_log SET user_id = NULL WHERE user_id = $1",
             "UPDATE payment_orders SET user_id = NULL WHERE user_id = $1",
             "UPDATE users SET referred_by = NULL WHERE referred_by = $1",
+            // Erasure answers whatever the owner still waited for.
+            "UPDATE subject_requests SET completed_at = coalesce(completed_at, now()), user_id = NULL
+             WHERE user_id = $1",
         ] {
             sqlx::query(sql).bind(user.0).execute(&mut *tx).await?;
         }

@@ -32,6 +32,7 @@ mod notify;
 mod orders;
 mod retention;
 mod schedules;
+mod subject_requests;
 
 use generations::insert_generations;
 use notify::Notifier;

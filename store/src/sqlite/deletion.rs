@@ -47,6 +47,19 @@ impl SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         let purge = SqliteStore::enqueue_in(&mut tx, purge).await?;
+        // Registered with the deletion, answered by the erasure.
+        let at = Utc::now();
+        sqlx::query(
+            "INSERT INTO subject_requests (id, user_id, kind, job_id, requested_at, due_at)
+             VALUES (?1, ?2, 'deletion', ?3, ?4, ?5)",
+        )
+        .bind(Id(Uuid::now_v7()))
+        .bind(Id(user.0))
+        .bind(Id(purge.id))
+        .bind(Time(at))
+        .bind(Time(crate::subject_requests::due(at)))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(Some(AccountDeleted {
             purge_job: purge.id,
@@ -188,6 +201,15 @@ impl Deletion for SqliteStore {
         ] {
             sqlx::query(sql).bind(&user_text).execute(&mut *tx).await?;
         }
+        // Erasure answers whatever the owner still waited for.
+        sqlx::query(
+            "UPDATE subject_requests SET completed_at = coalesce(completed_at, ?2), user_id = NULL
+             WHERE user_id = ?1",
+        )
+        .bind(&user_text)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE moderation_decisions SET owner = ?2 WHERE owner = ?1")
             .bind(&user_text)
             .bind(NOBODY.to_string())

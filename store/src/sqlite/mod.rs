@@ -31,6 +31,7 @@ mod generations;
 mod orders;
 mod retention;
 mod schedules;
+mod subject_requests;
 
 use crate::generations::NewGenerationRow;
 use generations::{existing_batch, insert_generations};

@@ -11,7 +11,12 @@ fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
         // Finished jobs go by `prune_finished`; deleted accounts are erased
         // by the worker, objects first (`Deletion`).
         DataClass::FinishedJobs | DataClass::DeletedAccounts => &[],
-        DataClass::AccessLog => &[("access_log", "created_at"), ("account_ips", "first_seen")],
+        DataClass::AccessLog => &[
+            ("access_log", "created_at"),
+            ("account_ips", "first_seen"),
+            // Answered requests only: an open one has no `completed_at`.
+            ("subject_requests", "completed_at"),
+        ],
         DataClass::Moderation => &[("moderation_decisions", "created_at")],
         DataClass::Payments => &[
             ("payment_orders", "created_at"),

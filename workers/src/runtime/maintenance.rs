@@ -1,7 +1,8 @@
 //! Periodic upkeep every worker process does (it is idempotent, so many
 //! processes doing it is harmless): rescue jobs whose worker was lost,
 //! make sure finished jobs have somewhere to go in the coming days, and
-//! refresh the queue gauges with one query.
+//! refresh the queue gauges with one query (and the overdue subject
+//! requests with another).
 
 use kiln_store::{JobState, Store};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +54,13 @@ pub(crate) async fn rescue(store: &Store, crash_cap: u32) {
 }
 
 async fn refresh_gauges(store: &Store) {
+    // One indexed count of the open requests that are due.
+    match store.overdue_requests(chrono::Utc::now()).await {
+        Ok(n) => kiln_store::metrics::metrics()
+            .subject_requests_overdue
+            .set(i64::try_from(n).unwrap_or(i64::MAX)),
+        Err(e) => tracing::warn!(error = %e, "counting overdue subject requests failed"),
+    }
     let stats = match store.queue_stats().await {
         Ok(stats) => stats,
         Err(e) => {
