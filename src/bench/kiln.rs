@@ -22,8 +22,9 @@ pub(super) async fn open(url: &str) -> anyhow::Result<Store> {
         max_connections: 8,
         wait: false,
         session_cache: std::time::Duration::ZERO,
-        // Throwaway databases: throwaway keys.
-        pii: std::sync::Arc::new(kiln_store::Pii::random()),
+        // Throwaway databases, and the keys the `kiln work` children get
+        // too (a process with other keys is refused).
+        pii: kiln_store::testing::test_pii(),
     })
     .await?;
     store.migrate().await?;
@@ -239,6 +240,14 @@ pub(super) fn spawn_worker_processes(
             .env("KILN_WORKER_BATCH_SIZE", claims.batch.to_string())
             .env("KILN_WORKER_MAX_BATCH_SIZE", claims.max_batch.to_string())
             .env("KILN_LOG_LEVEL", "warn")
+            .env(
+                "KILN_ENCRYPTION_KEYS",
+                format!("{{k1=\"{}\"}}", kiln_store::testing::TEST_PII_KEY),
+            )
+            .env(
+                "KILN_ENCRYPTION_INDEX_KEY",
+                kiln_store::testing::TEST_INDEX_KEY,
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()

@@ -14,6 +14,7 @@ mod apalis;
 mod api;
 mod bulk;
 mod kiln;
+mod purge;
 mod raw_sql;
 
 use std::{net::SocketAddr, time::Duration};
@@ -50,6 +51,10 @@ pub struct BenchArgs {
     /// Jobs per bulk-insert run.
     #[arg(long, default_value_t = 100_000)]
     pub bulk_jobs: u32,
+    /// Old access-log rows the retention purge deletes while claims are
+    /// timed.
+    #[arg(long, default_value_t = 100_000)]
+    pub purge_rows: u32,
     /// Jobs queued while a worker's memory is sampled.
     #[arg(long, default_value_t = 1_000_000)]
     pub queued_jobs: u32,
@@ -237,6 +242,28 @@ async fn capacity(args: &BenchArgs, db: Scratch) -> anyhow::Result<Vec<Figure>> 
             ),
         });
     }
+    let scratch = db.create(args).await?;
+    let purge = purge::purge_under_claims(&scratch.url, args.purge_rows).await?;
+    eprintln!("retention purge {}: {:?}", db.name(), purge.took);
+    figures.push(Figure {
+        database: db.name(),
+        what: format!(
+            "retention purge of {} old access-log rows (batches of 1000) while single jobs are claimed",
+            purge.rows
+        ),
+        result: format!(
+            "{:.0} rows/s ({:.1} s); claim p50 {} p99 {} during it",
+            f64::from(purge.rows) / purge.took.as_secs_f64(),
+            purge.took.as_secs_f64(),
+            ms(purge.claims_during.p50),
+            ms(purge.claims_during.p99),
+        ),
+        compared: format!(
+            "claim p50 {} p99 {} with no purge running",
+            ms(purge.claims_alone.p50),
+            ms(purge.claims_alone.p99),
+        ),
+    });
     let scratch = db.create(args).await?;
     let claims = Claims {
         batch: args.batch_size,
