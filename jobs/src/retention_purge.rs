@@ -42,15 +42,19 @@ pub enum DataClass {
     /// Deleted accounts not erased yet (their `account_purge` did not
     /// finish): counted in accounts erased.
     DeletedAccounts,
+    /// Objects in storage no row points at (an image or reference image
+    /// whose row is gone), a day after they were written.
+    OrphanedObjects,
 }
 
 impl DataClass {
-    pub const ALL: [DataClass; 5] = [
+    pub const ALL: [DataClass; 6] = [
         DataClass::FinishedJobs,
         DataClass::AccessLog,
         DataClass::Moderation,
         DataClass::Payments,
         DataClass::DeletedAccounts,
+        DataClass::OrphanedObjects,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl DataClass {
             DataClass::Moderation => "moderation",
             DataClass::Payments => "payments",
             DataClass::DeletedAccounts => "deleted_accounts",
+            DataClass::OrphanedObjects => "orphaned_objects",
         }
     }
 }
@@ -149,6 +154,9 @@ impl RetentionSettings {
             DataClass::Moderation => DAY * self.moderation_days,
             DataClass::Payments => YEAR * self.payment_years,
             DataClass::DeletedAccounts => DAY * self.deleted_account_days,
+            // Long enough that no object is taken between its write and
+            // the write of the row that points at it.
+            DataClass::OrphanedObjects => DAY,
         }
     }
 }

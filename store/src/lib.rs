@@ -41,7 +41,7 @@ pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
     Lease, NewJob, QueueStat, Rescued, StoreEvent,
 };
-pub use objects::{Objects, S3Options};
+pub use objects::{Objects, S3Options, StoredObject};
 pub use pii::Pii;
 pub use postgres::PgStore;
 pub use queue::{Database, Engine, JobWrites, Queue};

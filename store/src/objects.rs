@@ -131,6 +131,32 @@ impl Objects {
         Ok(keys.len() as u64)
     }
 
+    /// The objects under `prefix` (a folder such as `images/`), with when
+    /// each was last written, as the backend lists them (a stream: a
+    /// bucket of millions is never held in memory).
+    pub fn list(
+        &self,
+        prefix: &str,
+    ) -> futures::stream::BoxStream<'static, Result<StoredObject, ObjectsError>> {
+        use futures::StreamExt;
+        let prefix = prefix.trim_end_matches('/').to_owned();
+        let path = match parse_key(&prefix) {
+            Ok(path) => path,
+            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
+        };
+        let inner = self.inner.clone();
+        inner
+            .list(Some(&path))
+            .map(move |meta| {
+                meta.map(|m| StoredObject {
+                    key: m.location.to_string(),
+                    last_modified: m.last_modified,
+                })
+                .map_err(|e| backend_error("list", &prefix, e))
+            })
+            .boxed()
+    }
+
     pub async fn exists(&self, key: &str) -> Result<bool, ObjectsError> {
         let path = parse_key(key)?;
         match self.inner.head(&path).await {
@@ -139,6 +165,13 @@ impl Objects {
             Err(e) => Err(backend_error("head", key, e)),
         }
     }
+}
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub last_modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// Where and how to reach an S3-compatible bucket. `Debug` leaves out the

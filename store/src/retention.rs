@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kiln_jobs::DataClass;
+use uuid::Uuid;
 
 use crate::StoreError;
 
@@ -21,4 +22,12 @@ pub trait Retention: Send + Sync + 'static {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, StoreError>;
+
+    /// Which of these ids are images kiln still has (their objects are
+    /// `images/<id>.png`); the orphan sweep deletes the objects of the rest.
+    async fn images_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Which of these ids are generations kiln still has (their reference
+    /// images are under `refs/<id>/`).
+    async fn generations_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
 }

@@ -115,6 +115,21 @@ impl TestWorker {
     ///
     /// When no temporary directory can be made for the outboxes.
     pub fn with_retention(store: Store, retention: &RetentionSettings, clock: Clock) -> TestWorker {
+        TestWorker::over(store, retention, clock, Objects::memory())
+    }
+
+    /// [`TestWorker::with_retention`] over `objects`, which another test
+    /// worker (on another clock) may share.
+    ///
+    /// # Panics
+    ///
+    /// When no temporary directory can be made for the outboxes.
+    pub fn over(
+        store: Store,
+        retention: &RetentionSettings,
+        clock: Clock,
+        objects: Objects,
+    ) -> TestWorker {
         let outbox = match tempfile::tempdir() {
             Ok(dir) => dir,
             Err(e) => panic!("cannot make a temporary outbox directory: {e}"),
@@ -122,7 +137,7 @@ impl TestWorker {
         let emails = outbox.path().join("email");
         let texts = outbox.path().join("sms");
         let blocked = DEFAULT_BLOCKED_WORDS.iter().map(|w| (*w).to_owned());
-        let mut deps = Deps::dev(Objects::memory(), blocked.collect());
+        let mut deps = Deps::dev(objects, blocked.collect());
         deps.mailer = Arc::new(DevMailer::new(&emails, DEV_FROM));
         deps.sms = Arc::new(DevSms::new(&texts));
         deps.clock = clock;

@@ -22,6 +22,7 @@ use uuid::Uuid;
 kiln_store::both_databases!(
     each_class_is_kept_its_period_and_purged_after,
     a_purge_cut_off_after_one_batch_ends_the_same_when_run_again,
+    objects_no_row_points_at_go_a_day_after_they_were_written,
 );
 
 /// One row (or two) of every class, all made now.
@@ -117,6 +118,7 @@ fn counts(finished: u64, access: u64, moderation: u64, payments: u64) -> BTreeMa
         (DataClass::Moderation, moderation),
         (DataClass::Payments, payments),
         (DataClass::DeletedAccounts, 0),
+        (DataClass::OrphanedObjects, 0),
     ])
 }
 
@@ -200,4 +202,84 @@ async fn a_purge_cut_off_after_one_batch_ends_the_same_when_run_again(
     let purged = purge_at(&store, later).await;
     assert_eq!(purged[&DataClass::AccessLog], 0);
     assert_eq!(purged[&DataClass::Moderation], 0);
+}
+
+async fn objects_no_row_points_at_go_a_day_after_they_were_written(store: Store, _: &TestDatabase) {
+    use kiln_jobs::GenerateImage;
+    use kiln_store::generations::{GenerationEnqueued, GenerationInput, NewGeneration};
+    let objects = kiln_store::Objects::memory();
+    let retention = RetentionSettings::default();
+    let today = TestWorker::over(store.clone(), &retention, Clock::system(), objects.clone());
+    // A real image, with its row.
+    let owner = testing::account(&store).await;
+    let GenerationEnqueued::Created { job } = store
+        .create_generation(NewGeneration {
+            owner,
+            input: GenerationInput {
+                prompt: "a quiet harbour".into(),
+                model: "dev-image-1".into(),
+                width: 256,
+                height: 256,
+                n: 1,
+                reference_urls: Vec::new(),
+                request_hash: Uuid::now_v7().to_string(),
+                credits: 0,
+            },
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh generation");
+    };
+    let payload: GenerateImage =
+        serde_json::from_value(store.get(job.id).await.unwrap().unwrap().payload).unwrap();
+    today
+        .perform_as(owner, payload.clone())
+        .await
+        .unwrap()
+        .expect_done();
+    let kept = store.images_of_owner(owner, None, 10).await.unwrap()[0]
+        .object_key
+        .clone();
+    let kept_ref = format!("refs/{}/0.png", payload.generation_id);
+    // Objects whose rows are gone (or never came), and one kiln does not name.
+    let orphans = [
+        format!("images/{}.png", Uuid::now_v7()),
+        format!("refs/{}/0.jpg", Uuid::now_v7()),
+    ];
+    let foreign = "images/readme.txt".to_owned();
+    for key in orphans.iter().chain([&kept_ref, &foreign]) {
+        objects
+            .put(key, bytes::Bytes::from_static(b"x"))
+            .await
+            .unwrap();
+    }
+    let sweep_at = |days: i64| {
+        let worker = TestWorker::over(
+            store.clone(),
+            &retention,
+            Clock::fixed(Utc::now() + TimeDelta::days(days) + TimeDelta::minutes(1)),
+            objects.clone(),
+        );
+        async move {
+            worker
+                .perform(RetentionPurge {})
+                .await
+                .unwrap()
+                .expect_done()
+                .purged[&DataClass::OrphanedObjects]
+        }
+    };
+    // Written less than a day before the purge: kept, rows or not.
+    assert_eq!(sweep_at(0).await, 0);
+    // A day on, the two orphans go; the image, the generation's reference
+    // and the key kiln does not name stay.
+    assert_eq!(sweep_at(1).await, 2);
+    for key in &orphans {
+        assert!(!objects.exists(key).await.unwrap(), "{key}");
+    }
+    for key in [&kept, &kept_ref, &foreign] {
+        assert!(objects.exists(key).await.unwrap(), "{key}");
+    }
 }

@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kiln_jobs::DataClass;
+use uuid::Uuid;
 
 use super::PgStore;
 use crate::{Queue, StoreError, retention::Retention};
@@ -10,8 +11,9 @@ use crate::{Queue, StoreError, retention::Retention};
 fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
     match class {
         // Finished jobs go by `prune_finished`; deleted accounts are erased
-        // by the worker, objects first (`Deletion`).
-        DataClass::FinishedJobs | DataClass::DeletedAccounts => &[],
+        // by the worker, objects first (`Deletion`); orphaned objects are
+        // not rows.
+        DataClass::FinishedJobs | DataClass::DeletedAccounts | DataClass::OrphanedObjects => &[],
         DataClass::AccessLog => &[
             ("access_log", "created_at"),
             ("account_ips", "first_seen"),
@@ -52,5 +54,23 @@ impl Retention for PgStore {
                 .rows_affected();
         }
         Ok(purged)
+    }
+
+    async fn images_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM images WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn generations_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM generations WHERE id = ANY($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

@@ -1,16 +1,22 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kiln_jobs::DataClass;
+use uuid::Uuid;
 
 use super::SqliteStore;
-use crate::{Queue, StoreError, codec::Time, retention::Retention};
+use crate::{
+    Queue, StoreError,
+    codec::{Id, Time},
+    retention::Retention,
+};
 
 /// (table, time column) of each table a class purges; rows go by rowid.
 fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
     match class {
         // Finished jobs go by `prune_finished`; deleted accounts are erased
-        // by the worker, objects first (`Deletion`).
-        DataClass::FinishedJobs | DataClass::DeletedAccounts => &[],
+        // by the worker, objects first (`Deletion`); orphaned objects are
+        // not rows.
+        DataClass::FinishedJobs | DataClass::DeletedAccounts | DataClass::OrphanedObjects => &[],
         DataClass::AccessLog => &[
             ("access_log", "created_at"),
             ("account_ips", "first_seen"),
@@ -52,4 +58,27 @@ impl Retention for SqliteStore {
         }
         Ok(purged)
     }
+
+    async fn images_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        existing(&self.reader, "images", ids).await
+    }
+
+    async fn generations_that_exist(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        existing(&self.reader, "generations", ids).await
+    }
+}
+
+/// The ids of `ids` that `table` has; the ids travel as one JSON array.
+async fn existing(
+    pool: &sqlx::SqlitePool,
+    table: &str,
+    ids: &[Uuid],
+) -> Result<Vec<Uuid>, StoreError> {
+    // The table name is one of this file's constants.
+    let sql = format!("SELECT id FROM {table} WHERE id IN (SELECT value FROM json_each(?1))");
+    let found: Vec<Id> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(serde_json::json!(ids).to_string())
+        .fetch_all(pool)
+        .await?;
+    Ok(found.into_iter().map(|id| id.0).collect())
 }

@@ -1,9 +1,10 @@
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use kiln_jobs::{DataClass, JobError, RetentionPurge, RetentionPurgeResult, RetentionSettings};
 use kiln_store::{Objects, Store, metrics::metrics};
+use uuid::Uuid;
 
 use super::account_purge::{Erasure, erase_account};
 use crate::{Clock, Handler, JobContext, Outcome};
@@ -39,6 +40,7 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                     DataClass::DeletedAccounts => {
                         self.erase_deleted_accounts(ctx.store(), before).await?
                     }
+                    DataClass::OrphanedObjects => self.sweep_orphans(ctx.store(), before).await?,
                     _ => ctx.store().purge(class, before, BATCH).await?,
                 };
                 purged += n;
@@ -46,9 +48,15 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                     .retention_purged
                     .with_label_values(&[class.as_str()])
                     .inc_by(n);
-                // Deleted accounts: one pass (an account whose jobs still
-                // run is left for the next purge, not retried in a loop).
-                if n < u64::from(BATCH) || class == DataClass::DeletedAccounts {
+                // Deleted accounts and orphans: one pass (an account whose
+                // jobs still run is left for the next purge; the sweep
+                // lists the whole bucket once).
+                if n < u64::from(BATCH)
+                    || matches!(
+                        class,
+                        DataClass::DeletedAccounts | DataClass::OrphanedObjects
+                    )
+                {
                     break;
                 }
             }
@@ -76,6 +84,62 @@ impl RetentionPurgeHandler {
     }
 }
 
+impl RetentionPurgeHandler {
+    /// Deletes the objects under `images/` and `refs/` written before
+    /// `before` whose image or generation no longer exists; returns how
+    /// many. Keys kiln does not name (`images/<id>.<ext>`, `refs/<id>/…`)
+    /// are left alone.
+    async fn sweep_orphans(&self, store: &Store, before: DateTime<Utc>) -> Result<u64, JobError> {
+        use futures::StreamExt;
+        let mut removed = 0;
+        for prefix in [IMAGES, REFS] {
+            let mut listing = self.objects.list(prefix).chunks(BATCH as usize);
+            while let Some(chunk) = listing.next().await {
+                let mut candidates = Vec::new();
+                for object in chunk {
+                    let object = object?;
+                    if object.last_modified >= before {
+                        continue;
+                    }
+                    if let Some(id) = owner_of(prefix, &object.key) {
+                        candidates.push((object.key, id));
+                    }
+                }
+                let ids: Vec<Uuid> = candidates.iter().map(|(_, id)| *id).collect();
+                let existing: HashSet<Uuid> = if prefix == IMAGES {
+                    store.images_that_exist(&ids).await?
+                } else {
+                    store.generations_that_exist(&ids).await?
+                }
+                .into_iter()
+                .collect();
+                for (key, id) in candidates {
+                    if !existing.contains(&id) {
+                        self.objects.delete(&key).await?;
+                        removed += 1;
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+const IMAGES: &str = "images/";
+const REFS: &str = "refs/";
+
+/// The image (`images/<id>.<ext>`) or generation (`refs/<id>/…`) an object
+/// belongs to, by its key.
+fn owner_of(prefix: &str, key: &str) -> Option<Uuid> {
+    let rest = key.strip_prefix(prefix)?;
+    let id = if prefix == IMAGES {
+        rest.rsplit_once('.')?.0
+    } else {
+        rest.split_once('/')?.0
+    };
+    id.parse().ok()
+}
+
 /// Rows of `class` older than this are due. Finished jobs are kept in
 /// whole UTC days: the cutoff moves back to midnight, so on Postgres each
 /// expired day is a partition dropped whole and no row is deleted one by
@@ -100,6 +164,16 @@ mod tests {
     use chrono::TimeZone;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    #[test]
+    fn objects_belong_to_the_id_their_key_names() {
+        let id = Uuid::now_v7();
+        assert_eq!(owner_of(IMAGES, &format!("images/{id}.png")), Some(id));
+        assert_eq!(owner_of(IMAGES, &format!("images/{id}.webp")), Some(id));
+        assert_eq!(owner_of(REFS, &format!("refs/{id}/0.jpg")), Some(id));
+        assert_eq!(owner_of(IMAGES, "images/not-an-id.png"), None);
+        assert_eq!(owner_of(REFS, &format!("refs/{id}")), None);
+    }
 
     #[test]
     fn finished_jobs_end_at_midnight_and_the_rest_to_the_instant() {
