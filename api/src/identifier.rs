@@ -49,29 +49,7 @@ pub fn parse_address(raw: &str) -> Result<Identifier, Problem> {
 /// joiners, bidi marks and overrides, soft hyphen, variation selectors,
 /// tags, fillers…). Such a character makes two addresses look alike.
 fn is_invisible(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{034F}'
-                | '\u{061C}'
-                | '\u{115F}'
-                | '\u{1160}'
-                | '\u{17B4}'
-                | '\u{17B5}'
-                | '\u{180B}'..='\u{180F}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{3164}'
-                | '\u{FE00}'..='\u{FE0F}'
-                | '\u{FEFF}'
-                | '\u{FFA0}'
-                | '\u{FFF0}'..='\u{FFF8}'
-                | '\u{1BCA0}'..='\u{1BCA3}'
-                | '\u{1D173}'..='\u{1D17A}'
-                | '\u{E0000}'..='\u{E0FFF}'
-        )
+    c.is_control() || kiln_jobs::is_invisible(c)
 }
 
 /// A character allowed in the local part: RFC 5322 `atext` (ASCII) or a

@@ -12,6 +12,7 @@ mod notice;
 mod probe;
 mod retention_purge;
 mod send_notice;
+mod text;
 mod upscale_image;
 
 pub use account_purge::{AccountPurge, AccountPurgeResult};
@@ -25,4 +26,5 @@ pub use notice::{Notice, escape_html};
 pub use probe::{Probe, ProbeFailure, ProbeResult};
 pub use retention_purge::{DataClass, RetentionPurge, RetentionPurgeResult, RetentionSettings};
 pub use send_notice::{NoticeSent, SendEmail, SendSms};
+pub use text::is_invisible;
 pub use upscale_image::{UpscaleImage, UpscaleImageResult};

@@ -84,7 +84,7 @@ enum Invisible {
 /// other compatibility letters become plain ones), lowercase, split at
 /// anything but letters and digits.
 fn words(text: &str, invisible: Invisible) -> Vec<String> {
-    let visible = |c: char| match (invisible, is_invisible(c)) {
+    let visible = |c: char| match (invisible, kiln_jobs::is_invisible(c)) {
         (_, false) => Some(c),
         (Invisible::Dropped, true) => None,
         (Invisible::Space, true) => Some(' '),
@@ -107,43 +107,6 @@ fn words(text: &str, invisible: Invisible) -> Vec<String> {
 fn is_or_plural(word: &str, blocked: &str) -> bool {
     word.strip_prefix(blocked)
         .is_some_and(|rest| matches!(rest, "" | "s" | "es"))
-}
-
-/// Format characters (Unicode category Cf: zero-width space and joiners,
-/// bidi marks and overrides, soft hyphen, word joiner, BOM, tags) and the
-/// other default-ignorable code points (combining grapheme joiner, Hangul
-/// fillers, variation selectors): drawn as nothing, so a word split by
-/// them still reads as the word. The API's address check refuses the same
-/// set (`api/src/identifier.rs`).
-fn is_invisible(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{0600}'..='\u{0605}'
-            | '\u{061C}'
-            | '\u{06DD}'
-            | '\u{070F}'
-            | '\u{0890}'..='\u{0891}'
-            | '\u{08E2}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFFB}'
-            | '\u{110BD}'
-            | '\u{110CD}'
-            | '\u{13430}'..='\u{1343F}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
 }
 
 #[async_trait]
