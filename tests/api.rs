@@ -46,7 +46,7 @@ async fn embedded_default_generates_an_image_a_client_can_download() {
     let mut last_progress = -1;
     let job = loop {
         let j: Value = client
-            .get(&format!("{location}?wait=10"))
+            .get(&format!("{location}?wait=10&until=change"))
             .await
             .json()
             .await
@@ -95,6 +95,35 @@ async fn embedded_default_generates_an_image_a_client_can_download() {
     let tampered = url.replace("signature=", "signature=0");
     let r = reqwest::get(k.url(&tampered)).await.unwrap();
     assert_problem(r, 403, "bad_signature").await;
+
+    // Without `until=change` one long-poll answers when the job has
+    // finished, however many stages it goes through first.
+    let r = client
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a lighthouse", "size": "256x256"}),
+        )
+        .await;
+    let queued: Value = r.json().await.unwrap();
+    let done: Value = client
+        .get(&format!(
+            "/v1/jobs/{}?wait=30",
+            queued["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["result"]["images"][0]["width"].is_number(), "{done}");
+    // An unknown `until` is refused, not ignored.
+    let r = client
+        .get(&format!(
+            "/v1/jobs/{}?wait=1&until=forever",
+            queued["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(r.status(), 400);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

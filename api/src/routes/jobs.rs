@@ -31,8 +31,23 @@ const MAX_WAIT_SECS: u64 = 30;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
-    /// Seconds to wait for the job to change (at most 30).
+    /// Seconds to wait (at most 30) for the job to finish, or with
+    /// `until=change` for its next change of state, stage or progress.
     pub wait: Option<u64>,
+    /// `finished` (the default) or `change`.
+    #[param(value_type = Option<String>, example = "change")]
+    pub until: Option<Until>,
+}
+
+/// What a long-poll waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Until {
+    /// The job succeeded, failed or was cancelled.
+    #[default]
+    Finished,
+    /// Any change of state, stage or progress (to follow the stages).
+    Change,
 }
 
 async fn own_job(state: &AppState, id: Uuid, owner: UserId) -> Result<JobRecord, Problem> {
@@ -82,7 +97,11 @@ async fn show(
         };
         if recheck {
             let now = own_job(&state, id, user.id).await?;
-            if (now.state, now.stage.clone(), now.progress) != seen {
+            let answered = match query.until.unwrap_or_default() {
+                Until::Finished => now.state.is_final(),
+                Until::Change => (now.state, now.stage.clone(), now.progress) != seen,
+            };
+            if answered {
                 return Ok(Json(state.job_resource(now).await?));
             }
         }
