@@ -34,7 +34,11 @@ pub struct JobResource {
     /// For a finished generation: `{"images": [...]}`; for a finished
     /// upscale: `{"image": ...}`; images with signed URLs.
     pub result: Option<serde_json::Value>,
+    /// Why it failed, was cancelled, or (retryable) why its last attempt
+    /// did not succeed.
     pub error: Option<JobErrorBody>,
+    /// When a retryable or scheduled job runs next.
+    pub next_run_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -153,13 +157,26 @@ impl AppState {
             }
             Shown::AsStored => job.result.clone(),
         };
+        let last_error = job.errors.last().map(|e| JobErrorBody {
+            code: e.code.clone(),
+            message: e.message.clone(),
+        });
         let error = match job.state {
-            JobState::Failed | JobState::Cancelled => job.errors.last().map(|e| JobErrorBody {
-                code: e.code.clone(),
-                message: e.message.clone(),
-            }),
+            JobState::Failed | JobState::Retryable => last_error,
+            // Cancelled while waiting, its last entry is an earlier
+            // attempt's error: the reason is the cancellation.
+            JobState::Cancelled => Some(
+                last_error
+                    .filter(|e| e.code == "cancelled")
+                    .unwrap_or_else(|| JobErrorBody {
+                        code: "cancelled".to_owned(),
+                        message: "the job was cancelled before it ran to the end".to_owned(),
+                    }),
+            ),
             _ => None,
         };
+        let next_run_at =
+            matches!(job.state, JobState::Retryable | JobState::Scheduled).then_some(job.run_at);
         JobResource {
             id: job.id,
             kind: job.kind,
@@ -178,6 +195,7 @@ impl AppState {
             finished_at: job.finished_at,
             result,
             error,
+            next_run_at,
         }
     }
 }
