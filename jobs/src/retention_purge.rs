@@ -42,15 +42,19 @@ pub enum DataClass {
     /// Deleted accounts not erased yet (their `account_purge` did not
     /// finish): counted in accounts erased.
     DeletedAccounts,
+    /// Data export files (`exports/<user>/<job>.zip`), found by listing
+    /// object storage: counted in files deleted.
+    Exports,
 }
 
 impl DataClass {
-    pub const ALL: [DataClass; 5] = [
+    pub const ALL: [DataClass; 6] = [
         DataClass::FinishedJobs,
         DataClass::AccessLog,
         DataClass::Moderation,
         DataClass::Payments,
         DataClass::DeletedAccounts,
+        DataClass::Exports,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl DataClass {
             DataClass::Moderation => "moderation",
             DataClass::Payments => "payments",
             DataClass::DeletedAccounts => "deleted_accounts",
+            DataClass::Exports => "exports",
         }
     }
 }
@@ -149,6 +154,7 @@ impl RetentionSettings {
             DataClass::Moderation => DAY * self.moderation_days,
             DataClass::Payments => YEAR * self.payment_years,
             DataClass::DeletedAccounts => DAY * self.deleted_account_days,
+            DataClass::Exports => DAY * self.export_days,
         }
     }
 }

@@ -166,6 +166,7 @@ pub trait Database:
     + crate::schedules::Schedules
     + crate::retention::Retention
     + crate::deletion::Deletion
+    + crate::export::Export
 {
 }
 
@@ -178,7 +179,8 @@ impl<
         + crate::orders::Orders
         + crate::schedules::Schedules
         + crate::retention::Retention
-        + crate::deletion::Deletion,
+        + crate::deletion::Deletion
+        + crate::export::Export,
 > Database for T
 {
 }

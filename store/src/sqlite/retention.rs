@@ -10,7 +10,7 @@ fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
     match class {
         // Finished jobs go by `prune_finished`; deleted accounts are erased
         // by the worker, objects first (`Deletion`).
-        DataClass::FinishedJobs | DataClass::DeletedAccounts => &[],
+        DataClass::FinishedJobs | DataClass::DeletedAccounts | DataClass::Exports => &[],
         DataClass::AccessLog => &[("access_log", "created_at"), ("account_ips", "first_seen")],
         DataClass::Moderation => &[("moderation_decisions", "created_at")],
         DataClass::Payments => &[
