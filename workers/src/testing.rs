@@ -60,6 +60,7 @@ const LEASE: Duration = Duration::from_secs(60 * 60);
 /// Every registered handler over the offline dev providers, on one store.
 pub struct TestWorker {
     store: Store,
+    retention: RetentionSettings,
     deps: Deps,
     registry: Registry,
     run: RunJob,
@@ -138,6 +139,7 @@ impl TestWorker {
         };
         TestWorker {
             store,
+            retention: retention.clone(),
             deps,
             registry,
             run,
@@ -146,6 +148,15 @@ impl TestWorker {
             texts,
             _outbox: outbox,
         }
+    }
+
+    /// The same handlers over `objects` (e.g. another worker's, to purge
+    /// what that one stored).
+    pub fn with_objects(mut self, objects: Objects) -> TestWorker {
+        self.deps.objects = objects;
+        self.registry = registry(&self.retention, &self.deps);
+        self.run.registry = self.registry.clone();
+        self
     }
 
     /// Runs `payload` as a job without an owner; see the module docs.

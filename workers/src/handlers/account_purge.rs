@@ -82,6 +82,10 @@ pub(crate) async fn erase_account(
         let ids: Vec<_> = generations.iter().map(|g| g.id).collect();
         result.generations += store.erase_generations(user, &ids).await?;
     }
+    // Its data exports, before the rows that say the account existed.
+    objects
+        .delete_prefix(&kiln_jobs::DataExport::folder(user))
+        .await?;
     store.erase_account_rows(user).await?;
     Ok(Erasure::Done(result))
 }
