@@ -1,5 +1,6 @@
 mod auth;
 mod credits;
+mod exports;
 mod generations;
 mod health;
 mod images;
@@ -33,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .merge(credits::routes())
         .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
+        .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())

@@ -27,6 +27,8 @@ use crate::AppState;
         super::me::unrestrict,
         super::me::delete_account,
         super::me::access_log,
+        super::exports::create,
+        super::exports::show,
         super::generations::create,
         super::generations::create_batch,
         super::upscales::create,
