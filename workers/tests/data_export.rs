@@ -361,3 +361,108 @@ async fn erasing_an_account_deletes_its_exports(store: Store, _: &TestDatabase) 
         .expect_done();
     assert!(!worker.objects().exists(&result.object_key).await.unwrap());
 }
+
+/// The benchmark the README quotes: an account with 10,000 images (32x32
+/// noise PNGs, about 3 KiB each, stored straight through the store into
+/// local files; no provider is called), exported on SQLite. Prints the
+/// time and the process's peak RSS during the export (the peak is reset
+/// just before it, `/proc/self/clear_refs`). By hand:
+/// `cargo test --release -p kiln-workers --test data_export -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn bench_export_of_10_000_images() {
+    use kiln_store::generations::ImageRecord;
+    const IMAGES: usize = 10_000;
+    let db = TestDatabase::sqlite();
+    let store = db.store().await.unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let objects = kiln_store::Objects::local(files.path()).unwrap();
+    let worker = TestWorker::new(store.clone()).with_objects(objects.clone());
+    let user = testing::account(&store).await;
+    let enqueued = store
+        .create_generation(NewGeneration {
+            owner: user,
+            input: GenerationInput {
+                prompt: "ten thousand tiles".into(),
+                model: "dev-image-1".into(),
+                width: 32,
+                height: 32,
+                n: 1,
+                reference_urls: Vec::new(),
+                request_hash: Uuid::now_v7().to_string(),
+                credits: 0,
+            },
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let GenerationEnqueued::Created { job } = enqueued else {
+        panic!("{enqueued:?}");
+    };
+    let generation = store.generation_for_job(job.id).await.unwrap().unwrap();
+    store.cancel(job.id, Some(user)).await.unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..IMAGES {
+        let mut pixels = vec![0u8; 32 * 32 * 3];
+        for p in &mut pixels {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *p = seed as u8;
+        }
+        let mut png_bytes = Vec::new();
+        let mut encoder = png::Encoder::new(&mut png_bytes, 32, 32);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder
+            .write_header()
+            .unwrap()
+            .write_image_data(&pixels)
+            .unwrap();
+        let id = Uuid::now_v7();
+        let key = format!("images/{id}.png");
+        let size = png_bytes.len() as i64;
+        objects.put(&key, png_bytes.into()).await.unwrap();
+        store
+            .add_image(&ImageRecord {
+                id,
+                generation_id: generation.id,
+                owner: user,
+                object_key: key,
+                width: 32,
+                height: 32,
+                content_type: "image/png".into(),
+                bytes: size,
+                created_at: Utc::now(),
+                source_image_id: None,
+            })
+            .await
+            .unwrap();
+    }
+    let rss = |field: &str| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map_or(0, |kib| kib.parse::<u64>().unwrap())
+    };
+    // Forget the setup's peak: from here VmHWM is the export's.
+    std::fs::write("/proc/self/clear_refs", "5").unwrap();
+    let before = rss("VmRSS:");
+    let started = std::time::Instant::now();
+    let result = worker
+        .perform_as(user, DataExport { user })
+        .await
+        .unwrap()
+        .expect_done();
+    let took = started.elapsed();
+    let peak = rss("VmHWM:");
+    assert_eq!(result.counts["images"], IMAGES as u64);
+    println!(
+        "export of {IMAGES} images: {:.1} MiB ZIP in {:.2} s; RSS before {} MiB, peak during {} MiB",
+        result.bytes as f64 / 1048576.0,
+        took.as_secs_f64(),
+        before / 1024,
+        peak / 1024
+    );
+}

@@ -224,8 +224,7 @@ async fn write_export(
             zip.write(&bytes).await?;
             files += 1;
         }
-        if listed > 0 {
-            let done = (files + missing) * 80 / listed;
+        if let Some(done) = ((files + missing) * 80).checked_div(listed) {
             ctx.progress("images", 10 + done.min(80) as u8).await?;
         }
         match page.last() {
