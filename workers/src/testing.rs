@@ -152,8 +152,14 @@ impl TestWorker {
 
     /// The same handlers over `objects` (e.g. another worker's, to purge
     /// what that one stored).
-    pub fn with_objects(mut self, objects: Objects) -> TestWorker {
-        self.deps.objects = objects;
+    pub fn with_objects(self, objects: Objects) -> TestWorker {
+        self.with_deps(|deps| deps.objects = objects)
+    }
+
+    /// The same handlers over changed dependencies (e.g. links under a
+    /// public base URL).
+    pub fn with_deps(mut self, change: impl FnOnce(&mut Deps)) -> TestWorker {
+        change(&mut self.deps);
         self.registry = registry(&self.retention, &self.deps);
         self.run.registry = self.registry.clone();
         self

@@ -261,13 +261,32 @@ async fn an_export_holds_the_account_and_nothing_of_anyone_else(store: Store, _:
     assert!(!payload.to_string().contains("@example.com"));
     // Sent without a public base URL, it points at the route.
     let notice: SendEmail = serde_json::from_value(payload.clone()).unwrap();
-    worker.perform(notice).await.unwrap().expect_done();
+    worker.perform(notice.clone()).await.unwrap().expect_done();
     let sent = worker.emails();
     assert!(
         sent.iter()
             .any(|e| e.contains(&format!("/v1/me/exports/{export_id}"))),
         "{sent:?}"
     );
+    // Where kiln's public address is known, the link itself, signed now.
+    let public = TestWorker::new(store.clone())
+        .with_objects(worker.objects().clone())
+        .with_deps(|deps| deps.links.public_base_url = Some("https://kiln.example".into()));
+    public.perform(notice).await.unwrap().expect_done();
+    let sent = public.emails();
+    let link = format!(
+        "https://kiln.example/v1/files/exports/{}/{export_id}.zip?expires=",
+        user.0
+    );
+    assert!(sent.iter().any(|e| e.contains(&link)), "{sent:?}");
+    // Once the file is gone, there is nothing to announce.
+    worker.objects().delete(&result.object_key).await.unwrap();
+    let error = public
+        .perform(serde_json::from_value::<SendEmail>(payload.clone()).unwrap())
+        .await
+        .unwrap()
+        .expect_error();
+    assert_eq!(error.code(), "export_gone");
 }
 
 async fn one_export_at_a_time_per_account(store: Store, _: &TestDatabase) {
