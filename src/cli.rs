@@ -40,6 +40,7 @@ use clap::{Parser, Subcommand};
 ///   api.token_ttl_secs        KILN_API_TOKEN_TTL_SECS       2592000 (30 days)
 ///   api.session_cache_secs    KILN_API_SESSION_CACHE_SECS   60: a token looked up lately is trusted from memory (revocation ends it at once)
 ///   api.signed_url_ttl_secs   KILN_API_SIGNED_URL_TTL_SECS  600
+///   api.export_link_ttl_secs  KILN_API_EXPORT_LINK_TTL_SECS 86400 (a data export's link; never past retention.export_days)
 ///   api.max_prompt_chars      KILN_API_MAX_PROMPT_CHARS     4000
 ///   api.max_images            KILN_API_MAX_IMAGES           4
 ///   api.max_reference_images  KILN_API_MAX_REFERENCE_IMAGES 4

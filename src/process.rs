@@ -265,13 +265,14 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
             public_base_url: settings.storage.public_base_url.clone(),
             ttl: std::time::Duration::from_secs(settings.api.signed_url_ttl_secs),
         };
-        let deps = kiln_workers::handlers::Deps::from_settings(
+        let mut deps = kiln_workers::handlers::Deps::from_settings(
             &settings.providers(),
             objects.clone(),
             links,
             codes.clone(),
         )
         .map_err(anyhow::Error::msg)?;
+        deps.export_link_ttl = std::time::Duration::from_secs(settings.api.export_link_ttl_secs);
         let registry = kiln_workers::handlers::registry(&settings.retention, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();

@@ -77,6 +77,11 @@ fn matrix() -> Vec<Case> {
             "/admin/v1/subject-requests",
             [401, 403, 403, 403, 200],
         ),
+        // Open to a restricted account (the right of access); Ada's own
+        // export is still waiting (no worker here), so hers is refused:
+        // one at a time.
+        case(M::POST, "/v1/me/exports", [401, 409, 202, 202, 202]),
+        case(M::GET, "/v1/me/exports/{id}", [401, 200, 404, 404, 404]),
         case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
         case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
         case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),
@@ -102,6 +107,7 @@ struct World {
     tokens: [Option<String>; 5],
     job: Uuid,
     image: Uuid,
+    export: Uuid,
     file: String,
     fresh: AtomicU32,
 }
@@ -168,6 +174,7 @@ impl World {
                     "{id}",
                     &match t {
                         t if t.starts_with("/v1/jobs/") => self.job.to_string(),
+                        t if t.starts_with("/v1/me/exports/") => self.export.to_string(),
                         _ => self.image.to_string(),
                     },
                 ),
@@ -242,11 +249,17 @@ async fn world() -> World {
         .await;
     assert_eq!(shown.status, 200);
     let file = shown.json()["url"].as_str().unwrap().to_owned();
+    let r = api
+        .request(Method::POST, "/v1/me/exports", None, tokens[1].as_deref())
+        .await;
+    assert_eq!(r.status, 202);
+    let export: Uuid = r.json()["id"].as_str().unwrap().parse().unwrap();
     World {
         api,
         tokens,
         job,
         image,
+        export,
         file,
         fresh: AtomicU32::new(0),
     }

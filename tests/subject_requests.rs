@@ -37,10 +37,23 @@ async fn an_operator_sees_each_request_an_owner_made_with_its_due_date() {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
+    // A copy of the data, waiting (no worker here), then a restriction:
+    // the export is the right of access and goes on.
+    let r = api
+        .request(Method::POST, "/v1/me/exports", None, Some(&ada))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let export = r.json();
     let r = api
         .request(Method::POST, "/v1/me/restriction", None, Some(&ada))
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let export_path = format!("/v1/jobs/{}", export["id"].as_str().unwrap());
+    let still = api
+        .request(Method::GET, &export_path, None, Some(&ada))
+        .await
+        .json();
+    assert_eq!(still["state"], "available", "{still}");
 
     let r = get("/admin/v1/subject-requests", Some(olga.clone())).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -55,10 +68,20 @@ async fn an_operator_sees_each_request_an_owner_made_with_its_due_date() {
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["restriction", "correction", "access"], "{page}");
+    assert_eq!(
+        kinds,
+        ["restriction", "export", "correction", "access"],
+        "{page}"
+    );
     for r in &requests {
         assert_eq!(r["overdue"], false);
-        assert!(r["completed_at"].is_string(), "{r}");
+        // Answered at once, but the export, which its job answers.
+        if r["kind"] == "export" {
+            assert_eq!(r["job_id"], export["id"]);
+            assert!(r["completed_at"].is_null(), "{r}");
+        } else {
+            assert!(r["completed_at"].is_string(), "{r}");
+        }
         let requested: chrono::DateTime<chrono::Utc> =
             r["requested_at"].as_str().unwrap().parse().unwrap();
         let due: chrono::DateTime<chrono::Utc> = r["due_at"].as_str().unwrap().parse().unwrap();

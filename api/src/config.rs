@@ -18,6 +18,9 @@ pub struct ApiConfig {
     pub session_cache_secs: u64,
     /// How long a signed image URL is valid.
     pub signed_url_ttl_secs: u64,
+    /// How long a data export's link is valid (signed when the export is
+    /// read or its notice sent; never past `retention.export_days`).
+    pub export_link_ttl_secs: u64,
     /// The longest prompt accepted, in characters.
     pub max_prompt_chars: usize,
     /// The most images one generation may ask for.
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             token_ttl_secs: 30 * 24 * 3600,
             session_cache_secs: 60,
             signed_url_ttl_secs: 600,
+            export_link_ttl_secs: 24 * 3600,
             max_prompt_chars: 4000,
             max_images: 4,
             max_reference_images: 4,
@@ -94,7 +98,9 @@ impl Default for ApiConfig {
 pub enum ApiConfigError {
     #[error("api.bcrypt_cost must be between 4 and 31")]
     BcryptCost,
-    #[error("api.token_ttl_secs and api.signed_url_ttl_secs must be above 0")]
+    #[error(
+        "api.token_ttl_secs, api.signed_url_ttl_secs and api.export_link_ttl_secs must be above 0"
+    )]
     ZeroTtl,
     #[error("api.sizes entries must look like 1024x1024")]
     Size,
@@ -119,7 +125,10 @@ impl ApiConfig {
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(ApiConfigError::BcryptCost);
         }
-        if self.token_ttl_secs == 0 || self.signed_url_ttl_secs == 0 {
+        if self.token_ttl_secs == 0
+            || self.signed_url_ttl_secs == 0
+            || self.export_link_ttl_secs == 0
+        {
             return Err(ApiConfigError::ZeroTtl);
         }
         if self.sizes.iter().any(|s| parse_size(s).is_none()) {

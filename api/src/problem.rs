@@ -126,7 +126,9 @@ impl Problem {
 impl From<kiln_store::StoreError> for Problem {
     fn from(e: kiln_store::StoreError) -> Problem {
         match e {
-            kiln_store::StoreError::Contended => Problem::conflict(e.to_string()),
+            kiln_store::StoreError::Contended | kiln_store::StoreError::OneAtATime => {
+                Problem::conflict(e.to_string())
+            }
             kiln_store::StoreError::InsufficientCredits => Problem::insufficient_credits(),
             e => Problem::internal(e),
         }

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use kiln_jobs::{
-    GenerateImage, GenerateImageResult, Job, UpscaleImage, UpscaleImageResult, UserId,
+    DataExport, DataExportResult, GenerateImage, GenerateImageResult, Job, UpscaleImage,
+    UpscaleImageResult, UserId,
 };
 use kiln_store::{JobRecord, JobState, generations::ImageRecord};
 use serde::{Serialize, de::DeserializeOwned};
@@ -32,7 +33,10 @@ pub struct JobResource {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     /// For a finished generation: `{"images": [...]}`; for a finished
-    /// upscale: `{"image": ...}`; images with signed URLs.
+    /// upscale: `{"image": ...}`; images with signed URLs. For a finished
+    /// data export: `{"url", "expires_at", "expired", "available_until",
+    /// "bytes", "counts"}`, `url` a signed link to the ZIP (null once the
+    /// export expired).
     pub result: Option<serde_json::Value>,
     /// Why it failed, was cancelled, or (retryable) why its last attempt
     /// did not succeed.
@@ -83,6 +87,35 @@ impl AppState {
             url,
             url_expires_at,
         }
+    }
+
+    /// A finished export as clients see it: `url` is signed now, valid for
+    /// `api.export_link_ttl_secs` but never past the export's end
+    /// (`retention.export_days` after it finished, when retention deletes
+    /// the file); after that `url` is null and `expired` true. The object
+    /// key stays inside.
+    fn export_result(
+        &self,
+        done: DataExportResult,
+        finished_at: Option<DateTime<Utc>>,
+    ) -> serde_json::Value {
+        let now = Utc::now();
+        let kept = chrono::Duration::days(i64::from(self.retention.export_days));
+        let ends = finished_at.unwrap_or(now) + kept;
+        let link = chrono::Duration::seconds(
+            i64::try_from(self.config.export_link_ttl_secs).unwrap_or(i64::MAX / 1000),
+        );
+        let expires = (now + link).min(ends);
+        let expired = expires <= now;
+        let url = (!expired).then(|| self.signer.object_url(&done.object_key, expires));
+        serde_json::json!({
+            "url": url,
+            "expires_at": (!expired).then_some(expires),
+            "expired": expired,
+            "available_until": ends,
+            "bytes": done.bytes,
+            "counts": done.counts,
+        })
     }
 
     pub async fn job_resource(
@@ -155,6 +188,11 @@ impl AppState {
                     wanted.and_then(|w| images.by_id.get(&w.id).filter(|i| i.owner == w.owner));
                 Some(serde_json::json!({ "image": image.map(|i| self.image_resource(i)) }))
             }
+            Shown::Export => job
+                .result
+                .as_ref()
+                .and_then(typed::<DataExportResult>)
+                .map(|done| self.export_result(done, job.finished_at)),
             Shown::AsStored => job.result.clone(),
         };
         let last_error = job.errors.last().map(|e| JobErrorBody {
@@ -208,6 +246,8 @@ enum Shown {
     Generation(Option<Uuid>),
     /// A finished upscale: this image of its owner, when it still exists.
     Upscale(Option<OwnedImage>),
+    /// A finished data export: its counts, and a link while it is kept.
+    Export,
     /// Any other job: its result as stored.
     AsStored,
 }
@@ -232,6 +272,7 @@ impl Shown {
                     },
                 ))
             }
+            (Some(_), JobState::Succeeded, DataExport::KIND) => Shown::Export,
             _ => Shown::AsStored,
         }
     }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    AccountPurge, Backoff, GenerateImage, Job, Probe, RetentionPurge, SendEmail, SendSms,
-    UpscaleImage,
+    AccountPurge, Backoff, DataExport, GenerateImage, Job, Probe, RetentionPurge, SendEmail,
+    SendSms, UpscaleImage,
 };
 
 /// How the queue runs a kind's attempts: how many, how long each may take,
@@ -66,6 +66,7 @@ impl KindSpec {
 /// Every kind kiln knows, in one list.
 pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<AccountPurge>(),
+    KindSpec::of::<DataExport>(),
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<Probe>(),
     KindSpec::of::<RetentionPurge>(),

@@ -4,6 +4,7 @@
 mod account_purge;
 mod backoff;
 pub mod catalogue;
+mod data_export;
 mod error;
 mod generate_image;
 mod ids;
@@ -18,6 +19,7 @@ mod upscale_image;
 pub use account_purge::{AccountPurge, AccountPurgeResult};
 pub use backoff::Backoff;
 pub use catalogue::{KINDS, KindSpec, Policy, spec};
+pub use data_export::{DataExport, DataExportResult};
 pub use error::{DecodeError, JobError};
 pub use generate_image::{GenerateImage, GenerateImageResult, GeneratedImage, stage};
 pub use ids::{OrderId, UserId};

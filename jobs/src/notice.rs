@@ -26,6 +26,13 @@ pub enum Notice {
     RegistrationAttempt,
     /// A data export is ready behind a signed, expiring link.
     ExportReady { url: String, expires_at: String },
+    /// A data export finished, as it waits in the queue: the export job's
+    /// id, never the link (a link in the jobs table would be a key to the
+    /// account's data). The sender signs a link when it sends and makes
+    /// this an [`Notice::ExportReady`]; where it cannot make an absolute
+    /// link (no `storage.public_base_url`), this renders as it is and
+    /// points the user at `GET /v1/me/exports/{id}`, which signs one.
+    ExportFinished { export_id: Uuid },
     /// A policy change, announced at least 7 days before it takes effect.
     PolicyNotice {
         version: String,
@@ -205,6 +212,24 @@ impl Notice {
                     ),
                 ],
             ),
+            Notice::ExportFinished { export_id } => (
+                format!("Your {product} data export is ready"),
+                format!(
+                    "The copy of your {product} data you asked for is ready. Sign in to \
+                     download it: GET /v1/me/exports/{export_id} answers with a link to \
+                     the file.\n"
+                ),
+                vec![
+                    format!(
+                        "The copy of your {} data you asked for is ready.",
+                        e(product)
+                    ),
+                    format!(
+                        "Sign in to download it: <code>GET /v1/me/exports/{export_id}</code> \
+                         answers with a link to the file."
+                    ),
+                ],
+            ),
             Notice::PolicyNotice {
                 version,
                 effective_on,
@@ -293,6 +318,9 @@ impl Notice {
             Notice::ExportReady { url, expires_at } => {
                 format!("Your {product} data export is ready until {expires_at}: {url}")
             }
+            Notice::ExportFinished { export_id } => {
+                format!("Your {product} data export is ready: GET /v1/me/exports/{export_id}")
+            }
             Notice::PolicyNotice {
                 version,
                 effective_on,
@@ -341,6 +369,18 @@ mod tests {
             },
             Notice::RegistrationAttempt,
         ]
+    }
+
+    #[test]
+    fn a_finished_export_points_at_its_route_and_carries_no_link() {
+        let id = Uuid::from_u128(42);
+        let notice = Notice::ExportFinished { export_id: id };
+        let (subject, text, html) = notice.email(PRODUCT).unwrap();
+        assert_eq!(subject, "Your Kiln data export is ready");
+        let route = format!("/v1/me/exports/{id}");
+        assert!(text.contains(&route) && html.contains(&route));
+        assert!(!text.contains("signature"));
+        assert!(notice.sms(PRODUCT).unwrap().contains(&route));
     }
 
     #[test]

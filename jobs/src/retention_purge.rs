@@ -45,16 +45,20 @@ pub enum DataClass {
     /// Objects in storage no row points at (an image or reference image
     /// whose row is gone), a day after they were written.
     OrphanedObjects,
+    /// Data export files (`exports/<user>/<job>.zip`), found by listing
+    /// object storage: counted in files deleted.
+    Exports,
 }
 
 impl DataClass {
-    pub const ALL: [DataClass; 6] = [
+    pub const ALL: [DataClass; 7] = [
         DataClass::FinishedJobs,
         DataClass::AccessLog,
         DataClass::Moderation,
         DataClass::Payments,
         DataClass::DeletedAccounts,
         DataClass::OrphanedObjects,
+        DataClass::Exports,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl DataClass {
             DataClass::Payments => "payments",
             DataClass::DeletedAccounts => "deleted_accounts",
             DataClass::OrphanedObjects => "orphaned_objects",
+            DataClass::Exports => "exports",
         }
     }
 }
@@ -157,6 +162,7 @@ impl RetentionSettings {
             // Long enough that no object is taken between its write and
             // the write of the row that points at it.
             DataClass::OrphanedObjects => DAY,
+            DataClass::Exports => DAY * self.export_days,
         }
     }
 }

@@ -45,8 +45,12 @@ pub struct StoredGeneration {
 pub trait Deletion: Send + Sync + 'static {
     /// The password hash of a live (not deleted) account.
     async fn password_hash(&self, user: UserId) -> Result<Option<String>, StoreError>;
-    /// Up to `limit` of an owner's unfinished jobs.
-    async fn unfinished_jobs_of(&self, owner: UserId, limit: u32) -> Result<Vec<Uuid>, StoreError>;
+    /// Up to `limit` of an owner's unfinished jobs: (id, kind).
+    async fn unfinished_jobs_of(
+        &self,
+        owner: UserId,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, String)>, StoreError>;
     /// Up to `limit` images of a deleted account.
     async fn images_to_erase(
         &self,

@@ -16,6 +16,10 @@ pub enum StoreError {
     /// data is sealed under.
     #[error("{0}")]
     KeysMismatch(String),
+    /// The owner has an unfinished job of a kind that runs one at a time
+    /// per account (a data export); nothing was stored.
+    #[error("an unfinished job of this kind exists for this account")]
+    OneAtATime,
     /// A concurrent request with the same idempotency key rolled back
     /// while this one waited for it; the caller may try again.
     #[error("a concurrent request with the same idempotency key did not finish; try again")]
@@ -53,6 +57,11 @@ pub struct SigningKeyError(pub String);
 const INSUFFICIENT_CREDITS_SQLSTATE: &str = "KC402";
 const INSUFFICIENT_CREDITS_MESSAGE: &str = "kiln: insufficient credits";
 
+/// The index of migration 0022 that keeps one data export per account:
+/// Postgres names it; SQLite names its column.
+const ONE_EXPORT_INDEX: &str = "jobs_one_data_export";
+const ONE_EXPORT_SQLITE_MESSAGE: &str = "UNIQUE constraint failed: jobs.owner";
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e
@@ -60,6 +69,12 @@ impl From<sqlx::Error> for StoreError {
                 || db.message() == INSUFFICIENT_CREDITS_MESSAGE)
         {
             return StoreError::InsufficientCredits;
+        }
+        if let sqlx::Error::Database(db) = &e
+            && (db.constraint() == Some(ONE_EXPORT_INDEX)
+                || db.message() == ONE_EXPORT_SQLITE_MESSAGE)
+        {
+            return StoreError::OneAtATime;
         }
         StoreError::Database(e)
     }

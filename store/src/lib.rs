@@ -11,6 +11,7 @@ mod connect;
 pub mod credits;
 pub mod deletion;
 mod error;
+pub mod export;
 pub mod generations;
 mod group_commit;
 mod key_file;
@@ -41,7 +42,7 @@ pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
     Lease, NewJob, QueueStat, Rescued, StoreEvent,
 };
-pub use objects::{Objects, S3Options, StoredObject};
+pub use objects::{ObjectInfo, ObjectUpload, Objects, S3Options};
 pub use pii::Pii;
 pub use postgres::PgStore;
 pub use queue::{Database, Engine, JobWrites, Queue};

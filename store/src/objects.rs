@@ -7,6 +7,9 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use object_store::WriteMultipart;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -131,30 +134,41 @@ impl Objects {
         Ok(keys.len() as u64)
     }
 
-    /// The objects under `prefix` (a folder such as `images/`), with when
-    /// each was last written, as the backend lists them (a stream: a
-    /// bucket of millions is never held in memory).
-    pub fn list(
-        &self,
-        prefix: &str,
-    ) -> futures::stream::BoxStream<'static, Result<StoredObject, ObjectsError>> {
+    /// Starts writing an object part by part (a multipart upload on S3), so
+    /// an object of any size passes through a few parts of memory; readers
+    /// see it only once [`ObjectUpload::finish`] returns.
+    pub async fn upload(&self, key: &str) -> Result<ObjectUpload, ObjectsError> {
+        let path = parse_key(key)?;
+        let upload = self
+            .inner
+            .put_multipart(&path)
+            .await
+            .map_err(|e| backend_error("upload", key, e))?;
+        Ok(ObjectUpload {
+            key: key.to_owned(),
+            writer: WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART_BYTES),
+            bytes: 0,
+        })
+    }
+
+    /// The objects under `prefix` (a folder, e.g. `exports/`), as the
+    /// backend lists them (a page of 1,000 at a time on S3), in no order.
+    pub fn list(&self, prefix: &str) -> Result<BoxStream<'static, ObjectsResult>, ObjectsError> {
         use futures::StreamExt;
-        let prefix = prefix.trim_end_matches('/').to_owned();
-        let path = match parse_key(&prefix) {
-            Ok(path) => path,
-            Err(e) => return futures::stream::once(async move { Err(e) }).boxed(),
-        };
-        let inner = self.inner.clone();
-        inner
+        let path = parse_key(prefix.trim_end_matches('/'))?;
+        let prefix = prefix.to_owned();
+        Ok(self
+            .inner
             .list(Some(&path))
-            .map(move |meta| {
-                meta.map(|m| StoredObject {
-                    key: m.location.to_string(),
-                    last_modified: m.last_modified,
-                })
-                .map_err(|e| backend_error("list", &prefix, e))
+            .map(move |meta| match meta {
+                Ok(meta) => Ok(ObjectInfo {
+                    key: meta.location.to_string(),
+                    last_modified: meta.last_modified,
+                    size: meta.size,
+                }),
+                Err(e) => Err(backend_error("list", &prefix, e)),
             })
-            .boxed()
+            .boxed())
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, ObjectsError> {
@@ -167,11 +181,74 @@ impl Objects {
     }
 }
 
-/// An object as a listing shows it.
+/// One listed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredObject {
+pub struct ObjectInfo {
     pub key: String,
-    pub last_modified: chrono::DateTime<chrono::Utc>,
+    /// When it was written (S3: when its upload completed).
+    pub last_modified: DateTime<Utc>,
+    pub size: u64,
+}
+
+type ObjectsResult = Result<ObjectInfo, ObjectsError>;
+
+/// The part size of uploads: S3's smallest but the last is 5 MiB, and at
+/// most [`UPLOAD_PARTS_IN_FLIGHT`] are sent at once, so an upload holds
+/// about 15 MiB however large the object.
+const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+const UPLOAD_PARTS_IN_FLIGHT: usize = 2;
+
+/// An object being written (see [`Objects::upload`]). Dropped without
+/// [`ObjectUpload::finish`], the object is never written; call
+/// [`ObjectUpload::abort`] to clean up the parts already sent at once
+/// (S3 keeps them until a bucket lifecycle rule removes them).
+pub struct ObjectUpload {
+    key: String,
+    writer: WriteMultipart,
+    bytes: u64,
+}
+
+impl fmt::Debug for ObjectUpload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectUpload({}, {} bytes)", self.key, self.bytes)
+    }
+}
+
+impl ObjectUpload {
+    /// Appends `bytes`, waiting while too many parts are in flight.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ObjectsError> {
+        self.writer
+            .wait_for_capacity(UPLOAD_PARTS_IN_FLIGHT)
+            .await
+            .map_err(|e| backend_error("upload", &self.key, e))?;
+        self.writer.write(bytes);
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Sends the last part and completes the object.
+    pub async fn finish(self) -> Result<u64, ObjectsError> {
+        let key = self.key;
+        self.writer
+            .finish()
+            .await
+            .map_err(|e| backend_error("upload", &key, e))?;
+        Ok(self.bytes)
+    }
+
+    /// Gives the upload up, removing the parts sent.
+    pub async fn abort(self) -> Result<(), ObjectsError> {
+        let key = self.key;
+        self.writer
+            .abort()
+            .await
+            .map_err(|e| backend_error("abort upload", &key, e))
+    }
 }
 
 /// Where and how to reach an S3-compatible bucket. `Debug` leaves out the

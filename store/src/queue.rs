@@ -167,6 +167,7 @@ pub trait Database:
     + crate::retention::Retention
     + crate::deletion::Deletion
     + crate::subject_requests::SubjectRequests
+    + crate::export::Export
 {
 }
 
@@ -180,7 +181,8 @@ impl<
         + crate::schedules::Schedules
         + crate::retention::Retention
         + crate::deletion::Deletion
-        + crate::subject_requests::SubjectRequests,
+        + crate::subject_requests::SubjectRequests
+        + crate::export::Export,
 > Database for T
 {
 }

@@ -466,3 +466,43 @@ impl From<ProfileRow> for Profile {
         }
     }
 }
+
+pub(crate) const EXPORTED_GENERATION_COLUMNS: &str = "id, job_id, prompt, model, width, height, n, \
+    reference_urls, provider, provider_latency_ms, created_at, finished_at";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExportedGenerationRow {
+    id: Id,
+    job_id: Id,
+    prompt: String,
+    model: String,
+    width: i32,
+    height: i32,
+    n: i32,
+    reference_urls: Json,
+    provider: Option<String>,
+    provider_latency_ms: Option<i32>,
+    created_at: Time,
+    finished_at: Option<Time>,
+}
+
+impl TryFrom<ExportedGenerationRow> for crate::export::ExportedGeneration {
+    type Error = StoreError;
+
+    fn try_from(r: ExportedGenerationRow) -> Result<Self, StoreError> {
+        Ok(crate::export::ExportedGeneration {
+            id: r.id.0,
+            job_id: r.job_id.0,
+            prompt: r.prompt,
+            model: r.model,
+            width: r.width as u32,
+            height: r.height as u32,
+            n: r.n as u32,
+            reference_urls: r.reference_urls.parse("generation reference_urls")?,
+            provider: r.provider,
+            provider_latency_ms: r.provider_latency_ms.map(i64::from),
+            created_at: r.created_at.0,
+            finished_at: r.finished_at.map(|t| t.0),
+        })
+    }
+}

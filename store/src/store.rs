@@ -199,15 +199,24 @@ impl Store {
         Ok(Some(deleted.purge_job))
     }
 
-    /// Cancels every unfinished job of an owner: waiting ones at once
-    /// (refunded by the move that ends them), running ones by telling
-    /// their workers. Returns (cancelled now, still running).
-    pub async fn cancel_jobs_of(&self, owner: UserId) -> Result<(u64, u64), StoreError> {
+    /// Cancels every unfinished job of an owner but those of the `sparing`
+    /// kinds: waiting ones at once (refunded by the move that ends them),
+    /// running ones by telling their workers. Returns (cancelled now,
+    /// still running).
+    pub async fn cancel_jobs_of(
+        &self,
+        owner: UserId,
+        sparing: &[&str],
+    ) -> Result<(u64, u64), StoreError> {
         let mut seen = std::collections::HashSet::new();
         let (mut cancelled, mut running) = (0, 0);
         loop {
-            let ids = self.engine.unfinished_jobs_of(owner, 500).await?;
-            let fresh: Vec<Uuid> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+            let jobs = self.engine.unfinished_jobs_of(owner, 500).await?;
+            let fresh: Vec<Uuid> = jobs
+                .into_iter()
+                .filter(|(id, kind)| seen.insert(*id) && !sparing.contains(&kind.as_str()))
+                .map(|(id, _)| id)
+                .collect();
             if fresh.is_empty() {
                 return Ok((cancelled, running));
             }

@@ -60,6 +60,7 @@ const LEASE: Duration = Duration::from_secs(60 * 60);
 /// Every registered handler over the offline dev providers, on one store.
 pub struct TestWorker {
     store: Store,
+    retention: RetentionSettings,
     deps: Deps,
     registry: Registry,
     run: RunJob,
@@ -153,6 +154,7 @@ impl TestWorker {
         };
         TestWorker {
             store,
+            retention: retention.clone(),
             deps,
             registry,
             run,
@@ -161,6 +163,21 @@ impl TestWorker {
             texts,
             _outbox: outbox,
         }
+    }
+
+    /// The same handlers over `objects` (e.g. another worker's, to purge
+    /// what that one stored).
+    pub fn with_objects(self, objects: Objects) -> TestWorker {
+        self.with_deps(|deps| deps.objects = objects)
+    }
+
+    /// The same handlers over changed dependencies (e.g. links under a
+    /// public base URL).
+    pub fn with_deps(mut self, change: impl FnOnce(&mut Deps)) -> TestWorker {
+        change(&mut self.deps);
+        self.registry = registry(&self.retention, &self.deps);
+        self.run.registry = self.registry.clone();
+        self
     }
 
     /// Runs `payload` as a job without an owner; see the module docs.

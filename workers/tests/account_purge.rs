@@ -137,10 +137,10 @@ async fn cancelling_an_owners_jobs_refunds_what_waited(store: Store, _: &TestDat
     generation(&store, user, 4).await;
     let held = store.credit_balance(user).await.unwrap();
     assert_eq!((held.balance, held.reserved), (3, 7));
-    assert_eq!(store.cancel_jobs_of(user).await.unwrap(), (2, 0));
+    assert_eq!(store.cancel_jobs_of(user, &[]).await.unwrap(), (2, 0));
     let after = store.credit_balance(user).await.unwrap();
     assert_eq!((after.balance, after.reserved), (10, 0));
-    assert_eq!(store.cancel_jobs_of(user).await.unwrap(), (0, 0));
+    assert_eq!(store.cancel_jobs_of(user, &[]).await.unwrap(), (0, 0));
 }
 
 async fn the_retention_purge_erases_a_deleted_account_left_past_its_period(

@@ -227,8 +227,12 @@ async fn restrict(
             .await?;
     }
     // Restriction stops processing: what waits is cancelled (and
-    // refunded), what runs is told to stop.
-    state.store.cancel_jobs_of(user.id).await?;
+    // refunded), what runs is told to stop; a copy of the data the owner
+    // asked for is their right of access, and goes on.
+    state
+        .store
+        .cancel_jobs_of(user.id, &[<kiln_jobs::DataExport as kiln_jobs::Job>::KIND])
+        .await?;
     register(&state, user.id, RequestKind::Restriction, None, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }

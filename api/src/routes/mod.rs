@@ -1,6 +1,7 @@
 mod admin;
 mod auth;
 mod credits;
+mod exports;
 mod generations;
 mod health;
 mod images;
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
         .merge(admin::routes())
+        .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
         .merge(images::routes())

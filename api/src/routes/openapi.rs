@@ -28,6 +28,8 @@ use crate::AppState;
         super::me::delete_account,
         super::admin::subject_requests,
         super::me::access_log,
+        super::exports::create,
+        super::exports::show,
         super::generations::create,
         super::generations::create_batch,
         super::upscales::create,

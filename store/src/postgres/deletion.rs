@@ -76,9 +76,13 @@ impl Deletion for PgStore {
         .await?)
     }
 
-    async fn unfinished_jobs_of(&self, owner: UserId, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+    async fn unfinished_jobs_of(
+        &self,
+        owner: UserId,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, String)>, StoreError> {
         Ok(
-            sqlx::query_scalar("SELECT id FROM jobs WHERE owner = $1 ORDER BY id LIMIT $2")
+            sqlx::query_as("SELECT id, kind FROM jobs WHERE owner = $1 ORDER BY id LIMIT $2")
                 .bind(owner.to_string())
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)

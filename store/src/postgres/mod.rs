@@ -27,6 +27,7 @@ mod access_log;
 mod accounts;
 mod credits;
 mod deletion;
+mod export;
 mod generations;
 mod notify;
 mod orders;

@@ -11,9 +11,12 @@ use crate::{Queue, StoreError, retention::Retention};
 fn tables(class: DataClass) -> &'static [(&'static str, &'static str)] {
     match class {
         // Finished jobs go by `prune_finished`; deleted accounts are erased
-        // by the worker, objects first (`Deletion`); orphaned objects are
-        // not rows.
-        DataClass::FinishedJobs | DataClass::DeletedAccounts | DataClass::OrphanedObjects => &[],
+        // by the worker, objects first (`Deletion`); orphaned objects and
+        // exports are objects only, deleted by the worker.
+        DataClass::FinishedJobs
+        | DataClass::DeletedAccounts
+        | DataClass::OrphanedObjects
+        | DataClass::Exports => &[],
         DataClass::AccessLog => &[
             ("access_log", "created_at"),
             ("account_ips", "first_seen"),

@@ -79,14 +79,18 @@ impl Deletion for SqliteStore {
         .await?)
     }
 
-    async fn unfinished_jobs_of(&self, owner: UserId, limit: u32) -> Result<Vec<Uuid>, StoreError> {
-        let ids: Vec<Id> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE owner = ?1 ORDER BY id LIMIT ?2")
+    async fn unfinished_jobs_of(
+        &self,
+        owner: UserId,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, String)>, StoreError> {
+        let rows: Vec<(Id, String)> =
+            sqlx::query_as("SELECT id, kind FROM jobs WHERE owner = ?1 ORDER BY id LIMIT ?2")
                 .bind(owner.to_string())
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
                 .await?;
-        Ok(ids.into_iter().map(|id| id.0).collect())
+        Ok(rows.into_iter().map(|(id, kind)| (id.0, kind)).collect())
     }
 
     async fn images_to_erase(

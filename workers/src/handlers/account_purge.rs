@@ -50,7 +50,7 @@ pub(crate) async fn erase_account(
     objects: &Objects,
     user: UserId,
 ) -> Result<Erasure, JobError> {
-    let (jobs_cancelled, running) = store.cancel_jobs_of(user).await?;
+    let (jobs_cancelled, running) = store.cancel_jobs_of(user, &[]).await?;
     if running > 0 {
         return Ok(Erasure::JobsStillRunning);
     }
@@ -82,6 +82,10 @@ pub(crate) async fn erase_account(
         let ids: Vec<_> = generations.iter().map(|g| g.id).collect();
         result.generations += store.erase_generations(user, &ids).await?;
     }
+    // Its data exports, before the rows that say the account existed.
+    objects
+        .delete_prefix(&kiln_jobs::DataExport::folder(user))
+        .await?;
     store.erase_account_rows(user).await?;
     Ok(Erasure::Done(result))
 }

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use kiln_store::UrlSigner;
 
 #[derive(Clone)]
@@ -18,12 +18,27 @@ pub struct ObjectLinks {
 
 impl ObjectLinks {
     pub fn url(&self, object_key: &str) -> String {
+        self.url_until(object_key).0
+    }
+
+    /// The link and when it stops working.
+    pub fn url_until(&self, object_key: &str) -> (String, DateTime<Utc>) {
         let expires = Utc::now()
             + chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::minutes(10));
         let path = self.signer.object_url(object_key, expires);
-        match &self.public_base_url {
+        let url = match &self.public_base_url {
             Some(base) => format!("{}{path}", base.trim_end_matches('/')),
             None => path,
+        };
+        (url, expires)
+    }
+
+    /// The same links with another lifetime (a data export's, in its
+    /// notice).
+    pub fn with_ttl(&self, ttl: Duration) -> ObjectLinks {
+        ObjectLinks {
+            ttl,
+            ..self.clone()
         }
     }
 }

@@ -1,6 +1,7 @@
 //! One handler per job kind, and the list that registers them all.
 
 mod account_purge;
+mod data_export;
 mod generate_image;
 mod links;
 mod moderation;
@@ -12,11 +13,12 @@ mod upscale_image;
 use std::sync::Arc;
 
 pub use account_purge::AccountPurgeHandler;
+pub use data_export::{DataExportHandler, EXPORT_SCHEMA_VERSION};
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
 pub use probe::ProbeHandler;
 pub use retention_purge::RetentionPurgeHandler;
-pub use send_notice::{SendEmailHandler, SendSmsHandler};
+pub use send_notice::{ExportLinks, SendEmailHandler, SendSmsHandler};
 pub use upscale_image::UpscaleImageHandler;
 
 use crate::{Clock, Registry};
@@ -59,7 +61,13 @@ pub struct Deps {
     pub codes: Arc<CodeKey>,
     /// The time handlers go by (the retention purge's cutoffs).
     pub clock: Clock,
+    /// How long the link in an export-ready notice works
+    /// (`api.export_link_ttl_secs`; never past `retention.export_days`).
+    pub export_link_ttl: std::time::Duration,
 }
+
+/// `api.export_link_ttl_secs`' default: a day.
+pub const DEFAULT_EXPORT_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl Deps {
     /// The providers the settings name, behind the shared rate limits,
@@ -83,6 +91,7 @@ impl Deps {
             fetcher: built.fetcher,
             codes,
             clock: Clock::system(),
+            export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
         })
     }
 
@@ -108,6 +117,7 @@ impl Deps {
             // A throwaway key too: swap in the API's to send its codes.
             codes: Arc::new(CodeKey::random()),
             clock: Clock::system(),
+            export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
         }
     }
 }
@@ -125,6 +135,13 @@ fn throwaway_signer() -> UrlSigner {
 
 /// Every kind's handler, as this build runs them.
 pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
+    let exports = ExportLinks {
+        links: deps.links.with_ttl(
+            deps.export_link_ttl
+                .min(retention.period(kiln_jobs::DataClass::Exports)),
+        ),
+        objects: deps.objects.clone(),
+    };
     Registry::new()
         .register(GenerateImageHandler {
             generator: deps.generator.clone(),
@@ -144,11 +161,13 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
             mailer: deps.mailer.clone(),
             product_name: deps.product_name.clone(),
             codes: deps.codes.clone(),
+            exports: exports.clone(),
         })
         .register(SendSmsHandler {
             sms: deps.sms.clone(),
             product_name: deps.product_name.clone(),
             codes: deps.codes.clone(),
+            exports,
         })
         .register(RetentionPurgeHandler {
             retention: retention.clone(),
@@ -156,6 +175,9 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
             objects: deps.objects.clone(),
         })
         .register(AccountPurgeHandler {
+            objects: deps.objects.clone(),
+        })
+        .register(DataExportHandler {
             objects: deps.objects.clone(),
         })
 }

@@ -41,6 +41,7 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                         self.erase_deleted_accounts(ctx.store(), before).await?
                     }
                     DataClass::OrphanedObjects => self.sweep_orphans(ctx.store(), before).await?,
+                    DataClass::Exports => self.delete_exports(before).await?,
                     _ => ctx.store().purge(class, before, BATCH).await?,
                 };
                 purged += n;
@@ -48,13 +49,15 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                     .retention_purged
                     .with_label_values(&[class.as_str()])
                     .inc_by(n);
-                // Deleted accounts and orphans: one pass (an account whose
-                // jobs still run is left for the next purge; the sweep
-                // lists the whole bucket once).
+                // Deleted accounts, orphans and exports: one pass (an
+                // account whose jobs still run is left for the next purge;
+                // a listing of the bucket goes once).
                 if n < u64::from(BATCH)
                     || matches!(
                         class,
-                        DataClass::DeletedAccounts | DataClass::OrphanedObjects
+                        DataClass::DeletedAccounts
+                            | DataClass::OrphanedObjects
+                            | DataClass::Exports
                     )
                 {
                     break;
@@ -93,7 +96,7 @@ impl RetentionPurgeHandler {
         use futures::StreamExt;
         let mut removed = 0;
         for prefix in [IMAGES, REFS] {
-            let mut listing = self.objects.list(prefix).chunks(BATCH as usize);
+            let mut listing = self.objects.list(prefix)?.chunks(BATCH as usize);
             while let Some(chunk) = listing.next().await {
                 let mut candidates = Vec::new();
                 for object in chunk {
@@ -122,6 +125,46 @@ impl RetentionPurgeHandler {
             }
         }
         Ok(removed)
+    }
+
+    /// Deletes the export files written before `before`; returns how many.
+    ///
+    /// Found by listing `exports/`, not through the `data_export` jobs'
+    /// results: finished jobs may be pruned before their files are due
+    /// (`finished_jobs_days` can be shorter than `export_days`), and a file
+    /// whose job failed after the upload, or whose row went with its
+    /// account, has no job to find it by. The listing is as cheap as it
+    /// gets: exports live `export_days` (a week by default), so it holds
+    /// about a week of exports, a page of 1,000 per request on S3. Deleted
+    /// as they are listed, in batches, so memory holds one batch of keys.
+    /// There is no row to delete after: a job's result keeps only the key,
+    /// and `GET /v1/me/exports/{id}` shows an export past its days as
+    /// `expired` with no link.
+    async fn delete_exports(&self, before: DateTime<Utc>) -> Result<u64, JobError> {
+        use futures::StreamExt;
+        let mut listed = self.objects.list(kiln_jobs::DataExport::FOLDERS)?;
+        let mut due = Vec::with_capacity(BATCH as usize);
+        let mut deleted = 0;
+        while let Some(object) = listed.next().await {
+            let object = object?;
+            if object.last_modified < before {
+                due.push(object.key);
+            }
+            if due.len() >= BATCH as usize {
+                deleted += self.delete_objects(&mut due).await?;
+            }
+        }
+        deleted += self.delete_objects(&mut due).await?;
+        Ok(deleted)
+    }
+
+    async fn delete_objects(&self, keys: &mut Vec<String>) -> Result<u64, JobError> {
+        for key in keys.iter() {
+            self.objects.delete(key).await?;
+        }
+        let n = keys.len() as u64;
+        keys.clear();
+        Ok(n)
     }
 }
 

@@ -13,11 +13,14 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{JobError, Notice, NoticeSent, SendEmail, SendSms, UserId};
+use kiln_jobs::{DataExport, JobError, Notice, NoticeSent, SendEmail, SendSms, UserId};
 use kiln_store::{
-    CodeKey,
+    CodeKey, Objects,
     accounts::{Contacts, Identifier},
 };
+use uuid::Uuid;
+
+use super::ObjectLinks;
 
 use crate::{Handler, JobContext, Outcome};
 use kiln_providers::{
@@ -30,12 +33,48 @@ pub struct SendEmailHandler {
     pub product_name: String,
     /// Derives account verification codes.
     pub codes: Arc<CodeKey>,
+    pub exports: ExportLinks,
 }
 
 pub struct SendSmsHandler {
     pub sms: Arc<dyn SmsSender>,
     pub product_name: String,
     pub codes: Arc<CodeKey>,
+    pub exports: ExportLinks,
+}
+
+/// How an export-ready notice links to the ZIP.
+#[derive(Clone)]
+pub struct ExportLinks {
+    /// Signed links for the export's life (`api.export_link_ttl_secs`, at
+    /// most `retention.export_days`); only absolute ones
+    /// (`storage.public_base_url` set) go into a message, since a path
+    /// means nothing in a mailbox. Without one, the notice points at
+    /// `GET /v1/me/exports/{id}`, which signs a link when asked.
+    pub links: ObjectLinks,
+    pub objects: Objects,
+}
+
+impl ExportLinks {
+    /// An export's notice with its link signed now, when one can be made;
+    /// an export whose file is gone (retention, deletion) is not announced.
+    async fn ready(&self, user_id: UserId, export_id: Uuid) -> Result<Notice, JobError> {
+        let key = DataExport::object_key(user_id, export_id);
+        if !self.objects.exists(&key).await? {
+            return Err(JobError::permanent(
+                "export_gone",
+                "the export's file was removed before it could be announced",
+            ));
+        }
+        if self.links.public_base_url.is_none() {
+            return Ok(Notice::ExportFinished { export_id });
+        }
+        let (url, expires) = self.links.url_until(&key);
+        Ok(Notice::ExportReady {
+            url,
+            expires_at: expires.format("%Y-%m-%d %H:%M UTC").to_string(),
+        })
+    }
 }
 
 /// The notice with its code derived, when it is a verification code that
@@ -45,6 +84,7 @@ pub struct SendSmsHandler {
 async fn ready(
     ctx: &JobContext,
     codes: &CodeKey,
+    exports: &ExportLinks,
     user_id: UserId,
     notice: Notice,
 ) -> Result<(Notice, Option<Identifier>), JobError> {
@@ -66,6 +106,7 @@ async fn ready(
     }
     let notice = match notice {
         Notice::NewLoginEntry { entry_id } => sign_in(ctx, user_id, entry_id).await?,
+        Notice::ExportFinished { export_id } => exports.ready(user_id, export_id).await?,
         other => other.with_code(|id| codes.code(id)),
     };
     Ok((notice, pending))
@@ -104,7 +145,8 @@ async fn contacts(ctx: &JobContext, user_id: kiln_jobs::UserId) -> Result<Contac
 #[async_trait]
 impl Handler<SendEmail> for SendEmailHandler {
     async fn run(&self, job: SendEmail, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let (notice, pending) = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let (notice, pending) =
+            ready(ctx, &self.codes, &self.exports, job.user_id, job.notice).await?;
         let to = match pending {
             Some(Identifier::Email(new)) => new,
             _ => contacts(ctx, job.user_id)
@@ -132,7 +174,8 @@ impl Handler<SendEmail> for SendEmailHandler {
 #[async_trait]
 impl Handler<SendSms> for SendSmsHandler {
     async fn run(&self, job: SendSms, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let (notice, pending) = ready(ctx, &self.codes, job.user_id, job.notice).await?;
+        let (notice, pending) =
+            ready(ctx, &self.codes, &self.exports, job.user_id, job.notice).await?;
         let to = match pending {
             Some(Identifier::Phone(new)) => new,
             _ => contacts(ctx, job.user_id)
