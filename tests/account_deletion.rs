@@ -220,3 +220,36 @@ async fn a_deleted_account_is_signed_out_at_once_and_erased_to_the_last_row() {
     let me: Value = again.get("/v1/me").await.json().await.unwrap();
     assert_ne!(me["id"].as_str().unwrap(), id);
 }
+
+/// Guessing the password to delete an account counts with the login's
+/// wrong passwords: after 5, even the right one waits (429).
+#[tokio::test]
+async fn wrong_passwords_at_deletion_are_throttled_with_the_logins() {
+    use axum::http::{Method, StatusCode};
+    let api = kiln_api::testing::TestApi::sqlite().await.unwrap();
+    let token = api.signed_up("ada@example.com", PASSWORD).await;
+    let delete = |password: &'static str| {
+        let (api, token) = (&api, token.clone());
+        async move {
+            api.request(
+                Method::DELETE,
+                "/v1/me",
+                Some(json!({ "password": password })),
+                Some(&token),
+            )
+            .await
+        }
+    };
+    for _ in 0..5 {
+        let r = delete("not my password").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(r.json()["code"], "wrong_password");
+    }
+    let r = delete(PASSWORD).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.json()["code"], "rate_limited");
+    assert!(r.headers.contains_key("retry-after"));
+    // The account is still there.
+    let me = api.request(Method::GET, "/v1/me", None, Some(&token)).await;
+    assert_eq!(me.status, StatusCode::OK);
+}

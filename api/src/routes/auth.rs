@@ -167,14 +167,14 @@ pub(super) async fn throttle_sends(
 /// Wrong passwords counted per address (a pseudonym of it, whether or not
 /// it has an account, so the answer tells nothing) and per IP, in every
 /// `serve` process alike when the throttle is Redis.
-struct LoginThrottle<'a> {
+pub(super) struct LoginThrottle<'a> {
     state: &'a AppState,
     address_key: String,
     ip_key: Option<String>,
 }
 
 impl<'a> LoginThrottle<'a> {
-    fn new(state: &'a AppState, identifier: &Identifier, origin: &Origin) -> Self {
+    pub(super) fn new(state: &'a AppState, identifier: &Identifier, origin: &Origin) -> Self {
         LoginThrottle {
             state,
             address_key: state.codes.pseudonym("login_failures", identifier.as_str()),
@@ -193,7 +193,7 @@ impl<'a> LoginThrottle<'a> {
 
     /// 429 `rate_limited` while the address or the IP has used up its
     /// wrong passwords.
-    async fn refuse_when_full(&self) -> Result<(), Problem> {
+    pub(super) async fn refuse_when_full(&self) -> Result<(), Problem> {
         for (key, windows) in self.keys() {
             match self.state.throttle.peek(key, &windows).await {
                 Ok(None) => {}
@@ -211,7 +211,7 @@ impl<'a> LoginThrottle<'a> {
 
     /// Counts a wrong password against the address and the IP. (A window
     /// filled meanwhile by a concurrent guess counts this one no more.)
-    async fn count_failure(&self) -> Result<(), Problem> {
+    pub(super) async fn count_failure(&self) -> Result<(), Problem> {
         for (key, windows) in self.keys() {
             if let Err(e) = self.state.throttle.hit(key, &windows).await {
                 return Err(Problem::unavailable(format!("login throttle: {e}")));

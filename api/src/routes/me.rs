@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{VerificationSent, invalid_code, send_code, throttle_sends};
+use super::auth::{LoginThrottle, VerificationSent, invalid_code, send_code, throttle_sends};
 use crate::{
     AppState, Json, Problem, Query,
     auth::{ClientOrigin, CurrentUser},
@@ -282,6 +282,7 @@ pub struct DeletionAccepted {
         (status = 401, description = "no valid token", body = Problem),
         (status = 403, description = "`wrong_password`", body = Problem),
         (status = 422, description = "no password given", body = Problem),
+        (status = 429, description = "`rate_limited`: too many wrong passwords for this account or IP (counted with the login's)", body = Problem),
     ))]
 async fn delete_account(
     State(state): State<AppState>,
@@ -295,10 +296,25 @@ async fn delete_account(
         .password_hash(user.id)
         .await?
         .ok_or_else(Problem::unauthorized)?;
+    // Wrong passwords here count with the login's: a stolen token cannot
+    // guess its way to deleting the account faster than to signing in.
+    let me = profile(&state, user.id).await?;
+    let address = match (me.email, me.phone) {
+        (Some(email), _) => Identifier::Email(email),
+        (None, Some(phone)) => Identifier::Phone(phone),
+        (None, None) => return Err(Problem::unauthorized()),
+    };
+    let throttled = LoginThrottle::new(&state, &address, &origin);
+    throttled.refuse_when_full().await?;
     if !crate::auth::verify_password(req.password, hash)
         .await
         .unwrap_or(false)
     {
+        state
+            .store
+            .record_access(Some(user.id), AccessEvent::LoginFailed, &origin)
+            .await?;
+        throttled.count_failure().await?;
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
             "wrong_password",
