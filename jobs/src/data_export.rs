@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Job, UserId};
 
-/// A portable copy of an account's data (privacy policy P14): one ZIP in
+/// A portable copy of an account's data, the owner's right: one ZIP in
 /// private object storage, under [`DataExport::object_key`], streamed there
 /// entry by entry. The account owns the job (so `GET /v1/jobs/{id}` and
 /// `GET /v1/me/exports/{id}` show it to them alone); the payload names the

@@ -1,4 +1,4 @@
-//! Data exports (privacy policy P14): a portable copy of the account, made
+//! Data exports: a portable copy of the account (its owner's right), made
 //! by a `data_export` job and fetched by a signed, expiring link.
 //!
 //! Exports stay open to restricted accounts (`CurrentUser`, not
