@@ -1,4 +1,4 @@
-//! `data_export`: a portable copy of an account (privacy policy P14), one
+//! `data_export`: a portable copy of an account (its owner's right), one
 //! ZIP streamed into object storage with a multipart upload. The ZIP is
 //! written as a stream (each entry's sizes and CRC follow its data, in a
 //! data descriptor), so nothing seeks back; the records come page by page
@@ -142,70 +142,53 @@ async fn write_export(
     counts.insert("account.json".to_owned(), 1);
 
     ctx.progress("generations", 5).await?;
-    zip.start("generations.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut after = None;
-    loop {
-        let page = store.generations_page(user, after, PAGE).await?;
-        for g in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": g.id,
-                        "job_id": g.job_id,
-                        "prompt": g.prompt,
-                        "model": g.model,
-                        "size": format!("{}x{}", g.width, g.height),
-                        "width": g.width,
-                        "height": g.height,
-                        "n": g.n,
-                        "reference_urls": g.reference_urls,
-                        "provider": g.provider,
-                        "provider_latency_ms": g.provider_latency_ms,
-                        "created_at": g.created_at,
-                        "finished_at": g.finished_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = Some(last.id),
-            _ => break,
-        }
-    }
-    counts.insert("generations.json".to_owned(), array.close(zip).await?);
+    let n = json_entry(
+        zip,
+        "generations.json",
+        |after| store.generations_page(user, after, PAGE),
+        |g| g.id,
+        |g| {
+            json!({
+                "id": g.id,
+                "job_id": g.job_id,
+                "prompt": g.prompt,
+                "model": g.model,
+                "size": format!("{}x{}", g.width, g.height),
+                "width": g.width,
+                "height": g.height,
+                "n": g.n,
+                "reference_urls": g.reference_urls,
+                "provider": g.provider,
+                "provider_latency_ms": g.provider_latency_ms,
+                "created_at": g.created_at,
+                "finished_at": g.finished_at,
+            })
+        },
+    )
+    .await?;
+    counts.insert("generations.json".to_owned(), n);
 
     ctx.progress("images", 10).await?;
-    zip.start("images.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut before = None;
-    loop {
-        let page = store.images_of_owner(user, before, PAGE).await?;
-        for i in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": i.id,
-                        "generation_id": i.generation_id,
-                        "file": image_entry(i.id, &i.content_type),
-                        "width": i.width,
-                        "height": i.height,
-                        "content_type": i.content_type,
-                        "bytes": i.bytes,
-                        "upscaled_from": i.source_image_id,
-                        "created_at": i.created_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => before = Some(last.id),
-            _ => break,
-        }
-    }
-    let listed = array.close(zip).await?;
+    let listed = json_entry(
+        zip,
+        "images.json",
+        |before| store.images_of_owner(user, before, PAGE),
+        |i| i.id,
+        |i| {
+            json!({
+                "id": i.id,
+                "generation_id": i.generation_id,
+                "file": image_entry(i.id, &i.content_type),
+                "width": i.width,
+                "height": i.height,
+                "content_type": i.content_type,
+                "bytes": i.bytes,
+                "upscaled_from": i.source_image_id,
+                "created_at": i.created_at,
+            })
+        },
+    )
+    .await?;
     counts.insert("images.json".to_owned(), listed);
 
     // The bytes, one image at a time (already compressed: stored as is).
@@ -237,119 +220,87 @@ async fn write_export(
     counts.insert("images".to_owned(), files);
 
     ctx.progress("records", 90).await?;
-    zip.start("credits.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut before = None;
-    loop {
-        let page = store.credit_entries(user, before, PAGE).await?;
-        for e in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": e.id,
-                        "kind": e.kind,
-                        "amount": e.amount,
-                        "reason": e.reason,
-                        "job_id": e.job_id,
-                        "order_id": e.order_id,
-                        "created_at": e.created_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => before = Some(last.id),
-            _ => break,
-        }
-    }
-    counts.insert("credits.json".to_owned(), array.close(zip).await?);
+    let n = json_entry(
+        zip,
+        "credits.json",
+        |before| store.credit_entries(user, before, PAGE),
+        |e| e.id,
+        |e| {
+            json!({
+                "id": e.id,
+                "kind": e.kind,
+                "amount": e.amount,
+                "reason": e.reason,
+                "job_id": e.job_id,
+                "order_id": e.order_id,
+                "created_at": e.created_at,
+            })
+        },
+    )
+    .await?;
+    counts.insert("credits.json".to_owned(), n);
 
-    zip.start("payments.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut after = None;
-    loop {
-        let page = store.orders_page(user, after, PAGE).await?;
-        for o in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": o.id.0,
-                        "provider": o.provider,
-                        "pack": o.pack,
-                        "credits": o.credits,
-                        "status": o.status.as_str(),
-                        "transaction_id": o.transaction_id,
-                        "amount": o.amount,
-                        "currency": o.currency,
-                        "created_at": o.created_at,
-                        "paid_at": o.paid_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = Some(last.id),
-            _ => break,
-        }
-    }
-    counts.insert("payments.json".to_owned(), array.close(zip).await?);
+    let n = json_entry(
+        zip,
+        "payments.json",
+        |after| store.orders_page(user, after, PAGE),
+        |o| o.id,
+        |o| {
+            json!({
+                "id": o.id.0,
+                "provider": o.provider,
+                "pack": o.pack,
+                "credits": o.credits,
+                "status": o.status.as_str(),
+                "transaction_id": o.transaction_id,
+                "amount": o.amount,
+                "currency": o.currency,
+                "created_at": o.created_at,
+                "paid_at": o.paid_at,
+            })
+        },
+    )
+    .await?;
+    counts.insert("payments.json".to_owned(), n);
 
-    zip.start("access_log.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut before = None;
-    loop {
-        let page = store.access_log(user, before, PAGE).await?;
-        for e in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": e.id,
-                        "event": e.event,
-                        "ip": e.ip,
-                        "user_agent": e.user_agent,
-                        "created_at": e.created_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => before = Some(last.id),
-            _ => break,
-        }
-    }
-    counts.insert("access_log.json".to_owned(), array.close(zip).await?);
+    let n = json_entry(
+        zip,
+        "access_log.json",
+        |before| store.access_log(user, before, PAGE),
+        |e| e.id,
+        |e| {
+            json!({
+                "id": e.id,
+                "event": e.event,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "created_at": e.created_at,
+            })
+        },
+    )
+    .await?;
+    counts.insert("access_log.json".to_owned(), n);
 
-    zip.start("moderation.json", true)?;
-    let mut array = JsonArray::open(zip).await?;
-    let mut after = None;
-    loop {
-        let page = store.moderation_page(user, after, PAGE).await?;
-        for d in &page {
-            array
-                .item(
-                    zip,
-                    &json!({
-                        "id": d.id,
-                        "generation_id": d.generation_id,
-                        "subject": d.subject.as_str(),
-                        "provider": d.provider,
-                        "allowed": d.allowed,
-                        "categories": d.categories,
-                        "scores": d.scores,
-                        "created_at": d.created_at,
-                    }),
-                )
-                .await?;
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE as usize => after = Some(last.id),
-            _ => break,
-        }
-    }
-    counts.insert("moderation.json".to_owned(), array.close(zip).await?);
+    let n = json_entry(
+        zip,
+        "moderation.json",
+        |after| store.moderation_page(user, after, PAGE),
+        |d| d.id,
+        |d| {
+            json!({
+                "id": d.id,
+                "generation_id": d.generation_id,
+                "subject": d.subject.as_str(),
+                "provider": d.provider,
+                "allowed": d.allowed,
+                "categories": d.categories,
+                "scores": d.scores,
+                "created_at": d.created_at,
+            })
+        },
+    )
+    .await?;
+    counts.insert("moderation.json".to_owned(), n);
 
     zip.start("manifest.json", true)?;
     zip.json(&json!({
@@ -488,6 +439,35 @@ impl ExportZip {
     async fn abort(self) -> Result<(), JobError> {
         Ok(self.upload.abort().await?)
     }
+}
+
+/// Writes the entry `name`: a JSON array of every record `page` answers,
+/// read `PAGE` at a time, each page continuing from the `cursor` of the
+/// last record before it. Answers how many records it holds.
+async fn json_entry<T, C, F>(
+    zip: &mut ExportZip,
+    name: &str,
+    mut page: impl FnMut(Option<C>) -> F,
+    cursor: impl Fn(&T) -> C,
+    item: impl Fn(&T) -> serde_json::Value,
+) -> Result<u64, JobError>
+where
+    F: std::future::Future<Output = Result<Vec<T>, kiln_store::StoreError>>,
+{
+    zip.start(name, true)?;
+    let mut array = JsonArray::open(zip).await?;
+    let mut next = None;
+    loop {
+        let records = page(next.take()).await?;
+        for record in &records {
+            array.item(zip, &item(record)).await?;
+        }
+        match records.last() {
+            Some(last) if records.len() == PAGE as usize => next = Some(cursor(last)),
+            _ => break,
+        }
+    }
+    array.close(zip).await
 }
 
 /// A JSON array written item by item into the current entry.
