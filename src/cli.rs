@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 ///   worker.shutdown_grace_ms  KILN_WORKER_SHUTDOWN_GRACE_MS 25000 for running jobs on SIGTERM
 ///   worker.maintenance_interval_ms  KILN_WORKER_MAINTENANCE_INTERVAL_MS  5000
 ///   worker.crash_loop_cap     KILN_WORKER_CRASH_LOOP_CAP    3 lost workers and a job ends failed
+///   worker.notify_batch       KILN_WORKER_NOTIFY_BATCH      500 accounts per notice fan-out transaction
 ///   scheduler.retention_purge_cron KILN_SCHEDULER_RETENTION_PURGE_CRON "0 17 3 * * *" (cron with seconds, UTC)
 ///   scheduler.catch_up        KILN_SCHEDULER_CATCH_UP       true: after downtime, each plan's latest missed slot fires once
 ///   retention.deleted_account_days KILN_RETENTION_DELETED_ACCOUNT_DAYS 30 (at most 30)

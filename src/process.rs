@@ -273,6 +273,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         )
         .map_err(anyhow::Error::msg)?;
         deps.export_link_ttl = std::time::Duration::from_secs(settings.api.export_link_ttl_secs);
+        deps.notify_batch = settings.worker.notify_batch;
         let registry = kiln_workers::handlers::registry(&settings.retention, &deps);
         let worker_id = worker_id();
         let config = settings.worker.clone();

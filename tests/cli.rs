@@ -258,6 +258,7 @@ async fn the_operator_role_is_granted_and_revoked_from_the_command_line_and_logg
             birth_date: chrono::NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
             referral_code: "ADA".into(),
             referred_by_code: None,
+            locale: Default::default(),
         })
         .await
         .unwrap()

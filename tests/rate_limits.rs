@@ -53,6 +53,7 @@ async fn two_workers_together_keep_to_the_providers_rate() {
             birth_date: NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
             referral_code: "RATE0001".into(),
             referred_by_code: None,
+            locale: Default::default(),
         })
         .await
         .unwrap()
@@ -86,7 +87,8 @@ async fn two_workers_together_keep_to_the_providers_rate() {
             NewJob::of(&SendEmail {
                 user_id: user,
                 notice: Notice::SecurityNotice {
-                    summary: format!("notice {i}"),
+                    subject: "Rate test".into(),
+                    body: format!("notice {i}"),
                 },
             })
             .unwrap()

@@ -1,13 +1,19 @@
 //! The transactional notices kiln sends (verification codes, export-ready
 //! links, policy changes, security incidents, new sign-ins, sign-up
 //! attempts on a taken address), rendered as email (subject, text, HTML)
-//! and as SMS. Serialized with a `"template"` tag, so a notice can travel
-//! as a job payload.
+//! and as SMS in the reader's [`Locale`]. Serialized with a `"template"`
+//! tag, so a notice can travel as a job payload.
+//!
+//! Each message is written once as paragraphs of spans; the text and the
+//! HTML forms are both rendered from them, so they cannot say different
+//! things.
 
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::Locale;
 
 /// One notice with what it needs to render. Values are interpolated as
 /// given (text) or escaped (HTML).
@@ -33,14 +39,21 @@ pub enum Notice {
     /// link (no `storage.public_base_url`), this renders as it is and
     /// points the user at `GET /v1/me/exports/{id}`, which signs one.
     ExportFinished { export_id: Uuid },
+    /// A published policy version, as it waits in the queue: its name.
+    /// The sender reads the version's date and its summary in the
+    /// reader's language when it sends.
+    PolicyVersion { version: String },
     /// A policy change, announced at least 7 days before it takes effect.
     PolicyNotice {
         version: String,
         effective_on: String,
         summary: String,
     },
+    /// A security notice, as it waits in the queue: the stored notice's
+    /// id; the sender reads its text in the reader's language.
+    SecurityIncident { notice_id: Uuid },
     /// A security incident notice (sent within 72 hours of a breach).
-    SecurityNotice { summary: String },
+    SecurityNotice { subject: String, body: String },
     /// A sign-in from a new IP, as it waits in the queue: the id of the
     /// account's access-log entry, not the IP or the user agent. The sender
     /// reads them from the entry when it sends, so no personal
@@ -70,28 +83,55 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-/// Escaped text with line breaks kept (summaries are written by operators
-/// in several lines).
-fn html_lines(text: &str) -> String {
-    escape_html(text)
-        .replace("\r\n", "\n")
-        .replace('\n', "<br>\n")
+/// A piece of a paragraph.
+enum Span {
+    /// Plain text; line breaks are kept.
+    Text(String),
+    /// Emphasised (a code).
+    Strong(String),
+    /// A route or other literal.
+    Code(String),
+    /// A link, clickable only for http(s) URLs: anything else
+    /// (`javascript:`…) is shown as text.
+    Link(String),
 }
 
-/// A link, only for http(s) URLs: anything else (`javascript:`…) is shown
-/// as text and never becomes clickable.
-fn html_link(url: &str) -> String {
-    let escaped = escape_html(url);
-    if url.starts_with("https://") || url.starts_with("http://") {
-        format!("<a href=\"{escaped}\">{escaped}</a>")
-    } else {
-        escaped
+use Span::{Code, Link, Strong, Text};
+
+impl Span {
+    fn text(&self) -> &str {
+        match self {
+            Text(s) | Strong(s) | Code(s) | Link(s) => s,
+        }
+    }
+
+    fn html(&self) -> String {
+        match self {
+            Text(s) => escape_html(s).replace("\r\n", "\n").replace('\n', "<br>\n"),
+            Strong(s) => format!("<strong>{}</strong>", escape_html(s)),
+            Code(s) => format!("<code>{}</code>", escape_html(s)),
+            Link(url) => {
+                let escaped = escape_html(url);
+                if url.starts_with("https://") || url.starts_with("http://") {
+                    format!("<a href=\"{escaped}\">{escaped}</a>")
+                } else {
+                    escaped
+                }
+            }
+        }
     }
 }
 
-/// The longest product name an SMS carries, so messages stay in one
-/// 160-character segment.
-const SMS_PRODUCT_CHARS: usize = 30;
+/// A paragraph of one plain text.
+fn p(text: String) -> Vec<Span> {
+    vec![Text(text)]
+}
+
+/// The longest product name an SMS carries, so a code fits one segment:
+/// 160 characters in English, 70 in Chinese (UCS-2).
+fn sms_product_chars(locale: Locale) -> usize {
+    locale.pick(30, 20, 20)
+}
 
 fn short(text: &str, max: usize) -> &str {
     match text.char_indices().nth(max) {
@@ -100,28 +140,40 @@ fn short(text: &str, max: usize) -> &str {
     }
 }
 
-fn minutes(n: u32) -> String {
-    if n == 1 {
-        "1 minute".to_owned()
-    } else {
-        format!("{n} minutes")
+fn minutes(n: u32, locale: Locale) -> String {
+    match locale {
+        Locale::En if n == 1 => "1 minute".to_owned(),
+        Locale::En => format!("{n} minutes"),
+        Locale::ZhHans => format!("{n} 分钟"),
+        Locale::ZhHant => format!("{n} 分鐘"),
     }
 }
 
-/// Wraps paragraphs (already HTML) in a minimal document with the product
-/// name as a heading.
-fn html_document(product: &str, title: &str, paragraphs: &[String]) -> String {
+/// Renders paragraphs as a minimal document with the product name as a
+/// heading.
+fn html_document(product: &str, title: &str, locale: Locale, paragraphs: &[Vec<Span>]) -> String {
     let mut html = format!(
-        "<!doctype html>\n<html>\n<head><meta charset=\"utf-8\"><title>{}</title></head>\n<body>\n<h1>{}</h1>\n",
+        "<!doctype html>\n<html lang=\"{locale}\">\n<head><meta charset=\"utf-8\"><title>{}</title></head>\n<body>\n<h1>{}</h1>\n",
         escape_html(title),
         escape_html(product)
     );
-    for p in paragraphs {
+    for paragraph in paragraphs {
+        let inner: String = paragraph.iter().map(Span::html).collect();
         // Writing to a String cannot fail.
-        let _ = writeln!(html, "<p>{p}</p>");
+        let _ = writeln!(html, "<p>{inner}</p>");
     }
     html.push_str("</body>\n</html>\n");
     html
+}
+
+fn plain_text(paragraphs: &[Vec<Span>]) -> String {
+    let mut text = paragraphs
+        .iter()
+        .map(|p| p.iter().map(Span::text).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    text.push('\n');
+    text
 }
 
 impl Notice {
@@ -141,93 +193,130 @@ impl Notice {
         }
     }
 
-    /// The email: `(subject, text, html)`; `None` for a notice still in
-    /// its queued form ([`Notice::AccountVerification`],
-    /// [`Notice::NewLoginEntry`]).
-    pub fn email(&self, product_name: &str) -> Option<(String, String, String)> {
-        let product = product_name;
-        let e = escape_html;
-        let (subject, text, paragraphs) = match self {
-            Notice::AccountVerification { .. } | Notice::NewLoginEntry { .. } => return None,
+    /// Whether this is a notice's queued form, which the sender turns into
+    /// the notice it stands for before it can render.
+    pub fn is_queued_form(&self) -> bool {
+        matches!(
+            self,
+            Notice::AccountVerification { .. }
+                | Notice::NewLoginEntry { .. }
+                | Notice::PolicyVersion { .. }
+                | Notice::SecurityIncident { .. }
+        )
+    }
+
+    /// The subject and paragraphs of the email; `None` for a queued form.
+    fn message(&self, product: &str, l: Locale) -> Option<(String, Vec<Vec<Span>>)> {
+        Some(match self {
+            Notice::AccountVerification { .. }
+            | Notice::NewLoginEntry { .. }
+            | Notice::PolicyVersion { .. }
+            | Notice::SecurityIncident { .. } => return None,
             Notice::RegistrationAttempt => (
-                format!("Someone tried to sign up for {product} with your address"),
-                format!(
-                    "Someone, perhaps you, tried to create a {product} account with this \
-                     address. It already has an account, so nothing was changed.\n\n\
-                     If it was you, sign in with your password; if you have not verified \
-                     the account yet, ask for a new verification code. If it was not you, \
-                     ignore this email: nobody can use your account without your password.\n"
+                l.pick(
+                    format!("Someone tried to sign up for {product} with your address"),
+                    format!("有人尝试用您的地址注册 {product}"),
+                    format!("有人嘗試用您的地址註冊 {product}"),
                 ),
                 vec![
-                    format!(
-                        "Someone, perhaps you, tried to create a {} account with this \
-                         address. It already has an account, so nothing was changed.",
-                        e(product)
-                    ),
-                    "If it was you, sign in with your password; if you have not verified \
-                     the account yet, ask for a new verification code. If it was not you, \
-                     ignore this email: nobody can use your account without your password."
-                        .to_owned(),
+                    p(l.pick(
+                        format!(
+                            "Someone, perhaps you, tried to create a {product} account with this \
+                             address. It already has an account, so nothing was changed."
+                        ),
+                        format!(
+                            "有人（也许是您）尝试用这个地址创建 {product} 账户。该地址已有账户，因此没有任何更改。"
+                        ),
+                        format!(
+                            "有人（也許是您）嘗試用這個地址建立 {product} 帳戶。該地址已有帳戶，因此沒有任何變更。"
+                        ),
+                    )),
+                    p(l.pick(
+                        "If it was you, sign in with your password; if you have not verified \
+                         the account yet, ask for a new verification code. If it was not you, \
+                         ignore this email: nobody can use your account without your password.",
+                        "如果是您本人，请用密码登录；如果账户尚未验证，请重新申请验证码。\
+                         如果不是您，请忽略此邮件：没有您的密码，任何人都无法使用您的账户。",
+                        "如果是您本人，請用密碼登入；如果帳戶尚未驗證，請重新申請驗證碼。\
+                         如果不是您，請忽略此郵件：沒有您的密碼，任何人都無法使用您的帳戶。",
+                    )
+                    .to_owned()),
                 ],
             ),
             Notice::VerificationCode {
                 code,
                 minutes_valid,
-            } => (
-                format!("Your {product} verification code"),
-                format!(
-                    "Your {product} verification code is {code}.\n\n\
-                     It expires in {}. If you did not ask for it, ignore this email: \
-                     nobody can sign in without the code.\n",
-                    minutes(*minutes_valid)
-                ),
-                vec![
-                    format!(
-                        "Your {} verification code is <strong>{}</strong>.",
-                        e(product),
-                        e(code)
+            } => {
+                let expires = minutes(*minutes_valid, l);
+                (
+                    l.pick(
+                        format!("Your {product} verification code"),
+                        format!("您的 {product} 验证码"),
+                        format!("您的 {product} 驗證碼"),
                     ),
-                    format!(
-                        "It expires in {}. If you did not ask for it, ignore this email: \
-                         nobody can sign in without the code.",
-                        minutes(*minutes_valid)
-                    ),
-                ],
-            ),
+                    vec![
+                        vec![
+                            Text(l.pick(
+                                format!("Your {product} verification code is "),
+                                format!("您的 {product} 验证码是 "),
+                                format!("您的 {product} 驗證碼是 "),
+                            )),
+                            Strong(code.clone()),
+                            Text(l.pick(".", "。", "。").to_owned()),
+                        ],
+                        p(l.pick(
+                            format!(
+                                "It expires in {expires}. If you did not ask for it, ignore this \
+                                 email: nobody can sign in without the code."
+                            ),
+                            format!(
+                                "验证码将在 {expires}后失效。如果这不是您本人的请求，请忽略此邮件：没有验证码，任何人都无法登录。"
+                            ),
+                            format!(
+                                "驗證碼將在 {expires}後失效。如果這不是您本人的請求，請忽略此郵件：沒有驗證碼，任何人都無法登入。"
+                            ),
+                        )),
+                    ],
+                )
+            }
             Notice::ExportReady { url, expires_at } => (
-                format!("Your {product} data export is ready"),
-                format!(
-                    "The copy of your {product} data you asked for is ready:\n\n{url}\n\n\
-                     The link works until {expires_at}. After that, ask for a new export.\n"
-                ),
+                export_subject(product, l),
                 vec![
-                    format!(
-                        "The copy of your {} data you asked for is ready:",
-                        e(product)
-                    ),
-                    html_link(url),
-                    format!(
-                        "The link works until {}. After that, ask for a new export.",
-                        e(expires_at)
-                    ),
+                    p(l.pick(
+                        format!("The copy of your {product} data you asked for is ready:"),
+                        format!("您申请的 {product} 数据副本已准备好："),
+                        format!("您申請的 {product} 資料副本已準備好："),
+                    )),
+                    vec![Link(url.clone())],
+                    p(l.pick(
+                        format!(
+                            "The link works until {expires_at}. After that, ask for a new export."
+                        ),
+                        format!("链接有效期至 {expires_at}。过期后请重新申请导出。"),
+                        format!("連結有效期至 {expires_at}。過期後請重新申請匯出。"),
+                    )),
                 ],
             ),
             Notice::ExportFinished { export_id } => (
-                format!("Your {product} data export is ready"),
-                format!(
-                    "The copy of your {product} data you asked for is ready. Sign in to \
-                     download it: GET /v1/me/exports/{export_id} answers with a link to \
-                     the file.\n"
-                ),
+                export_subject(product, l),
                 vec![
-                    format!(
-                        "The copy of your {} data you asked for is ready.",
-                        e(product)
-                    ),
-                    format!(
-                        "Sign in to download it: <code>GET /v1/me/exports/{export_id}</code> \
-                         answers with a link to the file."
-                    ),
+                    p(l.pick(
+                        format!("The copy of your {product} data you asked for is ready."),
+                        format!("您申请的 {product} 数据副本已准备好。"),
+                        format!("您申請的 {product} 資料副本已準備好。"),
+                    )),
+                    vec![
+                        Text(l.pick("Sign in to download it: ", "请登录后下载：", "請登入後下載：").to_owned()),
+                        Code(format!("GET /v1/me/exports/{export_id}")),
+                        Text(
+                            l.pick(
+                                " answers with a link to the file.",
+                                " 会返回文件的链接。",
+                                " 會回傳檔案的連結。",
+                            )
+                            .to_owned(),
+                        ),
+                    ],
                 ],
             ),
             Notice::PolicyNotice {
@@ -235,107 +324,151 @@ impl Notice {
                 effective_on,
                 summary,
             } => (
-                format!("Changes to the {product} policy, effective {effective_on}"),
-                format!(
-                    "We are updating the {product} policy (version {version}). \
-                     The changes take effect on {effective_on}.\n\n{summary}\n\n\
-                     Continuing to use {product} after that date means you accept them.\n"
+                l.pick(
+                    format!("Changes to the {product} policy, effective {effective_on}"),
+                    format!("{product} 政策变更，自 {effective_on} 起生效"),
+                    format!("{product} 政策變更，自 {effective_on} 起生效"),
                 ),
                 vec![
-                    format!(
-                        "We are updating the {} policy (version {}). The changes take effect on {}.",
-                        e(product),
-                        e(version),
-                        e(effective_on)
-                    ),
-                    html_lines(summary),
-                    format!(
-                        "Continuing to use {} after that date means you accept them.",
-                        e(product)
-                    ),
+                    p(l.pick(
+                        format!(
+                            "We are updating the {product} policy (version {version}). \
+                             The changes take effect on {effective_on}."
+                        ),
+                        format!(
+                            "我们正在更新 {product} 的政策（版本 {version}），变更将于 {effective_on} 生效。"
+                        ),
+                        format!(
+                            "我們正在更新 {product} 的政策（版本 {version}），變更將於 {effective_on} 生效。"
+                        ),
+                    )),
+                    p(summary.clone()),
+                    p(l.pick(
+                        format!("Continuing to use {product} after that date means you accept them."),
+                        format!("该日期之后继续使用 {product}，即表示您接受这些变更。"),
+                        format!("該日期之後繼續使用 {product}，即表示您接受這些變更。"),
+                    )),
                 ],
             ),
-            Notice::SecurityNotice { summary } => (
-                format!("Security notice from {product}"),
-                format!(
-                    "An important security notice about your {product} account:\n\n{summary}\n"
+            Notice::SecurityNotice { subject, body } => (
+                l.pick(
+                    format!("Security notice from {product}: {subject}"),
+                    format!("{product} 安全通知：{subject}"),
+                    format!("{product} 安全通知：{subject}"),
                 ),
                 vec![
-                    format!(
-                        "An important security notice about your {} account:",
-                        e(product)
-                    ),
-                    html_lines(summary),
+                    p(l.pick(
+                        format!("An important security notice about your {product} account:"),
+                        format!("关于您的 {product} 账户的重要安全通知："),
+                        format!("關於您的 {product} 帳戶的重要安全通知："),
+                    )),
+                    p(body.clone()),
                 ],
             ),
             Notice::NewLogin { at, ip, user_agent } => (
-                format!("New sign-in to your {product} account"),
-                format!(
-                    "Your {product} account was signed in to from a new place.\n\n\
-                     When: {at}\nIP address: {ip}\nDevice: {user_agent}\n\n\
-                     If this was you, there is nothing to do. If not, change your \
-                     password now and sign out of other sessions.\n"
+                l.pick(
+                    format!("New sign-in to your {product} account"),
+                    format!("您的 {product} 账户有新的登录"),
+                    format!("您的 {product} 帳戶有新的登入"),
                 ),
                 vec![
-                    format!(
-                        "Your {} account was signed in to from a new place.",
-                        e(product)
-                    ),
-                    format!(
-                        "When: {}<br>\nIP address: {}<br>\nDevice: {}",
-                        e(at),
-                        e(ip),
-                        e(user_agent)
-                    ),
-                    "If this was you, there is nothing to do. If not, change your \
-                     password now and sign out of other sessions."
-                        .to_owned(),
+                    p(l.pick(
+                        format!("Your {product} account was signed in to from a new place."),
+                        format!("您的 {product} 账户在一个新的位置登录。"),
+                        format!("您的 {product} 帳戶在一個新的位置登入。"),
+                    )),
+                    p(l.pick(
+                        format!("When: {at}\nIP address: {ip}\nDevice: {user_agent}"),
+                        format!("时间：{at}\nIP 地址：{ip}\n设备：{user_agent}"),
+                        format!("時間：{at}\nIP 位址：{ip}\n裝置：{user_agent}"),
+                    )),
+                    p(l.pick(
+                        "If this was you, there is nothing to do. If not, change your \
+                         password now and sign out of other sessions.",
+                        "如果是您本人，无需任何操作。如果不是，请立即修改密码并退出其他会话。",
+                        "如果是您本人，無需任何操作。如果不是，請立即變更密碼並登出其他工作階段。",
+                    )
+                    .to_owned()),
                 ],
             ),
-        };
-        let html = html_document(product, &subject, &paragraphs);
-        Some((subject, text, html))
+        })
     }
 
-    /// The text message. A verification code fits one 160-character
-    /// segment for any product name (it is shortened to 30 characters).
-    /// `None` for an [`Notice::AccountVerification`] whose code is not
-    /// derived yet.
-    pub fn sms(&self, product_name: &str) -> Option<String> {
-        let product = short(product_name, SMS_PRODUCT_CHARS);
+    /// The email in `locale`: `(subject, text, html)`; `None` for a notice
+    /// still in its queued form ([`Notice::is_queued_form`]).
+    pub fn email(&self, product_name: &str, locale: Locale) -> Option<(String, String, String)> {
+        let (subject, paragraphs) = self.message(product_name, locale)?;
+        let html = html_document(product_name, &subject, locale, &paragraphs);
+        Some((subject, plain_text(&paragraphs), html))
+    }
+
+    /// The text message in `locale`. A verification code fits one segment
+    /// for any product name (it is shortened). `None` for a queued form.
+    pub fn sms(&self, product_name: &str, l: Locale) -> Option<String> {
+        let product = short(product_name, sms_product_chars(l));
         Some(match self {
-            Notice::AccountVerification { .. } | Notice::NewLoginEntry { .. } => return None,
-            Notice::RegistrationAttempt => format!(
-                "{product}: someone tried to sign up with your number, which already has an account. Nothing changed. Not you? Ignore this."
+            Notice::AccountVerification { .. }
+            | Notice::NewLoginEntry { .. }
+            | Notice::PolicyVersion { .. }
+            | Notice::SecurityIncident { .. } => return None,
+            Notice::RegistrationAttempt => l.pick(
+                format!(
+                    "{product}: someone tried to sign up with your number, which already has an account. Nothing changed. Not you? Ignore this."
+                ),
+                format!("{product}：有人尝试用您的号码注册，该号码已有账户，未作任何更改。不是您？请忽略。"),
+                format!("{product}：有人嘗試用您的號碼註冊，該號碼已有帳戶，未作任何變更。不是您？請忽略。"),
             ),
             Notice::VerificationCode {
                 code,
-                minutes_valid,
-            } => format!(
-                "{code} is your {product} verification code. It expires in {} min. Never share it.",
-                minutes_valid
+                minutes_valid: m,
+            } => l.pick(
+                format!("{code} is your {product} verification code. It expires in {m} min. Never share it."),
+                format!("{code} 是您的 {product} 验证码，{m} 分钟内有效。请勿告诉他人。"),
+                format!("{code} 是您的 {product} 驗證碼，{m} 分鐘內有效。請勿告訴他人。"),
             ),
-            Notice::ExportReady { url, expires_at } => {
-                format!("Your {product} data export is ready until {expires_at}: {url}")
-            }
-            Notice::ExportFinished { export_id } => {
-                format!("Your {product} data export is ready: GET /v1/me/exports/{export_id}")
-            }
+            Notice::ExportReady { url, expires_at } => l.pick(
+                format!("Your {product} data export is ready until {expires_at}: {url}"),
+                format!("您的 {product} 数据导出已就绪，有效期至 {expires_at}：{url}"),
+                format!("您的 {product} 資料匯出已就緒，有效期至 {expires_at}：{url}"),
+            ),
+            Notice::ExportFinished { export_id } => l.pick(
+                format!("Your {product} data export is ready: GET /v1/me/exports/{export_id}"),
+                format!("您的 {product} 数据导出已就绪：GET /v1/me/exports/{export_id}"),
+                format!("您的 {product} 資料匯出已就緒：GET /v1/me/exports/{export_id}"),
+            ),
             Notice::PolicyNotice {
                 version,
                 effective_on,
                 ..
-            } => format!(
-                "{product}: our policy changes on {effective_on} (version {version}). Details are in your email."
+            } => l.pick(
+                format!(
+                    "{product}: our policy changes on {effective_on} (version {version}). See what changes in the app."
+                ),
+                format!("{product}：我们的政策将于 {effective_on} 变更（版本 {version}），详情请在应用内查看。"),
+                format!("{product}：我們的政策將於 {effective_on} 變更（版本 {version}），詳情請在應用程式內查看。"),
             ),
-            Notice::SecurityNotice { .. } => {
-                format!("{product}: an important security notice was sent to your email.")
-            }
-            Notice::NewLogin { at, .. } => format!(
-                "{product}: new sign-in to your account at {at}. Not you? Change your password now."
+            // A breach notice is the whole of what the reader gets, so it
+            // is sent in full (several segments if need be).
+            Notice::SecurityNotice { subject, body } => l.pick(
+                format!("{product} security notice: {subject}\n{body}"),
+                format!("{product} 安全通知：{subject}\n{body}"),
+                format!("{product} 安全通知：{subject}\n{body}"),
+            ),
+            Notice::NewLogin { at, .. } => l.pick(
+                format!("{product}: new sign-in to your account at {at}. Not you? Change your password now."),
+                format!("{product}：您的账户于 {at} 有新的登录。不是您？请立即修改密码。"),
+                format!("{product}：您的帳戶於 {at} 有新的登入。不是您？請立即變更密碼。"),
             ),
         })
     }
+}
+
+fn export_subject(product: &str, l: Locale) -> String {
+    l.pick(
+        format!("Your {product} data export is ready"),
+        format!("您的 {product} 数据导出已就绪"),
+        format!("您的 {product} 資料匯出已就緒"),
+    )
 }
 
 #[cfg(test)]
@@ -360,7 +493,8 @@ mod tests {
                 summary: "We now keep access logs for 6 months.\nNothing else changes.".into(),
             },
             Notice::SecurityNotice {
-                summary: "On 20 Nov we found unauthorised access to a log server.".into(),
+                subject: "Log server access".into(),
+                body: "On 20 Nov we found unauthorised access to a log server.".into(),
             },
             Notice::NewLogin {
                 at: "2026-11-25 14:00 UTC".into(),
@@ -375,12 +509,12 @@ mod tests {
     fn a_finished_export_points_at_its_route_and_carries_no_link() {
         let id = Uuid::from_u128(42);
         let notice = Notice::ExportFinished { export_id: id };
-        let (subject, text, html) = notice.email(PRODUCT).unwrap();
+        let (subject, text, html) = notice.email(PRODUCT, Locale::En).unwrap();
         assert_eq!(subject, "Your Kiln data export is ready");
         let route = format!("/v1/me/exports/{id}");
         assert!(text.contains(&route) && html.contains(&route));
         assert!(!text.contains("signature"));
-        assert!(notice.sms(PRODUCT).unwrap().contains(&route));
+        assert!(notice.sms(PRODUCT, Locale::En).unwrap().contains(&route));
     }
 
     #[test]
@@ -408,7 +542,10 @@ mod tests {
                 "Changes to the Kiln policy, effective 2026-12-09",
                 &["2026-12", "6 months", "Nothing else changes."],
             ),
-            ("Security notice from Kiln", &["log server"]),
+            (
+                "Security notice from Kiln: Log server access",
+                &["log server"],
+            ),
             (
                 "New sign-in to your Kiln account",
                 &["2026-11-25 14:00 UTC", "203.0.113.7", "Firefox on Linux"],
@@ -419,7 +556,7 @@ mod tests {
             ),
         ];
         for (notice, (subject, values)) in all().iter().zip(expect) {
-            let (s, text, html) = notice.email(PRODUCT).unwrap();
+            let (s, text, html) = notice.email(PRODUCT, Locale::En).unwrap();
             assert_eq!(s, subject);
             for value in values {
                 assert!(text.contains(value), "{notice:?} text misses {value}");
@@ -430,7 +567,7 @@ mod tests {
             }
             assert!(html.starts_with("<!doctype html>"));
             assert!(html.contains("<h1>Kiln</h1>"));
-            let sms = notice.sms(PRODUCT).unwrap();
+            let sms = notice.sms(PRODUCT, Locale::En).unwrap();
             assert!(sms.contains("Kiln"), "{sms}");
             assert!(!sms.is_empty());
         }
@@ -454,7 +591,8 @@ mod tests {
                 summary: evil.into(),
             },
             Notice::SecurityNotice {
-                summary: evil.into(),
+                subject: evil.into(),
+                body: evil.into(),
             },
             Notice::NewLogin {
                 at: evil.into(),
@@ -463,7 +601,7 @@ mod tests {
             },
         ];
         for notice in notices {
-            let (_, text, html) = notice.email(evil).unwrap();
+            let (_, text, html) = notice.email(evil, Locale::En).unwrap();
             assert!(!html.contains("<script>"), "{notice:?}: {html}");
             assert!(html.contains("&lt;script&gt;"), "{notice:?}");
             // Text is plain text: kept as written.
@@ -477,10 +615,10 @@ mod tests {
             url: "javascript:alert(1)".into(),
             expires_at: "soon".into(),
         }
-        .email(PRODUCT)
+        .email(PRODUCT, Locale::En)
         .unwrap();
         assert!(!html.contains("href"), "{html}");
-        let (_, _, html) = all()[1].email(PRODUCT).unwrap();
+        let (_, _, html) = all()[1].email(PRODUCT, Locale::En).unwrap();
         assert!(
             html.contains(r#"<a href="https://kiln.example/exports/abc?sig=1&amp;exp=2">"#),
             "{html}"
@@ -493,13 +631,13 @@ mod tests {
             code: "12345678".into(),
             minutes_valid: 1440,
         };
-        let sms = notice.sms(PRODUCT).unwrap();
+        let sms = notice.sms(PRODUCT, Locale::En).unwrap();
         assert_eq!(
             sms,
             "12345678 is your Kiln verification code. It expires in 1440 min. Never share it."
         );
         let long_name = "A Product Name That Goes On And On And On Forever".repeat(4);
-        let sms = notice.sms(&long_name).unwrap();
+        let sms = notice.sms(&long_name, Locale::En).unwrap();
         assert!(
             sms.chars().count() < 160,
             "{} chars: {sms}",
@@ -515,8 +653,8 @@ mod tests {
             code_id,
             minutes_valid: 10,
         };
-        assert_eq!(queued.email(PRODUCT), None);
-        assert_eq!(queued.sms(PRODUCT), None);
+        assert_eq!(queued.email(PRODUCT, Locale::En), None);
+        assert_eq!(queued.sms(PRODUCT, Locale::En), None);
         let json = serde_json::to_value(&queued).unwrap();
         assert_eq!(
             json,
@@ -534,9 +672,14 @@ mod tests {
                 minutes_valid: 10
             }
         );
-        let (_, text, _) = ready.email(PRODUCT).unwrap();
+        let (_, text, _) = ready.email(PRODUCT, Locale::En).unwrap();
         assert!(text.contains("654321"), "{text}");
-        assert!(ready.sms(PRODUCT).unwrap().starts_with("654321 "));
+        assert!(
+            ready
+                .sms(PRODUCT, Locale::En)
+                .unwrap()
+                .starts_with("654321 ")
+        );
         // Other notices pass through untouched.
         let other = Notice::RegistrationAttempt;
         assert_eq!(
@@ -551,7 +694,7 @@ mod tests {
             code: "1".into(),
             minutes_valid: 1,
         }
-        .email(PRODUCT)
+        .email(PRODUCT, Locale::En)
         .unwrap();
         assert!(text.contains("expires in 1 minute."), "{text}");
     }
@@ -588,5 +731,92 @@ mod tests {
             ]
         );
         assert!(serde_json::from_str::<Notice>(r#"{"template":"spam"}"#).is_err());
+    }
+
+    #[test]
+    fn every_notice_renders_in_every_locale_with_its_values() {
+        for notice in all() {
+            let (en_subject, ..) = notice.email(PRODUCT, Locale::En).unwrap();
+            for locale in [Locale::ZhHans, Locale::ZhHant] {
+                let (subject, text, html) = notice.email(PRODUCT, locale).unwrap();
+                assert_ne!(subject, en_subject, "{notice:?} in {locale}");
+                assert!(subject.contains(PRODUCT), "{subject}");
+                // Written in Chinese: CJK ideographs in subject and text.
+                let cjk = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+                assert!(
+                    cjk(&subject) && cjk(&text),
+                    "{notice:?} in {locale}: {text}"
+                );
+                assert!(
+                    html.contains(&format!("<html lang=\"{locale}\">")),
+                    "{html}"
+                );
+                let sms = notice.sms(PRODUCT, locale).unwrap();
+                assert!(cjk(&sms), "{sms}");
+            }
+        }
+        // The values a reader needs are there in every language.
+        let code = &all()[0];
+        let export = &all()[1];
+        for locale in Locale::ALL {
+            let (_, text, _) = code.email(PRODUCT, locale).unwrap();
+            assert!(text.contains("123456") && text.contains("10"), "{text}");
+            let (_, text, html) = export.email(PRODUCT, locale).unwrap();
+            assert!(text.contains("https://kiln.example/exports/abc?sig=1&exp=2"));
+            assert!(html.contains("<a href="), "{html}");
+        }
+    }
+
+    #[test]
+    fn the_two_scripts_differ_where_their_characters_do() {
+        let (_, hans, _) = all()[0].email(PRODUCT, Locale::ZhHans).unwrap();
+        let (_, hant, _) = all()[0].email(PRODUCT, Locale::ZhHant).unwrap();
+        assert!(
+            hans.contains("验证码") && !hans.contains("驗證碼"),
+            "{hans}"
+        );
+        assert!(
+            hant.contains("驗證碼") && !hant.contains("验证码"),
+            "{hant}"
+        );
+    }
+
+    #[test]
+    fn a_chinese_code_sms_fits_one_ucs2_segment() {
+        let notice = Notice::VerificationCode {
+            code: "12345678".into(),
+            minutes_valid: 1440,
+        };
+        let long_name = "A Product Name That Goes On And On".repeat(4);
+        for locale in [Locale::ZhHans, Locale::ZhHant] {
+            let sms = notice.sms(&long_name, locale).unwrap();
+            assert!(
+                sms.chars().count() <= 70,
+                "{} chars: {sms}",
+                sms.chars().count()
+            );
+            assert!(sms.starts_with("12345678 "), "{sms}");
+        }
+    }
+
+    #[test]
+    fn queued_forms_do_not_render() {
+        let queued = [
+            Notice::PolicyVersion {
+                version: "2027-01".into(),
+            },
+            Notice::SecurityIncident {
+                notice_id: Uuid::from_u128(7),
+            },
+            Notice::NewLoginEntry { entry_id: 3 },
+        ];
+        for notice in queued {
+            assert!(notice.is_queued_form());
+            for locale in Locale::ALL {
+                assert_eq!(notice.email(PRODUCT, locale), None);
+                assert_eq!(notice.sms(PRODUCT, locale), None);
+            }
+        }
+        assert!(!all()[0].is_queued_form());
     }
 }

@@ -44,11 +44,17 @@ pub enum AccessEvent {
     Unrestricted,
     /// The owner deleted the account (the entry outlives it, detached).
     DeletionRequested,
+    /// The owner acknowledged a policy version.
+    PolicyAcknowledged,
+    /// An operator published a policy version (the operator's entry).
+    PolicyPublished,
+    /// An operator sent a security notice (the operator's entry).
+    SecurityNoticeSent,
 }
 
 impl AccessEvent {
     /// Every event, to read a stored name back.
-    pub const ALL: [AccessEvent; 15] = [
+    pub const ALL: [AccessEvent; 18] = [
         AccessEvent::Register,
         AccessEvent::RegistrationAttempt,
         AccessEvent::Verify,
@@ -64,6 +70,9 @@ impl AccessEvent {
         AccessEvent::Restricted,
         AccessEvent::Unrestricted,
         AccessEvent::DeletionRequested,
+        AccessEvent::PolicyAcknowledged,
+        AccessEvent::PolicyPublished,
+        AccessEvent::SecurityNoticeSent,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,6 +92,9 @@ impl AccessEvent {
             AccessEvent::Restricted => "restricted",
             AccessEvent::Unrestricted => "unrestricted",
             AccessEvent::DeletionRequested => "deletion_requested",
+            AccessEvent::PolicyAcknowledged => "policy_acknowledged",
+            AccessEvent::PolicyPublished => "policy_published",
+            AccessEvent::SecurityNoticeSent => "security_notice_sent",
         }
     }
 

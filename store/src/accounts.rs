@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use kiln_jobs::UserId;
+use kiln_jobs::{Locale, UserId};
 use uuid::Uuid;
 
 use crate::{StoreError, credits::VerificationGrants};
@@ -47,6 +47,8 @@ pub struct NewUser {
     pub referral_code: String,
     /// The code the person signed up with, if any.
     pub referred_by_code: Option<String>,
+    /// The language notices go out in.
+    pub locale: Locale,
 }
 
 /// What became of a sign-up: domain outcomes, not storage failures.
@@ -75,6 +77,8 @@ impl UserCreated {
 pub struct Contacts {
     pub email: Option<String>,
     pub phone: Option<String>,
+    /// The language notices to them go out in.
+    pub locale: Locale,
 }
 
 impl std::fmt::Debug for Contacts {
@@ -82,6 +86,7 @@ impl std::fmt::Debug for Contacts {
         f.debug_struct("Contacts")
             .field("email", &self.email.as_ref().map(|_| "<set>"))
             .field("phone", &self.phone.as_ref().map(|_| "<set>"))
+            .field("locale", &self.locale)
             .finish()
     }
 }
@@ -99,6 +104,7 @@ pub struct Profile {
     pub verified_at: Option<DateTime<Utc>>,
     pub restricted_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub locale: Locale,
 }
 
 impl std::fmt::Debug for Profile {
@@ -277,6 +283,9 @@ pub trait Accounts: Send + Sync {
     /// already so (or is deleted).
     async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError>;
     async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError>;
+    /// Sets the language notices go out in: false when the account is
+    /// deleted.
+    async fn set_locale(&self, user_id: UserId, locale: Locale) -> Result<bool, StoreError>;
 
     /// The user's stored codes, newest first, their new addresses sealed.
     async fn sealed_codes(&self, user_id: UserId) -> Result<Vec<CodeRecord>, StoreError>;

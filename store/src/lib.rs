@@ -17,6 +17,7 @@ mod group_commit;
 mod key_file;
 pub mod metrics;
 mod model;
+pub mod notices;
 mod objects;
 pub mod orders;
 mod pii;

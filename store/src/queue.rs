@@ -168,6 +168,7 @@ pub trait Database:
     + crate::deletion::Deletion
     + crate::subject_requests::SubjectRequests
     + crate::export::Export
+    + crate::notices::Notices
 {
 }
 
@@ -182,7 +183,8 @@ impl<
         + crate::retention::Retention
         + crate::deletion::Deletion
         + crate::subject_requests::SubjectRequests
-        + crate::export::Export,
+        + crate::export::Export
+        + crate::notices::Notices,
 > Database for T
 {
 }

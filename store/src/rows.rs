@@ -436,7 +436,7 @@ pub(crate) fn orders(rows: Vec<OrderRow>) -> Result<Vec<Order>, StoreError> {
 
 /// The addresses sealed: the [`Store`](crate::Store) opens them.
 pub(crate) const PROFILE_COLUMNS: &str = "id, email_sealed AS email, phone_sealed AS phone, \
-    birth_date, referral_code, operator, verified_at, restricted_at, created_at";
+    birth_date, referral_code, operator, verified_at, restricted_at, created_at, locale";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct ProfileRow {
@@ -449,11 +449,14 @@ pub(crate) struct ProfileRow {
     verified_at: Option<Time>,
     restricted_at: Option<Time>,
     created_at: Time,
+    locale: String,
 }
 
-impl From<ProfileRow> for Profile {
-    fn from(r: ProfileRow) -> Profile {
-        Profile {
+impl TryFrom<ProfileRow> for Profile {
+    type Error = StoreError;
+
+    fn try_from(r: ProfileRow) -> Result<Profile, StoreError> {
+        Ok(Profile {
             id: UserId(r.id.0),
             email: r.email,
             phone: r.phone,
@@ -463,8 +466,14 @@ impl From<ProfileRow> for Profile {
             verified_at: r.verified_at.map(|t| t.0),
             restricted_at: r.restricted_at.map(|t| t.0),
             created_at: r.created_at.0,
-        }
+            locale: locale(&r.locale)?,
+        })
     }
+}
+
+/// A stored locale tag read back.
+pub(crate) fn locale(tag: &str) -> Result<kiln_jobs::Locale, StoreError> {
+    kiln_jobs::Locale::parse(tag).ok_or_else(|| StoreError::Corrupt(format!("locale {tag:?}")))
 }
 
 pub(crate) const EXPORTED_GENERATION_COLUMNS: &str = "id, job_id, prompt, model, width, height, n, \

@@ -176,6 +176,72 @@ impl Store {
         Ok(fired)
     }
 
+    /// Publishes a policy version and queues its `notify_users` fan-out,
+    /// in one transaction; None when the version exists already.
+    pub async fn publish_policy(
+        &self,
+        version: &crate::notices::PolicyVersion,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let fan_out = fan_out_job(kiln_jobs::Broadcast::Policy {
+            version: version.version.clone(),
+        })?;
+        let queue = fan_out.queue.clone();
+        let job = self.engine.publish_policy(version, fan_out).await?;
+        if job.is_some() {
+            metrics()
+                .jobs_enqueued
+                .with_label_values(&[kiln_jobs::NotifyUsers::KIND])
+                .inc();
+            self.tell([StoreEvent::JobsAvailable(Some(queue))]);
+        }
+        Ok(job)
+    }
+
+    /// Records a security notice to `audience` (empty: every verified
+    /// account) and queues its fan-out, in one transaction; its job's id.
+    pub async fn record_security_notice(
+        &self,
+        notice: &crate::notices::SecurityNotice,
+        audience: &[UserId],
+    ) -> Result<Uuid, StoreError> {
+        let fan_out = fan_out_job(kiln_jobs::Broadcast::Security {
+            notice_id: notice.id,
+        })?;
+        let queue = fan_out.queue.clone();
+        let job = self
+            .engine
+            .record_security_notice(notice, audience, fan_out)
+            .await?;
+        metrics()
+            .jobs_enqueued
+            .with_label_values(&[kiln_jobs::NotifyUsers::KIND])
+            .inc();
+        self.tell([StoreEvent::JobsAvailable(Some(queue))]);
+        Ok(job)
+    }
+
+    /// Queues one batch of a broadcast's notices (see
+    /// [`Notices::fan_out`](crate::notices::Notices::fan_out)) and wakes
+    /// the workers that send them.
+    pub async fn fan_out(
+        &self,
+        broadcast: &kiln_jobs::Broadcast,
+        limit: u32,
+    ) -> Result<Option<crate::notices::FanOutBatch>, StoreError> {
+        let batch = self.engine.fan_out(broadcast, limit).await?;
+        if let Some(b) = batch.filter(|b| b.queued() > 0) {
+            let m = &metrics().jobs_enqueued;
+            m.with_label_values(&[kiln_jobs::SendEmail::KIND])
+                .inc_by(b.emails);
+            m.with_label_values(&[kiln_jobs::SendSms::KIND])
+                .inc_by(b.sms);
+            self.tell([StoreEvent::JobsAvailable(Some(
+                kiln_jobs::SendEmail::QUEUE.to_owned(),
+            ))]);
+        }
+        Ok(batch)
+    }
+
     /// Deletes an account at its owner's request (see `deletion.rs`): it
     /// is hidden, its address freed, every session revoked in every
     /// process, and its `account_purge` enqueued, in one transaction. None
@@ -450,6 +516,7 @@ impl Store {
         Ok(Some(Contacts {
             email: self.open_some(sealed.email)?,
             phone: self.open_some(sealed.phone)?,
+            locale: sealed.locale,
         }))
     }
 
@@ -590,4 +657,13 @@ impl Store {
     fn open_some(&self, sealed: Option<String>) -> Result<Option<String>, StoreError> {
         sealed.map(|s| self.pii.open(&s)).transpose()
     }
+}
+
+/// A broadcast's one fan-out job: its idempotency key makes a second
+/// publication of the same notice find the first's job.
+fn fan_out_job(broadcast: kiln_jobs::Broadcast) -> Result<NewJob, StoreError> {
+    let key = format!("notify_users:{}", broadcast.key());
+    Ok(NewJob::of(&kiln_jobs::NotifyUsers { broadcast })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        .idempotency_key(key))
 }

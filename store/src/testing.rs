@@ -126,6 +126,7 @@ pub async fn account(store: &Store) -> kiln_jobs::UserId {
         birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).expect("a valid date"),
         referral_code: n,
         referred_by_code: None,
+        locale: Default::default(),
     };
     store
         .create_user(user)
@@ -133,6 +134,45 @@ pub async fn account(store: &Store) -> kiln_jobs::UserId {
         .expect("create a test account")
         .id()
         .expect("a unique email makes a new account")
+}
+
+/// An account that proved its address (notices go only to such), reached
+/// at `identifier`, its notices in `locale`.
+pub async fn verified_account(
+    store: &Store,
+    identifier: Identifier,
+    locale: kiln_jobs::Locale,
+) -> kiln_jobs::UserId {
+    let n = uuid::Uuid::now_v7().simple().to_string();
+    let user = store
+        .create_user(NewUser {
+            identifier,
+            password_hash: "$2b$04$test.account.password.hash.is.never.checked".into(),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).expect("a valid date"),
+            referral_code: n,
+            referred_by_code: None,
+            locale,
+        })
+        .await
+        .expect("create a test account")
+        .id()
+        .expect("a unique address makes a new account");
+    store
+        .issue_code(crate::accounts::NewCode {
+            id: uuid::Uuid::now_v7(),
+            user_id: user,
+            code_hash: "test-code".into(),
+            expires_at: chrono::Utc::now() + chrono::TimeDelta::hours(1),
+            contact: None,
+        })
+        .await
+        .expect("issue a code");
+    let check = store
+        .check_code(user, "test-code", Default::default())
+        .await
+        .expect("check the code");
+    assert_eq!(check, crate::accounts::CodeCheck::Verified);
+    user
 }
 
 impl Drop for TestDatabase {

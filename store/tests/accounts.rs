@@ -41,6 +41,7 @@ fn user(identifier: Identifier, code: &str) -> NewUser {
         birth_date: NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
         referral_code: code.into(),
         referred_by_code: None,
+        locale: Default::default(),
     }
 }
 

@@ -314,6 +314,7 @@ fn person(email: &str, code: &str, referred_by: Option<&str>) -> NewUser {
         birth_date: NaiveDate::from_ymd_opt(1990, 1, 1).unwrap(),
         referral_code: code.into(),
         referred_by_code: referred_by.map(String::from),
+        locale: Default::default(),
     }
 }
 

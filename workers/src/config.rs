@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub maintenance_interval_ms: Duration,
     /// A job whose worker is lost this many times ends `failed`.
     pub crash_loop_cap: u32,
+    /// Accounts a `notify_users` fan-out queues notices for in one
+    /// transaction (a killed fan-out redoes at most one batch's reads).
+    pub notify_batch: u32,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +49,7 @@ impl Default for WorkerConfig {
             shutdown_grace_ms: Duration::from_secs(25),
             maintenance_interval_ms: Duration::from_secs(5),
             crash_loop_cap: 3,
+            notify_batch: crate::handlers::DEFAULT_NOTIFY_BATCH,
         }
     }
 }
@@ -65,6 +69,8 @@ pub enum WorkerConfigError {
     PollInterval,
     #[error("worker.crash_loop_cap must be at least 1")]
     CrashLoopCap,
+    #[error("worker.notify_batch must be 1 to 10000")]
+    NotifyBatch,
     #[error("worker.queues must not contain an empty name")]
     EmptyQueueName,
 }
@@ -89,6 +95,9 @@ impl WorkerConfig {
         }
         if self.crash_loop_cap == 0 {
             return Err(WorkerConfigError::CrashLoopCap);
+        }
+        if !(1..=10_000).contains(&self.notify_batch) {
+            return Err(WorkerConfigError::NotifyBatch);
         }
         if self.queues.iter().any(String::is_empty) {
             return Err(WorkerConfigError::EmptyQueueName);

@@ -57,6 +57,7 @@ fn new_user(email: &str) -> NewUser {
         birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
         referral_code: Uuid::now_v7().simple().to_string(),
         referred_by_code: None,
+        locale: Default::default(),
     }
 }
 

@@ -319,6 +319,7 @@ async fn send_sms_reaches_the_accounts_phone(store: Store, _: &TestDatabase) {
             birth_date: chrono::NaiveDate::from_ymd_opt(1990, 12, 10).unwrap(),
             referral_code: Uuid::now_v7().simple().to_string(),
             referred_by_code: None,
+            locale: Default::default(),
         })
         .await
         .unwrap()

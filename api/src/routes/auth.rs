@@ -40,6 +40,10 @@ pub struct RegisterRequest {
     pub birth_date: String,
     /// Another account's referral code.
     pub referral_code: Option<String>,
+    /// The language notices go out in: `en` (the default), `zh-Hans` or
+    /// `zh-Hant`.
+    #[schema(value_type = Option<String>, example = "en")]
+    pub locale: Option<kiln_jobs::Locale>,
 }
 
 /// The answer to a sign-up or a request for a new code: the same whether
@@ -320,6 +324,7 @@ async fn register(
         birth_date: birth,
         referral_code: referral_code(),
         referred_by_code: req.referral_code.map(|c| c.trim().to_uppercase()),
+        locale: req.locale.unwrap_or_default(),
     };
     match state.store.create_user(user).await? {
         UserCreated::Created(user_id) => {

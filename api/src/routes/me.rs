@@ -6,7 +6,7 @@ use axum::{
     routing::{get, post},
 };
 use chrono::{DateTime, NaiveDate, Utc};
-use kiln_jobs::UserId;
+use kiln_jobs::{Locale, UserId};
 use kiln_store::{
     CODE_DIGITS,
     access_log::{AccessEntry, AccessEvent},
@@ -48,11 +48,19 @@ pub struct MeResource {
     pub restricted_at: Option<DateTime<Utc>>,
     pub operator: bool,
     pub created_at: DateTime<Utc>,
+    /// The language notices go out in: `en`, `zh-Hans` or `zh-Hant`.
+    #[schema(value_type = String, example = "en")]
+    pub locale: Locale,
+    /// A policy change published since you signed up that you have not
+    /// acknowledged (`POST /v1/me/policy-ack`); null when there is none.
+    pub pending_policy: Option<super::notices::PolicyVersionResource>,
 }
 
 impl From<Profile> for MeResource {
     fn from(p: Profile) -> Self {
         MeResource {
+            locale: p.locale,
+            pending_policy: None,
             id: p.id,
             email: p.email,
             phone: p.phone,
@@ -68,13 +76,15 @@ impl From<Profile> for MeResource {
 }
 
 async fn profile(state: &AppState, user: UserId) -> Result<MeResource, Problem> {
-    state
+    let mut me = state
         .store
         .profile(user)
         .await?
         .map(MeResource::from)
         // A token outlives its account only by a race with deletion.
-        .ok_or_else(Problem::unauthorized)
+        .ok_or_else(Problem::unauthorized)?;
+    me.pending_policy = state.store.pending_policy(user).await?.map(Into::into);
+    Ok(me)
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "accounts",
@@ -114,9 +124,9 @@ async fn register(
     Ok(())
 }
 
-/// A correction: a new `email` or `phone` (one of them). Without `code`, a
-/// code is sent to the new address; with the code it received, the new
-/// address replaces the old.
+/// A correction: a new `email` or `phone` (one of them), or the `locale`
+/// notices go out in, or both. Without `code`, a code is sent to the new
+/// address; with the code it received, the new address replaces the old.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CorrectionRequest {
@@ -124,20 +134,23 @@ pub struct CorrectionRequest {
     pub phone: Option<String>,
     /// The 6 digits sent to the new address.
     pub code: Option<String>,
+    /// `en`, `zh-Hans` or `zh-Hant`: set at once.
+    #[schema(value_type = Option<String>, example = "zh-Hant")]
+    pub locale: Option<Locale>,
 }
 
 #[utoipa::path(patch, path = "/v1/me", tag = "accounts",
     security(("bearer" = [])),
     request_body = CorrectionRequest,
     responses(
-        (status = 200, description = "the code was right: the new address replaced the old", body = MeResource),
+        (status = 200, description = "the locale was set, or the code was right and the new address replaced the old", body = MeResource),
         (status = 202, description = "a code is on its way to the new address (an address that has another account gets no code, and the same answer)", body = VerificationSent),
         (status = 400, description = "malformed JSON", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
         (status = 409, description = "the address went to another account before the code was used", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 422, description = "`invalid_code`, or `invalid_input`: not exactly one of email and phone, not an address, or already yours", body = Problem),
+        (status = 422, description = "`invalid_code`, or `invalid_input`: nothing to change, both email and phone, not an address, already yours, or an unknown locale", body = Problem),
         (status = 429, description = "`rate_limited`: a code went to this address a short while ago", body = Problem),
     ))]
 async fn correct(
@@ -146,6 +159,19 @@ async fn correct(
     user: CurrentUser,
     Json(req): Json<CorrectionRequest>,
 ) -> Result<Response, Problem> {
+    if let Some(locale) = req.locale {
+        if !state.store.set_locale(user.id, locale).await? {
+            return Err(Problem::unauthorized());
+        }
+        if req.email.is_none() && req.phone.is_none() {
+            if req.code.is_some() {
+                return Err(Problem::invalid(
+                    "a code goes with the email or phone it confirms",
+                ));
+            }
+            return Ok(Json(profile(&state, user.id).await?).into_response());
+        }
+    }
     let new = identifier(req.email, req.phone)?;
     let Some(code) = req.code else {
         let current = profile(&state, user.id).await?;
@@ -359,7 +385,8 @@ pub struct AccessEntryResource {
     /// `logout`, `new_ip` (your account was used from an IP for the first
     /// time), `contact_change_requested`, `contact_changed`, `restricted`,
     /// `unrestricted`, `operator_granted`, `operator_revoked`,
-    /// `deletion_requested`.
+    /// `deletion_requested`, `policy_acknowledged`, and for operators
+    /// `policy_published` and `security_notice_sent`.
     #[schema(value_type = String, example = "login")]
     pub event: AccessEvent,
     pub ip: Option<String>,

@@ -8,6 +8,7 @@ mod images;
 mod jobs;
 mod me;
 mod metrics;
+mod notices;
 mod openapi;
 mod payments;
 mod upscales;
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
         .merge(admin::routes())
+        .merge(notices::routes())
         .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())

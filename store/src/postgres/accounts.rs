@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kiln_jobs::UserId;
+use kiln_jobs::{Locale, UserId};
 use uuid::Uuid;
 
 use super::{PgStore, credits::grant_on};
@@ -37,9 +37,9 @@ impl Accounts for PgStore {
         let is_email = email.is_some();
         let inserted = sqlx::query(
             "INSERT INTO users (id, email_index, phone_index, password_hash, birth_date,
-                                referral_code, referred_by, email_sealed, phone_sealed)
+                                referral_code, referred_by, email_sealed, phone_sealed, locale)
              VALUES ($1, $2, $3, $4, $5, $6, $7,
-                     CASE WHEN $8 THEN $9 END, CASE WHEN $8 THEN NULL ELSE $9 END)",
+                     CASE WHEN $8 THEN $9 END, CASE WHEN $8 THEN NULL ELSE $9 END, $10)",
         )
         .bind(id)
         .bind(email)
@@ -50,6 +50,7 @@ impl Accounts for PgStore {
         .bind(referred_by)
         .bind(is_email)
         .bind(&sealed)
+        .bind(user.locale.as_str())
         .execute(&self.pool)
         .await;
         match inserted {
@@ -60,13 +61,20 @@ impl Accounts for PgStore {
     }
 
     async fn sealed_contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT email_sealed, phone_sealed FROM users WHERE id = $1 AND deleted_at IS NULL",
+        let row: Option<(Option<String>, Option<String>, String)> = sqlx::query_as(
+            "SELECT email_sealed, phone_sealed, locale FROM users WHERE id = $1 AND deleted_at IS NULL",
         )
         .bind(user_id.0)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(email, phone)| Contacts { email, phone }))
+        row.map(|(email, phone, tag)| {
+            Ok(Contacts {
+                email,
+                phone,
+                locale: crate::rows::locale(&tag)?,
+            })
+        })
+        .transpose()
     }
 
     async fn login_record_blind(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
@@ -244,7 +252,7 @@ impl Accounts for PgStore {
             .bind(user_id.0)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(Profile::from))
+        row.map(Profile::try_from).transpose()
     }
 
     async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError> {
@@ -256,6 +264,16 @@ impl Accounts for PgStore {
         .bind(restricted)
         .execute(&self.pool)
         .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    async fn set_locale(&self, user_id: UserId, locale: Locale) -> Result<bool, StoreError> {
+        let changed =
+            sqlx::query("UPDATE users SET locale = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(user_id.0)
+                .bind(locale.as_str())
+                .execute(&self.pool)
+                .await?;
         Ok(changed.rows_affected() == 1)
     }
 

@@ -1,6 +1,6 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use kiln_jobs::UserId;
+use kiln_jobs::{Locale, UserId};
 use uuid::Uuid;
 
 use super::{SqliteStore, credits::grant_in, now_ms};
@@ -42,8 +42,9 @@ impl Accounts for SqliteStore {
         };
         let inserted = sqlx::query(
             "INSERT INTO users (id, email_index, phone_index, password_hash, birth_date,
-                                referral_code, referred_by, created_at, email_sealed, phone_sealed)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                referral_code, referred_by, created_at, email_sealed, phone_sealed,
+                                locale)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(email)
@@ -55,6 +56,7 @@ impl Accounts for SqliteStore {
         .bind(now_ms())
         .bind(email_sealed)
         .bind(phone_sealed)
+        .bind(user.locale.as_str())
         .execute(&self.writer)
         .await;
         match inserted {
@@ -65,13 +67,20 @@ impl Accounts for SqliteStore {
     }
 
     async fn sealed_contacts(&self, user_id: UserId) -> Result<Option<Contacts>, StoreError> {
-        let row: Option<(Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT email_sealed, phone_sealed FROM users WHERE id = ? AND deleted_at IS NULL",
+        let row: Option<(Option<String>, Option<String>, String)> = sqlx::query_as(
+            "SELECT email_sealed, phone_sealed, locale FROM users WHERE id = ? AND deleted_at IS NULL",
         )
         .bind(user_id.to_string())
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map(|(email, phone)| Contacts { email, phone }))
+        row.map(|(email, phone, tag)| {
+            Ok(Contacts {
+                email,
+                phone,
+                locale: crate::rows::locale(&tag)?,
+            })
+        })
+        .transpose()
     }
 
     async fn login_record_blind(&self, id: &Identifier) -> Result<Option<LoginRecord>, StoreError> {
@@ -247,7 +256,7 @@ impl Accounts for SqliteStore {
             .bind(user_id.to_string())
             .fetch_optional(&self.reader)
             .await?;
-        Ok(row.map(Profile::from))
+        row.map(Profile::try_from).transpose()
     }
 
     async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError> {
@@ -260,6 +269,16 @@ impl Accounts for SqliteStore {
         .bind(now_ms())
         .execute(&self.writer)
         .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    async fn set_locale(&self, user_id: UserId, locale: Locale) -> Result<bool, StoreError> {
+        let changed =
+            sqlx::query("UPDATE users SET locale = ?2 WHERE id = ?1 AND deleted_at IS NULL")
+                .bind(Id(user_id.0))
+                .bind(locale.as_str())
+                .execute(&self.writer)
+                .await?;
         Ok(changed.rows_affected() == 1)
     }
 

@@ -190,6 +190,8 @@ impl Deletion for SqliteStore {
             "DELETE FROM verification_codes WHERE user_id = ?1",
             "DELETE FROM sessions WHERE user_id = ?1",
             "DELETE FROM account_ips WHERE user_id = ?1",
+            "DELETE FROM notice_recipients WHERE user_id = ?1",
+            "DELETE FROM notice_audience WHERE user_id = ?1",
             "DELETE FROM credit_entries WHERE user_id = ?1",
             "DELETE FROM credit_accounts WHERE user_id = ?1",
             "UPDATE access_log SET user_id = NULL WHERE user_id = ?1",

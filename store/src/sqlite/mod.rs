@@ -29,6 +29,7 @@ mod credits;
 mod deletion;
 mod export;
 mod generations;
+mod notices;
 mod orders;
 mod retention;
 mod schedules;

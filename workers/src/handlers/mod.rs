@@ -5,6 +5,7 @@ mod data_export;
 mod generate_image;
 mod links;
 mod moderation;
+mod notify_users;
 mod probe;
 mod retention_purge;
 mod send_notice;
@@ -16,6 +17,7 @@ pub use account_purge::AccountPurgeHandler;
 pub use data_export::{DataExportHandler, EXPORT_SCHEMA_VERSION};
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
+pub use notify_users::NotifyUsersHandler;
 pub use probe::ProbeHandler;
 pub use retention_purge::RetentionPurgeHandler;
 pub use send_notice::{ExportLinks, SendEmailHandler, SendSmsHandler};
@@ -64,7 +66,12 @@ pub struct Deps {
     /// How long the link in an export-ready notice works
     /// (`api.export_link_ttl_secs`; never past `retention.export_days`).
     pub export_link_ttl: std::time::Duration,
+    /// Accounts per `notify_users` transaction (`worker.notify_batch`).
+    pub notify_batch: u32,
 }
+
+/// `worker.notify_batch`'s default.
+pub const DEFAULT_NOTIFY_BATCH: u32 = 500;
 
 /// `api.export_link_ttl_secs`' default: a day.
 pub const DEFAULT_EXPORT_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
@@ -92,6 +99,7 @@ impl Deps {
             codes,
             clock: Clock::system(),
             export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
+            notify_batch: DEFAULT_NOTIFY_BATCH,
         })
     }
 
@@ -118,6 +126,7 @@ impl Deps {
             codes: Arc::new(CodeKey::random()),
             clock: Clock::system(),
             export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
+            notify_batch: DEFAULT_NOTIFY_BATCH,
         }
     }
 }
@@ -179,6 +188,9 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
         })
         .register(DataExportHandler {
             objects: deps.objects.clone(),
+        })
+        .register(NotifyUsersHandler {
+            batch: deps.notify_batch,
         })
 }
 

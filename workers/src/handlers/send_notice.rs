@@ -8,12 +8,16 @@
 //! server's code key, just before sending, and is never written anywhere
 //! but the message. A code that was used, replaced or expired meanwhile
 //! is not sent.
+//!
+//! Every notice goes out in the account's language (`locale`); a policy
+//! or security notice waits in the queue by name and is read, in that
+//! language, when it is sent.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{DataExport, JobError, Notice, NoticeSent, SendEmail, SendSms, UserId};
+use kiln_jobs::{DataExport, JobError, Locale, Notice, NoticeSent, SendEmail, SendSms, UserId};
 use kiln_store::{
     CodeKey, Objects,
     accounts::{Contacts, Identifier},
@@ -87,6 +91,7 @@ async fn ready(
     exports: &ExportLinks,
     user_id: UserId,
     notice: Notice,
+    locale: Locale,
 ) -> Result<(Notice, Option<Identifier>), JobError> {
     let mut pending = None;
     if let Notice::AccountVerification { code_id, .. } = &notice {
@@ -107,9 +112,38 @@ async fn ready(
     let notice = match notice {
         Notice::NewLoginEntry { entry_id } => sign_in(ctx, user_id, entry_id).await?,
         Notice::ExportFinished { export_id } => exports.ready(user_id, export_id).await?,
+        Notice::PolicyVersion { version } => policy(ctx, &version, locale).await?,
+        Notice::SecurityIncident { notice_id } => security(ctx, notice_id, locale).await?,
         other => other.with_code(|id| codes.code(id)),
     };
     Ok((notice, pending))
+}
+
+/// A published policy version, with its summary in the reader's language.
+async fn policy(ctx: &JobContext, version: &str, locale: Locale) -> Result<Notice, JobError> {
+    let v = ctx
+        .store()
+        .policy_version(version)
+        .await?
+        .ok_or_else(|| JobError::permanent("policy_missing", "the policy version is gone"))?;
+    Ok(Notice::PolicyNotice {
+        version: v.version,
+        effective_on: v.effective_at.format("%Y-%m-%d").to_string(),
+        summary: v.summary.get(locale).to_owned(),
+    })
+}
+
+/// A recorded security notice, in the reader's language.
+async fn security(ctx: &JobContext, id: Uuid, locale: Locale) -> Result<Notice, JobError> {
+    let n = ctx
+        .store()
+        .security_notice(id)
+        .await?
+        .ok_or_else(|| JobError::permanent("notice_missing", "the security notice is gone"))?;
+    Ok(Notice::SecurityNotice {
+        subject: n.subject.get(locale).to_owned(),
+        body: n.body.get(locale).to_owned(),
+    })
 }
 
 /// The sign-in an access-log entry records, as the notice shows it.
@@ -145,16 +179,26 @@ async fn contacts(ctx: &JobContext, user_id: kiln_jobs::UserId) -> Result<Contac
 #[async_trait]
 impl Handler<SendEmail> for SendEmailHandler {
     async fn run(&self, job: SendEmail, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let (notice, pending) =
-            ready(ctx, &self.codes, &self.exports, job.user_id, job.notice).await?;
+        let contacts = contacts(ctx, job.user_id).await?;
+        let locale = contacts.locale;
+        let (notice, pending) = ready(
+            ctx,
+            &self.codes,
+            &self.exports,
+            job.user_id,
+            job.notice,
+            locale,
+        )
+        .await?;
         let to = match pending {
             Some(Identifier::Email(new)) => new,
-            _ => contacts(ctx, job.user_id)
-                .await?
+            _ => contacts
                 .email
                 .ok_or_else(|| JobError::permanent("no_email", "the user has no email address"))?,
         };
-        let (subject, text, html) = notice.email(&self.product_name).ok_or_else(unrendered)?;
+        let (subject, text, html) = notice
+            .email(&self.product_name, locale)
+            .ok_or_else(unrendered)?;
         let sent = self
             .mailer
             .send(&EmailMessage {
@@ -174,16 +218,26 @@ impl Handler<SendEmail> for SendEmailHandler {
 #[async_trait]
 impl Handler<SendSms> for SendSmsHandler {
     async fn run(&self, job: SendSms, ctx: &JobContext) -> Result<Outcome<NoticeSent>, JobError> {
-        let (notice, pending) =
-            ready(ctx, &self.codes, &self.exports, job.user_id, job.notice).await?;
+        let contacts = contacts(ctx, job.user_id).await?;
+        let locale = contacts.locale;
+        let (notice, pending) = ready(
+            ctx,
+            &self.codes,
+            &self.exports,
+            job.user_id,
+            job.notice,
+            locale,
+        )
+        .await?;
         let to = match pending {
             Some(Identifier::Phone(new)) => new,
-            _ => contacts(ctx, job.user_id)
-                .await?
+            _ => contacts
                 .phone
                 .ok_or_else(|| JobError::permanent("no_phone", "the user has no phone number"))?,
         };
-        let body = notice.sms(&self.product_name).ok_or_else(unrendered)?;
+        let body = notice
+            .sms(&self.product_name, locale)
+            .ok_or_else(unrendered)?;
         let sent = self.sms.send(&to, &body).await?;
         Ok(Outcome::Done(NoticeSent {
             provider: self.sms.name().to_owned(),
