@@ -77,6 +77,23 @@ fn matrix() -> Vec<Case> {
             "/admin/v1/subject-requests",
             [401, 403, 403, 403, 200],
         ),
+        case(M::GET, "/v1/policy", [200; 5]),
+        case(M::POST, "/v1/me/policy-ack", [401, 204, 204, 204, 204]),
+        case(
+            M::POST,
+            "/admin/v1/policy-versions",
+            [401, 403, 403, 403, 201],
+        ),
+        case(
+            M::POST,
+            "/admin/v1/notices/security",
+            [401, 403, 403, 403, 202],
+        ),
+        case(
+            M::GET,
+            "/admin/v1/notices/security/{id}",
+            [401, 403, 403, 403, 200],
+        ),
         // Open to a restricted account (the right of access); Ada's own
         // export is still waiting (no worker here), so hers is refused:
         // one at a time.
@@ -108,9 +125,14 @@ struct World {
     job: Uuid,
     image: Uuid,
     export: Uuid,
+    /// A security notice, as an operator sent it.
+    notice: Uuid,
     file: String,
     fresh: AtomicU32,
 }
+
+/// A published policy version everyone may acknowledge.
+const POLICY: &str = "2027-01";
 
 impl World {
     /// An address never used before, for sign-ups and corrections.
@@ -168,6 +190,21 @@ impl World {
             ("POST", "/v1/upscales") => (c.template.into(), Some(json!({"image_id": self.image}))),
             ("PATCH", "/v1/me") => (c.template.into(), Some(json!({"email": self.fresh()}))),
             ("DELETE", "/v1/me") => (c.template.into(), Some(json!({"password": PASSWORD}))),
+            ("POST", "/v1/me/policy-ack") => (c.template.into(), Some(json!({"version": POLICY}))),
+            ("POST", "/admin/v1/policy-versions") => (
+                c.template.into(),
+                Some(json!({
+                    "version": "2027-matrix",
+                    "effective_at": (chrono::Utc::now() + chrono::TimeDelta::days(8)).to_rfc3339(),
+                    "summary": {"en": "What changes", "zh-Hans": "变更"},
+                })),
+            ),
+            ("POST", "/admin/v1/notices/security") => (
+                c.template.into(),
+                Some(
+                    json!({"subject": {"en": "Incident"}, "body": {"en": "Details"}, "all": true}),
+                ),
+            ),
             (_, "/v1/files/{key}") => (self.file.clone(), None),
             (_, t) => (
                 t.replace(
@@ -175,6 +212,7 @@ impl World {
                     &match t {
                         t if t.starts_with("/v1/jobs/") => self.job.to_string(),
                         t if t.starts_with("/v1/me/exports/") => self.export.to_string(),
+                        t if t.starts_with("/admin/v1/notices/") => self.notice.to_string(),
                         _ => self.image.to_string(),
                     },
                 ),
@@ -254,7 +292,27 @@ async fn world() -> World {
         .await;
     assert_eq!(r.status, 202);
     let export: Uuid = r.json()["id"].as_str().unwrap().parse().unwrap();
+    let now = chrono::Utc::now();
+    store
+        .publish_policy(&kiln_store::notices::PolicyVersion {
+            version: POLICY.into(),
+            effective_at: now + chrono::TimeDelta::days(8),
+            summary: kiln_jobs::LocalizedText::same("What changes"),
+            published_at: now,
+        })
+        .await
+        .unwrap();
+    let notice = kiln_store::notices::SecurityNotice {
+        id: Uuid::now_v7(),
+        subject: kiln_jobs::LocalizedText::same("Incident"),
+        body: kiln_jobs::LocalizedText::same("Details"),
+        everyone: true,
+        created_at: now,
+        job_id: None,
+    };
+    store.record_security_notice(&notice, &[]).await.unwrap();
     World {
+        notice: notice.id,
         api,
         tokens,
         job,

@@ -137,6 +137,7 @@ async fn write_export(
         "restricted": profile.restricted_at.is_some(),
         "restricted_at": profile.restricted_at,
         "operator": profile.operator,
+        "locale": profile.locale,
     });
     zip.json(&account).await?;
     counts.insert("account.json".to_owned(), 1);
