@@ -30,6 +30,8 @@ use clap::{Parser, Subcommand};
 ///   worker.crash_loop_cap     KILN_WORKER_CRASH_LOOP_CAP    3 lost workers and a job ends failed
 ///   worker.notify_batch       KILN_WORKER_NOTIFY_BATCH      500 accounts per notice fan-out transaction
 ///   scheduler.retention_purge_cron KILN_SCHEDULER_RETENTION_PURGE_CRON "0 17 3 * * *" (cron with seconds, UTC)
+///   scheduler.accounting_export_cron KILN_SCHEDULER_ACCOUNTING_EXPORT_CRON "0 0 4 1 * *" (the month before, as CSV)
+///   scheduler.access_log_archive_cron KILN_SCHEDULER_ACCESS_LOG_ARCHIVE_CRON "0 45 3 * * *" (the day before, gzip JSON lines)
 ///   scheduler.catch_up        KILN_SCHEDULER_CATCH_UP       true: after downtime, each plan's latest missed slot fires once
 ///   retention.deleted_account_days KILN_RETENTION_DELETED_ACCOUNT_DAYS 30 (at most 30)
 ///   retention.access_log_days KILN_RETENTION_ACCESS_LOG_DAYS 180 (at least 180)

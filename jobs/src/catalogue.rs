@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    AccountPurge, Backoff, DataExport, GenerateImage, Job, NotifyUsers, Probe, RetentionPurge,
-    SendEmail, SendSms, UpscaleImage,
+    AccountPurge, Backoff, DataExport, GenerateImage, Job, NotifyUsers, OperatorExport, Probe,
+    RetentionPurge, SendEmail, SendSms, UpscaleImage,
 };
 
 /// How the queue runs a kind's attempts: how many, how long each may take,
@@ -69,6 +69,7 @@ pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<DataExport>(),
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<NotifyUsers>(),
+    KindSpec::of::<OperatorExport>(),
     KindSpec::of::<Probe>(),
     KindSpec::of::<RetentionPurge>(),
     KindSpec::of::<SendEmail>(),

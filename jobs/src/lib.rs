@@ -12,6 +12,7 @@ mod job;
 mod locale;
 mod notice;
 mod notify_users;
+mod operator_export;
 mod probe;
 mod retention_purge;
 mod send_notice;
@@ -29,6 +30,9 @@ pub use job::{Job, decode};
 pub use locale::{Locale, LocalizedText};
 pub use notice::{Notice, escape_html};
 pub use notify_users::{Broadcast, NotifyUsers, NotifyUsersResult};
+pub use operator_export::{
+    OPERATOR_EXPORTS, OperatorExport, OperatorExportKind, OperatorExportResult,
+};
 pub use probe::{Probe, ProbeFailure, ProbeResult};
 pub use retention_purge::{DataClass, RetentionPurge, RetentionPurgeResult, RetentionSettings};
 pub use send_notice::{NoticeSent, SendEmail, SendSms};

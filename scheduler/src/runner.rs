@@ -118,9 +118,8 @@ pub async fn fire(
     plan: &Plan,
     slot: DateTime<Utc>,
 ) -> Result<SlotFired, kiln_store::StoreError> {
-    let job = plan
-        .job
-        .clone()
+    let job = (plan.job)(slot)
+        .map_err(kiln_store::StoreError::Corrupt)?
         .idempotency_key(format!("{}:{}", plan.name, slot.timestamp()));
     let fired = store.fire_slot(plan.name, slot, job).await?;
     match fired {

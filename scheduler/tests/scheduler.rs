@@ -32,7 +32,7 @@ fn every_second(name: &'static str) -> Plan {
         name,
         setting: "test",
         schedule: Schedule::from_str("* * * * * *").unwrap(),
-        job: NewJob::of(&RetentionPurge {}).unwrap(),
+        job: |_| NewJob::of(&RetentionPurge {}).map_err(|e| e.to_string()),
     }
 }
 

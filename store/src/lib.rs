@@ -19,6 +19,7 @@ pub mod metrics;
 mod model;
 pub mod notices;
 mod objects;
+pub mod operator_exports;
 pub mod orders;
 mod pii;
 mod postgres;

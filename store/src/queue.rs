@@ -169,6 +169,7 @@ pub trait Database:
     + crate::subject_requests::SubjectRequests
     + crate::export::Export
     + crate::notices::Notices
+    + crate::operator_exports::OperatorExports
 {
 }
 
@@ -184,7 +185,8 @@ impl<
         + crate::deletion::Deletion
         + crate::subject_requests::SubjectRequests
         + crate::export::Export
-        + crate::notices::Notices,
+        + crate::notices::Notices
+        + crate::operator_exports::OperatorExports,
 > Database for T
 {
 }

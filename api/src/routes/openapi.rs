@@ -27,6 +27,7 @@ use crate::AppState;
         super::me::unrestrict,
         super::me::delete_account,
         super::admin::subject_requests,
+        super::admin::exports,
         super::notices::policy,
         super::notices::acknowledge,
         super::notices::publish,

@@ -114,6 +114,10 @@ pub struct EmailSettings {
     pub timeout_ms: u64,
     /// Where the `dev` provider writes messages (default `data/outbox`).
     pub outbox_dir: PathBuf,
+    /// The operators' mailbox, told when a scheduled export (the monthly
+    /// accounting CSV, the daily access-log archive) is written; unset:
+    /// nobody is emailed, and the files are listed at `GET /admin/v1/exports`.
+    pub operator_address: Option<String>,
 }
 
 impl Default for EmailSettings {
@@ -131,6 +135,7 @@ impl Default for EmailSettings {
             http_api_key: None,
             timeout_ms: 10_000,
             outbox_dir: PathBuf::from("data/outbox"),
+            operator_address: None,
         }
     }
 }

@@ -31,6 +31,7 @@ mod export;
 mod generations;
 mod notices;
 mod notify;
+mod operator_exports;
 mod orders;
 mod retention;
 mod schedules;

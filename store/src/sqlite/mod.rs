@@ -30,6 +30,7 @@ mod deletion;
 mod export;
 mod generations;
 mod notices;
+mod operator_exports;
 mod orders;
 mod retention;
 mod schedules;

@@ -6,6 +6,7 @@ mod generate_image;
 mod links;
 mod moderation;
 mod notify_users;
+mod operator_export;
 mod probe;
 mod retention_purge;
 mod send_notice;
@@ -18,6 +19,7 @@ pub use data_export::{DataExportHandler, EXPORT_SCHEMA_VERSION};
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
 pub use notify_users::NotifyUsersHandler;
+pub use operator_export::OperatorExportHandler;
 pub use probe::ProbeHandler;
 pub use retention_purge::RetentionPurgeHandler;
 pub use send_notice::{ExportLinks, SendEmailHandler, SendSmsHandler};
@@ -68,6 +70,8 @@ pub struct Deps {
     pub export_link_ttl: std::time::Duration,
     /// Accounts per `notify_users` transaction (`worker.notify_batch`).
     pub notify_batch: u32,
+    /// Where scheduled exports are announced (`email.operator_address`).
+    pub operator_email: Option<String>,
 }
 
 /// `worker.notify_batch`'s default.
@@ -100,6 +104,7 @@ impl Deps {
             clock: Clock::system(),
             export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
             notify_batch: DEFAULT_NOTIFY_BATCH,
+            operator_email: settings.email.operator_address.clone(),
         })
     }
 
@@ -127,6 +132,7 @@ impl Deps {
             clock: Clock::system(),
             export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
             notify_batch: DEFAULT_NOTIFY_BATCH,
+            operator_email: None,
         }
     }
 }
@@ -191,6 +197,14 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
         })
         .register(NotifyUsersHandler {
             batch: deps.notify_batch,
+        })
+        .register(OperatorExportHandler {
+            objects: deps.objects.clone(),
+            mailer: deps.mailer.clone(),
+            product_name: deps.product_name.clone(),
+            operator_email: deps.operator_email.clone(),
+            links: deps.links.with_ttl(deps.export_link_ttl),
+            retention: retention.clone(),
         })
 }
 

@@ -2,7 +2,10 @@ use std::{collections::HashSet, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use kiln_jobs::{DataClass, JobError, RetentionPurge, RetentionPurgeResult, RetentionSettings};
+use kiln_jobs::{
+    DataClass, JobError, OperatorExportKind, RetentionPurge, RetentionPurgeResult,
+    RetentionSettings,
+};
 use kiln_store::{Objects, Store, metrics::metrics};
 use uuid::Uuid;
 
@@ -62,6 +65,15 @@ impl Handler<RetentionPurge> for RetentionPurgeHandler {
                 {
                     break;
                 }
+            }
+            // The operators' archives of this class go with its records.
+            if let Some(kind) = archive_of(class) {
+                let n = self.expire_archives(ctx.store(), kind, before).await?;
+                metrics()
+                    .retention_purged
+                    .with_label_values(&[class.as_str()])
+                    .inc_by(n);
+                purged += n;
             }
             result.purged.insert(class, purged);
         }
@@ -158,6 +170,28 @@ impl RetentionPurgeHandler {
         Ok(deleted)
     }
 
+    /// Deletes the scheduled exports of `kind` whose period ended by
+    /// `before` (file first, then its record); returns how many.
+    async fn expire_archives(
+        &self,
+        store: &Store,
+        kind: OperatorExportKind,
+        before: DateTime<Utc>,
+    ) -> Result<u64, JobError> {
+        let mut deleted = 0;
+        loop {
+            let due = store.expired_operator_exports(kind, before, BATCH).await?;
+            for export in &due {
+                self.objects.delete(&export.object_key).await?;
+                store.delete_operator_export(export.id).await?;
+            }
+            deleted += due.len() as u64;
+            if due.len() < BATCH as usize {
+                return Ok(deleted);
+            }
+        }
+    }
+
     async fn delete_objects(&self, keys: &mut Vec<String>) -> Result<u64, JobError> {
         for key in keys.iter() {
             self.objects.delete(key).await?;
@@ -165,6 +199,15 @@ impl RetentionPurgeHandler {
         let n = keys.len() as u64;
         keys.clear();
         Ok(n)
+    }
+}
+
+/// The scheduled export that holds a class's records, if one does.
+fn archive_of(class: DataClass) -> Option<OperatorExportKind> {
+    match class {
+        DataClass::Payments => Some(OperatorExportKind::Accounting),
+        DataClass::AccessLog => Some(OperatorExportKind::AccessLog),
+        _ => None,
     }
 }
 
