@@ -18,6 +18,7 @@ mod key_file;
 pub mod metrics;
 mod model;
 mod objects;
+pub mod operators;
 pub mod orders;
 mod pii;
 mod postgres;
