@@ -9,6 +9,7 @@ mod jobs;
 mod me;
 mod metrics;
 mod openapi;
+mod operators;
 mod payments;
 mod upscales;
 
@@ -36,6 +37,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::routes(state.shop.dev.is_some()))
         .merge(me::routes())
         .merge(admin::routes())
+        .merge(operators::routes())
         .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())
