@@ -700,12 +700,13 @@ pub struct BulkResult {
     security(("bearer" = [])),
     request_body = BulkRequest,
     responses(
-        (status = 200, description = "the action applied to every job the filter matches, 1,000 per statement, each batch its own transaction; the counts", body = BulkResult),
+        (status = 200, description = "the action applied to every job the filter matches, 1,000 per statement, each batch its own transaction; the counts (an action that outlasts the request timeout finishes anyway, its counts in the access log)", body = BulkResult),
         (status = 400, description = "malformed body", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
         (status = 403, description = "`forbidden`: not an operator", body = Problem),
         (status = 415, description = "not JSON", body = Problem),
         (status = 422, description = "unknown action, state, kind or queue; an empty filter", body = Problem),
+        (status = 503, description = "`timeout`: still at work; the access log will have the counts", body = Problem),
     ))]
 async fn bulk(
     State(state): State<AppState>,
@@ -719,25 +720,30 @@ async fn bulk(
             "give the filter at least one of state, kind, queue or owner",
         ));
     }
-    let (count, cancelling) = match body.action {
-        BulkAction::Retry => (state.store.retry_jobs(&filter).await?, 0),
-        BulkAction::Discard => (state.store.discard_jobs(&filter).await?, 0),
-        BulkAction::Cancel => state.store.cancel_jobs(&filter).await?,
-    };
-    let detail = json!({
-        "action": body.action, "filter": body.filter, "count": count, "cancelling": cancelling,
+    // Its own task: a large action that outlasts the request's timeout
+    // still finishes its batches and is still written to the log.
+    let work = tokio::spawn(async move {
+        let (count, cancelling) = match body.action {
+            BulkAction::Retry => (state.store.retry_jobs(&filter).await?, 0),
+            BulkAction::Discard => (state.store.discard_jobs(&filter).await?, 0),
+            BulkAction::Cancel => state.store.cancel_jobs(&filter).await?,
+        };
+        let detail = json!({
+            "action": body.action, "filter": body.filter, "count": count, "cancelling": cancelling,
+        });
+        audit(
+            &state,
+            operator,
+            AccessEvent::OperatorBulkAction,
+            &origin,
+            detail,
+        )
+        .await?;
+        Ok(BulkResult {
+            action: body.action,
+            count,
+            cancelling,
+        })
     });
-    audit(
-        &state,
-        operator,
-        AccessEvent::OperatorBulkAction,
-        &origin,
-        detail,
-    )
-    .await?;
-    Ok(Json(BulkResult {
-        action: body.action,
-        count,
-        cancelling,
-    }))
+    work.await.map_err(Problem::internal)?.map(Json)
 }
