@@ -228,7 +228,23 @@ async fn retry_brings_a_dead_job_back_with_its_history(store: Store, _: &TestDat
         .unwrap();
 
     assert_eq!(store.retry_jobs(&JobFilter::job(ok)).await.unwrap(), 0);
+    let mut events = store.subscribe();
     assert_eq!(store.retry_jobs(&JobFilter::job(id)).await.unwrap(), 1);
+    // Idle workers of its queue are woken.
+    let woken = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(kiln_store::StoreEvent::JobsAvailable(Some(q))) = events.recv().await
+                && q == "default"
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        woken.is_ok(),
+        "no JobsAvailable for the retried job's queue"
+    );
     let back = store.get(id).await.unwrap().unwrap();
     assert_eq!(back.state, JobState::Available);
     assert_eq!(back.errors.len(), 1, "the history is kept");

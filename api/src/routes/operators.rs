@@ -416,10 +416,9 @@ impl From<JobRecord> for OperatorJobDetail {
 }
 
 /// Which jobs: every field given must match.
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterFields {
-    #[param(value_type = Option<String>, example = "failed")]
     #[schema(value_type = Option<String>, example = "failed")]
     pub state: Option<JobState>,
     pub kind: Option<String>,
