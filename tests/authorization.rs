@@ -41,6 +41,9 @@ fn case(method: Method, template: &'static str, expect: [u16; 5]) -> Case {
     }
 }
 
+/// Anonymous 401, users 403, the operator 200.
+const OPERATOR_ONLY: [u16; 5] = [401, 403, 403, 403, 200];
+
 /// Every operation, in the order they are asked: what changes an account
 /// (logout, restriction, deleting the image and the accounts) comes where it cannot
 /// disturb the rest, and the owner asks last.
@@ -77,6 +80,7 @@ fn matrix() -> Vec<Case> {
             "/admin/v1/subject-requests",
             [401, 403, 403, 403, 200],
         ),
+        case(M::GET, "/admin/v1/exports", [401, 403, 403, 403, 200]),
         case(M::GET, "/v1/policy", [200; 5]),
         case(M::POST, "/v1/me/policy-ack", [401, 204, 204, 204, 204]),
         case(
@@ -94,6 +98,22 @@ fn matrix() -> Vec<Case> {
             "/admin/v1/notices/security/{id}",
             [401, 403, 403, 403, 200],
         ),
+        // The operators' queue and job API: operators only. Each action
+        // has a job of its own that it applies to (see `World::request`).
+        case(M::GET, "/admin/v1/queues", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/queues/{queue}/pause", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/queues/{queue}/resume", OPERATOR_ONLY),
+        case(
+            M::PUT,
+            "/admin/v1/queues/{queue}/concurrency",
+            OPERATOR_ONLY,
+        ),
+        case(M::GET, "/admin/v1/jobs", OPERATOR_ONLY),
+        case(M::GET, "/admin/v1/jobs/{id}", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/jobs/{id}/retry", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/jobs/{id}/discard", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/jobs/{id}/cancel", OPERATOR_ONLY),
+        case(M::POST, "/admin/v1/jobs/bulk", OPERATOR_ONLY),
         // Open to a restricted account (the right of access); Ada's own
         // export is still waiting (no worker here), so hers is refused:
         // one at a time.
@@ -129,6 +149,9 @@ struct World {
     notice: Uuid,
     file: String,
     fresh: AtomicU32,
+    /// Jobs with no owner for the operators' retry (a discarded one),
+    /// discard and cancel (waiting ones).
+    system_jobs: [Uuid; 3],
 }
 
 /// A published policy version everyone may acknowledge.
@@ -205,6 +228,26 @@ impl World {
                     json!({"subject": {"en": "Incident"}, "body": {"en": "Details"}, "all": true}),
                 ),
             ),
+            (_, t) if t.starts_with("/admin/v1/queues/") => (
+                t.replace("{queue}", "default"),
+                t.ends_with("/concurrency").then(|| json!({"limit": null})),
+            ),
+            ("POST", "/admin/v1/jobs/bulk") => (
+                c.template.into(),
+                Some(json!({"action": "retry", "filter": {"queue": "default"}})),
+            ),
+            (_, t) if t.starts_with("/admin/v1/jobs/{id}/") => {
+                let [retry, discard, cancel] = self.system_jobs;
+                let id = match t.rsplit('/').next() {
+                    Some("retry") => retry,
+                    Some("discard") => discard,
+                    _ => cancel,
+                };
+                (t.replace("{id}", &id.to_string()), None)
+            }
+            ("GET", "/admin/v1/jobs/{id}") => {
+                (c.template.replace("{id}", &self.job.to_string()), None)
+            }
             (_, "/v1/files/{key}") => (self.file.clone(), None),
             (_, t) => (
                 t.replace(
@@ -311,6 +354,13 @@ async fn world() -> World {
         job_id: None,
     };
     store.record_security_notice(&notice, &[]).await.unwrap();
+    let mut system_jobs = [Uuid::nil(); 3];
+    for id in &mut system_jobs {
+        let probe = kiln_store::NewJob::of(&kiln_jobs::Probe::default()).unwrap();
+        *id = store.enqueue(probe).await.unwrap().id;
+    }
+    let dead = kiln_store::operators::JobFilter::job(system_jobs[0]);
+    assert_eq!(store.discard_jobs(&dead).await.unwrap(), 1);
     World {
         notice: notice.id,
         api,
@@ -320,6 +370,7 @@ async fn world() -> World {
         export,
         file,
         fresh: AtomicU32::new(0),
+        system_jobs,
     }
 }
 

@@ -91,6 +91,20 @@ pub fn spec(kind: &str) -> Option<&'static KindSpec> {
     KINDS.iter().find(|s| s.kind == kind)
 }
 
+/// Every queue some kind runs on, sorted, each once: the queues operators
+/// can see and act on.
+pub fn queues() -> Vec<&'static str> {
+    let mut queues: Vec<&'static str> = KINDS.iter().map(|s| s.queue).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    queues
+}
+
+/// Whether some kind runs on `queue`.
+pub fn is_queue(queue: &str) -> bool {
+    KINDS.iter().any(|s| s.queue == queue)
+}
+
 /// The policy of a kind; `None` for a kind this build does not know (the
 /// caller decides what that means: see [`UNKNOWN_KIND_BACKOFF`]).
 pub fn policy(kind: &str) -> Option<Policy> {

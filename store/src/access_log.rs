@@ -50,11 +50,27 @@ pub enum AccessEvent {
     PolicyPublished,
     /// An operator sent a security notice (the operator's entry).
     SecurityNoticeSent,
+    /// An operator read one job in full, payload included.
+    OperatorJobRead,
+    /// An operator retried a job.
+    OperatorJobRetried,
+    /// An operator discarded a job (it ends `failed`, never run again).
+    OperatorJobDiscarded,
+    /// An operator cancelled a job.
+    OperatorJobCancelled,
+    /// An operator retried, discarded or cancelled the jobs a filter matched.
+    OperatorBulkAction,
+    /// An operator paused a queue.
+    OperatorQueuePaused,
+    /// An operator resumed a queue.
+    OperatorQueueResumed,
+    /// An operator set or cleared a queue's concurrency limit.
+    OperatorQueueConcurrency,
 }
 
 impl AccessEvent {
     /// Every event, to read a stored name back.
-    pub const ALL: [AccessEvent; 18] = [
+    pub const ALL: [AccessEvent; 26] = [
         AccessEvent::Register,
         AccessEvent::RegistrationAttempt,
         AccessEvent::Verify,
@@ -73,6 +89,14 @@ impl AccessEvent {
         AccessEvent::PolicyAcknowledged,
         AccessEvent::PolicyPublished,
         AccessEvent::SecurityNoticeSent,
+        AccessEvent::OperatorJobRead,
+        AccessEvent::OperatorJobRetried,
+        AccessEvent::OperatorJobDiscarded,
+        AccessEvent::OperatorJobCancelled,
+        AccessEvent::OperatorBulkAction,
+        AccessEvent::OperatorQueuePaused,
+        AccessEvent::OperatorQueueResumed,
+        AccessEvent::OperatorQueueConcurrency,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +119,14 @@ impl AccessEvent {
             AccessEvent::PolicyAcknowledged => "policy_acknowledged",
             AccessEvent::PolicyPublished => "policy_published",
             AccessEvent::SecurityNoticeSent => "security_notice_sent",
+            AccessEvent::OperatorJobRead => "operator_job_read",
+            AccessEvent::OperatorJobRetried => "operator_job_retried",
+            AccessEvent::OperatorJobDiscarded => "operator_job_discarded",
+            AccessEvent::OperatorJobCancelled => "operator_job_cancelled",
+            AccessEvent::OperatorBulkAction => "operator_bulk_action",
+            AccessEvent::OperatorQueuePaused => "operator_queue_paused",
+            AccessEvent::OperatorQueueResumed => "operator_queue_resumed",
+            AccessEvent::OperatorQueueConcurrency => "operator_queue_concurrency",
         }
     }
 
@@ -117,6 +149,9 @@ pub struct AccessEntry {
     pub event: AccessEvent,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// What an operator's action touched (a job id, a queue, a filter and
+    /// counts); never a payload. None for every other event.
+    pub detail: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -129,6 +164,15 @@ pub trait AccessLog: Send + Sync {
         user: Option<UserId>,
         event: AccessEvent,
         origin: &Origin,
+    ) -> Result<i64, StoreError>;
+    /// Appends an operator's action with what it touched (`detail`: ids,
+    /// queue, filter, counts; never a payload) and answers its id.
+    async fn record_audit(
+        &self,
+        operator: UserId,
+        event: AccessEvent,
+        origin: &Origin,
+        detail: &serde_json::Value,
     ) -> Result<i64, StoreError>;
     /// A user's entries, newest first, older than `before` when given.
     async fn access_log(

@@ -20,6 +20,7 @@ mod model;
 pub mod notices;
 mod objects;
 pub mod operator_exports;
+pub mod operators;
 pub mod orders;
 mod pii;
 mod postgres;

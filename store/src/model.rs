@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 /// Where a job is in its life. `scheduled` and `retryable` wait for their
 /// `run_at`; `succeeded`, `failed` and `cancelled` are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Scheduled,

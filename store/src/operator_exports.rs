@@ -108,7 +108,7 @@ pub(crate) fn records(rows: Vec<ExportRow>) -> Result<Vec<OperatorExportRecord>,
         .collect()
 }
 
-pub(crate) const ARCHIVE_COLUMNS: &str = "id, user_id, event, ip, user_agent, created_at";
+pub(crate) const ARCHIVE_COLUMNS: &str = "id, user_id, event, ip, user_agent, detail, created_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct ArchiveRow {
@@ -117,6 +117,7 @@ pub(crate) struct ArchiveRow {
     event: String,
     ip: Option<String>,
     user_agent: Option<String>,
+    detail: Option<crate::codec::Json>,
     created_at: Time,
 }
 
@@ -134,6 +135,7 @@ pub(crate) fn archived(
                     })?,
                     ip: r.ip,
                     user_agent: r.user_agent,
+                    detail: r.detail.map(|d| d.0),
                     created_at: r.created_at.0,
                 },
             ))

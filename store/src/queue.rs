@@ -81,7 +81,8 @@ pub trait JobWrites: Send + Sync + 'static {
     async fn enqueue_many(&self, jobs: Vec<NewJob>) -> Result<Vec<(usize, Uuid)>, StoreError>;
 
     /// Claims up to `limit` due jobs from `queues` for `worker`, skipping
-    /// paused queues, in priority then per-owner round-robin order. Each
+    /// paused queues and those with a concurrency limit (claimed by
+    /// `OperatorWrites::claim_capped`), in priority then per-owner round-robin order. Each
     /// claim spends an attempt and bumps the token.
     async fn claim(
         &self,
@@ -170,6 +171,7 @@ pub trait Database:
     + crate::export::Export
     + crate::notices::Notices
     + crate::operator_exports::OperatorExports
+    + crate::operators::Operators
 {
 }
 
@@ -186,12 +188,13 @@ impl<
         + crate::subject_requests::SubjectRequests
         + crate::export::Export
         + crate::notices::Notices
-        + crate::operator_exports::OperatorExports,
+        + crate::operator_exports::OperatorExports
+        + crate::operators::Operators,
 > Database for T
 {
 }
 
 /// A database engine: everything, as the [`Store`](crate::Store) sees it.
-pub trait Engine: Database + JobWrites {}
+pub trait Engine: Database + JobWrites + crate::operators::OperatorWrites {}
 
-impl<T: Database + JobWrites> Engine for T {}
+impl<T: Database + JobWrites + crate::operators::OperatorWrites> Engine for T {}

@@ -59,6 +59,17 @@ const STORED_COLUMNS: [&str; 27] = [
 /// old row. A finished job holds no lease. The caller removes the row from
 /// `jobs` in the same statement (Postgres) or transaction (SQLite).
 pub(crate) fn move_finished(set: &[(&str, &str)], source: &str) -> String {
+    move_row("finished_jobs", set, source)
+}
+
+/// `INSERT INTO jobs (…) SELECT …`: the insert that brings a finished job
+/// (an operator's retry) back into `jobs`, as [`move_finished`] moves one
+/// out.
+pub(crate) fn move_unfinished(set: &[(&str, &str)], source: &str) -> String {
+    move_row("jobs", set, source)
+}
+
+fn move_row(table: &str, set: &[(&str, &str)], source: &str) -> String {
     let lease = [("lease_owner", "NULL"), ("lease_expires_at", "NULL")];
     let values: Vec<String> = STORED_COLUMNS
         .iter()
@@ -70,7 +81,7 @@ pub(crate) fn move_finished(set: &[(&str, &str)], source: &str) -> String {
         })
         .collect();
     format!(
-        "INSERT INTO finished_jobs ({}) SELECT {} FROM {source}",
+        "INSERT INTO {table} ({}) SELECT {} FROM {source}",
         STORED_COLUMNS.join(", "),
         values.join(", ")
     )
@@ -364,7 +375,7 @@ pub(crate) fn credit_entries(rows: Vec<CreditEntryRow>) -> Result<Vec<CreditEntr
     rows.into_iter().map(CreditEntry::try_from).collect()
 }
 
-pub(crate) const ACCESS_COLUMNS: &str = "id, event, ip, user_agent, created_at";
+pub(crate) const ACCESS_COLUMNS: &str = "id, event, ip, user_agent, detail, created_at";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct AccessRow {
@@ -372,6 +383,7 @@ pub(crate) struct AccessRow {
     event: String,
     ip: Option<String>,
     user_agent: Option<String>,
+    detail: Option<Json>,
     created_at: Time,
 }
 
@@ -384,6 +396,7 @@ pub(crate) fn access_entries(rows: Vec<AccessRow>) -> Result<Vec<AccessEntry>, S
                     .ok_or_else(|| StoreError::Corrupt(format!("access event {:?}", r.event)))?,
                 ip: r.ip,
                 user_agent: r.user_agent,
+                detail: r.detail.map(|d| d.0),
                 created_at: r.created_at.0,
             })
         })

@@ -6,8 +6,8 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::{
-    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, Lease, NewJob, Pii, Rescued,
-    StoreError, StoreEvent,
+    CancelOutcome, ClaimedJob, Completion, Enqueued, Failure, JobState, Lease, NewJob, Pii,
+    Rescued, StoreError, StoreEvent,
     accounts::{
         CodeRecord, Contacts, Identifier, LoginRecord, NewCode, NewUser, Profile, StoredContacts,
         UserCreated,
@@ -15,6 +15,7 @@ use crate::{
     generations::{BatchEnqueued, GenerationEnqueued, NewGeneration, NewGenerationBatch},
     group_commit::GroupCommit,
     metrics::metrics,
+    operators::{JobFilter, LimitedQueues, QueueOverview},
     queue::{Database, Engine},
     schedules::SlotFired,
     sessions::SessionCache,
@@ -37,6 +38,8 @@ pub struct Store {
     events: broadcast::Sender<StoreEvent>,
     sessions: Arc<SessionCache>,
     group_commit: GroupCommit,
+    /// Which queues have a concurrency limit, as the claim path last read.
+    limited: Arc<LimitedQueues>,
 }
 
 impl Deref for Store {
@@ -65,6 +68,7 @@ impl Store {
             events,
             sessions,
             group_commit,
+            limited: Arc::default(),
         }
     }
 
@@ -333,7 +337,20 @@ impl Store {
         if queues.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let claimed = self.engine.claim(worker, queues, limit, lease).await?;
+        // Limited queues first: the plain claim would otherwise take every
+        // free slot under a backlog elsewhere, and it skips them anyway.
+        let limited = self.limited.among(queues, &*self.engine).await?;
+        let mut claimed = if limited.is_empty() {
+            Vec::new()
+        } else {
+            self.engine
+                .claim_capped(worker, &limited, limit, lease)
+                .await?
+        };
+        let rest = limit.saturating_sub(claimed.len() as u32);
+        if rest > 0 {
+            claimed.extend(self.engine.claim(worker, queues, rest, lease).await?);
+        }
         self.leases_changed(claimed.iter().map(|j| &j.lease));
         Ok(claimed)
     }
@@ -666,4 +683,113 @@ fn fan_out_job(broadcast: kiln_jobs::Broadcast) -> Result<NewJob, StoreError> {
     Ok(NewJob::of(&kiln_jobs::NotifyUsers { broadcast })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?
         .idempotency_key(key))
+}
+
+/// What operators see and do (see `operators.rs`).
+impl Store {
+    /// Every queue with its counts, settings and recent throughput.
+    pub async fn queue_overview(&self) -> Result<Vec<QueueOverview>, StoreError> {
+        let now = chrono::Utc::now();
+        let settings = self.engine.queue_settings().await?;
+        let live = self.engine.live_counts(now).await?;
+        let failed = self.engine.failed_counts().await?;
+        let finished = self.engine.finished_counts(now).await?;
+        Ok(crate::operators::overview(
+            now, settings, live, failed, finished,
+        ))
+    }
+
+    /// Sets (None: clears) a queue's concurrency limit; every claim path
+    /// obeys it within a second, this process's at once.
+    pub async fn set_concurrency_limit(
+        &self,
+        queue: &str,
+        limit: Option<u32>,
+    ) -> Result<(), StoreError> {
+        self.engine.set_concurrency_limit(queue, limit).await?;
+        self.limited.forget();
+        // A cleared or raised limit may leave free slots for waiting jobs.
+        self.tell([StoreEvent::JobsAvailable(Some(queue.to_owned()))]);
+        Ok(())
+    }
+
+    /// Retries what `filter` matches, [`BATCH`](crate::operators::BATCH)
+    /// jobs per statement, each its own transaction: failed and cancelled
+    /// jobs that ended before this call run again, waiting ones become due
+    /// now. Returns how many.
+    pub async fn retry_jobs(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        let started = chrono::Utc::now();
+        let mut total = 0;
+        loop {
+            let batch = self
+                .engine
+                .retry_batch(filter, started, crate::operators::BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            total += batch.len() as u64;
+            let queues: BTreeSet<String> = batch.iter().map(|t| t.queue.clone()).collect();
+            self.changed(batch.iter().filter(|t| t.owned).map(|t| t.id));
+            self.tell(
+                queues
+                    .into_iter()
+                    .map(|q| StoreEvent::JobsAvailable(Some(q))),
+            );
+        }
+    }
+
+    /// Discards the waiting jobs `filter` matches, in batches: each ends
+    /// `failed` with a `discarded` error (dead, kept for a later retry),
+    /// its credits refunded. Running jobs are left alone (cancel them).
+    pub async fn discard_jobs(&self, filter: &JobFilter) -> Result<u64, StoreError> {
+        self.end_waiting(filter, JobState::Failed, "discarded by an operator")
+            .await
+    }
+
+    /// Cancels what `filter` matches, in batches, as an owner's cancel
+    /// does: waiting jobs end `cancelled` at once (credits refunded),
+    /// running ones are told to stop. Returns (cancelled now, cancelling).
+    pub async fn cancel_jobs(&self, filter: &JobFilter) -> Result<(u64, u64), StoreError> {
+        let cancelled = self
+            .end_waiting(filter, JobState::Cancelled, "cancelled by an operator")
+            .await?;
+        let mut cancelling = 0;
+        loop {
+            let batch = self
+                .engine
+                .request_cancel_batch(filter, crate::operators::BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok((cancelled, cancelling));
+            }
+            cancelling += batch.len() as u64;
+            self.tell(batch.iter().flat_map(|t| {
+                [
+                    StoreEvent::JobChanged(t.id),
+                    StoreEvent::CancelRequested(t.id),
+                ]
+            }));
+        }
+    }
+
+    async fn end_waiting(
+        &self,
+        filter: &JobFilter,
+        state: JobState,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let batch = self
+                .engine
+                .end_waiting_batch(filter, state, reason, crate::operators::BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            total += batch.len() as u64;
+            self.changed(batch.iter().filter(|t| t.owned).map(|t| t.id));
+        }
+    }
 }

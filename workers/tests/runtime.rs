@@ -26,6 +26,8 @@ kiln_store::both_databases!(
     job_of_a_lost_worker_is_rescued_and_succeeds,
     handler_progress_is_visible,
     claims_grow_with_the_backlog_up_to_max_batch_size,
+    a_paused_queue_waits_in_every_worker_until_resumed,
+    a_concurrency_limit_caps_running_handlers_across_workers,
 );
 
 fn config() -> WorkerConfig {
@@ -354,4 +356,89 @@ async fn handler_progress_is_visible(store: Store, _: &TestDatabase) {
     let job = wait_final(&store, id).await;
     assert_eq!(job.progress, 100);
     worker.shutdown().await;
+}
+
+/// Two worker processes' runtimes over one database: neither claims from a
+/// paused queue (through several polls), and resuming lets the job run.
+async fn a_paused_queue_waits_in_every_worker_until_resumed(store: Store, db: &TestDatabase) {
+    store.pause_queue("default").await.unwrap();
+    let other = db.store().await.unwrap();
+    let workers = [start(&store, config()), start(&other, config())];
+    let id = enqueue(&store, Probe::default()).await;
+    // Other queues still run meanwhile.
+    let purge = store
+        .enqueue(NewJob::of(&kiln_jobs::RetentionPurge {}).unwrap())
+        .await
+        .unwrap()
+        .id;
+    wait_final(&store, purge).await;
+    // Five polls of each worker.
+    tokio::time::sleep(config().poll_interval_ms * 5).await;
+    let waiting = store.get(id).await.unwrap().unwrap();
+    assert_eq!(waiting.state, JobState::Available, "{waiting:?}");
+    assert_eq!(waiting.attempt, 0);
+
+    store.resume_queue("default").await.unwrap();
+    let done = wait_final(&store, id).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    for w in workers {
+        w.shutdown().await;
+    }
+}
+
+/// A limit of 2 on `default`, two workers of 4 slots each: no more than
+/// two probes ever run at once, and all of them finish.
+async fn a_concurrency_limit_caps_running_handlers_across_workers(store: Store, db: &TestDatabase) {
+    store
+        .set_concurrency_limit("default", Some(2))
+        .await
+        .unwrap();
+    let other = db.store().await.unwrap();
+    let workers = [start(&store, config()), start(&other, config())];
+    let jobs: Vec<_> = (0..8)
+        .map(|_| {
+            NewJob::of(&Probe {
+                sleep_ms: 150,
+                ..Probe::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let ids = store.enqueue_many(jobs).await.unwrap();
+    let running = kiln_store::operators::JobFilter {
+        state: Some(JobState::Running),
+        ..Default::default()
+    };
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now_running = store
+            .operator_jobs(&running, None, 100)
+            .await
+            .unwrap()
+            .len();
+        most = most.max(now_running);
+        let mut finished = 0;
+        for id in &ids {
+            if store.get(*id).await.unwrap().unwrap().state.is_final() {
+                finished += 1;
+            }
+        }
+        if finished == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{finished} of 8 finished"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most <= 2, "{most} ran at once under a limit of 2");
+    assert!(most >= 1);
+    for id in &ids {
+        assert_eq!(wait_final(&store, *id).await.state, JobState::Succeeded);
+    }
+    for w in workers {
+        w.shutdown().await;
+    }
 }

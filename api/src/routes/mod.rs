@@ -10,6 +10,7 @@ mod me;
 mod metrics;
 mod notices;
 mod openapi;
+mod operators;
 mod payments;
 mod upscales;
 
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::routes())
         .merge(admin::routes())
         .merge(notices::routes())
+        .merge(operators::routes())
         .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())

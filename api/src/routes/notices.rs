@@ -223,7 +223,12 @@ async fn publish(
     };
     state
         .store
-        .record_access(Some(operator), AccessEvent::PolicyPublished, &origin)
+        .record_audit(
+            operator,
+            AccessEvent::PolicyPublished,
+            &origin,
+            &serde_json::json!({"version": version.version, "job_id": job_id}),
+        )
         .await?;
     tracing::info!(%operator, version = %version.version, %job_id, "policy version published");
     Ok((
@@ -342,7 +347,16 @@ async fn security_notice(
     notice.job_id = Some(job_id);
     state
         .store
-        .record_access(Some(operator), AccessEvent::SecurityNoticeSent, &origin)
+        .record_audit(
+            operator,
+            AccessEvent::SecurityNoticeSent,
+            &origin,
+            &serde_json::json!({
+                "notice_id": notice.id,
+                "job_id": job_id,
+                "accounts": if audience.is_empty() { serde_json::json!("all") } else { serde_json::json!(audience.len()) },
+            }),
+        )
         .await?;
     tracing::info!(%operator, notice = %notice.id, %job_id, accounts = audience.len(), "security notice queued");
     Ok((StatusCode::ACCEPTED, Json(resource(&state, notice).await?)))

@@ -29,6 +29,27 @@ impl AccessLog for PgStore {
         Ok(id)
     }
 
+    async fn record_audit(
+        &self,
+        operator: UserId,
+        event: AccessEvent,
+        origin: &Origin,
+        detail: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO access_log (user_id, event, ip, user_agent, detail)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(operator.0)
+        .bind(event.as_str())
+        .bind(&origin.ip)
+        .bind(&origin.user_agent)
+        .bind(detail)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
     async fn access_log(
         &self,
         user: UserId,

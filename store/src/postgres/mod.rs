@@ -32,6 +32,7 @@ mod generations;
 mod notices;
 mod notify;
 mod operator_exports;
+mod operators;
 mod orders;
 mod retention;
 mod schedules;
@@ -497,19 +498,21 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// The claim statement, built once: it runs on every claim.
-static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+/// A claim statement: the best `$2` due jobs across the queues `from`
+/// lists (as `q(name, …)`), at most `per_queue` of each, skipping queues
+/// whose settings row matches `skip`.
+fn claim_sql(from: &str, skip: &str, per_queue: &str) -> String {
     format!(
         "WITH picked AS (
-                 SELECT j.id AS picked_id FROM unnest($1::text[]) AS q(name)
+                 SELECT j.id AS picked_id FROM {from}
                  CROSS JOIN LATERAL (
                      SELECT id, priority, fair_seq, run_at FROM jobs
                      WHERE queue = q.name
                        AND state IN ('available', 'scheduled', 'retryable')
                        AND run_at <= now()
-                       AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND p.paused)
+                       AND NOT EXISTS (SELECT 1 FROM queues p WHERE p.name = q.name AND ({skip}))
                      ORDER BY priority DESC, fair_seq, run_at, id
-                     LIMIT $2
+                     LIMIT {per_queue}
                      FOR UPDATE SKIP LOCKED
                  ) j
                  ORDER BY j.priority DESC, j.fair_seq, j.run_at, j.id
@@ -521,6 +524,26 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                  started_at = now(), updated_at = now()
              FROM picked WHERE j.id = picked.picked_id
              RETURNING {CLAIM_COLUMNS}"
+    )
+}
+
+/// The claim statement, built once: it runs on every claim. Queues with a
+/// concurrency limit are left to [`CLAIM_CAPPED_SQL`].
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    claim_sql(
+        "unnest($1::text[]) AS q(name)",
+        "p.paused OR p.concurrency_limit IS NOT NULL",
+        "$2",
+    )
+});
+
+/// The claim of limited queues: `$5` is each queue's free slots, counted
+/// under the lock of its settings row (`operators.rs`).
+static CLAIM_CAPPED_SQL: LazyLock<String> = LazyLock::new(|| {
+    claim_sql(
+        "unnest($1::text[], $5::bigint[]) AS q(name, cap)",
+        "p.paused",
+        "q.cap",
     )
 });
 

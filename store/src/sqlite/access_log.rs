@@ -30,6 +30,28 @@ impl AccessLog for SqliteStore {
         Ok(id)
     }
 
+    async fn record_audit(
+        &self,
+        operator: UserId,
+        event: AccessEvent,
+        origin: &Origin,
+        detail: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        let id = sqlx::query_scalar(
+            "INSERT INTO access_log (user_id, event, ip, user_agent, detail, created_at)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(operator.to_string())
+        .bind(event.as_str())
+        .bind(&origin.ip)
+        .bind(&origin.user_agent)
+        .bind(detail.to_string())
+        .bind(now_ms())
+        .fetch_one(&self.writer)
+        .await?;
+        Ok(id)
+    }
+
     async fn access_log(
         &self,
         user: UserId,

@@ -31,6 +31,7 @@ mod export;
 mod generations;
 mod notices;
 mod operator_exports;
+mod operators;
 mod orders;
 mod retention;
 mod schedules;
@@ -637,7 +638,8 @@ impl JobWrites for SqliteStore {
                  WHERE state IN ('available', 'scheduled', 'retryable')
                    AND run_at <= ?3
                    AND queue IN ({placeholders})
-                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
+                   AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue
+                                   AND (q.paused OR q.concurrency_limit IS NOT NULL))
                  ORDER BY priority DESC, fair_seq, run_at, id
                  LIMIT ?4)
              RETURNING {CLAIM_COLUMNS}"

@@ -230,6 +230,7 @@ async fn access_log(
                 "event": e.event,
                 "ip": e.ip,
                 "user_agent": e.user_agent,
+                "detail": e.detail,
                 "created_at": e.created_at,
             });
             serde_json::to_writer(&mut gz, &line)
