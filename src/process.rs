@@ -385,9 +385,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 
 /// Unique per process, readable in the `lease_owner` column.
 fn worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".to_owned());
+    let host = kiln_workers::hostname();
     format!(
         "{host}-{}-{}",
         std::process::id(),

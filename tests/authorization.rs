@@ -114,6 +114,7 @@ fn matrix() -> Vec<Case> {
         case(M::POST, "/admin/v1/jobs/{id}/discard", OPERATOR_ONLY),
         case(M::POST, "/admin/v1/jobs/{id}/cancel", OPERATOR_ONLY),
         case(M::POST, "/admin/v1/jobs/bulk", OPERATOR_ONLY),
+        case(M::GET, "/admin/v1/workers", OPERATOR_ONLY),
         // Open to a restricted account (the right of access); Ada's own
         // export is still waiting (no worker here), so hers is refused:
         // one at a time.

@@ -1,6 +1,6 @@
 //! Persistence: one [`Store`] in front of two engines (PostgreSQL and
 //! SQLite; SQL and binding only), migrations, object storage, signed URLs,
-//! the verification-code key,
+//! the verification-code key, the worker registry,
 //! and the process's metrics registry.
 
 pub mod access_log;
@@ -36,6 +36,7 @@ mod store;
 pub mod subject_requests;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod workers;
 
 pub use code_key::{CODE_DIGITS, CodeKey};
 pub use connect::{ConnectOptions, connect};

@@ -172,6 +172,7 @@ pub trait Database:
     + crate::notices::Notices
     + crate::operator_exports::OperatorExports
     + crate::operators::Operators
+    + crate::workers::Workers
 {
 }
 
@@ -189,7 +190,8 @@ impl<
         + crate::export::Export
         + crate::notices::Notices
         + crate::operator_exports::OperatorExports
-        + crate::operators::Operators,
+        + crate::operators::Operators
+        + crate::workers::Workers,
 > Database for T
 {
 }

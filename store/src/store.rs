@@ -699,6 +699,48 @@ impl Store {
         ))
     }
 
+    /// Every queue's depth by unfinished state and dead jobs, and its
+    /// oldest due job's age, for the gauges: the backlog (`jobs`) and the
+    /// dead jobs' partial index only, never the finished history.
+    pub async fn queue_depths(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        live: Vec<crate::operators::LiveCount>,
+    ) -> Result<Vec<QueueOverview>, StoreError> {
+        let failed = self.engine.failed_counts().await?;
+        Ok(crate::operators::overview(
+            now,
+            Vec::new(),
+            live,
+            failed,
+            Vec::new(),
+        ))
+    }
+
+    /// Every registered worker process with its status at `now` (see
+    /// `workers.rs`); `live` is the backlog as [`Operators::live_counts`]
+    /// read it at `now`.
+    ///
+    /// [`Operators::live_counts`]: crate::operators::Operators::live_counts
+    pub async fn workers_given(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        live: &[crate::operators::LiveCount],
+    ) -> Result<Vec<crate::workers::Worker>, StoreError> {
+        let rows = self.engine.worker_rows().await?;
+        let settings = self.engine.queue_settings().await?;
+        Ok(crate::workers::classify(now, rows, live, &settings))
+    }
+
+    /// [`Store::workers_given`], reading the backlog itself.
+    pub async fn workers(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::workers::Worker>, StoreError> {
+        let live = self.engine.live_counts(now).await?;
+        self.workers_given(now, &live).await
+    }
+
     /// Sets (None: clears) a queue's concurrency limit; every claim path
     /// obeys it within a second, this process's at once.
     pub async fn set_concurrency_limit(

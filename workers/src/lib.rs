@@ -15,4 +15,4 @@ pub use clock::Clock;
 pub use config::{WorkerConfig, WorkerConfigError};
 pub use context::{JobContext, Outcome};
 pub use registry::{Handler, Registry};
-pub use runtime::{RunError, run};
+pub use runtime::{RunError, hostname, run};

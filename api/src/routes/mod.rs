@@ -13,6 +13,7 @@ mod openapi;
 mod operators;
 mod payments;
 mod upscales;
+mod workers;
 
 use std::time::Duration;
 
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes())
         .merge(notices::routes())
         .merge(operators::routes())
+        .merge(workers::routes())
         .merge(exports::routes())
         .merge(generations::routes())
         .merge(jobs::routes())

@@ -43,6 +43,7 @@ use crate::AppState;
         super::operators::discard,
         super::operators::cancel,
         super::operators::bulk,
+        super::workers::list,
         super::me::access_log,
         super::exports::create,
         super::exports::show,

@@ -37,6 +37,7 @@ mod orders;
 mod retention;
 mod schedules;
 mod subject_requests;
+mod workers;
 
 use generations::insert_generations;
 use notify::Notifier;

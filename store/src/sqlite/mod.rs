@@ -36,6 +36,7 @@ mod orders;
 mod retention;
 mod schedules;
 mod subject_requests;
+mod workers;
 
 use crate::generations::NewGenerationRow;
 use generations::{existing_batch, insert_generations};

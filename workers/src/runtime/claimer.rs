@@ -25,6 +25,8 @@ pub(crate) struct Claimer {
     pub slots: Arc<Semaphore>,
     pub out: mpsc::Sender<Claimed>,
     pub stop: CancellationToken,
+    /// Told of every claim that got a job, for the worker registry.
+    pub last_claim: Arc<super::presence::LastClaim>,
 }
 
 impl Claimer {
@@ -92,6 +94,9 @@ impl Claimer {
             };
             error_delay = Duration::from_millis(100);
             let got = claimed.len();
+            if got > 0 {
+                self.last_claim.now();
+            }
             backlog = got == asked;
             for (job, slot) in claimed.into_iter().zip(slots.drain(..)) {
                 if let Err(unsent) = self.out.send(Claimed { job, slot }).await {

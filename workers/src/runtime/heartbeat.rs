@@ -1,5 +1,5 @@
-//! Keeps this process's leases alive and stops handlers whose job was
-//! cancelled or taken over.
+//! Keeps this process's leases and its registry row alive, and stops
+//! handlers whose job was cancelled or taken over.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,11 +7,12 @@ use kiln_store::{Store, StoreEvent};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::inflight::InFlight;
+use super::{inflight::InFlight, presence::Presence};
 
 pub(crate) async fn run(
     store: Store,
     inflight: Arc<InFlight>,
+    presence: Arc<Presence>,
     every: Duration,
     lease: Duration,
     stop: CancellationToken,
@@ -32,6 +33,7 @@ pub(crate) async fn run(
                 Err(broadcast::error::RecvError::Closed) => stop.cancelled().await,
             },
             _ = tick.tick() => {
+                presence.beat().await;
                 let leases = inflight.leases();
                 if leases.is_empty() {
                     continue;

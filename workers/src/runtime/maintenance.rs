@@ -2,9 +2,9 @@
 //! processes doing it is harmless): rescue jobs whose worker was lost,
 //! make sure finished jobs have somewhere to go in the coming days, and
 //! refresh the queue gauges with one query (and the overdue subject
-//! requests with another).
+//! requests with another), and drop lost workers from the registry.
 
-use kiln_store::{JobState, Store};
+use kiln_store::{JobState, Store, workers::PRUNE_AFTER};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerConfig;
@@ -24,6 +24,7 @@ pub(crate) async fn run(store: Store, config: WorkerConfig, stop: CancellationTo
             tracing::warn!(error = %e, "creating finished-job partitions failed");
         }
         refresh_gauges(&store).await;
+        prune_workers(&store).await;
     }
 }
 
@@ -87,5 +88,16 @@ async fn refresh_gauges(store: &Store) {
                 .with_label_values(&[s.queue.as_str()])
                 .set(oldest.get(s.queue.as_str()).copied().unwrap_or(0.0));
         }
+    }
+}
+
+/// Deletes the registry rows of workers lost over an hour ago.
+async fn prune_workers(store: &Store) {
+    let before = chrono::Utc::now()
+        - chrono::TimeDelta::from_std(PRUNE_AFTER).unwrap_or(chrono::TimeDelta::MAX);
+    match store.prune_workers(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(workers = n, "removed lost workers from the registry"),
+        Err(e) => tracing::warn!(error = %e, "pruning the worker registry failed"),
     }
 }

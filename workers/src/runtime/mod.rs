@@ -9,6 +9,7 @@ pub(crate) mod completer;
 mod heartbeat;
 pub(crate) mod inflight;
 mod maintenance;
+mod presence;
 pub(crate) mod service;
 
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Registry, WorkerConfig, WorkerConfigError};
 use backend::{Claimed, KilnBackend};
+pub use presence::hostname;
 
 /// Why the worker runtime did not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +59,21 @@ pub async fn run(
     let (completed_tx, completed_rx) = mpsc::channel(completer::BATCH * 4);
     let grace_over = CancellationToken::new();
     let background = CancellationToken::new();
+    let presence = Arc::new(presence::Presence::new(
+        store.clone(),
+        &config,
+        &worker_id,
+        queues.clone(),
+        inflight.clone(),
+    ));
+    presence.register().await;
 
     // Upkeep outlives the claimer: leases of running jobs must stay alive
     // through the grace period.
     let heartbeat = tokio::spawn(heartbeat::run(
         store.clone(),
         inflight.clone(),
+        presence.clone(),
         config.heartbeat_interval(),
         config.lease_ms,
         background.clone(),
@@ -86,6 +97,7 @@ pub async fn run(
                     slots: slots.clone(),
                     out: claimed_tx.clone(),
                     stop: shutdown.clone(),
+                    last_claim: presence.last_claim.clone(),
                 }
                 .run(),
             )
@@ -171,6 +183,7 @@ pub async fn run(
     background.cancel();
     let _ = heartbeat.await;
     let _ = maintenance.await;
+    presence.deregister().await;
     tracing::info!(worker = %worker_id, "worker stopped");
     monitor_result.map_err(|e| RunError::Runtime(e.to_string()))
 }
