@@ -19,7 +19,10 @@ pub struct Metrics {
     pub queue_wait_seconds: HistogramVec,
     pub queue_depth: IntGaugeVec,
     pub oldest_due_seconds: GaugeVec,
-    pub workers_busy: IntGaugeVec,
+    pub workers_busy: prometheus::IntGauge,
+    pub workers_alive: prometheus::IntGauge,
+    pub workers_stalled: prometheus::IntGauge,
+    pub build_info: IntGaugeVec,
     pub provider_rate_limit_wait_seconds: HistogramVec,
     pub enqueue_group_size: prometheus::Histogram,
     pub payment_notifications: IntCounterVec,
@@ -51,6 +54,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             registry.register(Box::new(h.clone()))?;
             Ok(h)
         };
+    let gauge = |opts: Opts| -> Result<prometheus::IntGauge, prometheus::Error> {
+        let g = prometheus::IntGauge::with_opts(opts)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
     let metrics = Metrics {
         jobs_enqueued: counter("kiln_jobs_enqueued_total", "Jobs inserted", &["kind"])?,
         jobs_started: counter("kiln_jobs_started_total", "Attempts started", &["kind"])?,
@@ -109,7 +117,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         )?,
         queue_depth: {
             let g = IntGaugeVec::new(
-                Opts::new("kiln_queue_depth", "Jobs by queue and state"),
+                Opts::new(
+                    "kiln_queue_depth",
+                    "Jobs by queue and state: the waiting and running ones (scheduled, available, retryable, running) and the dead ones kept for operators (failed); succeeded and cancelled history is not counted",
+                ),
                 &["queue", "state"],
             )?;
             registry.register(Box::new(g.clone()))?;
@@ -119,20 +130,32 @@ fn build() -> Result<Metrics, prometheus::Error> {
             let g = GaugeVec::new(
                 Opts::new(
                     "kiln_queue_oldest_due_seconds",
-                    "Age of the oldest job that is due and not yet started, by queue",
+                    "Age of the oldest job that is due and not yet started, by queue (0: none is due)",
                 ),
                 &["queue"],
             )?;
             registry.register(Box::new(g.clone()))?;
             g
         },
-        workers_busy: {
+        workers_busy: gauge(Opts::new(
+            "kiln_worker_jobs_running",
+            "Jobs this process is running now (one series per process: Prometheus's instance label tells them apart)",
+        ))?,
+        workers_alive: gauge(Opts::new(
+            "kiln_workers_alive",
+            "Registered worker processes whose heartbeat is current (stalled ones included), as this process's maintenance loop last read the registry",
+        ))?,
+        workers_stalled: gauge(Opts::new(
+            "kiln_workers_stalled",
+            "Worker processes that heartbeat and have free slots but claimed nothing for a while although jobs of their queues are due",
+        ))?,
+        build_info: {
             let g = IntGaugeVec::new(
                 Opts::new(
-                    "kiln_worker_jobs_running",
-                    "Jobs this process is running now",
+                    "kiln_build_info",
+                    "Always 1; the version of kiln this process runs",
                 ),
-                &["worker"],
+                &["version"],
             )?;
             registry.register(Box::new(g.clone()))?;
             g
@@ -158,8 +181,58 @@ fn build() -> Result<Metrics, prometheus::Error> {
     Ok(metrics)
 }
 
-static METRICS: LazyLock<Metrics> =
-    LazyLock::new(|| build().expect("metric definitions are valid and registered once"));
+/// The outcomes `kiln_jobs_finished_total` counts.
+pub const OUTCOMES: [&str; 7] = [
+    "succeeded",
+    "retried",
+    "failed",
+    "cancelled",
+    "released",
+    "snoozed",
+    "lost",
+];
+
+/// The states `kiln_queue_depth` reports for every queue.
+pub const DEPTH_STATES: [crate::JobState; 5] = [
+    crate::JobState::Scheduled,
+    crate::JobState::Available,
+    crate::JobState::Running,
+    crate::JobState::Retryable,
+    crate::JobState::Failed,
+];
+
+/// Every series of a known kind and queue at 0, and the build info, so
+/// the first scrape shows them all: a rate over a series that appears
+/// only with its first job misses that job, and a dashboard cannot tell a
+/// quiet kind from a missing one.
+fn preset(m: &Metrics) {
+    m.build_info
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
+    for kind in kiln_jobs::KINDS.iter().map(|k| k.kind) {
+        m.jobs_enqueued.with_label_values(&[kind]);
+        m.jobs_started.with_label_values(&[kind]);
+        m.job_retries.with_label_values(&[kind]);
+        m.leases_rescued.with_label_values(&[kind]);
+        m.run_seconds.with_label_values(&[kind]);
+        m.queue_wait_seconds.with_label_values(&[kind]);
+        for outcome in OUTCOMES {
+            m.jobs_finished.with_label_values(&[kind, outcome]);
+        }
+    }
+    for queue in kiln_jobs::catalogue::queues() {
+        for state in DEPTH_STATES {
+            m.queue_depth.with_label_values(&[queue, state.as_str()]);
+        }
+        m.oldest_due_seconds.with_label_values(&[queue]);
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = build().expect("metric definitions are valid and registered once");
+    preset(&m);
+    m
+});
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {

@@ -238,7 +238,7 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Jobs of one queue in one state, for the depth gauges.
+/// Jobs of one queue in one state ([`Queue::queue_stats`](crate::Queue::queue_stats)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueStat {
     pub queue: String,

@@ -1,10 +1,15 @@
 //! Periodic upkeep every worker process does (it is idempotent, so many
 //! processes doing it is harmless): rescue jobs whose worker was lost,
-//! make sure finished jobs have somewhere to go in the coming days, and
-//! refresh the queue gauges with one query (and the overdue subject
-//! requests with another), and drop lost workers from the registry.
+//! make sure finished jobs have somewhere to go in the coming days,
+//! refresh the queue and worker gauges (and the overdue subject requests),
+//! and drop lost workers from the registry.
 
-use kiln_store::{JobState, Store, workers::PRUNE_AFTER};
+use std::collections::BTreeSet;
+
+use kiln_store::{
+    JobState, Store,
+    workers::{PRUNE_AFTER, WorkerStatus},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerConfig;
@@ -12,6 +17,8 @@ use crate::WorkerConfig;
 pub(crate) async fn run(store: Store, config: WorkerConfig, stop: CancellationToken) {
     let mut tick = tokio::time::interval(config.maintenance_interval_ms);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Queues this process has gauges for.
+    let mut shown = BTreeSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -23,7 +30,7 @@ pub(crate) async fn run(store: Store, config: WorkerConfig, stop: CancellationTo
         if let Err(e) = store.ensure_finished_partitions().await {
             tracing::warn!(error = %e, "creating finished-job partitions failed");
         }
-        refresh_gauges(&store).await;
+        refresh_gauges(&store, &mut shown).await;
         prune_workers(&store).await;
     }
 }
@@ -54,41 +61,65 @@ pub(crate) async fn rescue(store: &Store, crash_cap: u32) {
     }
 }
 
-async fn refresh_gauges(store: &Store) {
+/// Sets the queue and worker gauges from one read of the backlog, the
+/// dead jobs' index and the (small) worker registry: never the finished
+/// history, whose size does not bound a tick's cost.
+async fn refresh_gauges(store: &Store, shown: &mut BTreeSet<String>) {
+    let m = kiln_store::metrics::metrics();
+    let now = chrono::Utc::now();
     // One indexed count of the open requests that are due.
-    match store.overdue_requests(chrono::Utc::now()).await {
-        Ok(n) => kiln_store::metrics::metrics()
+    match store.overdue_requests(now).await {
+        Ok(n) => m
             .subject_requests_overdue
             .set(i64::try_from(n).unwrap_or(i64::MAX)),
         Err(e) => tracing::warn!(error = %e, "counting overdue subject requests failed"),
     }
-    let stats = match store.queue_stats().await {
-        Ok(stats) => stats,
+    let live = match store.live_counts(now).await {
+        Ok(live) => live,
         Err(e) => {
             tracing::warn!(error = %e, "reading queue depths failed");
             return;
         }
     };
-    let m = kiln_store::metrics::metrics();
-    m.queue_depth.reset();
-    m.oldest_due_seconds.reset();
-    let mut oldest: std::collections::HashMap<&str, f64> = Default::default();
-    for s in &stats {
-        m.queue_depth
-            .with_label_values(&[s.queue.as_str(), s.state.as_str()])
-            .set(s.count);
-        if let Some(age) = s.oldest_due_age {
-            let e = oldest.entry(s.queue.as_str()).or_default();
-            *e = e.max(age.as_secs_f64());
+    match store.workers_given(now, &live).await {
+        Ok(workers) => {
+            let count = |s: WorkerStatus| workers.iter().filter(|w| w.status == s).count() as i64;
+            m.workers_stalled.set(count(WorkerStatus::Stalled));
+            m.workers_alive
+                .set(count(WorkerStatus::Alive) + count(WorkerStatus::Stalled));
         }
+        Err(e) => tracing::warn!(error = %e, "reading the worker registry failed"),
     }
-    for s in &stats {
-        if !s.state.is_final() && s.state != JobState::Running {
-            m.oldest_due_seconds
-                .with_label_values(&[s.queue.as_str()])
-                .set(oldest.get(s.queue.as_str()).copied().unwrap_or(0.0));
+    let queues = match store.queue_depths(now, live).await {
+        Ok(queues) => queues,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading queue depths failed");
+            return;
         }
+    };
+    let mut seen = BTreeSet::new();
+    for q in &queues {
+        for state in kiln_store::metrics::DEPTH_STATES {
+            let n = q.counts.get(&state).copied().unwrap_or(0);
+            m.queue_depth
+                .with_label_values(&[q.queue.as_str(), state.as_str()])
+                .set(n);
+        }
+        m.oldest_due_seconds
+            .with_label_values(&[q.queue.as_str()])
+            .set(q.oldest_due_age.map_or(0.0, |a| a.as_secs_f64()));
+        seen.insert(q.queue.clone());
     }
+    // A queue outside the catalogue that emptied: its series go.
+    for gone in shown.difference(&seen) {
+        for state in kiln_store::metrics::DEPTH_STATES {
+            let _ = m
+                .queue_depth
+                .remove_label_values(&[gone.as_str(), state.as_str()]);
+        }
+        let _ = m.oldest_due_seconds.remove_label_values(&[gone.as_str()]);
+    }
+    *shown = seen;
 }
 
 /// Deletes the registry rows of workers lost over an hour ago.

@@ -78,7 +78,7 @@ impl RunJob {
 
         let lease = job.lease;
         let stop = self.inflight.start(lease);
-        let busy = m.workers_busy.with_label_values(&[&self.worker_id]);
+        let busy = &m.workers_busy;
         busy.inc();
         let ctx = JobContext {
             store: self.store.clone(),
