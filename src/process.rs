@@ -196,6 +196,10 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         None
     };
     let internal = bind(settings.metrics.addr, "metrics.addr").await?;
+    if roles.workers {
+        // Its maintenance loop keeps them; from the first scrape on.
+        kiln_store::metrics::show_queue_gauges();
+    }
     let internal_addr = internal.local_addr()?;
     tracing::info!(addr = %internal_addr, "metrics listening");
 

@@ -1,12 +1,18 @@
 //! `/metrics` of a fresh `kiln work` process, scraped before any job has
 //! run, already has every kind and every queue at 0 and the build info;
-//! no series is labelled with the process's own id.
+//! no series is labelled with the process's own id. Its maintenance loop
+//! then counts itself alive. A `kiln serve` process has the per-kind
+//! series too, but none of the database-wide gauges it never refreshes.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use common::kiln;
 use kiln_jobs::catalogue::{KINDS, queues};
@@ -23,6 +29,15 @@ fn series(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
+async fn scrape(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn labelled(name: &str, labels: &[(&str, &str)]) -> String {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
     format!("{name}{{{}}}", labels.join(","))
@@ -33,12 +48,7 @@ async fn the_first_scrape_shows_every_kind_and_queue_at_zero_and_the_build() {
     let db = TestDatabase::postgres().await;
     let worker = kiln(&["work"]).database(&db.url).spawn();
     worker.wait_healthy().await;
-    let text = reqwest::get(format!("http://{}/metrics", worker.metrics))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(worker.metrics).await;
     let all = series(&text);
     let at_zero = |name: String| {
         assert_eq!(
@@ -86,4 +96,35 @@ async fn the_first_scrape_shows_every_kind_and_queue_at_zero_and_the_build() {
         !text.contains(&pid),
         "a series is labelled with the worker's id:\n{text}"
     );
+
+    // The first maintenance tick reads the registry: this process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(worker.metrics).await;
+        if series(&text).get("kiln_workers_alive") == Some(&1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never one worker alive:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let api = kiln(&["serve"]).database(&db.url).spawn();
+    api.wait_healthy().await;
+    let text = scrape(api.metrics).await;
+    let all = series(&text);
+    assert_eq!(
+        all.get(&labelled("kiln_jobs_enqueued_total", &[("kind", "probe")])),
+        Some(&0.0)
+    );
+    assert_eq!(all.get(&build), Some(&1.0));
+    for gauge in [
+        "kiln_queue_depth",
+        "kiln_queue_oldest_due_seconds",
+        "kiln_workers_alive",
+    ] {
+        assert!(
+            !all.keys().any(|k| k.starts_with(gauge)),
+            "{gauge} from a process that never refreshes it:\n{text}"
+        );
+    }
 }

@@ -20,8 +20,10 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub oldest_due_seconds: GaugeVec,
     pub workers_busy: prometheus::IntGauge,
-    pub workers_alive: prometheus::IntGauge,
-    pub workers_stalled: prometheus::IntGauge,
+    /// No labels; a vector so that only processes that read the registry
+    /// (workers) export it, never a constant 0 from an API process.
+    pub workers_alive: IntGaugeVec,
+    pub workers_stalled: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub provider_rate_limit_wait_seconds: HistogramVec,
     pub enqueue_group_size: prometheus::Histogram,
@@ -56,6 +58,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         };
     let gauge = |opts: Opts| -> Result<prometheus::IntGauge, prometheus::Error> {
         let g = prometheus::IntGauge::with_opts(opts)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let unlabelled = |opts: Opts| -> Result<IntGaugeVec, prometheus::Error> {
+        let g = IntGaugeVec::new(opts, &[])?;
         registry.register(Box::new(g.clone()))?;
         Ok(g)
     };
@@ -141,11 +148,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "kiln_worker_jobs_running",
             "Jobs this process is running now (one series per process: Prometheus's instance label tells them apart)",
         ))?,
-        workers_alive: gauge(Opts::new(
+        workers_alive: unlabelled(Opts::new(
             "kiln_workers_alive",
             "Registered worker processes whose heartbeat is current (stalled ones included), as this process's maintenance loop last read the registry",
         ))?,
-        workers_stalled: gauge(Opts::new(
+        workers_stalled: unlabelled(Opts::new(
             "kiln_workers_stalled",
             "Worker processes that heartbeat and have free slots but claimed nothing for a while although jobs of their queues are due",
         ))?,
@@ -201,10 +208,10 @@ pub const DEPTH_STATES: [crate::JobState; 5] = [
     crate::JobState::Failed,
 ];
 
-/// Every series of a known kind and queue at 0, and the build info, so
-/// the first scrape shows them all: a rate over a series that appears
-/// only with its first job misses that job, and a dashboard cannot tell a
-/// quiet kind from a missing one.
+/// Every series of a known kind at 0, and the build info, so the first
+/// scrape shows them all: a rate over a series that appears only with its
+/// first job misses that job, and a dashboard cannot tell a quiet kind
+/// from a missing one.
 fn preset(m: &Metrics) {
     m.build_info
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -220,6 +227,14 @@ fn preset(m: &Metrics) {
             m.jobs_finished.with_label_values(&[kind, outcome]);
         }
     }
+}
+
+/// Every queue's gauges at 0 until the maintenance loop sets them; called
+/// by processes that run one (workers) before they serve `/metrics`. Other
+/// processes do not export these database-wide gauges at all, rather than
+/// a 0 that is never refreshed.
+pub fn show_queue_gauges() {
+    let m = metrics();
     for queue in kiln_jobs::catalogue::queues() {
         for state in DEPTH_STATES {
             m.queue_depth.with_label_values(&[queue, state.as_str()]);

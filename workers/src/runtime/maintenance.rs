@@ -84,8 +84,11 @@ async fn refresh_gauges(store: &Store, shown: &mut BTreeSet<String>) {
     match store.workers_given(now, &live).await {
         Ok(workers) => {
             let count = |s: WorkerStatus| workers.iter().filter(|w| w.status == s).count() as i64;
-            m.workers_stalled.set(count(WorkerStatus::Stalled));
+            m.workers_stalled
+                .with_label_values::<&str>(&[])
+                .set(count(WorkerStatus::Stalled));
             m.workers_alive
+                .with_label_values::<&str>(&[])
                 .set(count(WorkerStatus::Alive) + count(WorkerStatus::Stalled));
         }
         Err(e) => tracing::warn!(error = %e, "reading the worker registry failed"),

@@ -46,6 +46,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     config.validate()?;
+    kiln_store::metrics::show_queue_gauges();
     // The providers' rate-limit waits go to kiln's metrics.
     kiln_providers::limits::observe_waits_with(observe_provider_wait);
     let queues = config.queue_names();
