@@ -5,7 +5,7 @@
 //! due is shown `stalled` (its last heartbeat is still recent, it claims
 //! nothing), then `lost` once a lease has passed without a heartbeat, and
 //! after SIGCONT it is alive again, runs the job and deregisters as it
-//! stops.
+//! stops. One stopping with a job still running is shown `stopping`.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -71,7 +71,7 @@ async fn workers_are_listed_and_lost_and_stalled_ones_are_marked() {
             .env("KILN_WORKER_MAINTENANCE_INTERVAL_MS", 200)
             .spawn()
     };
-    let pair = [busy(), busy()];
+    let mut pair = [busy(), busy()];
     // One alone on its queue: a heartbeat every 4 s, stalled after 4.4 s
     // without a claim, lost after 12 s without a heartbeat.
     let mut quiet = shared(kiln(&["work"]))
@@ -130,22 +130,20 @@ async fn workers_are_listed_and_lost_and_stalled_ones_are_marked() {
         .id;
     let running = wait_job(&store, id, "running", |j| j.state == JobState::Running).await;
     let owner = running.lease_owner.clone().unwrap();
-    let (victim, survivor) = if of(&workers(&olga).await, &pair[0]).unwrap()["id"] == owner {
-        (&pair[0], &pair[1])
-    } else {
-        (&pair[1], &pair[0])
-    };
+    let first_ran_it = of(&workers(&olga).await, &pair[0]).unwrap()["id"] == owner;
+    let [a, b] = &mut pair;
+    let (victim, survivor) = if first_ran_it { (a, b) } else { (b, a) };
     victim.signal(Signal::SIGKILL);
-    let lost = wait_status(&olga, victim, "lost", Duration::from_secs(30)).await;
+    let lost = wait_status(&olga, &*victim, "lost", Duration::from_secs(30)).await;
     assert_eq!(lost["id"], owner);
     let done = wait_job(&store, id, "finished", |j| j.state.is_final()).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     assert_eq!(done.rescues, 1);
     assert_eq!(done.errors[0].code, "lease_expired");
     let ran_on = done.result.unwrap()["worker"].clone();
-    assert_eq!(ran_on, of(&workers(&olga).await, survivor).unwrap()["id"]);
+    assert_eq!(ran_on, of(&workers(&olga).await, &*survivor).unwrap()["id"]);
     assert_eq!(
-        of(&workers(&olga).await, survivor).unwrap()["status"],
+        of(&workers(&olga).await, &*survivor).unwrap()["status"],
         "alive"
     );
 
@@ -172,6 +170,28 @@ async fn workers_are_listed_and_lost_and_stalled_ones_are_marked() {
     assert!(quiet.wait_exit(Duration::from_secs(30)).await.success());
     let list = workers(&olga).await;
     assert!(of(&list, &quiet).is_none(), "{list:?}");
-    assert_eq!(of(&list, victim).unwrap()["status"], "lost");
+    assert_eq!(of(&list, &*victim).unwrap()["status"], "lost");
     assert_eq!(list.len(), 2);
+
+    // SIGTERM while a job runs: stopping (not stalled) until it is done.
+    let long = store
+        .enqueue(
+            NewJob::of(&Probe {
+                sleep_ms: 3_000,
+                ..Probe::default()
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .id;
+    wait_job(&store, long, "running", |j| j.state == JobState::Running).await;
+    survivor.signal(Signal::SIGTERM);
+    wait_status(&olga, &*survivor, "stopping", Duration::from_secs(10)).await;
+    assert!(survivor.wait_exit(Duration::from_secs(30)).await.success());
+    let done = store.get(long).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    let list = workers(&olga).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(of(&list, &*victim).unwrap()["status"], "lost");
 }

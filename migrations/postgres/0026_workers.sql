@@ -17,6 +17,9 @@ CREATE TABLE workers (
     -- Jobs it was running at its last heartbeat.
     running          integer     NOT NULL DEFAULT 0,
     last_claim_at    timestamptz,
+    -- It is shutting down: it claims nothing on purpose while its running
+    -- jobs finish, so it is not stalled.
+    stopping         boolean     NOT NULL DEFAULT false,
     -- The bounds it is judged by, from its own settings (lease, heartbeat
     -- and poll intervals): no other process knows them.
     lost_after_ms    bigint      NOT NULL,

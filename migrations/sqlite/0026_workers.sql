@@ -11,6 +11,7 @@ CREATE TABLE workers (
     heartbeat_at     INTEGER NOT NULL,
     running          INTEGER NOT NULL DEFAULT 0,
     last_claim_at    INTEGER,
+    stopping         INTEGER NOT NULL DEFAULT 0,
     lost_after_ms    INTEGER NOT NULL,
     stalled_after_ms INTEGER NOT NULL
 );

@@ -2,7 +2,8 @@
 //! at each heartbeat how many jobs it runs and when it last claimed one,
 //! and deregisters on a clean stop. Operators list them with a status:
 //! `alive`, `stalled` (it heartbeats, has free slots, but has claimed
-//! nothing for a while although jobs of its queues are due) or `lost` (no
+//! nothing for a while although jobs of its queues are due), `stopping`
+//! (shutting down: it claims nothing on purpose) or `lost` (no
 //! heartbeat for longer than its lease: its jobs' leases have expired, and
 //! the lease rescue of any worker's maintenance loop takes them back).
 
@@ -59,6 +60,8 @@ pub struct Beat {
     pub running: u32,
     /// When it last claimed a job; None: never.
     pub last_claim_at: Option<DateTime<Utc>>,
+    /// It is shutting down: no more claims, running jobs finishing.
+    pub stopping: bool,
 }
 
 /// A `workers` row.
@@ -68,6 +71,7 @@ pub struct WorkerRow {
     pub heartbeat_at: DateTime<Utc>,
     pub running: u32,
     pub last_claim_at: Option<DateTime<Utc>>,
+    pub stopping: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -75,6 +79,7 @@ pub struct WorkerRow {
 pub enum WorkerStatus {
     Alive,
     Stalled,
+    Stopping,
     Lost,
 }
 
@@ -83,6 +88,7 @@ impl WorkerStatus {
         match self {
             WorkerStatus::Alive => "alive",
             WorkerStatus::Stalled => "stalled",
+            WorkerStatus::Stopping => "stopping",
             WorkerStatus::Lost => "lost",
         }
     }
@@ -150,6 +156,8 @@ pub fn classify(
             let w = &row.worker;
             let status = if now - row.heartbeat_at > delta(w.lost_after) {
                 WorkerStatus::Lost
+            } else if row.stopping {
+                WorkerStatus::Stopping
             } else {
                 let since = now - delta(w.stalled_after);
                 let idle = row.last_claim_at.unwrap_or(w.started_at) < since;

@@ -16,7 +16,7 @@ use kiln_store::{
 kiln_store::both_databases!(
     a_worker_registers_heartbeats_and_deregisters,
     a_worker_without_a_heartbeat_for_its_lease_is_lost,
-    a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stalled,
+    a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stalled_unless_stopping,
     lost_workers_are_pruned_an_hour_later,
 );
 
@@ -70,6 +70,7 @@ async fn a_worker_registers_heartbeats_and_deregisters(store: Store, _: &TestDat
         at: t0 + secs(5),
         running: 3,
         last_claim_at: Some(claimed),
+        stopping: false,
     };
     assert!(store.worker_heartbeat(&a.id, beat).await.unwrap());
     let rows = store.worker_rows().await.unwrap();
@@ -82,6 +83,7 @@ async fn a_worker_registers_heartbeats_and_deregisters(store: Store, _: &TestDat
     assert_eq!(rows[1].heartbeat_at, t0 + secs(1));
     assert_eq!(rows[1].running, 0);
     assert_eq!(rows[1].last_claim_at, None);
+    assert!(!rows[0].stopping && !rows[1].stopping);
 
     // Registering again (after a prune) replaces the row, not a second one.
     store.register_worker(&a, t0 + secs(6)).await.unwrap();
@@ -111,6 +113,7 @@ async fn a_worker_without_a_heartbeat_for_its_lease_is_lost(store: Store, _: &Te
         at: t0 + secs(32),
         running: 0,
         last_claim_at: None,
+        stopping: false,
     };
     assert!(store.worker_heartbeat(&w.id, beat).await.unwrap());
     assert_eq!(
@@ -119,7 +122,7 @@ async fn a_worker_without_a_heartbeat_for_its_lease_is_lost(store: Store, _: &Te
     );
 }
 
-async fn a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stalled(
+async fn a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stalled_unless_stopping(
     store: Store,
     _: &TestDatabase,
 ) {
@@ -128,6 +131,7 @@ async fn a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stal
         at: t0 - secs(1),
         running,
         last_claim_at,
+        stopping: false,
     };
     // Registered a minute ago, heartbeating, never claimed.
     let idle = worker("idle", t0 - secs(60));
@@ -173,6 +177,26 @@ async fn a_worker_with_free_slots_that_claims_nothing_while_jobs_are_due_is_stal
     store.pause_queue("default").await.unwrap();
     assert_eq!(status(&store, "idle", t0).await, WorkerStatus::Alive);
     store.resume_queue("default").await.unwrap();
+    assert_eq!(status(&store, "idle", t0).await, WorkerStatus::Stalled);
+
+    // Shutting down, it stops claiming on purpose: stopping, not stalled.
+    let stopping = Beat {
+        stopping: true,
+        ..beat(3, Some(t0 - secs(50)))
+    };
+    store.worker_heartbeat(&idle.id, stopping).await.unwrap();
+    assert_eq!(status(&store, "idle", t0).await, WorkerStatus::Stopping);
+    let row = store.worker_rows().await.unwrap().remove(0);
+    assert!(row.stopping);
+    // Past its lease without a heartbeat even a stopping one is lost.
+    assert_eq!(
+        status(&store, "idle", t0 + secs(40)).await,
+        WorkerStatus::Lost
+    );
+    store
+        .worker_heartbeat(&idle.id, beat(3, Some(t0 - secs(50))))
+        .await
+        .unwrap();
     assert_eq!(status(&store, "idle", t0).await, WorkerStatus::Stalled);
 
     // A worker of other queues is not stalled by them.

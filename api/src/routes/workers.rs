@@ -23,6 +23,9 @@ pub enum Status {
     /// although jobs of its queues (not paused, not at their concurrency
     /// limit) have been due as long.
     Stalled,
+    /// Shutting down: it claims nothing more while its running jobs finish
+    /// (within `worker.shutdown_grace_ms`), then deregisters.
+    Stopping,
     /// No heartbeat for longer than its lease: its jobs' leases have
     /// expired and any worker's maintenance rescues them. Listed for an
     /// hour, then removed.
@@ -34,6 +37,7 @@ impl From<WorkerStatus> for Status {
         match s {
             WorkerStatus::Alive => Status::Alive,
             WorkerStatus::Stalled => Status::Stalled,
+            WorkerStatus::Stopping => Status::Stopping,
             WorkerStatus::Lost => Status::Lost,
         }
     }
@@ -88,7 +92,7 @@ pub struct WorkerList {
 #[utoipa::path(get, path = "/admin/v1/workers", tag = "operators",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "every registered worker process (lost ones for an hour): host, pid, version, queues, concurrency, started, last heartbeat, jobs running, last claim, and `alive`, `stalled` or `lost`", body = WorkerList),
+        (status = 200, description = "every registered worker process (lost ones for an hour): host, pid, version, queues, concurrency, started, last heartbeat, jobs running, last claim, and `alive`, `stalled`, `stopping` or `lost`", body = WorkerList),
         (status = 401, description = "no valid token", body = Problem),
         (status = 403, description = "`forbidden`: not an operator", body = Problem),
     ))]

@@ -23,7 +23,7 @@ impl Workers for PgStore {
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at,
                  queues = EXCLUDED.queues, concurrency = EXCLUDED.concurrency,
                  lost_after_ms = EXCLUDED.lost_after_ms,
-                 stalled_after_ms = EXCLUDED.stalled_after_ms",
+                 stalled_after_ms = EXCLUDED.stalled_after_ms, stopping = false",
         )
         .bind(&w.id.0)
         .bind(&w.host)
@@ -42,12 +42,15 @@ impl Workers for PgStore {
 
     async fn worker_heartbeat(&self, id: &WorkerId, beat: Beat) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "UPDATE workers SET heartbeat_at = $2, running = $3, last_claim_at = $4 WHERE id = $1",
+            "UPDATE workers SET heartbeat_at = $2, running = $3, last_claim_at = $4,
+                                stopping = $5
+             WHERE id = $1",
         )
         .bind(&id.0)
         .bind(Time(beat.at))
         .bind(i32::try_from(beat.running).unwrap_or(i32::MAX))
         .bind(beat.last_claim_at.map(Time))
+        .bind(beat.stopping)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -66,7 +69,7 @@ impl Workers for PgStore {
     async fn worker_rows(&self) -> Result<Vec<WorkerRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, host, pid, version, queues, concurrency, started_at, heartbeat_at,
-                    running, last_claim_at, lost_after_ms, stalled_after_ms
+                    running, last_claim_at, stopping, lost_after_ms, stalled_after_ms
              FROM workers ORDER BY started_at, id",
         )
         .fetch_all(&self.pool)
@@ -93,6 +96,7 @@ impl Workers for PgStore {
                     heartbeat_at: r.try_get::<Time, _>("heartbeat_at")?.0,
                     running: r.try_get::<i32, _>("running")?.max(0) as u32,
                     last_claim_at: last.map(|t| t.0),
+                    stopping: r.try_get("stopping")?,
                 })
             })
             .collect()

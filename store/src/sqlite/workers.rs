@@ -19,7 +19,7 @@ impl Workers for SqliteStore {
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
                  queues = excluded.queues, concurrency = excluded.concurrency,
                  lost_after_ms = excluded.lost_after_ms,
-                 stalled_after_ms = excluded.stalled_after_ms",
+                 stalled_after_ms = excluded.stalled_after_ms, stopping = 0",
         )
         .bind(&w.id.0)
         .bind(&w.host)
@@ -38,12 +38,15 @@ impl Workers for SqliteStore {
 
     async fn worker_heartbeat(&self, id: &WorkerId, beat: Beat) -> Result<bool, StoreError> {
         let n = sqlx::query(
-            "UPDATE workers SET heartbeat_at = ?2, running = ?3, last_claim_at = ?4 WHERE id = ?1",
+            "UPDATE workers SET heartbeat_at = ?2, running = ?3, last_claim_at = ?4,
+                                stopping = ?5
+             WHERE id = ?1",
         )
         .bind(&id.0)
         .bind(Time(beat.at))
         .bind(i64::from(beat.running))
         .bind(beat.last_claim_at.map(Time))
+        .bind(beat.stopping)
         .execute(&self.writer)
         .await?
         .rows_affected();
@@ -62,7 +65,7 @@ impl Workers for SqliteStore {
     async fn worker_rows(&self) -> Result<Vec<WorkerRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, host, pid, version, queues, concurrency, started_at, heartbeat_at,
-                    running, last_claim_at, lost_after_ms, stalled_after_ms
+                    running, last_claim_at, stopping, lost_after_ms, stalled_after_ms
              FROM workers ORDER BY started_at, id",
         )
         .fetch_all(&self.reader)
@@ -96,6 +99,7 @@ impl Workers for SqliteStore {
                     heartbeat_at: r.try_get::<Time, _>("heartbeat_at")?.0,
                     running: count("running")?,
                     last_claim_at: last.map(|t| t.0),
+                    stopping: r.try_get("stopping")?,
                 })
             })
             .collect()

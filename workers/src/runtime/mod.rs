@@ -66,6 +66,7 @@ pub async fn run(
         &worker_id,
         queues.clone(),
         inflight.clone(),
+        shutdown.clone(),
     ));
     presence.register().await;
 
@@ -131,8 +132,11 @@ pub async fn run(
         let shutdown = shutdown.clone();
         let grace_over = grace_over.clone();
         let inflight = inflight.clone();
+        let presence = presence.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            // Not stalled: it stopped claiming on purpose.
+            presence.beat().await;
             tracing::info!(
                 running = inflight.len(),
                 grace_ms = grace.as_millis() as u64,

@@ -16,6 +16,8 @@ use kiln_store::{
     workers::{Beat, NewWorker, WorkerId},
 };
 
+use tokio_util::sync::CancellationToken;
+
 use super::inflight::InFlight;
 use crate::WorkerConfig;
 
@@ -39,6 +41,8 @@ impl LastClaim {
 
 pub(crate) struct Presence {
     store: Store,
+    /// Shutdown has begun: claims have stopped on purpose.
+    stopping: CancellationToken,
     me: NewWorker,
     inflight: Arc<InFlight>,
     pub last_claim: Arc<LastClaim>,
@@ -63,10 +67,12 @@ impl Presence {
         id: &str,
         queues: Vec<String>,
         inflight: Arc<InFlight>,
+        stopping: CancellationToken,
     ) -> Presence {
         let (lost_after, stalled_after) = bounds(config);
         Presence {
             store,
+            stopping,
             me: NewWorker {
                 id: WorkerId(id.to_owned()),
                 host: hostname(),
@@ -96,11 +102,17 @@ impl Presence {
             at: Utc::now(),
             running: u32::try_from(self.inflight.len()).unwrap_or(u32::MAX),
             last_claim_at: self.last_claim.get(),
+            stopping: self.stopping.is_cancelled(),
         };
         match self.store.worker_heartbeat(&self.me.id, beat).await {
             Ok(true) => {}
             // Pruned while this process was stopped (SIGSTOP, a frozen VM).
-            Ok(false) => self.register().await,
+            Ok(false) => {
+                self.register().await;
+                if let Err(e) = self.store.worker_heartbeat(&self.me.id, beat).await {
+                    tracing::warn!(error = %e, "worker heartbeat failed");
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "worker heartbeat failed"),
         }
     }
