@@ -119,6 +119,9 @@ fn matrix() -> Vec<Case> {
         // one at a time.
         case(M::POST, "/v1/me/exports", [401, 409, 202, 202, 202]),
         case(M::GET, "/v1/me/exports/{id}", [401, 200, 404, 404, 404]),
+        // Everyone here signed up a moment ago: the sign-up's code went
+        // to each address, and the next must wait (`api.code_resend_interval_secs`).
+        case(M::POST, "/v1/me/deletion-code", [401, 429, 429, 429, 429]),
         case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
         case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
         case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),

@@ -26,6 +26,7 @@ use crate::AppState;
         super::me::restrict,
         super::me::unrestrict,
         super::me::delete_account,
+        super::me::deletion_code,
         super::admin::subject_requests,
         super::admin::exports,
         super::notices::policy,
