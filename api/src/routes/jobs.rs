@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list))
         .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/events", get(super::job_events::events))
         .route("/v1/jobs/{id}/cancel", post(cancel))
 }
 

@@ -5,6 +5,7 @@ mod exports;
 mod generations;
 mod health;
 mod images;
+mod job_events;
 mod jobs;
 mod me;
 mod metrics;
@@ -26,6 +27,7 @@ use axum::{
 
 use crate::{AppState, Problem};
 
+pub use job_events::OpenStreams;
 pub use openapi::ApiDoc;
 
 /// The public API.

@@ -51,6 +51,7 @@ use crate::AppState;
         super::generations::create_batch,
         super::upscales::create,
         super::jobs::show,
+        super::job_events::events,
         super::jobs::list,
         super::jobs::cancel,
         super::images::list,
