@@ -332,3 +332,41 @@ async fn the_operator_role_is_granted_and_revoked_from_the_command_line_and_logg
         assert!(err.contains(says), "{address}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_counted_by_route_template_never_by_id() {
+    let k = kiln(&[]).spawn();
+    k.wait_healthy().await;
+    let id = uuid::Uuid::now_v7();
+    let r = reqwest::get(k.url(&format!("/v1/jobs/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = reqwest::get(k.url("/v1/policy")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = reqwest::get(format!("http://{}/metrics", k.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"kiln_http_requests_total{method="GET",route="/v1/jobs/{id}",status="401"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"kiln_http_requests_total{method="GET",route="/v1/policy",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"kiln_http_request_duration_seconds_count{method="GET",route="/v1/policy"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&id.to_string()), "an id became a label");
+}

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub cron_skips: IntCounterVec,
     pub retention_purged: IntCounterVec,
     pub subject_requests_overdue: prometheus::IntGauge,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -53,6 +55,16 @@ fn build() -> Result<Metrics, prometheus::Error> {
         };
     let metrics = Metrics {
         jobs_enqueued: counter("kiln_jobs_enqueued_total", "Jobs inserted", &["kind"])?,
+        http_requests: counter(
+            "kiln_http_requests_total",
+            "Requests the public API answered, by route template (never an id), method and status",
+            &["route", "method", "status"],
+        )?,
+        http_request_seconds: histogram(
+            "kiln_http_request_duration_seconds",
+            "Time to answer a request of the public API (to its headers, for a stream), by route template and method",
+            &["route", "method"],
+        )?,
         jobs_started: counter("kiln_jobs_started_total", "Attempts started", &["kind"])?,
         jobs_finished: counter(
             "kiln_jobs_finished_total",
