@@ -112,6 +112,7 @@ use clap::{Parser, Subcommand};
 ///   email.http_api_key        KILN_EMAIL_HTTP_API_KEY       (required for http)
 ///   email.timeout_ms          KILN_EMAIL_TIMEOUT_MS         10000
 ///   email.outbox_dir          KILN_EMAIL_OUTBOX_DIR         data/outbox (dev)
+///   email.operator_address    KILN_EMAIL_OPERATOR_ADDRESS   (unset) where scheduled exports are announced
 ///   sms.provider              KILN_SMS_PROVIDER             dev | twilio
 ///   sms.account_sid           KILN_SMS_ACCOUNT_SID          (required for twilio)
 ///   sms.auth_token            KILN_SMS_AUTH_TOKEN           (required for twilio)

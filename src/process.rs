@@ -246,6 +246,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         retention: std::sync::Arc::new(settings.retention.clone()),
         shop: std::sync::Arc::new(shop),
         seen_ips: Default::default(),
+        streams: Default::default(),
         codes: codes.clone(),
         throttle,
     };

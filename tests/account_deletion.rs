@@ -253,3 +253,50 @@ async fn wrong_passwords_at_deletion_are_throttled_with_the_logins() {
     let me = api.request(Method::GET, "/v1/me", None, Some(&token)).await;
     assert_eq!(me.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_account_is_deleted_with_a_fresh_code_instead_of_its_password() {
+    use axum::http::{Method, StatusCode};
+    // The sign-up's code went a moment ago: no wait before the next.
+    let db = TestDatabase::sqlite();
+    let config = kiln_api::ApiConfig {
+        code_resend_interval_secs: 0,
+        ..kiln_api::testing::test_config()
+    };
+    let api =
+        kiln_api::testing::TestApi::with_config(db.store().await.unwrap(), config).keeping(db);
+    let token = api.signed_up("ada@example.com", PASSWORD).await;
+    let delete = |body: Value| {
+        let (api, token) = (&api, token.clone());
+        async move {
+            api.request(Method::DELETE, "/v1/me", Some(body), Some(&token))
+                .await
+        }
+    };
+    // Neither, or both: refused.
+    for body in [json!({}), json!({"password": PASSWORD, "code": "123456"})] {
+        let r = delete(body.clone()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(r.json()["code"], "invalid_input");
+    }
+    let r = api
+        .request(Method::POST, "/v1/me/deletion-code", None, Some(&token))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let code = api.sent_code("ada@example.com").await.unwrap();
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let r = delete(json!({ "code": wrong })).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.json()["code"], "invalid_code");
+    let me = api.request(Method::GET, "/v1/me", None, Some(&token)).await;
+    assert_eq!(me.status, StatusCode::OK, "a wrong code deletes nothing");
+
+    let r = delete(json!({ "code": code })).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json());
+    assert_eq!(r.json()["status"], "deletion_requested");
+    let me = api.request(Method::GET, "/v1/me", None, Some(&token)).await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED);
+    // A code works once.
+    let r = delete(json!({ "code": code })).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}

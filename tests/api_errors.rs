@@ -2258,6 +2258,32 @@ async fn openapi_document_lists_every_route_and_the_problem_schema() {
         );
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Errors are documented as the server sends them: problem+json.
+    let mut problems = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().unwrap() {
+                let content = response["content"].as_object();
+                let refs = |media: &str| {
+                    content
+                        .and_then(|c| c.get(media))
+                        .and_then(|m| m["schema"]["$ref"].as_str())
+                        .is_some_and(|r| r.ends_with("/Problem"))
+                };
+                assert!(
+                    !refs("application/json"),
+                    "{method} {path} {status}: a problem documented as application/json"
+                );
+                if refs("application/problem+json") {
+                    problems += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        problems > 50,
+        "only {problems} problem responses documented"
+    );
     // Every reference resolves within the document.
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);

@@ -67,6 +67,8 @@ fn matrix() -> Vec<Case> {
         case(M::GET, "/v1/jobs", [401, 200, 200, 200, 200]),
         case(M::GET, "/v1/jobs/{id}", [401, 200, 404, 404, 404]),
         case(M::POST, "/v1/jobs/{id}/cancel", [401, 200, 404, 404, 404]),
+        // After the cancel: the job is final, so its stream says so and ends.
+        case(M::GET, "/v1/jobs/{id}/events", [401, 200, 404, 404, 404]),
         case(M::GET, "/v1/images", [401, 200, 200, 200, 200]),
         case(M::GET, "/v1/images/{id}", [401, 200, 404, 404, 404]),
         // A signed link is the capability; a token adds nothing.
@@ -120,6 +122,9 @@ fn matrix() -> Vec<Case> {
         // one at a time.
         case(M::POST, "/v1/me/exports", [401, 409, 202, 202, 202]),
         case(M::GET, "/v1/me/exports/{id}", [401, 200, 404, 404, 404]),
+        // Everyone here signed up a moment ago: the sign-up's code went
+        // to each address, and the next must wait (`api.code_resend_interval_secs`).
+        case(M::POST, "/v1/me/deletion-code", [401, 429, 429, 429, 429]),
         case(M::POST, "/v1/auth/logout", [401, 204, 204, 204, 204]),
         case(M::POST, "/v1/me/restriction", [401, 204, 204, 204, 204]),
         case(M::DELETE, "/v1/me/restriction", [401, 204, 204, 204, 204]),

@@ -135,17 +135,47 @@ fn schedule_list_prints_each_plan_and_its_next_fire_times() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut lines = stdout.lines();
-    let plan = lines.next().unwrap();
-    assert!(plan.starts_with("retention_purge "), "{stdout}");
+    // Each plan's line, then its next five fire times, indented.
+    let mut plans: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in stdout.lines() {
+        if line.starts_with(char::is_whitespace) {
+            plans.last_mut().unwrap().1.push(line);
+        } else {
+            plans.push((line, Vec::new()));
+        }
+    }
+    let names: Vec<&str> = plans
+        .iter()
+        .map(|(p, _)| p.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["retention_purge", "accounting_export", "access_log_archive"],
+        "{stdout}"
+    );
+    let (plan, next) = &plans[0];
     assert!(plan.contains("scheduler.retention_purge_cron"), "{stdout}");
     assert!(plan.contains("last slot: never"), "{stdout}");
-    let next: Vec<&str> = lines.collect();
     assert_eq!(next.len(), 5, "{stdout}");
     for line in next {
         let at = line.trim().strip_prefix("next ").unwrap();
         let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
         assert_eq!(at.format("%H:%M:%S").to_string(), "04:30:00", "{stdout}");
+    }
+    // The monthly export fires on the first of each month.
+    let (plan, next) = &plans[1];
+    assert!(
+        plan.contains("scheduler.accounting_export_cron"),
+        "{stdout}"
+    );
+    for line in next {
+        let at = line.trim().strip_prefix("next ").unwrap();
+        let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+        assert_eq!(
+            at.format("%d %H:%M:%S").to_string(),
+            "01 04:00:00",
+            "{stdout}"
+        );
     }
 }
 
@@ -301,4 +331,42 @@ async fn the_operator_role_is_granted_and_revoked_from_the_command_line_and_logg
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{address}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_counted_by_route_template_never_by_id() {
+    let k = kiln(&[]).spawn();
+    k.wait_healthy().await;
+    let id = uuid::Uuid::now_v7();
+    let r = reqwest::get(k.url(&format!("/v1/jobs/{id}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = reqwest::get(k.url("/v1/policy")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = reqwest::get(format!("http://{}/metrics", k.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"kiln_http_requests_total{method="GET",route="/v1/jobs/{id}",status="401"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"kiln_http_requests_total{method="GET",route="/v1/policy",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            r#"kiln_http_request_duration_seconds_count{method="GET",route="/v1/policy"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(&id.to_string()), "an id became a label");
 }

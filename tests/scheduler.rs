@@ -101,12 +101,23 @@ async fn three_replicas_fire_every_slot_of_a_minute_exactly_once() {
         r.wait_healthy().await;
     }
     tokio::time::sleep(Duration::from_secs(60)).await;
+    // Counted and stopped between two slots (a slot is each even second;
+    // this is 1.1 s after one), so no slot fires after the count and
+    // before the stop.
+    let now = Utc::now();
+    let into_pair = (now.timestamp() % 2) * 1000 + i64::from(now.timestamp_subsec_millis());
+    let wait = (1100 - into_pair).rem_euclid(2000);
+    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     let mut fired_by_replicas = 0;
     for r in &replicas {
         fired_by_replicas += fires(r).await;
     }
-    for r in replicas {
-        stop(r).await;
+    for r in &replicas {
+        r.signal(Signal::SIGTERM);
+    }
+    for mut r in replicas {
+        let status = r.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "{}", r.log_text());
     }
     stop(work).await;
 

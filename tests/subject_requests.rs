@@ -118,3 +118,47 @@ async fn an_operator_sees_each_request_an_owner_made_with_its_due_date() {
         assert_eq!(r.content_type(), "application/problem+json");
     }
 }
+
+#[tokio::test]
+async fn an_export_its_owner_cancels_is_a_request_withdrawn_not_one_overdue() {
+    let api = TestApi::sqlite().await.unwrap();
+    let ada = api.signed_up("ada@example.com", PASSWORD).await;
+    let olga = api.signed_up("olga@example.com", PASSWORD).await;
+    api.store()
+        .set_operator(&Identifier::Email("olga@example.com".into()), true)
+        .await
+        .unwrap();
+    let r = api
+        .request(Method::POST, "/v1/me/exports", None, Some(&ada))
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let export = r.json()["id"].as_str().unwrap().to_owned();
+    let open = |page: &Value| {
+        page["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["kind"] == "export" && r["completed_at"].is_null())
+            .count()
+    };
+    let page = api
+        .request(Method::GET, "/admin/v1/subject-requests", None, Some(&olga))
+        .await
+        .json();
+    assert_eq!(open(&page), 1, "{page}");
+
+    let r = api
+        .request(
+            Method::POST,
+            &format!("/v1/jobs/{export}/cancel"),
+            None,
+            Some(&ada),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let page = api
+        .request(Method::GET, "/admin/v1/subject-requests", None, Some(&olga))
+        .await
+        .json();
+    assert_eq!(open(&page), 0, "{page}");
+}

@@ -21,6 +21,8 @@ pub struct AppState {
     pub shop: Arc<Shop>,
     /// The (account, IP) pairs this process has recorded lately.
     pub seen_ips: Arc<crate::auth::SeenIps>,
+    /// The event streams open in this process, per account.
+    pub streams: Arc<crate::routes::OpenStreams>,
     /// Verification codes: derived, hashed and throttled under this key.
     pub codes: Arc<CodeKey>,
     /// How often codes may be sent to one address.

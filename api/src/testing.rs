@@ -61,6 +61,7 @@ impl TestApi {
                     .expect("the default payments settings are valid"),
                 ),
                 seen_ips: Arc::default(),
+                streams: Arc::default(),
                 codes: Arc::new(CodeKey::random()),
                 throttle: Arc::new(LocalThrottle::new()),
                 dependencies: Vec::new(),

@@ -16,3 +16,7 @@ CREATE TABLE operator_exports (
 CREATE INDEX operator_exports_expires ON operator_exports (expires_at);
 
 CREATE INDEX payment_orders_paid ON payment_orders (paid_at) WHERE paid_at IS NOT NULL;
+
+-- A request answered by its job (an export, also when its owner cancels
+-- it) is found by the job's id.
+CREATE INDEX subject_requests_job ON subject_requests (job_id) WHERE job_id IS NOT NULL;

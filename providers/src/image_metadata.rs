@@ -53,6 +53,22 @@ pub async fn strip_output(bytes: Bytes) -> Result<Bytes, ProviderError> {
     .await
 }
 
+/// [`strip_metadata`] for a reference image a client gave, before kiln
+/// keeps its copy and hands it to a provider: a photo's EXIF (where it was
+/// taken, the camera's owner) is personal data no provider gets. A
+/// malformed image is the client's and fails for good.
+pub async fn strip_reference(bytes: Bytes) -> Result<Bytes, ProviderError> {
+    blocking(move || {
+        strip_metadata(&bytes).map(Bytes::from).map_err(|e| {
+            ProviderError::permanent(
+                "invalid_reference_image",
+                format!("the reference image is {e}"),
+            )
+        })
+    })
+    .await
+}
+
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// The chunks kept: the critical ones, colour (`gAMA` … `cLLI`), `tRNS`,

@@ -32,6 +32,10 @@ pub struct Metrics {
     pub cron_skips: IntCounterVec,
     pub retention_purged: IntCounterVec,
     pub subject_requests_overdue: prometheus::IntGauge,
+    pub http_requests: IntCounterVec,
+    pub provider_requests: IntCounterVec,
+    pub provider_request_seconds: HistogramVec,
+    pub http_request_seconds: HistogramVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -68,6 +72,26 @@ fn build() -> Result<Metrics, prometheus::Error> {
     };
     let metrics = Metrics {
         jobs_enqueued: counter("kiln_jobs_enqueued_total", "Jobs inserted", &["kind"])?,
+        provider_requests: counter(
+            "kiln_provider_requests_total",
+            "Calls to external providers, by provider key and outcome: ok, retryable (timeouts, 429, 5xx) or refused (a 4xx, blocked content)",
+            &["provider", "outcome"],
+        )?,
+        provider_request_seconds: histogram(
+            "kiln_provider_request_duration_seconds",
+            "Time a provider call took, after its rate-limit permit, by provider key",
+            &["provider"],
+        )?,
+        http_requests: counter(
+            "kiln_http_requests_total",
+            "Requests the public API answered, by route template (never an id), method and status",
+            &["route", "method", "status"],
+        )?,
+        http_request_seconds: histogram(
+            "kiln_http_request_duration_seconds",
+            "Time to answer a request of the public API (to its headers, for a stream), by route template and method",
+            &["route", "method"],
+        )?,
         jobs_started: counter("kiln_jobs_started_total", "Attempts started", &["kind"])?,
         jobs_finished: counter(
             "kiln_jobs_finished_total",

@@ -29,6 +29,7 @@ kiln_store::both_databases!(
     an_account_code_is_derived_when_sent_and_only_while_live,
     probe_reports_its_attempt_and_worker,
     failing_probe_is_retried_or_failed_as_told,
+    a_reference_image_is_kept_and_passed_on_without_its_metadata,
 );
 
 async fn row(store: &Store, id: Uuid) -> JobRecord {
@@ -480,4 +481,80 @@ async fn an_account_code_is_derived_when_sent_and_only_while_live(store: Store, 
     assert_eq!(error.code(), "code_not_live");
     assert!(matches!(error, JobError::Permanent { .. }));
     assert_eq!(worker.emails().len(), 1);
+}
+
+/// A 4x4 PNG with a text chunk, as a phone or an editor writes one.
+fn png_with_text(keyword: &str, text: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, 4, 4);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.add_text_chunk(keyword.into(), text.into()).unwrap();
+    let mut writer = encoder.write_header().unwrap();
+    writer.write_image_data(&[200u8; 4 * 4 * 3]).unwrap();
+    writer.finish().unwrap();
+    out
+}
+
+async fn a_reference_image_is_kept_and_passed_on_without_its_metadata(
+    store: Store,
+    _: &TestDatabase,
+) {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+    let photo = png_with_text("Location", "GPS 51.5007N 0.1246W, Ada's phone");
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(photo.clone(), "image/png"))
+        .mount(&server)
+        .await;
+    let worker = TestWorker::new(store.clone()).with_deps(|d| {
+        // The fake serves plain http on 127.0.0.1: allowed for this test only.
+        d.fetcher = std::sync::Arc::new(kiln_providers::fetch::GuardedFetcher::new(
+            kiln_providers::fetch::FetchPolicy {
+                allow_http: true,
+                allow_private_addresses: true,
+                ..Default::default()
+            },
+        ));
+    });
+    let owner = testing::account(&store).await;
+    let enqueued = store
+        .create_generation(NewGeneration {
+            owner,
+            input: kiln_store::generations::GenerationInput {
+                prompt: "a lighthouse like this one".into(),
+                model: "dev-image-1".into(),
+                width: 256,
+                height: 256,
+                n: 1,
+                reference_urls: vec![format!("{}/photo.png", server.uri())],
+                request_hash: Uuid::now_v7().to_string(),
+                credits: 0,
+            },
+            idempotency_key: None,
+        })
+        .await
+        .unwrap();
+    let GenerationEnqueued::Created { job } = enqueued else {
+        panic!("a fresh generation: {enqueued:?}");
+    };
+    let payload: GenerateImage = serde_json::from_value(row(&store, job.id).await.payload).unwrap();
+    worker
+        .perform_as(owner, payload)
+        .await
+        .unwrap()
+        .expect_done();
+
+    let generation = store.generation_for_job(job.id).await.unwrap().unwrap();
+    let key = format!("refs/{}/0.png", generation.id);
+    let kept = worker.objects().get(&key).await.unwrap().unwrap();
+    assert!(
+        photo.windows(3).any(|w| w == b"GPS"),
+        "the photo had its location"
+    );
+    assert!(
+        !kept.windows(3).any(|w| w == b"GPS"),
+        "the kept copy has none"
+    );
+    assert!(!kept.windows(8).any(|w| w == b"Location"));
+    assert_eq!(png_size(&kept), (4, 4), "the pixels stay");
 }

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/jobs", get(list))
         .route("/v1/jobs/{id}", get(show))
+        .route("/v1/jobs/{id}/events", get(super::job_events::events))
         .route("/v1/jobs/{id}/cancel", post(cancel))
 }
 
@@ -194,6 +195,11 @@ async fn cancel(
         ))),
         CancelOutcome::Cancelled | CancelOutcome::Cancelling => {
             let job = own_job(&state, id, user.id).await?;
+            // A cancelled export is a request withdrawn: the register
+            // shows it answered, not overdue in 30 days.
+            if job.kind == <kiln_jobs::DataExport as kiln_jobs::Job>::KIND {
+                state.store.answer_requests_of_job(id).await?;
+            }
             Ok((StatusCode::OK, Json(state.job_resource(job).await?)))
         }
     }

@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/me", get(show).patch(correct).delete(delete_account))
         .route("/v1/me/restriction", post(restrict).delete(unrestrict))
+        .route("/v1/me/deletion-code", post(deletion_code))
         .route("/v1/me/access-log", get(access_log))
 }
 
@@ -283,11 +284,40 @@ async fn unrestrict(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Deleting your account: your password, to show it is you.
+/// Deleting your account: your password, or the code
+/// `POST /v1/me/deletion-code` sent you, to show it is you (one of them).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeletionRequest {
-    pub password: String,
+    pub password: Option<String>,
+    /// The 6 digits sent to your address (valid `api.code_ttl_secs`).
+    pub code: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/me/deletion-code", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "a code is on its way to your email or phone; `DELETE /v1/me` `{\"code\"}` with it deletes the account", body = VerificationSent),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 429, description = "`rate_limited`: a code went to this address a short while ago", body = Problem),
+    ))]
+async fn deletion_code(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<(StatusCode, Json<VerificationSent>), Problem> {
+    let address = address_of(&profile(&state, user.id).await?)?;
+    throttle_sends(&state, &address).await?;
+    send_code(&state, &address, user.id, false).await?;
+    Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
+}
+
+/// The address the account signs in with (email first).
+fn address_of(me: &MeResource) -> Result<Identifier, Problem> {
+    match (&me.email, &me.phone) {
+        (Some(email), _) => Ok(Identifier::Email(email.clone())),
+        (None, Some(phone)) => Ok(Identifier::Phone(phone.clone())),
+        (None, None) => Err(Problem::unauthorized()),
+    }
 }
 
 /// What a deletion request did.
@@ -307,7 +337,7 @@ pub struct DeletionAccepted {
         (status = 202, description = "the account is deleted: every token stops working now, the address can register again, and the account's prompts, images, jobs and personal data are erased by `erased_by` (payment records and access-log entries are kept, detached, for the periods the law requires)", body = DeletionAccepted),
         (status = 401, description = "no valid token", body = Problem),
         (status = 403, description = "`wrong_password`", body = Problem),
-        (status = 422, description = "no password given", body = Problem),
+        (status = 422, description = "`invalid_input`: not exactly one of password and code; `invalid_code`: the code is wrong, expired or used up", body = Problem),
         (status = 429, description = "`rate_limited`: too many wrong passwords for this account or IP (counted with the login's)", body = Problem),
     ))]
 async fn delete_account(
@@ -316,36 +346,14 @@ async fn delete_account(
     user: CurrentUser,
     Json(req): Json<DeletionRequest>,
 ) -> Result<(StatusCode, Json<DeletionAccepted>), Problem> {
-    // A token outlives its account only by a race with deletion.
-    let hash = state
-        .store
-        .password_hash(user.id)
-        .await?
-        .ok_or_else(Problem::unauthorized)?;
-    // Wrong passwords here count with the login's: a stolen token cannot
-    // guess its way to deleting the account faster than to signing in.
-    let me = profile(&state, user.id).await?;
-    let address = match (me.email, me.phone) {
-        (Some(email), _) => Identifier::Email(email),
-        (None, Some(phone)) => Identifier::Phone(phone),
-        (None, None) => return Err(Problem::unauthorized()),
-    };
-    let throttled = LoginThrottle::new(&state, &address, &origin);
-    throttled.refuse_when_full().await?;
-    if !crate::auth::verify_password(req.password, hash)
-        .await
-        .unwrap_or(false)
-    {
-        state
-            .store
-            .record_access(Some(user.id), AccessEvent::LoginFailed, &origin)
-            .await?;
-        throttled.count_failure().await?;
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "wrong_password",
-            "the password is not this account's; deleting an account needs its password",
-        ));
+    match (req.password, req.code) {
+        (Some(password), None) => check_password(&state, &origin, user.id, password).await?,
+        (None, Some(code)) => check_deletion_code(&state, &origin, user.id, &code).await?,
+        _ => {
+            return Err(Problem::invalid(
+                "give your password, or the code POST /v1/me/deletion-code sent you (one of them)",
+            ));
+        }
     }
     // Recorded first: the entry outlives the account, detached from it.
     state
@@ -365,6 +373,69 @@ async fn delete_account(
             erased_by,
         }),
     ))
+}
+
+/// A code the account was sent, checked (and used up) as a verification
+/// code is: wrong guesses spend its tries.
+async fn check_deletion_code(
+    state: &AppState,
+    origin: &kiln_store::access_log::Origin,
+    user: UserId,
+    code: &str,
+) -> Result<(), Problem> {
+    let code: String = code.trim().nfkc().collect();
+    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::invalid("code must be the 6 digits that were sent"));
+    }
+    let hash = state.codes.code_hash(user, &code);
+    let grants = state.credits.verification_grants();
+    match state.store.check_code(user, &hash, grants).await? {
+        CodeCheck::Verified => Ok(()),
+        CodeCheck::Wrong { .. } => {
+            state
+                .store
+                .record_access(Some(user), AccessEvent::VerifyFailed, origin)
+                .await?;
+            Err(invalid_code())
+        }
+        CodeCheck::NoLiveCode | CodeCheck::AddressTaken => Err(invalid_code()),
+    }
+}
+
+/// The account's password, checked; wrong ones count with the login's, so
+/// a stolen token cannot guess its way to deleting the account faster
+/// than to signing in.
+async fn check_password(
+    state: &AppState,
+    origin: &kiln_store::access_log::Origin,
+    user: UserId,
+    password: String,
+) -> Result<(), Problem> {
+    // A token outlives its account only by a race with deletion.
+    let hash = state
+        .store
+        .password_hash(user)
+        .await?
+        .ok_or_else(Problem::unauthorized)?;
+    let address = address_of(&profile(state, user).await?)?;
+    let throttled = LoginThrottle::new(state, &address, origin);
+    throttled.refuse_when_full().await?;
+    if !crate::auth::verify_password(password, hash)
+        .await
+        .unwrap_or(false)
+    {
+        state
+            .store
+            .record_access(Some(user), AccessEvent::LoginFailed, origin)
+            .await?;
+        throttled.count_failure().await?;
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "wrong_password",
+            "the password is not this account's; deleting an account needs its password",
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

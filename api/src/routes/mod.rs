@@ -5,6 +5,7 @@ mod exports;
 mod generations;
 mod health;
 mod images;
+mod job_events;
 mod jobs;
 mod me;
 mod metrics;
@@ -27,6 +28,7 @@ use axum::{
 
 use crate::{AppState, Problem};
 
+pub use job_events::OpenStreams;
 pub use openapi::ApiDoc;
 
 /// The public API.
@@ -48,6 +50,8 @@ pub fn router(state: AppState) -> Router {
         .merge(images::routes())
         .merge(upscales::routes())
         .merge(openapi::routes())
+        // Per matched route, so the label is the template, never an id.
+        .route_layer(middleware::from_fn(observe))
         .fallback(|| async { Problem::not_found("route") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -61,6 +65,34 @@ pub fn router(state: AppState) -> Router {
             within(timeout, req, next)
         }))
         .with_state(state)
+}
+
+/// Counts each answer and times it, by route template, method and status.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    // Only the methods the API routes; anything else is one label.
+    let method: &'static str = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        _ => "other",
+    };
+    let started = std::time::Instant::now();
+    let response = next.run(req).await;
+    let m = kiln_store::metrics::metrics();
+    m.http_requests
+        .with_label_values(&[&route, method, response.status().as_str()])
+        .inc();
+    m.http_request_seconds
+        .with_label_values(&[&route, method])
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 /// Answers 503 problem+json when a request takes longer than `timeout`.

@@ -26,6 +26,7 @@ use crate::AppState;
         super::me::restrict,
         super::me::unrestrict,
         super::me::delete_account,
+        super::me::deletion_code,
         super::admin::subject_requests,
         super::admin::exports,
         super::notices::policy,
@@ -51,6 +52,7 @@ use crate::AppState;
         super::generations::create_batch,
         super::upscales::create,
         super::jobs::show,
+        super::job_events::events,
         super::jobs::list,
         super::jobs::cancel,
         super::images::list,
@@ -61,7 +63,7 @@ use crate::AppState;
         super::health::readyz,
     ),
     components(schemas(crate::Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemJson),
 )]
 pub struct ApiDoc;
 
@@ -74,6 +76,43 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Errors are `application/problem+json` (RFC 9457), as the server sends
+/// them: every response whose body is the `Problem` schema is documented
+/// under that media type, not `application/json`.
+struct ProblemJson;
+
+impl Modify for ProblemJson {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let is_problem = response.content.get("application/json").is_some_and(|c| {
+                        matches!(&c.schema, Some(RefOr::Ref(r)) if r.ref_location.ends_with("/Problem"))
+                    });
+                    if is_problem
+                        && let Some(content) = response.content.shift_remove("application/json")
+                    {
+                        response
+                            .content
+                            .insert("application/problem+json".to_owned(), content);
+                    }
+                }
+            }
+        }
     }
 }
 

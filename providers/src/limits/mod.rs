@@ -157,6 +157,48 @@ fn observe_wait(provider: &str, started: Instant) {
     }
 }
 
+/// Where provider calls report their outcome and duration: set once per
+/// process like [`observe_waits_with`].
+static CALL_OBSERVER: OnceLock<fn(&str, CallOutcome, Duration)> = OnceLock::new();
+
+/// How a provider call ended, as metrics count it (a bounded label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    /// Failed in a way a later attempt may not (timeouts, 429, 5xx).
+    Retryable,
+    /// Refused for good (bad input, blocked content, a 4xx).
+    Refused,
+}
+
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Retryable => "retryable",
+            CallOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Reports each provider call's outcome and duration (not counting the
+/// wait for its permit), by provider key, to `observe`. The first call in
+/// a process wins.
+pub fn observe_calls_with(observe: fn(&str, CallOutcome, Duration)) {
+    let _ = CALL_OBSERVER.set(observe);
+}
+
+fn observe_call<T>(provider: &str, result: &Result<T, ProviderError>, took: Duration) {
+    if let Some(observe) = CALL_OBSERVER.get() {
+        let outcome = match result {
+            Ok(_) => CallOutcome::Ok,
+            Err(ProviderError::Transient { .. }) => CallOutcome::Retryable,
+            Err(ProviderError::Permanent { .. }) => CallOutcome::Refused,
+        };
+        observe(provider, outcome, took);
+    }
+}
+
 /// The `rate_limits` settings section.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

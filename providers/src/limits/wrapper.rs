@@ -25,7 +25,9 @@ pub async fn limited<T>(
     call: impl Future<Output = Result<T, ProviderError>> + Send,
 ) -> Result<T, ProviderError> {
     let permit = limiter.acquire(provider).await?;
+    let started = std::time::Instant::now();
     let result = call.await;
+    super::observe_call(provider, &result, started.elapsed());
     permit.release().await;
     result
 }
@@ -118,5 +120,43 @@ impl Upscaler for Limited<dyn Upscaler> {
         cancel: &CancellationToken,
     ) -> Result<UpscaledImage, ProviderError> {
         limited(&*self.limiter, &self.key, self.inner.upscale(req, cancel)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::limits::{CallOutcome, LocalLimiter, observe_calls_with};
+
+    static SEEN: Mutex<Vec<(String, CallOutcome)>> = Mutex::new(Vec::new());
+
+    fn note(provider: &str, outcome: CallOutcome, _: std::time::Duration) {
+        SEEN.lock().unwrap().push((provider.to_owned(), outcome));
+    }
+
+    #[tokio::test]
+    async fn each_call_reports_its_provider_and_outcome() {
+        observe_calls_with(note);
+        let limiter = LocalLimiter::new(Default::default());
+        let ok: Result<u8, ProviderError> = limited(&limiter, "email", async { Ok(1) }).await;
+        assert!(ok.is_ok());
+        let _ = limited::<u8>(&limiter, "sms", async {
+            Err(ProviderError::transient("timeout", "no answer"))
+        })
+        .await;
+        let _ = limited::<u8>(&limiter, "openai_images", async {
+            Err(ProviderError::permanent("bad_request", "refused"))
+        })
+        .await;
+        assert_eq!(
+            *SEEN.lock().unwrap(),
+            [
+                ("email".to_owned(), CallOutcome::Ok),
+                ("sms".to_owned(), CallOutcome::Retryable),
+                ("openai_images".to_owned(), CallOutcome::Refused),
+            ]
+        );
     }
 }

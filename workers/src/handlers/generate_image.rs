@@ -18,7 +18,7 @@ use crate::{
 };
 use kiln_providers::{
     fetch::GuardedFetcher,
-    image_metadata::strip_output,
+    image_metadata::{strip_output, strip_reference},
     images::{ImageGenerator, ImageRequest},
     moderation::Moderator,
 };
@@ -36,8 +36,9 @@ pub struct GenerateImageHandler {
 
 impl GenerateImageHandler {
     /// Fetches each reference image once (guarded), moderates it like any
-    /// image, and re-hosts it under `refs/<generation>/`: the provider gets
-    /// a signed link to kiln's copy, never the client's URL.
+    /// image, strips its metadata (EXIF, text) and re-hosts it under
+    /// `refs/<generation>/`: the provider gets a signed link to kiln's
+    /// copy, never the client's URL or the photo's EXIF.
     async fn rehost_references(
         &self,
         ctx: &JobContext,
@@ -61,7 +62,9 @@ impl GenerateImageHandler {
                 .unwrap_or("bin")
                 .replace("jpeg", "jpg");
             let key = format!("refs/{}/{index}.{extension}", generation.id);
-            self.objects.put(&key, image.bytes).await?;
+            // Kept and passed on with its pixels only.
+            let bytes = strip_reference(image.bytes).await?;
+            self.objects.put(&key, bytes).await?;
             links.push(self.links.url(&key));
         }
         Ok(links)

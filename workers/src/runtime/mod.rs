@@ -49,6 +49,7 @@ pub async fn run(
     kiln_store::metrics::show_queue_gauges();
     // The providers' rate-limit waits go to kiln's metrics.
     kiln_providers::limits::observe_waits_with(observe_provider_wait);
+    kiln_providers::limits::observe_calls_with(observe_provider_call);
     let queues = config.queue_names();
     tracing::info!(worker = %worker_id, ?queues, concurrency = config.concurrency,
         backend = store.backend_name(), "worker starting");
@@ -195,6 +196,20 @@ pub async fn run(
 
 /// Records how long a provider call waited for the shared rate limits
 /// (`kiln_provider_rate_limit_wait_seconds`).
+fn observe_provider_call(
+    provider: &str,
+    outcome: kiln_providers::limits::CallOutcome,
+    took: std::time::Duration,
+) {
+    let m = kiln_store::metrics::metrics();
+    m.provider_requests
+        .with_label_values(&[provider, outcome.as_str()])
+        .inc();
+    m.provider_request_seconds
+        .with_label_values(&[provider])
+        .observe(took.as_secs_f64());
+}
+
 fn observe_provider_wait(provider: &str, waited: std::time::Duration) {
     kiln_store::metrics::metrics()
         .provider_rate_limit_wait_seconds
