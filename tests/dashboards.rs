@@ -280,3 +280,25 @@ fn the_scanners_find_what_they_should() {
     assert_eq!(base_metric("kiln_c_total_sum", &defined, &histograms), None);
     assert_eq!(base_metric("kiln_nope", &defined, &histograms), None);
 }
+
+#[test]
+fn promtool_accepts_the_example_scrape_configuration() {
+    let Some(promtool) = on_path("promtool") else {
+        eprintln!("note: promtool is not on PATH; skipping the scrape configuration check");
+        return;
+    };
+    let output = Command::new(&promtool)
+        .args(["check", "config", "dashboards/prometheus.yml"])
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check config dashboards/prometheus.yml failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Rules are found beside it: no path outside the repository.
+    let config = read("dashboards/prometheus.yml");
+    assert!(!config.contains("../"), "{config}");
+}
