@@ -77,6 +77,7 @@ fn matrix() -> Vec<Case> {
         case(M::GET, "/v1/me", [401, 200, 200, 200, 200]),
         case(M::PATCH, "/v1/me", [401, 202, 202, 202, 202]),
         case(M::GET, "/v1/me/access-log", [401, 200, 200, 200, 200]),
+        case(M::POST, "/v1/me/webhook-secret", [401, 201, 201, 201, 201]),
         case(
             M::GET,
             "/admin/v1/subject-requests",

@@ -308,3 +308,59 @@ async fn an_account_chooses_the_language_of_its_notices() {
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn a_webhook_secret_is_shown_once_sealed_at_rest_and_replaced_by_the_next() {
+    let db = kiln_store::testing::TestDatabase::sqlite();
+    let url = db.url.clone();
+    let api = TestApi::new(db.store().await.unwrap()).keeping(db);
+    let ada = api.signed_up("ada@example.com", PASSWORD).await;
+    let r = api
+        .request(Method::POST, "/v1/me/webhook-secret", None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let rotate = || async {
+        let r = api
+            .request(Method::POST, "/v1/me/webhook-secret", None, Some(&ada))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+        r.json()["secret"].as_str().unwrap().to_owned()
+    };
+    let first = rotate().await;
+    let second = rotate().await;
+    assert_ne!(first, second);
+    for secret in [&first, &second] {
+        // A Standard Webhooks secret: whsec_ and 32 bytes of base64.
+        let key = kiln_providers::payments::signature::standard_secret(secret).unwrap();
+        assert_eq!(key.len(), 32);
+    }
+    let me = api
+        .request(Method::GET, "/v1/me", None, Some(&ada))
+        .await
+        .json();
+    let user: kiln_jobs::UserId = serde_json::from_value(me["id"].clone()).unwrap();
+    assert_eq!(
+        api.store().webhook_secret(user).await.unwrap().as_deref(),
+        Some(second.as_str()),
+        "the newest one signs"
+    );
+    // Sealed at rest: the database file never holds it in the clear.
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = path.split('?').next().unwrap();
+    let mut file = std::fs::read(path).unwrap();
+    // Recent writes may still be in the write-ahead log.
+    file.extend(std::fs::read(format!("{path}-wal")).unwrap_or_default());
+    assert!(file.len() > 4096, "read the database: {path}");
+    let sealed_somewhere = file.windows(3).any(|w| w == b"k1:");
+    assert!(sealed_somewhere, "the sealed secret is in the file");
+    let plain = second.trim_start_matches("whsec_");
+    assert!(!file.windows(plain.len()).any(|w| w == plain.as_bytes()));
+    let log = api
+        .request(Method::GET, "/v1/me/access-log", None, Some(&ada))
+        .await
+        .json();
+    assert_eq!(
+        log["entries"][0]["event"], "webhook_secret_rotated",
+        "{log}"
+    );
+}

@@ -46,6 +46,8 @@ pub enum AccessEvent {
     DeletionRequested,
     /// The owner acknowledged a policy version.
     PolicyAcknowledged,
+    /// The owner created or replaced the account's webhook signing secret.
+    WebhookSecretRotated,
     /// An operator published a policy version (the operator's entry).
     PolicyPublished,
     /// An operator sent a security notice (the operator's entry).
@@ -70,7 +72,7 @@ pub enum AccessEvent {
 
 impl AccessEvent {
     /// Every event, to read a stored name back.
-    pub const ALL: [AccessEvent; 26] = [
+    pub const ALL: [AccessEvent; 27] = [
         AccessEvent::Register,
         AccessEvent::RegistrationAttempt,
         AccessEvent::Verify,
@@ -87,6 +89,7 @@ impl AccessEvent {
         AccessEvent::Unrestricted,
         AccessEvent::DeletionRequested,
         AccessEvent::PolicyAcknowledged,
+        AccessEvent::WebhookSecretRotated,
         AccessEvent::PolicyPublished,
         AccessEvent::SecurityNoticeSent,
         AccessEvent::OperatorJobRead,
@@ -117,6 +120,7 @@ impl AccessEvent {
             AccessEvent::Unrestricted => "unrestricted",
             AccessEvent::DeletionRequested => "deletion_requested",
             AccessEvent::PolicyAcknowledged => "policy_acknowledged",
+            AccessEvent::WebhookSecretRotated => "webhook_secret_rotated",
             AccessEvent::PolicyPublished => "policy_published",
             AccessEvent::SecurityNoticeSent => "security_notice_sent",
             AccessEvent::OperatorJobRead => "operator_job_read",

@@ -283,6 +283,15 @@ pub trait Accounts: Send + Sync {
     /// already so (or is deleted).
     async fn set_restricted(&self, user_id: UserId, restricted: bool) -> Result<bool, StoreError>;
     async fn is_restricted(&self, user_id: UserId) -> Result<bool, StoreError>;
+    /// Keeps the account's webhook signing secret, sealed (in place of any
+    /// earlier one): false when the account is deleted.
+    async fn set_webhook_secret_sealed(
+        &self,
+        user_id: UserId,
+        sealed: &str,
+    ) -> Result<bool, StoreError>;
+    /// The account's webhook signing secret, sealed; None when it has none.
+    async fn webhook_secret_sealed(&self, user_id: UserId) -> Result<Option<String>, StoreError>;
     /// Sets the language notices go out in: false when the account is
     /// deleted.
     async fn set_locale(&self, user_id: UserId, locale: Locale) -> Result<bool, StoreError>;

@@ -537,6 +537,20 @@ impl Store {
         }))
     }
 
+    /// Keeps `secret` as the account's webhook signing secret, sealed;
+    /// false when the account is deleted.
+    pub async fn set_webhook_secret(&self, user: UserId, secret: &str) -> Result<bool, StoreError> {
+        self.engine
+            .set_webhook_secret_sealed(user, &self.pii.seal(secret))
+            .await
+    }
+
+    /// The account's webhook signing secret, opened; None when it has none.
+    pub async fn webhook_secret(&self, user: UserId) -> Result<Option<String>, StoreError> {
+        let sealed = self.engine.webhook_secret_sealed(user).await?;
+        self.open_some(sealed)
+    }
+
     /// The account as its owner sees it; `None` once deleted.
     pub async fn profile(&self, user_id: UserId) -> Result<Option<Profile>, StoreError> {
         let Some(p) = self.engine.sealed_profile(user_id).await? else {

@@ -29,6 +29,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/me", get(show).patch(correct).delete(delete_account))
         .route("/v1/me/restriction", post(restrict).delete(unrestrict))
         .route("/v1/me/deletion-code", post(deletion_code))
+        .route("/v1/me/webhook-secret", post(webhook_secret))
         .route("/v1/me/access-log", get(access_log))
 }
 
@@ -510,4 +511,39 @@ async fn access_log(
         entries: entries.into_iter().map(Into::into).collect(),
         next_cursor,
     }))
+}
+
+/// The account's new webhook signing secret: shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookSecret {
+    /// `whsec_` then 32 random bytes in base64 (Standard Webhooks): verify
+    /// each delivery's `webhook-signature` with it.
+    pub secret: String,
+}
+
+#[utoipa::path(post, path = "/v1/me/webhook-secret", tag = "accounts",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "a new signing secret for your webhook deliveries, shown this once; any earlier one stops signing at once", body = WebhookSecret),
+        (status = 401, description = "no valid token", body = Problem),
+    ))]
+async fn webhook_secret(
+    State(state): State<AppState>,
+    ClientOrigin(origin): ClientOrigin,
+    user: CurrentUser,
+) -> Result<(StatusCode, Json<WebhookSecret>), Problem> {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    );
+    if !state.store.set_webhook_secret(user.id, &secret).await? {
+        return Err(Problem::unauthorized());
+    }
+    state
+        .store
+        .record_access(Some(user.id), AccessEvent::WebhookSecretRotated, &origin)
+        .await?;
+    Ok((StatusCode::CREATED, Json(WebhookSecret { secret })))
 }

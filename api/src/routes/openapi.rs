@@ -27,6 +27,7 @@ use crate::AppState;
         super::me::unrestrict,
         super::me::delete_account,
         super::me::deletion_code,
+        super::me::webhook_secret,
         super::admin::subject_requests,
         super::admin::exports,
         super::notices::policy,

@@ -272,6 +272,31 @@ impl Accounts for SqliteStore {
         Ok(changed.rows_affected() == 1)
     }
 
+    async fn set_webhook_secret_sealed(
+        &self,
+        user_id: UserId,
+        sealed: &str,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE users SET webhook_secret_sealed = ?2 WHERE id = ?1 AND deleted_at IS NULL",
+        )
+        .bind(Id(user_id.0))
+        .bind(sealed)
+        .execute(&self.writer)
+        .await?;
+        Ok(changed.rows_affected() == 1)
+    }
+
+    async fn webhook_secret_sealed(&self, user_id: UserId) -> Result<Option<String>, StoreError> {
+        let sealed: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT webhook_secret_sealed FROM users WHERE id = ?1 AND deleted_at IS NULL",
+        )
+        .bind(Id(user_id.0))
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(sealed.flatten())
+    }
+
     async fn set_locale(&self, user_id: UserId, locale: Locale) -> Result<bool, StoreError> {
         let changed =
             sqlx::query("UPDATE users SET locale = ?2 WHERE id = ?1 AND deleted_at IS NULL")
