@@ -341,3 +341,22 @@ impl LimitedQueues {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
+
+/// The ended jobs a retry may bring back, of `candidates` (a query of
+/// `finished_jobs` rows' `id, finished_at, kind, owner`): an account has
+/// one export at a time (the unique index of migration 0022), so of its
+/// ended exports only the newest comes back, and none while one is
+/// unfinished; the rest of the batch goes on. Both dialects run it.
+pub(crate) fn retryable_ended(candidates: &str) -> String {
+    format!(
+        "SELECT id, finished_at FROM (
+             SELECT c.id, c.finished_at, c.kind,
+                    row_number() OVER (
+                        PARTITION BY CASE WHEN c.kind = 'data_export' THEN c.owner END
+                        ORDER BY c.id DESC) AS nth
+             FROM ({candidates}) c
+             WHERE c.kind <> 'data_export' OR NOT EXISTS (
+                 SELECT 1 FROM jobs j WHERE j.owner = c.owner AND j.kind = 'data_export')) x
+         WHERE kind <> 'data_export' OR nth = 1"
+    )
+}

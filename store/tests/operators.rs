@@ -26,6 +26,7 @@ kiln_store::both_databases!(
     cancel_tells_running_jobs_and_ends_waiting_ones,
     the_job_list_filters_and_pages,
     the_overview_counts_states_and_recent_throughput,
+    a_bulk_retry_brings_back_one_export_per_account_and_goes_on,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -431,4 +432,62 @@ async fn age_finished(db: &TestDatabase, id: uuid::Uuid, minutes: i64) {
             .await
             .unwrap();
     }
+}
+
+/// An export of `owner`'s that failed for good.
+async fn failed_export(store: &Store, owner: kiln_jobs::UserId) -> uuid::Uuid {
+    let job = NewJob::of(&kiln_jobs::DataExport { user: owner })
+        .unwrap()
+        .owner(owner)
+        .max_attempts(1);
+    let id = store.enqueue(job).await.unwrap().id;
+    let claimed = store
+        .claim("w", &["exports".to_owned()], 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(claimed.lease.id, id);
+    let failure = Failure {
+        code: "boom".into(),
+        message: "storage was down".into(),
+        retry_in: None,
+    };
+    assert!(store.fail(claimed.lease, failure).await.unwrap());
+    id
+}
+
+async fn a_bulk_retry_brings_back_one_export_per_account_and_goes_on(
+    store: Store,
+    _: &TestDatabase,
+) {
+    // Ada: two failed exports; Bob: one failed and one waiting; a probe.
+    let (ada, bob) = (account(&store).await, account(&store).await);
+    let ada_older = failed_export(&store, ada).await;
+    let ada_newer = failed_export(&store, ada).await;
+    let _bob_failed = failed_export(&store, bob).await;
+    let bob_waiting = NewJob::of(&kiln_jobs::DataExport { user: bob })
+        .unwrap()
+        .owner(bob);
+    store.enqueue(bob_waiting).await.unwrap();
+    let probe_id = store.enqueue(probe().max_attempts(1)).await.unwrap().id;
+    let job = claim(&store, 1).await.remove(0);
+    let failure = Failure {
+        code: "boom".into(),
+        message: "it broke".into(),
+        retry_in: None,
+    };
+    assert!(store.fail(job.lease, failure).await.unwrap());
+
+    // One export at a time per account: Ada's newest comes back, Bob's
+    // waits behind the one he has; the rest of the filter goes on.
+    let failed = JobFilter {
+        state: Some(JobState::Failed),
+        ..JobFilter::default()
+    };
+    assert_eq!(store.retry_jobs(&failed).await.unwrap(), 2);
+    assert_eq!(state(&store, ada_newer).await, JobState::Available);
+    assert_eq!(state(&store, ada_older).await, JobState::Failed);
+    assert_eq!(state(&store, probe_id).await, JobState::Available);
+    // Again: nothing more can come back now.
+    assert_eq!(store.retry_jobs(&failed).await.unwrap(), 0);
 }

@@ -223,15 +223,17 @@ impl OperatorWrites for PgStore {
             "moved",
         );
         let back = format!(
-            "WITH picked AS (
-                 SELECT id, finished_at FROM finished_jobs
-                 WHERE state IN ('failed', 'cancelled') AND finished_at <= $2{cond}
-                 ORDER BY id LIMIT $1),
+            "WITH picked AS ({}),
              moved AS (
                  DELETE FROM finished_jobs f USING picked
                  WHERE f.id = picked.id AND f.finished_at = picked.finished_at
                  RETURNING f.*)
-             {insert} RETURNING id, queue, owner IS NOT NULL"
+             {insert} RETURNING id, queue, owner IS NOT NULL",
+            crate::operators::retryable_ended(&format!(
+                "SELECT id, finished_at, kind, owner FROM finished_jobs
+                 WHERE state IN ('failed', 'cancelled') AND finished_at <= $2{cond}
+                 ORDER BY id LIMIT $1"
+            ))
         );
         let moved = bind_all(
             sqlx::query_as::<_, (Uuid, String, bool)>(sqlx::AssertSqlSafe(back))

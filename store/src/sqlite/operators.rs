@@ -249,10 +249,12 @@ impl OperatorWrites for SqliteStore {
             // Ended jobs: copied back into `jobs`, then deleted from
             // `finished_jobs`, in this one transaction.
             let pick = format!(
-                "SELECT json_group_array(id) FROM (
-                     SELECT id FROM finished_jobs
+                "SELECT json_group_array(id) FROM ({})",
+                crate::operators::retryable_ended(&format!(
+                    "SELECT id, finished_at, kind, owner FROM finished_jobs
                      WHERE state IN ('failed', 'cancelled') AND finished_at <= ?1{cond}
-                     ORDER BY id LIMIT ?2)"
+                     ORDER BY id LIMIT ?2"
+                ))
             );
             let picked: String = {
                 let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(pick))
