@@ -2284,6 +2284,26 @@ async fn openapi_document_lists_every_route_and_the_problem_schema() {
         problems > 50,
         "only {problems} problem responses documented"
     );
+    // What the server refuses, the document refuses too: pages of 1 to
+    // 100, cursors in the form the API gives them out.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let schema = &p["schema"];
+                match p["name"].as_str() {
+                    Some("limit") => assert!(
+                        schema["minimum"] == 1 && schema["maximum"] == 100,
+                        "{method} {path} limit: {schema}"
+                    ),
+                    Some("cursor") => assert!(
+                        schema["format"] == "uuid" || schema["pattern"].is_string(),
+                        "{method} {path} cursor has no format: {schema}"
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    }
     // Every reference resolves within the document.
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);

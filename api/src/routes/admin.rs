@@ -22,8 +22,10 @@ pub struct SubjectRequestQuery {
     /// Only requests not answered by their due date.
     pub overdue: Option<bool>,
     /// Requests per page: 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -110,8 +112,10 @@ async fn subject_requests(
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// Files per page: 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 

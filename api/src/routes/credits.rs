@@ -28,8 +28,10 @@ pub fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreditsQuery {
     /// Entries per page: 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page (an entry id).
+    #[param(value_type = Option<String>, pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 

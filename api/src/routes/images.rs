@@ -49,8 +49,10 @@ async fn show(
 #[serde(deny_unknown_fields)]
 pub struct ImageListQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 
@@ -75,17 +77,7 @@ async fn list(
     user: CurrentUser,
     Query(query): Query<ImageListQuery>,
 ) -> Result<Json<ImagePage>, Problem> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(Problem::invalid("limit must be between 1 and 100"));
-    }
-    let before = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<uuid::Uuid>()
-                .map_err(|_| Problem::invalid("cursor is not one this API gave out"))?,
-        ),
-    };
+    let (limit, before) = super::uuid_page(query.limit, query.cursor.as_deref())?;
     let mut rows = state
         .store
         .images_of_owner(user.id, before, limit + 1)

@@ -119,8 +119,10 @@ pub struct ListQuery {
     /// Only jobs of this kind.
     pub kind: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 

@@ -443,8 +443,10 @@ async fn check_password(
 #[serde(deny_unknown_fields)]
 pub struct AccessLogQuery {
     /// Entries per page: 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 

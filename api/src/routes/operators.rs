@@ -461,8 +461,10 @@ pub struct JobQuery {
     /// An account id.
     pub owner: Option<Uuid>,
     /// Jobs per page: 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub cursor: Option<String>,
 }
 
