@@ -361,6 +361,16 @@ async fn register(
     Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
 }
 
+/// A code as the user typed it, normalised (fullwidth digits are digits):
+/// 422 unless it is the 6 digits a code has.
+pub(super) fn typed_code(raw: &str) -> Result<String, Problem> {
+    let code: String = raw.trim().nfkc().collect();
+    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Problem::invalid("code must be the 6 digits that were sent"));
+    }
+    Ok(code)
+}
+
 pub(super) fn invalid_code() -> Problem {
     Problem::new(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -384,10 +394,7 @@ async fn verify(
     Json(req): Json<VerifyRequest>,
 ) -> Result<Json<Verified>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
-    let code: String = req.code.trim().nfkc().collect();
-    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Problem::invalid("code must be the 6 digits that were sent"));
-    }
+    let code = typed_code(&req.code)?;
     let (outcome, account) = match state.store.login_record(&identifier).await? {
         Some(record) if !record.verified => {
             let hash = state.codes.code_hash(record.user_id, &code);

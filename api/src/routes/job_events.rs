@@ -29,6 +29,7 @@ use kiln_store::{JobRecord, StoreEvent};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
+use super::jobs::own_job;
 use crate::{AppState, Path, Problem, auth::CurrentUser, problem::parse_id};
 
 /// Streams one account may hold open in one process.
@@ -141,13 +142,6 @@ pub(super) async fn events(
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("keep-alive"))
         .into_response())
-}
-
-async fn own_job(state: &AppState, id: Uuid, owner: UserId) -> Result<JobRecord, Problem> {
-    match state.store.get(id).await? {
-        Some(job) if job.owner == Some(owner) => Ok(job),
-        _ => Err(Problem::not_found("job")),
-    }
 }
 
 /// One client following one job.

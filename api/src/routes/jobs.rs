@@ -51,7 +51,11 @@ pub enum Until {
     Change,
 }
 
-async fn own_job(state: &AppState, id: Uuid, owner: UserId) -> Result<JobRecord, Problem> {
+pub(super) async fn own_job(
+    state: &AppState,
+    id: Uuid,
+    owner: UserId,
+) -> Result<JobRecord, Problem> {
     match state.store.get(id).await? {
         Some(job) if job.owner == Some(owner) => Ok(job),
         _ => Err(Problem::not_found("job")),

@@ -8,16 +8,16 @@ use axum::{
 use chrono::{DateTime, NaiveDate, Utc};
 use kiln_jobs::{Locale, UserId};
 use kiln_store::{
-    CODE_DIGITS,
     access_log::{AccessEntry, AccessEvent},
-    accounts::{CodeCheck, Identifier, Profile},
+    accounts::{CodeCheck, Contacts, Identifier, Profile},
     subject_requests::{NewRequest, RequestKind},
 };
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{LoginThrottle, VerificationSent, invalid_code, send_code, throttle_sends};
+use super::auth::{
+    LoginThrottle, VerificationSent, invalid_code, send_code, throttle_sends, typed_code,
+};
 use crate::{
     AppState, Json, Problem, Query,
     auth::{ClientOrigin, CurrentUser},
@@ -176,7 +176,7 @@ async fn correct(
     }
     let new = identifier(req.email, req.phone)?;
     let Some(code) = req.code else {
-        let current = profile(&state, user.id).await?;
+        let current = contacts(&state, user.id).await?;
         let already = match &new {
             Identifier::Email(e) => current.email.as_ref() == Some(e),
             Identifier::Phone(p) => current.phone.as_ref() == Some(p),
@@ -199,10 +199,7 @@ async fn correct(
         register(&state, user.id, RequestKind::Correction, None, true).await?;
         return Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())).into_response());
     };
-    let code: String = code.trim().nfkc().collect();
-    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Problem::invalid("code must be the 6 digits that were sent"));
-    }
+    let code = typed_code(&code)?;
     // The code must be the one sent to this address.
     let pending = state
         .store
@@ -306,18 +303,32 @@ async fn deletion_code(
     State(state): State<AppState>,
     user: CurrentUser,
 ) -> Result<(StatusCode, Json<VerificationSent>), Problem> {
-    let address = address_of(&profile(&state, user.id).await?)?;
+    let address = address_of(&state, user.id).await?;
     throttle_sends(&state, &address).await?;
     send_code(&state, &address, user.id, false).await?;
     Ok((StatusCode::ACCEPTED, Json(VerificationSent::new())))
 }
 
+/// The account's addresses, opened; 401 once it is gone (a token outlives
+/// its account only by a race with deletion).
+async fn contacts(state: &AppState, user: UserId) -> Result<Contacts, Problem> {
+    state
+        .store
+        .contacts(user)
+        .await?
+        .ok_or_else(Problem::unauthorized)
+}
+
 /// The address the account signs in with (email first).
-fn address_of(me: &MeResource) -> Result<Identifier, Problem> {
-    match (&me.email, &me.phone) {
-        (Some(email), _) => Ok(Identifier::Email(email.clone())),
-        (None, Some(phone)) => Ok(Identifier::Phone(phone.clone())),
-        (None, None) => Err(Problem::unauthorized()),
+async fn address_of(state: &AppState, user: UserId) -> Result<Identifier, Problem> {
+    match contacts(state, user).await? {
+        Contacts {
+            email: Some(email), ..
+        } => Ok(Identifier::Email(email)),
+        Contacts {
+            phone: Some(phone), ..
+        } => Ok(Identifier::Phone(phone)),
+        _ => Err(Problem::unauthorized()),
     }
 }
 
@@ -384,10 +395,7 @@ async fn check_deletion_code(
     user: UserId,
     code: &str,
 ) -> Result<(), Problem> {
-    let code: String = code.trim().nfkc().collect();
-    if code.len() != CODE_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Problem::invalid("code must be the 6 digits that were sent"));
-    }
+    let code = typed_code(code)?;
     let hash = state.codes.code_hash(user, &code);
     let grants = state.credits.verification_grants();
     match state.store.check_code(user, &hash, grants).await? {
@@ -418,7 +426,7 @@ async fn check_password(
         .password_hash(user)
         .await?
         .ok_or_else(Problem::unauthorized)?;
-    let address = address_of(&profile(state, user).await?)?;
+    let address = address_of(state, user).await?;
     let throttled = LoginThrottle::new(state, &address, origin);
     throttled.refuse_when_full().await?;
     if !crate::auth::verify_password(password, hash)
