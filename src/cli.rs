@@ -100,6 +100,11 @@ use clap::{Parser, Subcommand};
 ///   reference_images.timeout_ms KILN_REFERENCE_IMAGES_TIMEOUT_MS 15000
 ///   reference_images.allow_http KILN_REFERENCE_IMAGES_ALLOW_HTTP false (tests only)
 ///   reference_images.allow_private_addresses KILN_REFERENCE_IMAGES_ALLOW_PRIVATE_ADDRESSES false (tests only)
+///   webhooks.timeout_ms       KILN_WEBHOOKS_TIMEOUT_MS      10000 (per delivery attempt)
+///   webhooks.max_response_bytes KILN_WEBHOOKS_MAX_RESPONSE_BYTES 65536 (read of a receiver's answer)
+///   webhooks.allow_http       KILN_WEBHOOKS_ALLOW_HTTP      false (tests only)
+///   webhooks.allow_private_addresses KILN_WEBHOOKS_ALLOW_PRIVATE_ADDRESSES false (tests only)
+///   rate_limits.providers.webhooks.* (per receiving host) default 10 per second, 4 at once
 ///   email.provider            KILN_EMAIL_PROVIDER           dev | smtp | http
 ///   email.product_name        KILN_EMAIL_PRODUCT_NAME       kiln (in every notice)
 ///   email.from                KILN_EMAIL_FROM               (required for smtp, http)

@@ -17,7 +17,7 @@ use kiln_jobs::RetentionSettings;
 use kiln_providers::{
     ProviderSettings, email::EmailSettings, fetch::FetchPolicy, images::ImagesSettings,
     limits::RateLimitSettings, moderation::ModerationSettings, payments::PaymentsSettings,
-    sms::SmsSettings, upscale::UpscaleSettings,
+    sms::SmsSettings, upscale::UpscaleSettings, webhook::WebhookSettings,
 };
 use kiln_scheduler::SchedulerConfig;
 use kiln_workers::WorkerConfig;
@@ -46,6 +46,7 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     pub rate_limits: RateLimitSettings,
     pub reference_images: FetchPolicy,
+    pub webhooks: WebhookSettings,
 }
 
 /// The keys personal data is sealed under (`[encryption]`).
@@ -229,6 +230,7 @@ const SECTIONS: &[&str] = &[
     "payments",
     "rate_limits",
     "reference_images",
+    "webhooks",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,6 +319,7 @@ impl Settings {
             sms: self.sms.clone(),
             rate_limits: self.rate_limits.clone(),
             reference_images: self.reference_images.clone(),
+            webhooks: self.webhooks.clone(),
         }
     }
 

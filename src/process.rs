@@ -249,6 +249,7 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         streams: Default::default(),
         codes: codes.clone(),
         throttle,
+        webhook_guard: std::sync::Arc::new(settings.webhooks.guard()),
     };
     let mut tasks = tokio::task::JoinSet::new();
 

@@ -28,6 +28,14 @@ pub struct GenerationRequest {
     /// from. kiln fetches each once (public addresses only, no redirects,
     /// images only, size-capped) and gives the provider its own copy.
     pub reference_image_urls: Option<Vec<String>>,
+    /// An https URL that hears of this job: a signed POST (Standard
+    /// Webhooks) when it completes. Its host must resolve to public
+    /// addresses only; needs a signing secret (`POST /v1/me/webhook-secret`).
+    pub webhook_url: Option<String>,
+    /// `completed` (default): the terminal event only; `all`: every change
+    /// of state or stage too.
+    #[schema(value_type = Option<String>, example = "completed")]
+    pub webhook_events: Option<kiln_jobs::WebhookEvents>,
 }
 
 /// The longest reference URL accepted.
@@ -152,6 +160,11 @@ pub struct GenerationSpec {
     pub n: u32,
     /// At most `api.max_reference_images`.
     pub reference_urls: Vec<ReferenceUrl>,
+    /// As asked: checked by [`crate::webhook::target`] before it goes in.
+    pub webhook_url: Option<String>,
+    pub webhook_events: Option<kiln_jobs::WebhookEvents>,
+    /// The checked registration, once the route has it.
+    pub webhook: Option<kiln_store::WebhookTarget>,
 }
 
 impl GenerationRequest {
@@ -188,22 +201,47 @@ impl GenerationRequest {
             size,
             n,
             reference_urls,
+            webhook_url: self.webhook_url,
+            webhook_events: self.webhook_events,
+            webhook: None,
         })
     }
 }
 
 impl GenerationSpec {
+    /// Checks the webhook the request asked for (see
+    /// [`crate::webhook::target`]) and keeps it.
+    pub async fn check_webhook(
+        &mut self,
+        state: &crate::AppState,
+        owner: kiln_jobs::UserId,
+    ) -> Result<(), Problem> {
+        self.webhook = crate::webhook::target(
+            state,
+            owner,
+            self.webhook_url.as_deref(),
+            self.webhook_events,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// SHA-256 (hex) of the canonical request, to tell an idempotent retry
     /// from a different request under the same key. Stored with the
     /// generation: its input must stay the same across releases.
     pub fn request_hash(&self) -> String {
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "prompt": self.prompt.as_str(),
             "model": self.model,
             "size": self.size.as_str(),
             "n": self.n,
             "reference_image_urls": self.reference_urls.iter().map(ReferenceUrl::as_str).collect::<Vec<_>>(),
         });
+        // Only when asked for, so requests without one hash as before.
+        if let Some(hook) = &self.webhook {
+            canonical["webhook_url"] = hook.url.clone().into();
+            canonical["webhook_events"] = hook.events.as_str().into();
+        }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -219,6 +257,7 @@ impl GenerationSpec {
             n: self.n,
             reference_urls: self.reference_urls.into_iter().map(|u| u.0).collect(),
             request_hash,
+            webhook: self.webhook,
         }
     }
 
@@ -303,6 +342,8 @@ mod tests {
             size: None,
             n: None,
             reference_image_urls: None,
+            webhook_url: None,
+            webhook_events: None,
         }
     }
 

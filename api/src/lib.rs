@@ -14,6 +14,7 @@ mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod throttle;
+mod webhook;
 
 pub use config::{ApiConfig, ApiConfigError, CreditsConfig, CreditsConfigError, parse_size};
 pub use identifier::parse_address;

@@ -64,6 +64,12 @@ impl Problem {
         }
     }
 
+    /// The same problem about item `i` of a batch (`items[3]: …`).
+    pub fn at_item(mut self, i: usize) -> Problem {
+        self.detail = format!("items[{i}]: {}", self.detail);
+        self
+    }
+
     pub fn invalid(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", detail)
     }

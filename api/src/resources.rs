@@ -1,294 +1,40 @@
-//! What clients see of jobs and images.
+//! What clients see of jobs and images: built by the store's
+//! [`Presenter`](kiln_store::resources::Presenter) (webhook deliveries
+//! carry the same resources), with the API's links and lifetimes.
 
-use std::collections::HashMap;
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use kiln_jobs::{
-    DataExport, DataExportResult, GenerateImage, GenerateImageResult, Job, UpscaleImage,
-    UpscaleImageResult, UserId,
-};
-use kiln_store::{JobRecord, JobState, generations::ImageRecord};
-use serde::{Serialize, de::DeserializeOwned};
-use utoipa::ToSchema;
-use uuid::Uuid;
+use kiln_store::{JobRecord, StoreError, generations::ImageRecord, resources::Presenter};
+
+pub use kiln_store::resources::{ImageResource, JobResource};
 
 use crate::AppState;
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobResource {
-    pub id: Uuid,
-    /// e.g. `generate_image`.
-    pub kind: String,
-    /// scheduled, available, running, retryable, succeeded, failed, cancelled.
-    #[schema(value_type = String)]
-    pub state: JobState,
-    /// e.g. queued, moderating_prompt, generating, moderating_output, done, blocked.
-    pub stage: String,
-    pub progress: i16,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    /// True while a running job has been asked to stop.
-    pub cancelling: bool,
-    pub created_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// For a finished generation: `{"images": [...]}`; for a finished
-    /// upscale: `{"image": ...}`; images with signed URLs. For a finished
-    /// data export: `{"url", "expires_at", "expired", "available_until",
-    /// "bytes", "counts"}`, `url` a signed link to the ZIP (null once the
-    /// export expired).
-    pub result: Option<serde_json::Value>,
-    /// Why it failed, was cancelled, or (retryable) why its last attempt
-    /// did not succeed.
-    pub error: Option<JobErrorBody>,
-    /// When a retryable or scheduled job runs next.
-    pub next_run_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobErrorBody {
-    /// e.g. `content_blocked`, `cancelled`.
-    pub code: String,
-    pub message: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ImageResource {
-    pub id: Uuid,
-    pub generation_id: Uuid,
-    pub width: u32,
-    pub height: u32,
-    pub content_type: String,
-    pub bytes: i64,
-    pub created_at: DateTime<Utc>,
-    /// Signed, expiring URL that serves the bytes.
-    pub url: String,
-    pub url_expires_at: DateTime<Utc>,
-}
-
 impl AppState {
-    /// A signed URL for an image's bytes, valid for `api.signed_url_ttl_secs`.
-    pub fn image_url(&self, image: &ImageRecord) -> (String, DateTime<Utc>) {
-        let expires =
-            Utc::now() + chrono::Duration::seconds(self.config.signed_url_ttl_secs as i64);
-        (self.signer.object_url(&image.object_key, expires), expires)
+    /// Links are paths on this API, images valid for
+    /// `api.signed_url_ttl_secs`, exports for `api.export_link_ttl_secs`.
+    pub fn presenter(&self) -> Presenter {
+        Presenter {
+            store: self.store.clone(),
+            signer: self.signer.clone(),
+            base_url: None,
+            image_url_ttl: Duration::from_secs(self.config.signed_url_ttl_secs),
+            export_link_ttl: Duration::from_secs(self.config.export_link_ttl_secs),
+            export_days: self.retention.export_days,
+        }
     }
 
     pub fn image_resource(&self, image: &ImageRecord) -> ImageResource {
-        let (url, url_expires_at) = self.image_url(image);
-        ImageResource {
-            id: image.id,
-            generation_id: image.generation_id,
-            width: image.width,
-            height: image.height,
-            content_type: image.content_type.clone(),
-            bytes: image.bytes,
-            created_at: image.created_at,
-            url,
-            url_expires_at,
-        }
+        self.presenter().image_resource(image)
     }
 
-    /// A finished export as clients see it: `url` is signed now, valid for
-    /// `api.export_link_ttl_secs` but never past the export's end
-    /// (`retention.export_days` after it finished, when retention deletes
-    /// the file); after that `url` is null and `expired` true. The object
-    /// key stays inside.
-    fn export_result(
-        &self,
-        done: DataExportResult,
-        finished_at: Option<DateTime<Utc>>,
-    ) -> serde_json::Value {
-        let now = Utc::now();
-        let kept = chrono::Duration::days(i64::from(self.retention.export_days));
-        let ends = finished_at.unwrap_or(now) + kept;
-        let link = chrono::Duration::seconds(
-            i64::try_from(self.config.export_link_ttl_secs).unwrap_or(i64::MAX / 1000),
-        );
-        let expires = (now + link).min(ends);
-        let expired = expires <= now;
-        let url = (!expired).then(|| self.signer.object_url(&done.object_key, expires));
-        serde_json::json!({
-            "url": url,
-            "expires_at": (!expired).then_some(expires),
-            "expired": expired,
-            "available_until": ends,
-            "bytes": done.bytes,
-            "counts": done.counts,
-        })
+    pub async fn job_resource(&self, job: JobRecord) -> Result<JobResource, StoreError> {
+        self.presenter().job_resource(job).await
     }
 
-    pub async fn job_resource(
-        &self,
-        job: JobRecord,
-    ) -> Result<JobResource, kiln_store::StoreError> {
-        let shown = Shown::of(&job);
-        let images = self.result_images(std::slice::from_ref(&shown)).await?;
-        Ok(self.resource(job, shown, &images))
+    /// [`AppState::job_resource`] for a page of jobs, reading their images
+    /// together.
+    pub async fn job_resources(&self, jobs: Vec<JobRecord>) -> Result<Vec<JobResource>, StoreError> {
+        self.presenter().job_resources(jobs).await
     }
-
-    /// [`AppState::job_resource`] for a page of jobs, with the images their
-    /// results show read in one query per kind, not one per job.
-    pub async fn job_resources(
-        &self,
-        jobs: Vec<JobRecord>,
-    ) -> Result<Vec<JobResource>, kiln_store::StoreError> {
-        let shown: Vec<Shown> = jobs.iter().map(Shown::of).collect();
-        let images = self.result_images(&shown).await?;
-        Ok(jobs
-            .into_iter()
-            .zip(shown)
-            .map(|(job, shown)| self.resource(job, shown, &images))
-            .collect())
-    }
-
-    /// Reads every image the given results show.
-    async fn result_images(&self, shown: &[Shown]) -> Result<ResultImages, kiln_store::StoreError> {
-        let mut generations = Vec::new();
-        let mut upscaled: HashMap<UserId, Vec<Uuid>> = HashMap::new();
-        for s in shown {
-            match *s {
-                Shown::Generation(Some(id)) => generations.push(id),
-                Shown::Upscale(Some(image)) => {
-                    upscaled.entry(image.owner).or_default().push(image.id)
-                }
-                _ => {}
-            }
-        }
-        let mut images = ResultImages::default();
-        if !generations.is_empty() {
-            for image in self.store.images_of_generations(&generations).await? {
-                images
-                    .of_generation
-                    .entry(image.generation_id)
-                    .or_default()
-                    .push(image);
-            }
-        }
-        for (owner, ids) in upscaled {
-            for image in self.store.images_by_ids(&ids, owner).await? {
-                images.by_id.insert(image.id, image);
-            }
-        }
-        Ok(images)
-    }
-
-    fn resource(&self, job: JobRecord, shown: Shown, images: &ResultImages) -> JobResource {
-        let result = match shown {
-            Shown::Generation(id) => {
-                let generated = id
-                    .and_then(|id| images.of_generation.get(&id))
-                    .map_or(&[][..], Vec::as_slice);
-                Some(serde_json::json!({
-                    "images": generated.iter().map(|i| self.image_resource(i)).collect::<Vec<_>>(),
-                }))
-            }
-            Shown::Upscale(wanted) => {
-                let image =
-                    wanted.and_then(|w| images.by_id.get(&w.id).filter(|i| i.owner == w.owner));
-                Some(serde_json::json!({ "image": image.map(|i| self.image_resource(i)) }))
-            }
-            Shown::Export => job
-                .result
-                .as_ref()
-                .and_then(typed::<DataExportResult>)
-                .map(|done| self.export_result(done, job.finished_at)),
-            Shown::AsStored => job.result.clone(),
-        };
-        let last_error = job.errors.last().map(|e| JobErrorBody {
-            code: e.code.clone(),
-            message: e.message.clone(),
-        });
-        let error = match job.state {
-            JobState::Failed | JobState::Retryable => last_error,
-            // Cancelled while waiting, its last entry is an earlier
-            // attempt's error: the reason is the cancellation.
-            JobState::Cancelled => Some(
-                last_error
-                    .filter(|e| e.code == "cancelled")
-                    .unwrap_or_else(|| JobErrorBody {
-                        code: "cancelled".to_owned(),
-                        message: "the job was cancelled before it ran to the end".to_owned(),
-                    }),
-            ),
-            _ => None,
-        };
-        let next_run_at =
-            matches!(job.state, JobState::Retryable | JobState::Scheduled).then_some(job.run_at);
-        JobResource {
-            id: job.id,
-            kind: job.kind,
-            stage: job.stage.unwrap_or_else(|| match job.state {
-                JobState::Cancelled => "cancelled".to_owned(),
-                JobState::Failed => "failed".to_owned(),
-                _ => "queued".to_owned(),
-            }),
-            state: job.state,
-            progress: job.progress,
-            attempt: job.attempt,
-            max_attempts: job.max_attempts,
-            cancelling: job.cancel_requested && !job.state.is_final(),
-            created_at: job.created_at,
-            started_at: job.started_at,
-            finished_at: job.finished_at,
-            result,
-            error,
-            next_run_at,
-        }
-    }
-}
-
-/// What a job's resource shows as its result.
-#[derive(Debug, Clone, Copy)]
-enum Shown {
-    /// A finished generation: the images of this generation (none when its
-    /// result does not read as a generation's).
-    Generation(Option<Uuid>),
-    /// A finished upscale: this image of its owner, when it still exists.
-    Upscale(Option<OwnedImage>),
-    /// A finished data export: its counts, and a link while it is kept.
-    Export,
-    /// Any other job: its result as stored.
-    AsStored,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct OwnedImage {
-    id: Uuid,
-    owner: UserId,
-}
-
-impl Shown {
-    fn of(job: &JobRecord) -> Shown {
-        match (&job.result, job.state, job.kind.as_str()) {
-            (Some(result), JobState::Succeeded, GenerateImage::KIND) => Shown::Generation(
-                typed::<GenerateImageResult>(result).map(|done| done.generation_id),
-            ),
-            (Some(result), JobState::Succeeded, UpscaleImage::KIND) => {
-                Shown::Upscale(typed::<UpscaleImageResult>(result).zip(job.owner).map(
-                    |(done, owner)| OwnedImage {
-                        id: done.image_id,
-                        owner,
-                    },
-                ))
-            }
-            (Some(_), JobState::Succeeded, DataExport::KIND) => Shown::Export,
-            _ => Shown::AsStored,
-        }
-    }
-}
-
-/// The images a set of results show, read together.
-#[derive(Default)]
-struct ResultImages {
-    /// Generated images by generation, oldest first.
-    of_generation: HashMap<Uuid, Vec<ImageRecord>>,
-    /// Upscaled images by id.
-    by_id: HashMap<Uuid, ImageRecord>,
-}
-
-/// A stored result read as its kind's result type; `None` when it does not
-/// have that shape (nothing is shown for it, as for a missing image).
-fn typed<R: DeserializeOwned>(result: &serde_json::Value) -> Option<R> {
-    R::deserialize(result).ok()
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     /// Services besides the database that must answer for `/readyz`
     /// (Redis, when configured).
     pub dependencies: Vec<Arc<dyn Dependency>>,
+    /// Checks clients' webhook URLs as the deliveries will (`[webhooks]`).
+    pub webhook_guard: Arc<kiln_providers::fetch::GuardedFetcher>,
 }
 
 /// A service the process needs, as `/readyz` sees it.

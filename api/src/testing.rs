@@ -65,6 +65,9 @@ impl TestApi {
                 codes: Arc::new(CodeKey::random()),
                 throttle: Arc::new(LocalThrottle::new()),
                 dependencies: Vec::new(),
+                webhook_guard: Arc::new(
+                    kiln_providers::webhook::WebhookSettings::default().guard(),
+                ),
             },
             _db: None,
         }

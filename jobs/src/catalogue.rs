@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    AccountPurge, Backoff, DataExport, GenerateImage, Job, NotifyUsers, OperatorExport, Probe,
-    RetentionPurge, SendEmail, SendSms, UpscaleImage,
+    AccountPurge, Backoff, DataExport, DeliverWebhook, GenerateImage, Job, NotifyUsers,
+    OperatorExport, Probe, RetentionPurge, SendEmail, SendSms, UpscaleImage,
 };
 
 /// How the queue runs a kind's attempts: how many, how long each may take,
@@ -67,6 +67,7 @@ impl KindSpec {
 pub const KINDS: &[KindSpec] = &[
     KindSpec::of::<AccountPurge>(),
     KindSpec::of::<DataExport>(),
+    KindSpec::of::<DeliverWebhook>(),
     KindSpec::of::<GenerateImage>(),
     KindSpec::of::<NotifyUsers>(),
     KindSpec::of::<OperatorExport>(),

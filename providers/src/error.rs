@@ -43,6 +43,17 @@ impl ProviderError {
             ProviderError::Transient { code, .. } | ProviderError::Permanent { code, .. } => code,
         }
     }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ProviderError::Transient { message, .. }
+            | ProviderError::Permanent { message, .. } => message,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, ProviderError::Permanent { .. })
+    }
 }
 
 /// One to one: the provider already decided whether retrying can help.

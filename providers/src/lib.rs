@@ -27,6 +27,7 @@ pub mod payments;
 mod settings;
 pub mod sms;
 pub mod upscale;
+pub mod webhook;
 
 pub use error::ProviderError;
 pub use image_type::image_type;

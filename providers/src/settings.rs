@@ -25,6 +25,8 @@ pub struct ProviderSettings {
     pub rate_limits: RateLimitSettings,
     /// How reference images from clients are fetched (`[reference_images]`).
     pub reference_images: FetchPolicy,
+    /// How clients' webhooks are delivered (`[webhooks]`).
+    pub webhooks: crate::webhook::WebhookSettings,
 }
 
 /// Each provider behind the shared limiter, keyed by its settings section
@@ -37,6 +39,8 @@ pub struct BuiltProviders {
     pub mailer: Arc<dyn Mailer>,
     pub sms: Arc<dyn SmsSender>,
     pub fetcher: Arc<GuardedFetcher>,
+    /// Behind the same limiter, per receiving host (`webhooks/<host>`).
+    pub webhooks: Arc<crate::webhook::WebhookSender>,
 }
 
 impl ProviderSettings {
@@ -46,6 +50,7 @@ impl ProviderSettings {
         self.upscale.validate()?;
         self.email.validate()?;
         self.sms.validate()?;
+        self.webhooks.validate()?;
         self.rate_limits.validate()
     }
 
@@ -68,8 +73,9 @@ impl ProviderSettings {
                 "upscale",
             )),
             mailer: Arc::new(Limited::new(self.email.build()?, limiter.clone(), "email")),
-            sms: Arc::new(Limited::new(self.sms.build()?, limiter, "sms")),
+            sms: Arc::new(Limited::new(self.sms.build()?, limiter.clone(), "sms")),
             fetcher: Arc::new(GuardedFetcher::new(self.reference_images.clone())),
+            webhooks: Arc::new(crate::webhook::WebhookSender::new(&self.webhooks, limiter)),
         })
     }
 }

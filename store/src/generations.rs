@@ -22,6 +22,8 @@ pub struct GenerationInput {
     pub request_hash: String,
     /// What it costs: reserved from the owner's balance with its job.
     pub credits: u32,
+    /// Where the owner hears of the job's changes.
+    pub webhook: Option<crate::WebhookTarget>,
 }
 
 /// A generation request, stored with its `generate_image` job in one
@@ -66,7 +68,8 @@ impl NewGenerationBatch {
                 Ok(
                     crate::NewJob::of(&kiln_jobs::GenerateImage { generation_id })?
                         .owner(self.owner)
-                        .reserving(item.credits),
+                        .reserving(item.credits)
+                        .webhook(item.webhook.clone()),
                 )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

@@ -26,6 +26,7 @@ mod pii;
 mod postgres;
 mod queue;
 mod rescue;
+pub mod resources;
 pub mod retention;
 mod rows;
 pub mod schedules;
@@ -36,6 +37,7 @@ mod store;
 pub mod subject_requests;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod webhooks;
 pub mod workers;
 
 pub use code_key::{CODE_DIGITS, CodeKey};
@@ -44,7 +46,7 @@ pub use error::{ObjectsError, SigningKeyError, StoreError};
 pub use key_file::load_or_create as load_or_create_key;
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, Enqueued, ErrorEntry, Failure, JobRecord, JobState,
-    Lease, NewJob, QueueStat, Rescued, StoreEvent,
+    Lease, NewJob, QueueStat, Rescued, StoreEvent, WebhookTarget,
 };
 pub use objects::{ObjectInfo, ObjectUpload, Objects, S3Options};
 pub use pii::Pii;

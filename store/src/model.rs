@@ -74,6 +74,17 @@ pub struct NewJob {
     /// the reservation once when the job ends: charged on success,
     /// refunded otherwise.
     pub credits: u32,
+    /// Where the owner hears of the job's changes (written with the job;
+    /// the database queues each delivery: migration `0028_webhooks.sql`).
+    pub webhook: Option<WebhookTarget>,
+}
+
+/// A client's webhook for one job: a URL already checked by the caller
+/// (https, public addresses only) and the events it wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub events: kiln_jobs::WebhookEvents,
 }
 
 impl NewJob {
@@ -89,7 +100,14 @@ impl NewJob {
             run_at: None,
             idempotency_key: None,
             credits: 0,
+            webhook: None,
         })
+    }
+
+    /// The owner hears of the job's changes at `target`.
+    pub fn webhook(mut self, target: Option<WebhookTarget>) -> Self {
+        self.webhook = target;
+        self
     }
 
     /// The job reserves `credits` of its owner's balance.

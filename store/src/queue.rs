@@ -176,6 +176,7 @@ pub trait Database:
     + crate::operator_exports::OperatorExports
     + crate::operators::Operators
     + crate::workers::Workers
+    + crate::webhooks::Webhooks
 {
 }
 
@@ -194,7 +195,8 @@ impl<
         + crate::notices::Notices
         + crate::operator_exports::OperatorExports
         + crate::operators::Operators
-        + crate::workers::Workers,
+        + crate::workers::Workers
+        + crate::webhooks::Webhooks,
 > Database for T
 {
 }

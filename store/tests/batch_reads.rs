@@ -26,6 +26,7 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
                 reference_urls: Vec::new(),
                 request_hash: prompt.into(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })

@@ -389,6 +389,7 @@ async fn grouped_generations_refuse_only_the_short_owner(store: Store, _: &TestD
             reference_urls: Vec::new(),
             request_hash: format!("hash-{n}"),
             credits: 1,
+            webhook: None,
         },
         idempotency_key: None,
     };

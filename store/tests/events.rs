@@ -226,6 +226,7 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
                 reference_urls: vec![],
                 request_hash: "h".into(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })
@@ -252,6 +253,7 @@ async fn a_batch_of_generations_wakes_its_queue(store: Store, _: &TestDatabase) 
         reference_urls: vec![],
         request_hash: "h".into(),
         credits: 0,
+        webhook: None,
     };
     store
         .create_generation_batch(kiln_store::generations::NewGenerationBatch {

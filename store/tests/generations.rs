@@ -39,6 +39,7 @@ fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
             reference_urls: vec!["https://example.com/fox.png".into()],
             request_hash: hash.into(),
             credits: 0,
+            webhook: None,
         },
         idempotency_key: key.map(str::to_owned),
     }

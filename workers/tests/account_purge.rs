@@ -38,6 +38,7 @@ async fn generation(store: &Store, owner: UserId, credits: u32) -> GenerateImage
                 reference_urls: Vec::new(),
                 request_hash: Uuid::now_v7().to_string(),
                 credits,
+                webhook: None,
             },
             idempotency_key: None,
         })

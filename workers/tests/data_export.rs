@@ -44,6 +44,7 @@ async fn generate(store: &Store, worker: &TestWorker, owner: UserId, prompt: &st
                 reference_urls: Vec::new(),
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })
@@ -414,6 +415,7 @@ async fn bench_export_of_10_000_images() {
                 reference_urls: Vec::new(),
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })

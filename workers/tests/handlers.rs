@@ -51,6 +51,7 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
                 reference_urls: Vec::new(),
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })
@@ -529,6 +530,7 @@ async fn a_reference_image_is_kept_and_passed_on_without_its_metadata(
                 reference_urls: vec![format!("{}/photo.png", server.uri())],
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
+                webhook: None,
             },
             idempotency_key: None,
         })

@@ -38,7 +38,7 @@ pub fn routes() -> Router<AppState> {
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 422, description = "empty or oversized prompt, bad size, model, n or reference_image_urls", body = Problem),
+        (status = 422, description = "empty or oversized prompt, bad size, model, n or reference_image_urls; a webhook_url that is not https (`invalid_input`) or resolves to a private address (`address_not_allowed`); a webhook without a signing secret (`webhook_secret_missing`)", body = Problem),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -46,7 +46,8 @@ async fn create(
     headers: HeaderMap,
     Json(req): Json<GenerationRequest>,
 ) -> Result<Response, Problem> {
-    let spec = req.parse(&state.config)?;
+    let mut spec = req.parse(&state.config)?;
+    spec.check_webhook(&state, user.id).await?;
     let idempotency_key = idempotency::key(&headers)?;
     let outcome = state
         .store
@@ -106,7 +107,12 @@ async fn create_batch(
     headers: HeaderMap,
     Json(req): Json<GenerationBatchRequest>,
 ) -> Result<Response, Problem> {
-    let specs = req.parse(&state.config)?;
+    let mut specs = req.parse(&state.config)?;
+    for (i, spec) in specs.iter_mut().enumerate() {
+        spec.check_webhook(&state, user.id)
+            .await
+            .map_err(|p| p.at_item(i))?;
+    }
     let idempotency_key = idempotency::key(&headers)?;
     let outcome = state
         .store

@@ -24,6 +24,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/jobs/{id}", get(show))
         .route("/v1/jobs/{id}/events", get(super::job_events::events))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/deliveries", get(deliveries))
 }
 
 /// Longest long-poll.
@@ -209,4 +210,70 @@ async fn cancel(
             Ok((StatusCode::OK, Json(state.job_resource(job).await?)))
         }
     }
+}
+
+/// One attempt to deliver one of a job's webhook events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryResource {
+    /// The `webhook-id` header: the same on every attempt of one event.
+    pub event_id: Uuid,
+    /// `job.completed` or `job.changed`.
+    pub event: String,
+    /// 1 for the first attempt of this event.
+    pub attempt: u32,
+    /// The receiver's answer; null when none came (timeout, refused
+    /// connection, an address that is not allowed).
+    pub status_code: Option<u16>,
+    /// `delivered` (2xx), `retrying` (another attempt follows) or `failed`
+    /// (no attempt follows).
+    #[schema(value_type = String, example = "delivered")]
+    pub outcome: kiln_store::webhooks::DeliveryOutcome,
+    /// Why it was not delivered: `status_503`, `connection_failed`,
+    /// `redirect_refused`, `address_not_allowed`, ...
+    pub error: Option<String>,
+    pub duration_ms: u32,
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A job's delivery attempts, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Deliveries {
+    pub deliveries: Vec<DeliveryResource>,
+}
+
+/// The most attempts listed (an event is tried at most 24 times).
+const MAX_DELIVERIES: u32 = 500;
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "jobs",
+    security(("bearer" = [])),
+    params(("id" = Uuid, Path, description = "job id")),
+    responses(
+        (status = 200, description = "every attempt to deliver the job's webhook events (oldest first, at most 500); empty without a webhook", body = Deliveries),
+        (status = 401, description = "no valid token", body = Problem),
+        (status = 404, description = "no such job (or not yours)", body = Problem),
+    ))]
+async fn deliveries(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> Result<Json<Deliveries>, Problem> {
+    let id = parse_id(&id, "job")?;
+    let job = own_job(&state, id, user.id).await?;
+    let deliveries = state
+        .store
+        .deliveries(job.id, MAX_DELIVERIES)
+        .await?
+        .into_iter()
+        .map(|d| DeliveryResource {
+            event_id: d.event_id,
+            event: d.event,
+            attempt: d.attempt,
+            status_code: d.status_code,
+            outcome: d.outcome,
+            error: d.error,
+            duration_ms: d.duration_ms,
+            at: d.at,
+        })
+        .collect();
+    Ok(Json(Deliveries { deliveries }))
 }

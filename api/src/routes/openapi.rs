@@ -56,6 +56,7 @@ use crate::AppState;
         super::job_events::events,
         super::jobs::list,
         super::jobs::cancel,
+        super::jobs::deliveries,
         super::images::list,
         super::images::show,
         super::images::delete,

@@ -26,13 +26,18 @@ pub struct UpscaleRequest {
     pub image_id: String,
     /// 2 or 4; default 2.
     pub scale: Option<u32>,
+    /// As on `POST /v1/generations`: an https URL that hears of this job.
+    pub webhook_url: Option<String>,
+    /// `completed` (default) or `all`.
+    #[schema(value_type = Option<String>, example = "completed")]
+    pub webhook_events: Option<kiln_jobs::WebhookEvents>,
 }
 
 impl UpscaleRequest {
     /// The job this request asks for. An id that is not one is as absent
     /// as a missing image (404); the scale defaults to 2 and must be one of
     /// [`UpscaleImage::SCALES`].
-    fn parse(self) -> Result<UpscaleImage, Problem> {
+    fn parse(&self) -> Result<UpscaleImage, Problem> {
         let image_id = parse_id(&self.image_id, "image")?;
         let scale = self.scale.unwrap_or(2);
         if !UpscaleImage::SCALES.contains(&scale) {
@@ -61,7 +66,7 @@ impl UpscaleRequest {
         (status = 409, description = "Idempotency-Key reused with another body", body = Problem),
         (status = 413, description = "body too large", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 422, description = "scale is not 2 or 4", body = Problem),
+        (status = 422, description = "scale is not 2 or 4; a bad webhook_url (`invalid_input`, `address_not_allowed`) or no signing secret (`webhook_secret_missing`)", body = Problem),
     ))]
 async fn create(
     State(state): State<AppState>,
@@ -70,6 +75,13 @@ async fn create(
     Json(req): Json<UpscaleRequest>,
 ) -> Result<Response, Problem> {
     let payload = req.parse()?;
+    let webhook = crate::webhook::target(
+        &state,
+        user.id,
+        req.webhook_url.as_deref(),
+        req.webhook_events,
+    )
+    .await?;
     let key = idempotency::key(&headers)?;
     // Another user's image is as absent as a missing one.
     state
@@ -81,7 +93,8 @@ async fn create(
     let mut job = NewJob::of(&payload)
         .map_err(Problem::internal)?
         .owner(user.id)
-        .reserving(state.credits.upscale(payload.scale));
+        .reserving(state.credits.upscale(payload.scale))
+        .webhook(webhook);
     job.idempotency_key = key;
     let enqueued = state.store.enqueue(job).await?;
     let job = state

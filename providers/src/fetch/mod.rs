@@ -96,6 +96,8 @@ impl fmt::Debug for FetchedImage {
 pub struct GuardedFetcher {
     client: reqwest::Client,
     policy: FetchPolicy,
+    /// What the addresses are, in messages: `reference image`, `webhook`.
+    subject: &'static str,
 }
 
 impl fmt::Debug for GuardedFetcher {
@@ -143,7 +145,18 @@ impl GuardedFetcher {
             // Only fails when the TLS backend cannot initialise: a broken
             // build, not a runtime condition.
             .expect("the HTTP client builds");
-        GuardedFetcher { client, policy }
+        GuardedFetcher {
+            client,
+            policy,
+            subject: "reference image",
+        }
+    }
+
+    /// The same fetcher, naming its addresses `subject` in messages (the
+    /// default is `reference image`).
+    pub fn for_subject(mut self, subject: &'static str) -> Self {
+        self.subject = subject;
+        self
     }
 
     pub fn policy(&self) -> &FetchPolicy {
@@ -163,7 +176,7 @@ impl GuardedFetcher {
             .get(url)
             .send()
             .await
-            .map_err(|e| request_error(&who, &host, &e))?;
+            .map_err(|e| request_error(self.subject, &who, &host, &e))?;
 
         let status = response.status();
         if status.is_redirection() {
@@ -233,13 +246,103 @@ impl GuardedFetcher {
         })
     }
 
+    /// Checks `url` as a request would, without making one: the address
+    /// itself, then every address its host resolves to now. A host that
+    /// does not resolve passes (DNS may be down for a moment; the request
+    /// checks again). The answer to a client giving an address, before it
+    /// is kept.
+    pub async fn check_address(&self, url: &str) -> Result<(), ProviderError> {
+        let url = self.check_url(url)?;
+        if self.policy.allow_private_addresses {
+            return Ok(());
+        }
+        let host = url.host_str().unwrap_or_default();
+        if host.starts_with('[') || host.parse::<Ipv4Addr>().is_ok() {
+            // An IP literal, checked above.
+            return Ok(());
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        if let Ok(addrs) = tokio::net::lookup_host((host, port)).await
+            && addrs.into_iter().any(|a| !is_public(a.ip()))
+        {
+            return Err(address_not_allowed(self.subject, host));
+        }
+        Ok(())
+    }
+
+    /// POSTs `body` as JSON to `url` with `headers`, under the same guard as
+    /// [`GuardedFetcher::fetch_image`]: no redirect is followed, every
+    /// address must be public, and at most `max_bytes` of the answer is
+    /// read (then dropped: only the status matters). A 2xx answer is `Ok`
+    /// with its status. 408, 429, 5xx and transport failures are transient;
+    /// a redirect or another 4xx is permanent.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<u16, PostFailure> {
+        let url = self.check_url(url).map_err(PostFailure::unanswered)?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let who = format!("{} host {host}", self.subject);
+        let mut request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| PostFailure::unanswered(request_error(self.subject, &who, &host, &e)))?;
+        let status = response.status();
+        // Read (a capped amount of) the answer so the connection can be
+        // reused; what it says is not kept.
+        let mut read: u64 = 0;
+        while read < self.policy.max_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len() as u64,
+                _ => break,
+            }
+        }
+        let code = status.as_u16();
+        if status.is_success() {
+            return Ok(code);
+        }
+        let error = if status.is_redirection() {
+            ProviderError::permanent(
+                "redirect_refused",
+                format!(
+                    "the {who} answered with a redirect ({code}); redirects are not followed"
+                ),
+            )
+        } else if matches!(code, 408 | 429) || status.is_server_error() {
+            ProviderError::Transient {
+                code: format!("status_{code}"),
+                message: format!("the {who} answered {code}"),
+                retry_after: http::retry_after(response.headers()),
+            }
+        } else {
+            ProviderError::permanent(
+                format!("status_{code}"),
+                format!("the {who} answered {code}"),
+            )
+        };
+        Err(PostFailure {
+            status: Some(code),
+            error,
+        })
+    }
+
     /// Everything that can be decided from the address alone.
     fn check_url(&self, raw: &str) -> Result<Url, ProviderError> {
         // The parser's message never quotes the input.
         let url = Url::parse(raw.trim()).map_err(|e| {
             ProviderError::permanent(
                 "invalid_url",
-                format!("the reference image address is not a valid URL ({e})"),
+                format!("the {} address is not a valid URL ({e})", self.subject),
             )
         })?;
 
@@ -252,7 +355,8 @@ impl GuardedFetcher {
             return Err(ProviderError::permanent(
                 "scheme_not_allowed",
                 format!(
-                    "reference images must be https:// addresses, not {}:",
+                    "{} addresses must be https:// addresses, not {}:",
+                    self.subject,
                     url.scheme()
                 ),
             ));
@@ -260,7 +364,10 @@ impl GuardedFetcher {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(ProviderError::permanent(
                 "invalid_url",
-                "reference image addresses must not contain a user name or password",
+                format!(
+                    "{} addresses must not contain a user name or password",
+                    self.subject
+                ),
             ));
         }
 
@@ -270,7 +377,7 @@ impl GuardedFetcher {
         let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
             return Err(ProviderError::permanent(
                 "invalid_url",
-                "the reference image address has no host",
+                format!("the {} address has no host", self.subject),
             ));
         };
         let literal = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
@@ -281,31 +388,48 @@ impl GuardedFetcher {
             && !self.policy.allow_private_addresses
             && !is_public(ip)
         {
-            return Err(address_not_allowed(host));
+            return Err(address_not_allowed(self.subject, host));
         }
         Ok(url)
     }
 }
 
+/// A POST that did not succeed: the receiver's status when it answered,
+/// and the error (transient or permanent) it means.
+#[derive(Debug, Clone)]
+pub struct PostFailure {
+    pub status: Option<u16>,
+    pub error: ProviderError,
+}
+
+impl PostFailure {
+    fn unanswered(error: ProviderError) -> PostFailure {
+        PostFailure {
+            status: None,
+            error,
+        }
+    }
+}
+
 /// A failed request: the resolver's refusal is permanent, anything else is
 /// the shared transport policy (timeouts and resets retry).
-fn request_error(who: &str, host: &str, e: &reqwest::Error) -> ProviderError {
+fn request_error(subject: &str, who: &str, host: &str, e: &reqwest::Error) -> ProviderError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.downcast_ref::<AddressRefused>().is_some() {
-            return address_not_allowed(host);
+            return address_not_allowed(subject, host);
         }
         source = err.source();
     }
     http::transport_error(who, e)
 }
 
-fn address_not_allowed(host: &str) -> ProviderError {
+fn address_not_allowed(subject: &str, host: &str) -> ProviderError {
     ProviderError::permanent(
         "address_not_allowed",
         format!(
-            "the reference image host {host} is a private, local or reserved address; \
-             only public internet addresses can be fetched"
+            "the {subject} host {host} is a private, local or reserved address; \
+             only public internet addresses can be reached"
         ),
     )
 }

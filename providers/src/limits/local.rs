@@ -1,7 +1,7 @@
 //! Limits within this process only.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -18,10 +18,19 @@ use crate::ProviderError;
 /// Limits within this process only: a semaphore per provider for the
 /// concurrency and a GCRA under a mutex for the rate.
 pub struct LocalLimiter {
-    providers: BTreeMap<String, LocalProvider>,
+    providers: BTreeMap<String, Arc<LocalProvider>>,
+    /// Limits of `family/part` keys (see [`super::family`]), and the state
+    /// of each part met so far.
+    families: BTreeMap<String, Limit>,
+    parts: Mutex<HashMap<String, Arc<LocalProvider>>>,
 }
 
+/// Parts kept before idle ones are forgotten (a forgotten part starts
+/// afresh: a full burst, no one in flight).
+const MAX_PARTS: usize = 4096;
+
 struct LocalProvider {
+    max: Option<usize>,
     slots: Option<Arc<Semaphore>>,
     rate: Option<Mutex<Gcra>>,
 }
@@ -29,27 +38,61 @@ struct LocalProvider {
 impl LocalLimiter {
     pub fn new(limits: BTreeMap<String, Limit>) -> Self {
         let providers = limits
-            .into_iter()
-            .map(|(key, limit)| {
-                let provider = LocalProvider {
-                    slots: limit
-                        .max_concurrent
-                        .map(|n| Arc::new(Semaphore::new(n as usize))),
-                    rate: limit
-                        .rate()
-                        .map(|(interval, burst)| Mutex::new(Gcra::new(interval, burst))),
-                };
-                (key, provider)
-            })
+            .iter()
+            .map(|(key, limit)| (key.clone(), Arc::new(LocalProvider::new(limit))))
             .collect();
-        LocalLimiter { providers }
+        LocalLimiter {
+            providers,
+            families: limits,
+            parts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The state `key` is counted in: its own, or its part's of a family.
+    fn state(&self, key: &str) -> Option<Arc<LocalProvider>> {
+        if let Some(own) = self.providers.get(key) {
+            return Some(Arc::clone(own));
+        }
+        let limit = self.families.get(super::family(key))?;
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        if parts.len() >= MAX_PARTS && !parts.contains_key(key) {
+            // Forget the parts nobody holds a slot of right now.
+            parts.retain(|_, state| Arc::strong_count(state) > 1 || state.busy());
+        }
+        Some(Arc::clone(
+            parts
+                .entry(key.to_owned())
+                .or_insert_with(|| Arc::new(LocalProvider::new(limit))),
+        ))
+    }
+}
+
+impl LocalProvider {
+    fn new(limit: &Limit) -> LocalProvider {
+        LocalProvider {
+            max: limit.max_concurrent.map(|n| n as usize),
+            slots: limit
+                .max_concurrent
+                .map(|n| Arc::new(Semaphore::new(n as usize))),
+            rate: limit
+                .rate()
+                .map(|(interval, burst)| Mutex::new(Gcra::new(interval, burst))),
+        }
+    }
+
+    /// Whether a call holds one of its slots.
+    fn busy(&self) -> bool {
+        match (&self.slots, self.max) {
+            (Some(slots), Some(max)) => slots.available_permits() < max,
+            _ => false,
+        }
     }
 }
 
 #[async_trait]
 impl RateLimiter for LocalLimiter {
     async fn acquire(&self, provider: &str) -> Result<Permit, ProviderError> {
-        let Some(limits) = self.providers.get(provider) else {
+        let Some(limits) = self.state(provider) else {
             return Ok(Permit::unlimited());
         };
         let started = Instant::now();

@@ -75,6 +75,21 @@ impl Limit {
     }
 }
 
+/// The limit key a call is counted under, for keys written
+/// `family/part` (`webhooks/example.com`): such a key has its family's
+/// limit (`rate_limits.providers.webhooks`), counted apart for each part.
+/// Metrics name the family only, so their labels stay bounded.
+pub fn family(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(family, _)| family)
+}
+
+/// The limit of webhook deliveries to one receiving host
+/// (`webhooks/<host>`), when `rate_limits.providers.webhooks` is not set.
+pub const DEFAULT_WEBHOOK_LIMIT: Limit = Limit {
+    requests_per_second: Some(10.0),
+    max_concurrent: Some(4),
+};
+
 /// Hands out permission to call a provider. `acquire` waits (sleeping, not
 /// spinning) until both the rate and the concurrency limit allow; dropping
 /// its future gives up waiting without holding anything (how the runtime
@@ -153,7 +168,7 @@ pub fn observe_waits_with(observe: fn(&str, Duration)) {
 /// Reports the wait of one acquisition that began at `started`.
 fn observe_wait(provider: &str, started: Instant) {
     if let Some(observe) = WAIT_OBSERVER.get() {
-        observe(provider, started.elapsed());
+        observe(family(provider), started.elapsed());
     }
 }
 
@@ -188,14 +203,14 @@ pub fn observe_calls_with(observe: fn(&str, CallOutcome, Duration)) {
     let _ = CALL_OBSERVER.set(observe);
 }
 
-fn observe_call<T>(provider: &str, result: &Result<T, ProviderError>, took: Duration) {
+pub(crate) fn observe_call<T>(provider: &str, result: &Result<T, ProviderError>, took: Duration) {
     if let Some(observe) = CALL_OBSERVER.get() {
         let outcome = match result {
             Ok(_) => CallOutcome::Ok,
             Err(ProviderError::Transient { .. }) => CallOutcome::Retryable,
             Err(ProviderError::Permanent { .. }) => CallOutcome::Refused,
         };
-        observe(provider, outcome, took);
+        observe(family(provider), outcome, took);
     }
 }
 
@@ -298,17 +313,21 @@ impl RateLimitSettings {
     /// is set, in-process otherwise.
     pub fn build(&self) -> Result<Arc<dyn RateLimiter>, String> {
         self.validate()?;
+        let mut providers = self.providers.clone();
+        providers
+            .entry("webhooks".to_owned())
+            .or_insert(DEFAULT_WEBHOOK_LIMIT);
         Ok(match &self.redis_url {
             Some(url) => Arc::new(
                 RedisLimiter::new(
                     url,
                     self.key_prefix.clone(),
                     self.concurrency_lease_ms,
-                    self.providers.clone(),
+                    providers,
                 )
                 .map_err(|e| format!("rate_limits.redis_url: {e}"))?,
             ),
-            None => Arc::new(LocalLimiter::new(self.providers.clone())),
+            None => Arc::new(LocalLimiter::new(providers)),
         })
     }
 }

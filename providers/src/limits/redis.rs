@@ -160,7 +160,9 @@ impl LazyConnection {
 #[async_trait]
 impl RateLimiter for RedisLimiter {
     async fn acquire(&self, provider: &str) -> Result<Permit, ProviderError> {
-        let Some(limit) = self.limits.get(provider) else {
+        let Some(limit) = (self.limits.get(provider))
+            .or_else(|| self.limits.get(super::family(provider)))
+        else {
             return Ok(Permit::unlimited());
         };
         let (interval_us, burst) = limit.rate().map_or((0, 0), |(interval, burst)| {

@@ -190,6 +190,9 @@ impl Deletion for PgStore {
             sqlx::query(sql).bind(user.0).execute(&mut *tx).await?;
         }
         for sql in [
+            "DELETE FROM webhook_deliveries WHERE job_id IN
+                 (SELECT job_id FROM webhooks WHERE owner = $1)",
+            "DELETE FROM webhooks WHERE owner = $1",
             "DELETE FROM job_keys WHERE owner = $1",
             "DELETE FROM finished_jobs WHERE owner = $1",
             "DELETE FROM jobs WHERE owner = $1",

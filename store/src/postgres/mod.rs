@@ -37,6 +37,7 @@ mod orders;
 mod retention;
 mod schedules;
 mod subject_requests;
+mod webhooks;
 mod workers;
 
 use generations::insert_generations;
@@ -127,6 +128,7 @@ impl PgStore {
             Vec::with_capacity(n),
         );
         let mut credits = Vec::with_capacity(n);
+        let (mut hook_urls, mut hook_events) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -158,21 +160,30 @@ impl PgStore {
             run_ats.push(job.run_at);
             keys.push(job.idempotency_key);
             credits.push(job.credits as i32);
+            hook_urls.push(job.webhook.as_ref().map(|w| w.url.clone()));
+            hook_events.push(job.webhook.as_ref().map(|w| w.events.as_str()));
         }
         // Keyed jobs go in only with their keys (see `enqueue_in`).
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "WITH t AS (
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                       $6::int[], $7::smallint[], $8::bigint[], $9::int[],
-                                      $10::timestamptz[], $11::text[], $12::int[])
+                                      $10::timestamptz[], $11::text[], $12::int[],
+                                      $13::text[], $14::text[])
                       AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
-                           max_attempts, run_at, idempotency_key, credits)),
+                           max_attempts, run_at, idempotency_key, credits, webhook_url,
+                           webhook_events)),
              keys AS (
                  INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
                  SELECT coalesce(owner, ''), kind, idempotency_key, id FROM t
                  WHERE idempotency_key IS NOT NULL
                  ON CONFLICT DO NOTHING
-                 RETURNING job_id)
+                 RETURNING job_id),
+             hooks AS (
+                 INSERT INTO webhooks (job_id, owner, url, events)
+                 SELECT id, owner, webhook_url, webhook_events FROM t
+                 WHERE webhook_url IS NOT NULL
+                   AND (idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)))
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, credits)
              SELECT id, kind, queue, owner, payload::jsonb, schema_version,
@@ -195,6 +206,8 @@ impl PgStore {
         .bind(&run_ats)
         .bind(&keys)
         .bind(&credits)
+        .bind(&hook_urls)
+        .bind(&hook_events)
         .fetch_all(&mut *tx)
         .await?;
         // Idempotent duplicates were skipped: say which positions went in.
@@ -209,7 +222,8 @@ impl PgStore {
 
 impl PgStore {
     /// Drops the day partitions of `finished_jobs` that end at or before
-    /// `cutoff`, and the keys of their jobs; returns the rows they held.
+    /// `cutoff`, and the keys and webhooks of their jobs; returns the rows
+    /// they held.
     /// Detached in one short transaction (DETACH locks the parent
     /// exclusively: completions wait for it), then counted and dropped
     /// one by one; a partition detached by a run that died is found again
@@ -266,6 +280,13 @@ impl PgStore {
             )))
             .execute(&mut *tx)
             .await?;
+            for table in ["webhooks", "webhook_deliveries"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE job_id IN (SELECT id FROM {name})"
+                )))
+                .execute(&mut *tx)
+                .await?;
+            }
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {name}")))
                 .execute(&mut *tx)
                 .await?;
@@ -279,7 +300,7 @@ impl PgStore {
 
 /// The statement that inserts one job, `job`, and then `then` (more
 /// `WITH` members that may read `job`), returning `returning` of `job`.
-/// `$1`–`$11` are bound by [`bind_job`]. A keyed job goes in only with its
+/// `$1`–`$13` are bound by [`bind_job`]. A keyed job goes in only with its
 /// key: a concurrent enqueue of the same key waits on the key's row, then
 /// inserts nothing and finds the first job ([`existing_keyed_job`]).
 /// The owner's place in the round-robin is read in the same statement (see
@@ -302,7 +323,10 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
                          ORDER BY fair_seq DESC LIMIT 1), 0) + 1 END,
                     $9, coalesce($7, now()), $10, $11
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM key)
-             RETURNING *){then}
+             RETURNING *),
+         hook AS (
+             INSERT INTO webhooks (job_id, owner, url, events)
+             SELECT id, owner, $12, $13 FROM job WHERE $12::text IS NOT NULL){then}
          SELECT {returning} FROM job"
     )
 }
@@ -310,7 +334,7 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
 static ENQUEUE_SQL: LazyLock<String> = LazyLock::new(|| insert_job_sql("", "id"));
 
 /// One generation and its `generate_image` job in one statement (so one
-/// round trip, no transaction to open and close): `$12`–`$20` are the
+/// round trip, no transaction to open and close): `$14`–`$22` are the
 /// generation's columns. The job's credits are reserved by the insert
 /// itself (trigger `jobs_reserve_credits`), so a short balance stores
 /// nothing.
@@ -320,12 +344,12 @@ static CREATE_GENERATION_SQL: LazyLock<String> = LazyLock::new(|| {
          generation AS (
              INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
                                       request_hash, reference_urls)
-             SELECT $12, job.id, $13, $14, $15, $16, $17, $18, $19, $20::jsonb FROM job)",
+             SELECT $14, job.id, $15, $16, $17, $18, $19, $20, $21, $22::jsonb FROM job)",
         JOB_COLUMNS,
     )
 });
 
-/// Binds `$1`–`$11` of [`insert_job_sql`].
+/// Binds `$1`–`$13` of [`insert_job_sql`].
 fn bind_job<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -343,6 +367,8 @@ fn bind_job<'q, O>(
         .bind(job.max_attempts as i32)
         .bind(&job.idempotency_key)
         .bind(job.credits as i32)
+        .bind(job.webhook.as_ref().map(|w| w.url.as_str()))
+        .bind(job.webhook.as_ref().map(|w| w.events.as_str()))
 }
 
 /// The job that holds `job`'s idempotency key, when the insert found it.
@@ -368,7 +394,8 @@ async fn create_generation_on(
     let id = Uuid::now_v7();
     let mut job = NewJob::of(&GenerateImage { generation_id: id })?
         .owner(g.owner)
-        .reserving(g.input.credits);
+        .reserving(g.input.credits)
+        .webhook(g.input.webhook.clone());
     job.idempotency_key = g.idempotency_key.clone();
     let input = &g.input;
     let references = serde_json::json!(input.reference_urls).to_string();
@@ -818,7 +845,9 @@ impl Queue for PgStore {
                  RETURNING f.id, f.idempotency_key),
              keys AS (
                  DELETE FROM job_keys
-                 WHERE job_id IN (SELECT id FROM gone WHERE idempotency_key IS NOT NULL))
+                 WHERE job_id IN (SELECT id FROM gone WHERE idempotency_key IS NOT NULL)),
+             hooks AS (DELETE FROM webhooks WHERE job_id IN (SELECT id FROM gone)),
+             sent AS (DELETE FROM webhook_deliveries WHERE job_id IN (SELECT id FROM gone))
              SELECT count(*) FROM gone",
         )
         .bind(cutoff)

@@ -197,6 +197,9 @@ impl Deletion for SqliteStore {
             "UPDATE access_log SET user_id = NULL WHERE user_id = ?1",
             "UPDATE payment_orders SET user_id = NULL WHERE user_id = ?1",
             "UPDATE users SET referred_by = NULL WHERE referred_by = ?1",
+            "DELETE FROM webhook_deliveries WHERE job_id IN
+                 (SELECT job_id FROM webhooks WHERE owner = ?1)",
+            "DELETE FROM webhooks WHERE owner = ?1",
             "DELETE FROM job_keys WHERE owner = ?1",
             "DELETE FROM finished_jobs WHERE owner = ?1",
             "DELETE FROM jobs WHERE owner = ?1",

@@ -36,6 +36,7 @@ mod orders;
 mod retention;
 mod schedules;
 mod subject_requests;
+mod webhooks;
 mod workers;
 
 use crate::generations::NewGenerationRow;
@@ -132,13 +133,15 @@ impl SqliteStore {
             if job.owner.is_some() {
                 *seq += 1;
             }
-            if job.idempotency_key.is_some() {
+            if job.idempotency_key.is_some() || job.webhook.is_some() {
                 let enqueued = Self::insert(&mut *tx, job, this_seq, now).await?;
                 if enqueued.created {
                     ids.push((i, enqueued.id));
                 }
                 continue;
             }
+            // Unkeyed jobs without a webhook, the common case, go in below
+            // in one statement.
             let id = Uuid::now_v7();
             let run_at = job.run_at.map_or(now, |t| t.timestamp_millis());
             let state = if run_at > now {
@@ -248,6 +251,19 @@ impl SqliteStore {
         .bind(now)
         .execute(&mut *conn)
         .await?;
+        if let Some(hook) = &job.webhook {
+            sqlx::query(
+                "INSERT INTO webhooks (job_id, owner, url, events, created_at)
+                 VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(id.to_string())
+            .bind(rows::owner_text(job.owner))
+            .bind(&hook.url)
+            .bind(hook.events.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        }
         Ok(Enqueued { id, created: true })
     }
 }
@@ -262,7 +278,8 @@ async fn create_generation_in(
     let id = Uuid::now_v7();
     let mut job = NewJob::of(&GenerateImage { generation_id: id })?
         .owner(g.owner)
-        .reserving(g.input.credits);
+        .reserving(g.input.credits)
+        .webhook(g.input.webhook.clone());
     job.idempotency_key = g.idempotency_key.clone();
     let enqueued = SqliteStore::enqueue_in(&mut *tx, job).await?;
     if !enqueued.created {
@@ -493,10 +510,14 @@ impl Queue for SqliteStore {
         .await?;
         // The ids travel as one JSON array, whatever their number.
         let ids = serde_json::json!(ids).to_string();
-        sqlx::query("DELETE FROM job_keys WHERE job_id IN (SELECT value FROM json_each(?))")
+        for table in ["job_keys", "webhooks", "webhook_deliveries"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE job_id IN (SELECT value FROM json_each(?))"
+            )))
             .bind(&ids)
             .execute(&mut *tx)
             .await?;
+        }
         let deleted =
             sqlx::query("DELETE FROM finished_jobs WHERE id IN (SELECT value FROM json_each(?))")
                 .bind(&ids)

@@ -2,6 +2,7 @@
 
 mod account_purge;
 mod data_export;
+mod deliver_webhook;
 mod generate_image;
 mod links;
 mod moderation;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 pub use account_purge::AccountPurgeHandler;
 pub use data_export::{DataExportHandler, EXPORT_SCHEMA_VERSION};
+pub use deliver_webhook::DeliverWebhookHandler;
 pub use generate_image::GenerateImageHandler;
 pub use links::ObjectLinks;
 pub use notify_users::NotifyUsersHandler;
@@ -34,7 +36,9 @@ use kiln_providers::{
     images::{DevGenerator, ImageGenerator},
     moderation::{DevModerator, Moderator},
     sms::{DevSms, SmsSender, SmsSettings},
+    limits::{DEFAULT_WEBHOOK_LIMIT, LocalLimiter},
     upscale::{DevUpscaler, Upscaler},
+    webhook::{WebhookSender, WebhookSettings},
 };
 use kiln_store::{CodeKey, Objects, UrlSigner};
 
@@ -59,6 +63,8 @@ pub struct Deps {
     pub links: ObjectLinks,
     /// Fetches clients' reference images, guarded against SSRF.
     pub fetcher: Arc<GuardedFetcher>,
+    /// Delivers clients' webhooks, under the same guard, limited per host.
+    pub webhooks: Arc<WebhookSender>,
     /// The server's verification-code key: `send_email` and `send_sms`
     /// derive account codes under it. Every `serve` and `work` process
     /// must share it.
@@ -100,6 +106,7 @@ impl Deps {
             objects,
             links,
             fetcher: built.fetcher,
+            webhooks: built.webhooks,
             codes,
             clock: Clock::system(),
             export_link_ttl: DEFAULT_EXPORT_LINK_TTL,
@@ -127,6 +134,12 @@ impl Deps {
                 ttl: std::time::Duration::from_secs(600),
             },
             fetcher: Arc::new(GuardedFetcher::new(FetchPolicy::default())),
+            webhooks: Arc::new(WebhookSender::new(
+                &WebhookSettings::default(),
+                Arc::new(LocalLimiter::new(
+                    [("webhooks".to_owned(), DEFAULT_WEBHOOK_LIMIT)].into(),
+                )),
+            )),
             // A throwaway key too: swap in the API's to send its codes.
             codes: Arc::new(CodeKey::random()),
             clock: Clock::system(),
@@ -194,6 +207,12 @@ pub fn registry(retention: &RetentionSettings, deps: &Deps) -> Registry {
         })
         .register(DataExportHandler {
             objects: deps.objects.clone(),
+        })
+        .register(DeliverWebhookHandler {
+            sender: deps.webhooks.clone(),
+            links: deps.links.clone(),
+            export_link_ttl: deps.export_link_ttl,
+            export_days: retention.export_days,
         })
         .register(NotifyUsersHandler {
             batch: deps.notify_batch,
