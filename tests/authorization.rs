@@ -69,7 +69,11 @@ fn matrix() -> Vec<Case> {
         case(M::POST, "/v1/jobs/{id}/cancel", [401, 200, 404, 404, 404]),
         // After the cancel: the job is final, so its stream says so and ends.
         case(M::GET, "/v1/jobs/{id}/events", [401, 200, 404, 404, 404]),
-        case(M::GET, "/v1/jobs/{id}/deliveries", [401, 200, 404, 404, 404]),
+        case(
+            M::GET,
+            "/v1/jobs/{id}/deliveries",
+            [401, 200, 404, 404, 404],
+        ),
         case(M::GET, "/v1/images", [401, 200, 200, 200, 200]),
         case(M::GET, "/v1/images/{id}", [401, 200, 404, 404, 404]),
         // A signed link is the capability; a token adds nothing.

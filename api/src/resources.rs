@@ -34,7 +34,10 @@ impl AppState {
 
     /// [`AppState::job_resource`] for a page of jobs, reading their images
     /// together.
-    pub async fn job_resources(&self, jobs: Vec<JobRecord>) -> Result<Vec<JobResource>, StoreError> {
+    pub async fn job_resources(
+        &self,
+        jobs: Vec<JobRecord>,
+    ) -> Result<Vec<JobResource>, StoreError> {
         self.presenter().job_resources(jobs).await
     }
 }

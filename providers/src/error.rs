@@ -46,8 +46,9 @@ impl ProviderError {
 
     pub fn message(&self) -> &str {
         match self {
-            ProviderError::Transient { message, .. }
-            | ProviderError::Permanent { message, .. } => message,
+            ProviderError::Transient { message, .. } | ProviderError::Permanent { message, .. } => {
+                message
+            }
         }
     }
 

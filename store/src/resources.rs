@@ -140,10 +140,7 @@ impl Presenter {
         })
     }
 
-    pub async fn job_resource(
-        &self,
-        job: JobRecord,
-    ) -> Result<JobResource, StoreError> {
+    pub async fn job_resource(&self, job: JobRecord) -> Result<JobResource, StoreError> {
         let shown = Shown::of(&job);
         let images = self.result_images(std::slice::from_ref(&shown)).await?;
         Ok(self.resource(job, shown, &images))

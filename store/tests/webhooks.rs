@@ -49,7 +49,10 @@ async fn events(store: &Store) -> Vec<DeliverWebhook> {
     for claimed in claim(store, DeliverWebhook::QUEUE).await {
         assert_eq!(claimed.kind, DeliverWebhook::KIND);
         let event: DeliverWebhook = serde_json::from_value(claimed.payload).unwrap();
-        assert_eq!(claimed.lease.id, event.event_id, "the event id is the job's");
+        assert_eq!(
+            claimed.lease.id, event.event_id,
+            "the event id is the job's"
+        );
         let at = chrono::DateTime::from_timestamp_millis(event.occurred_at_ms).unwrap();
         events.push((at, event));
     }
@@ -78,7 +81,10 @@ async fn a_completion_queues_one_event_with_the_catalogues_policy(store: Store, 
         .set_progress(claimed[0].lease, Some("working"), 50)
         .await
         .unwrap();
-    assert!(events(&store).await.is_empty(), "`completed` hears the end only");
+    assert!(
+        events(&store).await.is_empty(),
+        "`completed` hears the end only"
+    );
     complete(&store, &claimed[0]).await;
 
     let hook = store.webhook(id).await.unwrap().unwrap();
@@ -140,8 +146,16 @@ async fn all_events_follow_each_state_and_stage(store: Store, _: &TestDatabase) 
         seen,
         vec![
             ("job.changed".into(), "running".into(), None),
-            ("job.changed".into(), "running".into(), Some("working".into())),
-            ("job.completed".into(), "succeeded".into(), Some("working".into())),
+            (
+                "job.changed".into(),
+                "running".into(),
+                Some("working".into())
+            ),
+            (
+                "job.completed".into(),
+                "succeeded".into(),
+                Some("working".into())
+            ),
         ]
     );
 }
@@ -211,7 +225,12 @@ async fn deliveries_are_recorded_in_order(store: Store, _: &TestDatabase) {
         at,
     };
     let written = vec![
-        attempt(1, None, DeliveryOutcome::Retrying, Some("connection_failed")),
+        attempt(
+            1,
+            None,
+            DeliveryOutcome::Retrying,
+            Some("connection_failed"),
+        ),
         attempt(2, Some(503), DeliveryOutcome::Retrying, Some("status_503")),
         attempt(3, Some(200), DeliveryOutcome::Delivered, None),
     ];
@@ -220,7 +239,13 @@ async fn deliveries_are_recorded_in_order(store: Store, _: &TestDatabase) {
     }
     assert_eq!(store.deliveries(id, 100).await.unwrap(), written);
     assert_eq!(store.deliveries(id, 2).await.unwrap().len(), 2);
-    assert!(store.deliveries(uuid::Uuid::now_v7(), 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .deliveries(uuid::Uuid::now_v7(), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn erasure_and_retention_remove_registrations(store: Store, _: &TestDatabase) {

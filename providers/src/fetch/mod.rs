@@ -314,9 +314,7 @@ impl GuardedFetcher {
         let error = if status.is_redirection() {
             ProviderError::permanent(
                 "redirect_refused",
-                format!(
-                    "the {who} answered with a redirect ({code}); redirects are not followed"
-                ),
+                format!("the {who} answered with a redirect ({code}); redirects are not followed"),
             )
         } else if matches!(code, 408 | 429) || status.is_server_error() {
             ProviderError::Transient {

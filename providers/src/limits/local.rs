@@ -175,4 +175,42 @@ mod tests {
         }
         assert!(gcra.take(later).is_err());
     }
+
+    /// `webhooks/<host>` keys share the `webhooks` limit, counted apart
+    /// per host: a host at its limit does not hold back another.
+    #[tokio::test]
+    async fn family_keys_are_limited_per_part() {
+        let limiter = LocalLimiter::new(
+            [(
+                "webhooks".to_owned(),
+                Limit {
+                    requests_per_second: None,
+                    max_concurrent: Some(1),
+                },
+            )]
+            .into(),
+        );
+        let held = limiter.acquire("webhooks/a.example").await.unwrap();
+        let same_host = tokio::time::timeout(
+            Duration::from_millis(100),
+            limiter.acquire("webhooks/a.example"),
+        )
+        .await;
+        assert!(same_host.is_err(), "a second call to a full host waits");
+        let other_host = tokio::time::timeout(
+            Duration::from_millis(1000),
+            limiter.acquire("webhooks/b.example"),
+        )
+        .await;
+        assert!(other_host.is_ok(), "another host has its own slot");
+        drop(held);
+        let again = tokio::time::timeout(
+            Duration::from_millis(1000),
+            limiter.acquire("webhooks/a.example"),
+        )
+        .await;
+        assert!(again.is_ok(), "the freed slot is taken");
+        // Keys of no family and no limit of their own stay unlimited.
+        assert!(limiter.acquire("images/x").await.is_ok());
+    }
 }

@@ -160,8 +160,8 @@ impl LazyConnection {
 #[async_trait]
 impl RateLimiter for RedisLimiter {
     async fn acquire(&self, provider: &str) -> Result<Permit, ProviderError> {
-        let Some(limit) = (self.limits.get(provider))
-            .or_else(|| self.limits.get(super::family(provider)))
+        let Some(limit) =
+            (self.limits.get(provider)).or_else(|| self.limits.get(super::family(provider)))
         else {
             return Ok(Permit::unlimited());
         };

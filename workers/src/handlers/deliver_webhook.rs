@@ -70,8 +70,8 @@ impl Handler<DeliverWebhook> for DeliverWebhookHandler {
                 "the account has no webhook signing secret",
             ));
         };
-        let secret = standard_secret(&secret)
-            .map_err(|e| JobError::permanent("no_signing_secret", e))?;
+        let secret =
+            standard_secret(&secret).map_err(|e| JobError::permanent("no_signing_secret", e))?;
         let body = self.body(store, &event, job).await?;
 
         let sent_at = Utc::now();
@@ -126,8 +126,8 @@ impl DeliverWebhookHandler {
         event: &DeliverWebhook,
         job: JobRecord,
     ) -> Result<Vec<u8>, JobError> {
-        let timestamp = DateTime::<Utc>::from_timestamp_millis(event.occurred_at_ms)
-            .unwrap_or_else(Utc::now);
+        let timestamp =
+            DateTime::<Utc>::from_timestamp_millis(event.occurred_at_ms).unwrap_or_else(Utc::now);
         let data = match event.event {
             WebhookEvent::Completed => {
                 let presenter = Presenter {

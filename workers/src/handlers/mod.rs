@@ -34,9 +34,9 @@ use kiln_providers::{
     email::{DEV_FROM, DevMailer, EmailSettings, Mailer},
     fetch::{FetchPolicy, GuardedFetcher},
     images::{DevGenerator, ImageGenerator},
+    limits::{DEFAULT_WEBHOOK_LIMIT, LocalLimiter},
     moderation::{DevModerator, Moderator},
     sms::{DevSms, SmsSender, SmsSettings},
-    limits::{DEFAULT_WEBHOOK_LIMIT, LocalLimiter},
     upscale::{DevUpscaler, Upscaler},
     webhook::{WebhookSender, WebhookSettings},
 };
