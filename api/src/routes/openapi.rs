@@ -10,7 +10,9 @@ use crate::AppState;
 /// cannot drift from the code.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "kiln", description = "Enqueue image generations and poll their jobs."),
+    info(title = "kiln", description = "Enqueue image generations and follow their jobs: poll (`GET /v1/jobs/{id}?wait=S`), stream (`GET /v1/jobs/{id}/events`), or be called back.
+
+Webhooks: a job enqueued with `webhook_url` is announced by a POST of `{\"type\": \"job.completed\" | \"job.changed\", \"timestamp\", \"data\"}` (`data`: the job resource for `job.completed`; `{id, kind, state, stage, progress}` at the change for `job.changed`) signed the Standard Webhooks way: headers `webhook-id` (one per event, repeated on every retry), `webhook-timestamp` (unix seconds) and `webhook-signature` (`v1,` + base64 HMAC-SHA256, keyed with the base64-decoded part of the `whsec_` secret from `POST /v1/me/webhook-secret`, over `{webhook-id}.{webhook-timestamp}.{raw body}`). A 2xx answer delivers; 408, 429, 5xx and connection faults are retried for about a day; redirects are never followed."),
     paths(
         super::auth::register,
         super::auth::verify,
