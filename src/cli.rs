@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 ///   database.max_connections  KILN_DATABASE_MAX_CONNECTIONS 10
 ///   database.migrate_on_start KILN_DATABASE_MIGRATE_ON_START true
 ///   http.addr                 KILN_HTTP_ADDR                127.0.0.1:8080 (public API)
+///   http.header_read_timeout_ms KILN_HTTP_HEADER_READ_TIMEOUT_MS 20000 to send a request's head (and idle keep-alive)
+///   http.max_connections_per_ip KILN_HTTP_MAX_CONNECTIONS_PER_IP 256 per peer address (0: none; behind a proxy)
+///   http.max_header_bytes     KILN_HTTP_MAX_HEADER_BYTES    32768 (larger heads: 431)
 ///   metrics.addr              KILN_METRICS_ADDR             127.0.0.1:9090 (/metrics, /healthz, /readyz)
 ///   log.format                KILN_LOG_FORMAT               text | json
 ///   log.level                 KILN_LOG_LEVEL                info (a tracing filter)

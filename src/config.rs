@@ -257,13 +257,49 @@ impl Default for DatabaseSettings {
 pub struct HttpSettings {
     /// Public API listener.
     pub addr: SocketAddr,
+    /// A client must send a request's whole head (request line and
+    /// headers) within this, or the connection is closed; an idle
+    /// keep-alive connection is closed after it too. Both listeners.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once from one peer address, on each listener;
+    /// more are answered 429 and closed at once. 0: no limit (behind a
+    /// proxy, whose own address every connection comes from).
+    pub max_connections_per_ip: usize,
+    /// The largest request head (request line and headers), in bytes;
+    /// larger ones are answered 431 by the HTTP parser, with no body.
+    /// 1024 to 1 MiB.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout_ms: 20_000,
+            max_connections_per_ip: 256,
+            max_header_bytes: 32 * 1024,
         }
+    }
+}
+
+impl HttpSettings {
+    /// Below this not even a request with a bearer token fits.
+    pub const MIN_HEADER_BYTES: usize = 1024;
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(
+                "invalid setting http.header_read_timeout_ms (KILN_HTTP_HEADER_READ_TIMEOUT_MS): must be between 1 and 600000"
+                    .to_owned(),
+            );
+        }
+        if !(Self::MIN_HEADER_BYTES..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "invalid setting http.max_header_bytes (KILN_HTTP_MAX_HEADER_BYTES): must be between {} and 1048576",
+                Self::MIN_HEADER_BYTES
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -375,6 +411,7 @@ impl Settings {
                     .to_owned(),
             );
         }
+        self.http.validate()?;
         if self.database.max_connections == 0 {
             return Err("invalid setting database.max_connections: must be at least 1".to_owned());
         }

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod config;
 mod process;
+mod server;
 mod telemetry;
 
 use std::process::ExitCode;
