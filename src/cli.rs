@@ -209,6 +209,28 @@ pub enum KeysCommand {
     },
 }
 
+/// The `KILN_*` variables the command line itself reads (`KILN_CONFIG`,
+/// and `kiln bench`'s), from their definitions: not settings, and not
+/// mistakes.
+pub fn env_vars() -> Vec<String> {
+    fn collect(command: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            command
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned()),
+        );
+        for sub in command.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let mut vars = Vec::new();
+    collect(&<Cli as clap::CommandFactory>::command(), &mut vars);
+    vars.sort();
+    vars.dedup();
+    vars
+}
+
 /// What `kiln bench` prints in a build without the `bench` feature.
 #[cfg(not(feature = "bench"))]
 pub const NO_BENCH: &str =

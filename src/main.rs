@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         eprintln!("{}", cli::NO_BENCH);
         return ExitCode::from(2);
     }
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let settings = match Settings::load(cli.config.as_deref(), &cli::env_vars()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kiln: {e}");
