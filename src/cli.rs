@@ -16,6 +16,9 @@ use clap::{Parser, Subcommand};
 ///   database.max_connections  KILN_DATABASE_MAX_CONNECTIONS 10
 ///   database.migrate_on_start KILN_DATABASE_MIGRATE_ON_START true
 ///   http.addr                 KILN_HTTP_ADDR                127.0.0.1:8080 (public API)
+///   http.header_read_timeout_ms KILN_HTTP_HEADER_READ_TIMEOUT_MS 20000 to send a request's head (and idle keep-alive)
+///   http.max_connections_per_ip KILN_HTTP_MAX_CONNECTIONS_PER_IP 256 per peer address (0: none; behind a proxy)
+///   http.max_header_bytes     KILN_HTTP_MAX_HEADER_BYTES    32768 (larger heads: 431)
 ///   metrics.addr              KILN_METRICS_ADDR             127.0.0.1:9090 (/metrics, /healthz, /readyz)
 ///   log.format                KILN_LOG_FORMAT               text | json
 ///   log.level                 KILN_LOG_LEVEL                info (a tracing filter)
@@ -209,6 +212,28 @@ pub enum KeysCommand {
         #[arg(long, default_value_t = 500)]
         batch: u32,
     },
+}
+
+/// The `KILN_*` variables the command line itself reads (`KILN_CONFIG`,
+/// and `kiln bench`'s), from their definitions: not settings, and not
+/// mistakes.
+pub fn env_vars() -> Vec<String> {
+    fn collect(command: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            command
+                .get_arguments()
+                .filter_map(|a| a.get_env())
+                .map(|v| v.to_string_lossy().into_owned()),
+        );
+        for sub in command.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let mut vars = Vec::new();
+    collect(&<Cli as clap::CommandFactory>::command(), &mut vars);
+    vars.sort();
+    vars.dedup();
+    vars
 }
 
 /// What `kiln bench` prints in a build without the `bench` feature.

@@ -24,6 +24,18 @@ use kiln_workers::WorkerConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+mod known;
+
+pub use known::Known;
+
+/// `KILN_*` variables that are not settings and that kiln does not read
+/// either: `KILN_TEST_*` for the test kit (`KILN_TEST_POSTGRES_URL`,
+/// `kiln_store::testing`) and `KILN_BENCH_*` for measurements
+/// (`KILN_BENCH_POSTGRES_URL` of `kiln bench`, `KILN_BENCH_IMAGES` of the
+/// export benchmark). Variables the command line reads (`KILN_CONFIG`) are
+/// passed to [`Settings::load`] by their `clap` definitions.
+const NOT_SETTINGS: &[&str] = &["KILN_TEST_", "KILN_BENCH_"];
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -208,31 +220,6 @@ impl Default for StorageSettings {
     }
 }
 
-/// The sections settings live in; `KILN_<SECTION>_<KEY>` maps to
-/// `section.key`. Other `KILN_*` variables are not settings.
-const SECTIONS: &[&str] = &[
-    "database",
-    "http",
-    "metrics",
-    "log",
-    "worker",
-    "scheduler",
-    "retention",
-    "api",
-    "credits",
-    "encryption",
-    "storage",
-    "images",
-    "moderation",
-    "upscale",
-    "email",
-    "sms",
-    "payments",
-    "rate_limits",
-    "reference_images",
-    "webhooks",
-];
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
@@ -259,13 +246,49 @@ impl Default for DatabaseSettings {
 pub struct HttpSettings {
     /// Public API listener.
     pub addr: SocketAddr,
+    /// A client must send a request's whole head (request line and
+    /// headers) within this, or the connection is closed; an idle
+    /// keep-alive connection is closed after it too. Both listeners.
+    pub header_read_timeout_ms: u64,
+    /// Connections open at once from one peer address, on each listener;
+    /// more are answered 429 and closed at once. 0: no limit (behind a
+    /// proxy, whose own address every connection comes from).
+    pub max_connections_per_ip: usize,
+    /// The largest request head (request line and headers), in bytes;
+    /// larger ones are answered 431 by the HTTP parser, with no body.
+    /// 1024 to 1 MiB.
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout_ms: 20_000,
+            max_connections_per_ip: 256,
+            max_header_bytes: 32 * 1024,
         }
+    }
+}
+
+impl HttpSettings {
+    /// Below this not even a request with a bearer token fits.
+    pub const MIN_HEADER_BYTES: usize = 1024;
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=600_000).contains(&self.header_read_timeout_ms) {
+            return Err(
+                "invalid setting http.header_read_timeout_ms (KILN_HTTP_HEADER_READ_TIMEOUT_MS): must be between 1 and 600000"
+                    .to_owned(),
+            );
+        }
+        if !(Self::MIN_HEADER_BYTES..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(format!(
+                "invalid setting http.max_header_bytes (KILN_HTTP_MAX_HEADER_BYTES): must be between {} and 1048576",
+                Self::MIN_HEADER_BYTES
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -324,35 +347,55 @@ impl Settings {
     }
 
     /// Reads the file (when given) and the environment, then validates.
-    /// Errors name the offending setting.
-    pub fn load(file: Option<&Path>) -> Result<Settings, String> {
+    /// Errors name the offending setting. `other_vars` are the `KILN_*`
+    /// variables the command line reads, which are not settings.
+    pub fn load(file: Option<&Path>, other_vars: &[String]) -> Result<Settings, String> {
+        let known = std::sync::Arc::new(Known::of::<Settings>());
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().unwrap_or_default())))
+            .collect();
         let mut figment = Figment::new();
+        let mut unknown = Vec::new();
         if let Some(file) = file {
             if !file.exists() {
                 return Err(format!("config file {} does not exist", file.display()));
             }
+            unknown.extend(unknown_in_file(&known, file));
             figment = figment.merge(Toml::file_exact(file));
+        }
+        unknown.extend(unknown_in_env(
+            &known,
+            env.iter().map(|(k, _)| k.as_str()),
+            other_vars,
+        ));
+        if !unknown.is_empty() {
+            return Err(unknown.join("\n"));
         }
         // `RATE_LIMITS_REDIS_URL` -> `rate_limits.redis_url`: the section
         // name may hold underscores itself.
-        let setting_key = |key: &str| {
-            let key = key.to_ascii_lowercase();
-            SECTIONS.iter().find_map(|section| {
-                key.strip_prefix(section)
-                    .and_then(|rest| rest.strip_prefix('_'))
-                    .filter(|rest| !rest.is_empty())
-                    .map(|rest| format!("{section}.{rest}"))
-            })
+        let setting_key = {
+            let known = known.clone();
+            move |key: &str| {
+                known
+                    .split_env(key)
+                    .map(|(section, key)| format!("{section}.{key}"))
+            }
         };
         figment = figment.merge(
             Env::prefixed("KILN_")
-                .filter(move |key| setting_key(key.as_str()).is_some())
-                .map(move |key| setting_key(key.as_str()).unwrap_or_default().into()),
+                .filter({
+                    let setting_key = setting_key.clone();
+                    move |key| setting_key(key.as_str()).is_some()
+                })
+                .map({
+                    let setting_key = setting_key.clone();
+                    move |key| setting_key(key.as_str()).unwrap_or_default().into()
+                }),
         );
         // figment reads `+15005550006` or `007` as numbers, losing the `+`
         // or the zeros: such values are text (phone numbers, codes).
-        for (key, value) in std::env::vars() {
-            if let Some(key) = key.strip_prefix("KILN_").and_then(setting_key)
+        for (key, value) in &env {
+            if let Some(key) = strip_kiln(key).and_then(&setting_key)
                 && (value.starts_with('+') || {
                     let mut chars = value.chars();
                     chars.next() == Some('0') && chars.next().is_some_and(|c| c.is_ascii_digit())
@@ -378,6 +421,7 @@ impl Settings {
                     .to_owned(),
             );
         }
+        self.http.validate()?;
         if self.database.max_connections == 0 {
             return Err("invalid setting database.max_connections: must be at least 1".to_owned());
         }
@@ -455,16 +499,124 @@ impl Settings {
     }
 }
 
+/// The name after `KILN_` (the prefix in any case), for a kiln variable.
+fn strip_kiln(name: &str) -> Option<&str> {
+    name.get(..5)
+        .filter(|p| p.eq_ignore_ascii_case("KILN_"))
+        .and_then(|_| name.get(5..))
+}
+
+/// One line per `KILN_*` variable that is no setting, with the nearest
+/// known setting when one is near. Values are never shown (they may be
+/// secrets).
+fn unknown_in_env<'a>(
+    known: &Known,
+    names: impl Iterator<Item = &'a str>,
+    other_vars: &[String],
+) -> Vec<String> {
+    let mut unknown = Vec::new();
+    for name in names {
+        let Some(rest) = strip_kiln(name) else {
+            continue;
+        };
+        let upper = name.to_ascii_uppercase();
+        if other_vars.iter().any(|v| v.eq_ignore_ascii_case(name))
+            || NOT_SETTINGS.iter().any(|p| upper.starts_with(p))
+        {
+            continue;
+        }
+        if known
+            .split_env(rest)
+            .is_some_and(|(section, key)| known.is_key(section, &key))
+        {
+            continue;
+        }
+        let section = rest.to_ascii_lowercase();
+        let hint = if let Some(keys) = known.sections.get(&section) {
+            let names: Vec<String> = keys
+                .iter()
+                .map(|k| known::env_name(&format!("{section}.{k}")))
+                .collect();
+            format!(
+                "; {section} is a section, its settings are {}",
+                names.join(", ")
+            )
+        } else {
+            match known.nearest(rest, false) {
+                Some(path) => format!("; did you mean {} ({path})?", known::env_name(&path)),
+                None => "; `kiln --help` lists the settings".to_owned(),
+            }
+        };
+        unknown.push(format!(
+            "unknown setting {name} (environment variable){hint}"
+        ));
+    }
+    unknown.sort();
+    unknown
+}
+
+/// One line per key of the file that names no section or no setting of
+/// its section. A file that does not parse is left to the extraction,
+/// which says where.
+fn unknown_in_file(known: &Known, file: &Path) -> Vec<String> {
+    use figment::value::{Dict, Value};
+    let Ok(dict) = Figment::from(Toml::file_exact(file)).extract::<Dict>() else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    let mut report = |path: String| {
+        let hint = match known.nearest(&path, true) {
+            Some(near) => format!("; did you mean {near}?"),
+            None => "; `kiln --help` lists the settings".to_owned(),
+        };
+        unknown.push(format!(
+            "unknown setting {path} in {}{hint}",
+            file.display()
+        ));
+    };
+    for (section, value) in &dict {
+        if !known.sections.contains_key(section) {
+            report(section.clone());
+            continue;
+        }
+        if let Value::Dict(_, keys) = value {
+            for key in keys.keys() {
+                if !known.is_key(section, key) {
+                    report(format!("{section}.{key}"));
+                }
+            }
+        }
+    }
+    unknown
+}
+
 /// Names the setting and the variable that sets it, for each problem.
 fn describe(errors: figment::Error) -> String {
     errors
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
+            // Deeper than `section.key` (a pack, a provider's limits): the
+            // struct's own fields are the candidates.
+            if let figment::error::Kind::UnknownField(field, expected) = &e.kind {
+                let near = expected
+                    .iter()
+                    .map(|c| (c, strsim::damerau_levenshtein(c, field)))
+                    .min_by_key(|(_, d)| *d)
+                    .filter(|(_, d)| *d <= (field.len() / 3).max(2))
+                    .map(|(c, _)| format!("; did you mean {c}?"))
+                    .unwrap_or_default();
+                let at = if key.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {key}")
+                };
+                return format!("unknown setting {field}{at}{near}");
+            }
             if key.is_empty() {
                 format!("invalid settings: {}", e.kind)
             } else {
-                let var = format!("KILN_{}", key.replace('.', "_").to_ascii_uppercase());
+                let var = known::env_name(&key);
                 format!(
                     "invalid setting {key} ({var} or the config file): {}",
                     e.kind
@@ -473,4 +625,83 @@ fn describe(errors: figment::Error) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The settings README's configuration table lists (its first column).
+    fn documented() -> BTreeMap<String, String> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split_once("## Configuration")
+            .and_then(|(_, rest)| rest.split_once("\n\n| setting |"))
+            .map(|(_, rest)| rest.split("\n\n").next().unwrap_or_default())
+            .unwrap_or_default();
+        let mut rows = BTreeMap::new();
+        for line in table.lines() {
+            let mut cells = line.split('|').skip(1);
+            let (Some(setting), Some(env)) = (cells.next(), cells.next()) else {
+                continue;
+            };
+            let names = |cell: &str| -> Vec<String> {
+                cell.split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let envs = names(env);
+            for (i, path) in names(setting).into_iter().enumerate() {
+                rows.insert(path, envs.get(i).cloned().unwrap_or_default());
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn the_known_settings_are_read_off_the_structs() {
+        let known = Known::of::<Settings>();
+        for path in [
+            "worker.concurrency",
+            "http.header_read_timeout_ms",
+            "storage.s3_bucket",
+            "payments.packs",
+            "reference_images.max_bytes",
+        ] {
+            assert!(known.paths().any(|p| p == path), "{path} missing");
+        }
+        assert_eq!(
+            known.split_env("RATE_LIMITS_REDIS_URL"),
+            Some(("rate_limits", "redis_url".to_owned()))
+        );
+    }
+
+    /// Every setting is in README's table under its variable, and the
+    /// table names no setting that does not exist.
+    #[test]
+    fn readme_documents_exactly_the_known_settings() {
+        let known: BTreeSet<String> = Known::of::<Settings>().paths().collect();
+        let documented = documented();
+        let listed: BTreeSet<String> = documented.keys().cloned().collect();
+        let undocumented: Vec<_> = known.difference(&listed).collect();
+        let unknown: Vec<_> = listed.difference(&known).collect();
+        assert!(
+            undocumented.is_empty(),
+            "settings README's table lacks: {undocumented:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "README's table names no such settings: {unknown:?}"
+        );
+        for (path, env) in &documented {
+            assert!(
+                env.is_empty() || *env == known::env_name(path),
+                "{path} is documented as {env}"
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod cli;
 mod config;
 mod process;
+mod server;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         eprintln!("{}", cli::NO_BENCH);
         return ExitCode::from(2);
     }
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let settings = match Settings::load(cli.config.as_deref(), &cli::env_vars()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kiln: {e}");

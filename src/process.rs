@@ -253,15 +253,27 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
 
-    tasks.spawn(serve(
+    let limits = crate::server::Limits::from_settings(&settings.http);
+    if roles.api
+        && settings.api.client_ip_header.is_some()
+        && settings.http.max_connections_per_ip > 0
+    {
+        tracing::warn!(
+            limit = settings.http.max_connections_per_ip,
+            "api.client_ip_header says a proxy is in front, so connections come from the proxy's address; http.max_connections_per_ip limits the proxy itself (0 turns it off)"
+        );
+    }
+    tasks.spawn(crate::server::serve(
         internal,
         kiln_api::internal_router(state.clone()),
+        limits,
         shutdown.clone(),
     ));
     if let Some(public) = public {
-        tasks.spawn(serve(
+        tasks.spawn(crate::server::serve(
             public,
             kiln_api::router(state.clone()),
+            limits,
             shutdown.clone(),
         ));
     }
@@ -355,22 +367,6 @@ async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<tokio::net::Tcp
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} ({setting})"))
-}
-
-async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    // The peer address is the client's IP for the access log (unless
-    // `api.client_ip_header` names the trusted proxy's header).
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    .context("HTTP server failed")
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -34,6 +34,7 @@ pub use openapi::ApiDoc;
 /// The public API.
 pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_millis(state.config.request_timeout_ms);
+    let body_limit = state.config.body_limit_bytes;
     Router::new()
         .merge(health::routes())
         .merge(auth::routes())
@@ -50,6 +51,12 @@ pub fn router(state: AppState) -> Router {
         .merge(images::routes())
         .merge(upscales::routes())
         .merge(openapi::routes())
+        // Before the body is read (so before hyper answers `Expect:
+        // 100-continue`): a body declared larger than the limit is refused
+        // at once. Inside `observe`, so the refusals are counted.
+        .route_layer(middleware::from_fn(move |req: Request, next: Next| {
+            declared_size(body_limit, req, next)
+        }))
         // Per matched route, so the label is the template, never an id.
         .route_layer(middleware::from_fn(observe))
         .fallback(|| async { Problem::not_found("route") })
@@ -64,7 +71,51 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             within(timeout, req, next)
         }))
+        .layer(middleware::from_fn(uri_length))
         .with_state(state)
+}
+
+/// The longest request target answered (RFC 9110 asks for at least 8000
+/// octets); longer ones get 414 as a problem. A target longer than the
+/// whole head may be (`http.max_header_bytes`) is refused by the HTTP
+/// parser before this, with 431 and no body.
+pub const MAX_URI_BYTES: usize = 8000;
+
+async fn uri_length(req: Request, next: Next) -> Response {
+    let length = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if length > MAX_URI_BYTES {
+        return Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!(
+                "the request target may be at most {MAX_URI_BYTES} bytes; this one has {length}"
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// 413 for a request whose `Content-Length` is over `limit`, before any of
+/// its body is read. A chunked body has no length to judge; its reader
+/// stops at the limit (`DefaultBodyLimit`) instead.
+async fn declared_size(limit: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(declared) = declared
+        && declared > limit as u64
+    {
+        return Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body may be at most {limit} bytes; this one declares {declared}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts each answer and times it, by route template, method and status.
