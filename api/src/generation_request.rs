@@ -36,6 +36,26 @@ pub struct GenerationRequest {
     /// of state or stage too.
     #[schema(value_type = Option<String>, example = "completed")]
     pub webhook_events: Option<kiln_jobs::WebhookEvents>,
+    /// Jobs that follow its success, enqueued with it in one transaction
+    /// as its children (`parent_id`): `{"upscale": {"scale": 2}}` upscales
+    /// each delivered image. Their price is reserved up front with the
+    /// generation's, and handed back for images that are not delivered.
+    pub then: Option<ThenRequest>,
+}
+
+/// `then` of a generation request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThenRequest {
+    pub upscale: Option<ThenUpscale>,
+}
+
+/// `then.upscale`: an upscale of each delivered image.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThenUpscale {
+    /// 2 or 4; default 2.
+    pub scale: Option<u32>,
 }
 
 /// The longest reference URL accepted.
@@ -61,6 +81,11 @@ pub enum InvalidGeneration {
     TooManyReferences { max: usize },
     #[error("reference_image_urls must be http(s) URLs of at most {MAX_URL_LEN} characters")]
     BadReferenceUrl,
+    #[error(
+        "then.upscale.scale must be one of {:?}",
+        kiln_jobs::UpscaleImage::SCALES
+    )]
+    BadThenScale,
 }
 
 impl From<InvalidGeneration> for Problem {
@@ -165,6 +190,8 @@ pub struct GenerationSpec {
     pub webhook_events: Option<kiln_jobs::WebhookEvents>,
     /// The checked registration, once the route has it.
     pub webhook: Option<kiln_store::WebhookTarget>,
+    /// `then.upscale.scale`: each delivered image is upscaled so.
+    pub then_upscale: Option<u32>,
 }
 
 impl GenerationRequest {
@@ -195,6 +222,16 @@ impl GenerationRequest {
             .iter()
             .map(|url| ReferenceUrl::parse(url))
             .collect::<Result<Vec<_>, _>>()?;
+        let then_upscale = match self.then.and_then(|t| t.upscale) {
+            Some(upscale) => {
+                let scale = upscale.scale.unwrap_or(2);
+                if !kiln_jobs::UpscaleImage::SCALES.contains(&scale) {
+                    return Err(InvalidGeneration::BadThenScale);
+                }
+                Some(scale)
+            }
+            None => None,
+        };
         Ok(GenerationSpec {
             prompt,
             model,
@@ -204,6 +241,7 @@ impl GenerationRequest {
             webhook_url: self.webhook_url,
             webhook_events: self.webhook_events,
             webhook: None,
+            then_upscale,
         })
     }
 }
@@ -242,6 +280,9 @@ impl GenerationSpec {
             canonical["webhook_url"] = hook.url.clone().into();
             canonical["webhook_events"] = hook.events.as_str().into();
         }
+        if let Some(scale) = self.then_upscale {
+            canonical["then"] = serde_json::json!({"upscale": {"scale": scale}});
+        }
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
@@ -258,6 +299,12 @@ impl GenerationSpec {
             reference_urls: self.reference_urls.into_iter().map(|u| u.0).collect(),
             request_hash,
             webhook: self.webhook,
+            then: self.then_upscale.map(|scale| kiln_jobs::FollowUps {
+                upscale: Some(kiln_jobs::UpscaleEach {
+                    scale,
+                    credits: credits.upscale(scale),
+                }),
+            }),
         }
     }
 
@@ -344,6 +391,7 @@ mod tests {
             reference_image_urls: None,
             webhook_url: None,
             webhook_events: None,
+            then: None,
         }
     }
 

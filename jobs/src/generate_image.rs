@@ -12,6 +12,38 @@ use crate::Job;
 #[serde(deny_unknown_fields)]
 pub struct GenerateImage {
     pub generation_id: Uuid,
+    /// What follows its success (the request's `then`). Left out of the
+    /// payload when none, so such payloads read as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub then: Option<FollowUps>,
+}
+
+/// The jobs a generation's success enqueues, asked for with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUps {
+    /// Upscale each image it delivers.
+    pub upscale: Option<UpscaleEach>,
+}
+
+/// An upscale of each delivered image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpscaleEach {
+    /// One of [`crate::UpscaleImage::SCALES`].
+    pub scale: u32,
+    /// The price of one upscale when the generation was asked for: the
+    /// generation reserves it for each image it may deliver, and each
+    /// upscale reserves it again for itself as it goes in.
+    pub credits: u32,
+}
+
+impl FollowUps {
+    /// Credits to reserve up front for the follow-ups of a generation of
+    /// `images` images.
+    pub fn credits(&self, images: u32) -> u32 {
+        self.upscale.map_or(0, |u| u.credits.saturating_mul(images))
+    }
 }
 
 impl Job for GenerateImage {

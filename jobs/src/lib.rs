@@ -26,7 +26,9 @@ pub use catalogue::{KINDS, KindSpec, Policy, spec};
 pub use data_export::{DataExport, DataExportResult};
 pub use deliver_webhook::{DeliverWebhook, WebhookDelivered, WebhookEvent, WebhookEvents};
 pub use error::{DecodeError, JobError};
-pub use generate_image::{GenerateImage, GenerateImageResult, GeneratedImage, stage};
+pub use generate_image::{
+    FollowUps, GenerateImage, GenerateImageResult, GeneratedImage, UpscaleEach, stage,
+};
 pub use ids::{OrderId, UserId};
 pub use job::{Job, decode};
 pub use locale::{Locale, LocalizedText};

@@ -24,6 +24,28 @@ pub struct GenerationInput {
     pub credits: u32,
     /// Where the owner hears of the job's changes.
     pub webhook: Option<crate::WebhookTarget>,
+    /// What its success enqueues; reserved up front with it.
+    pub then: Option<kiln_jobs::FollowUps>,
+}
+
+impl GenerationInput {
+    /// The generation's `generate_image` job for `owner`: its own price and
+    /// its follow-ups' reserved, its webhook kept.
+    pub(crate) fn job(
+        &self,
+        generation_id: Uuid,
+        owner: UserId,
+    ) -> Result<crate::NewJob, StoreError> {
+        let job = kiln_jobs::GenerateImage {
+            generation_id,
+            then: self.then,
+        };
+        Ok(crate::NewJob::of(&job)?
+            .owner(owner)
+            .reserving(self.credits)
+            .reserving_for_follow_ups(self.then.map_or(0, |t| t.credits(self.n)))
+            .webhook(self.webhook.clone()))
+    }
 }
 
 /// A generation request, stored with its `generate_image` job in one
@@ -64,14 +86,7 @@ impl NewGenerationBatch {
         let jobs = ids
             .iter()
             .zip(&self.items)
-            .map(|(&generation_id, item)| {
-                Ok(
-                    crate::NewJob::of(&kiln_jobs::GenerateImage { generation_id })?
-                        .owner(self.owner)
-                        .reserving(item.credits)
-                        .webhook(item.webhook.clone()),
-                )
-            })
+            .map(|(&generation_id, item)| item.job(generation_id, self.owner))
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok((ids, jobs))
     }

@@ -77,6 +77,13 @@ pub struct NewJob {
     /// Where the owner hears of the job's changes (written with the job;
     /// the database queues each delivery: migration `0028_webhooks.sql`).
     pub webhook: Option<WebhookTarget>,
+    /// The job whose success enqueues this one (a follow-up); set by the
+    /// store as it enqueues a completion's follow-ups.
+    pub parent_id: Option<Uuid>,
+    /// The part of `credits` reserved for the follow-ups this job will
+    /// enqueue when it succeeds: handed back then, in the transaction where
+    /// the follow-ups reserve it each for itself (migration 0029).
+    pub follow_up_credits: u32,
 }
 
 /// A client's webhook for one job: a URL already checked by the caller
@@ -101,7 +108,17 @@ impl NewJob {
             idempotency_key: None,
             credits: 0,
             webhook: None,
+            parent_id: None,
+            follow_up_credits: 0,
         })
+    }
+
+    /// Also reserves `credits` for the follow-ups the job will enqueue
+    /// when it succeeds (see [`NewJob::follow_up_credits`]).
+    pub fn reserving_for_follow_ups(mut self, credits: u32) -> Self {
+        self.credits += credits;
+        self.follow_up_credits += credits;
+        self
     }
 
     /// The owner hears of the job's changes at `target`.
@@ -254,6 +271,8 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The job whose success enqueued this one, for a follow-up.
+    pub parent_id: Option<Uuid>,
 }
 
 /// Jobs of one queue in one state ([`Queue::queue_stats`](crate::Queue::queue_stats)).

@@ -49,6 +49,9 @@ pub trait Queue: Send + Sync + 'static {
     /// [`Queue::get`] for several jobs in one read: those among `ids` that
     /// exist, in no particular order.
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError>;
+    /// The follow-ups of `parents` (jobs whose `parent_id` is one of
+    /// them), in either table, oldest first.
+    async fn children_of(&self, parents: &[Uuid]) -> Result<Vec<JobRecord>, StoreError>;
     /// Counts by queue and state, and the age of the oldest due job, over
     /// both tables: it reads the whole finished history (150-250 ms with
     /// 1,000,000 finished jobs), so it is for tests and the benchmark; the
@@ -97,6 +100,16 @@ pub trait JobWrites: Send + Sync + 'static {
 
     /// Records successes; returns how many were still ours.
     async fn complete(&self, done: &[Completion]) -> Result<u64, StoreError>;
+
+    /// Records one success and enqueues its follow-ups in the same
+    /// transaction, each with the job as its parent and its owner; nothing
+    /// is enqueued when the success was not ours any more (a stale lease).
+    /// Returns the follow-ups' ids, or `None` for a stale lease.
+    async fn complete_then(
+        &self,
+        done: &Completion,
+        follow_ups: Vec<NewJob>,
+    ) -> Result<Option<Vec<Uuid>>, StoreError>;
     /// Records a failed attempt: retry later, or fail for good.
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError>;
     /// Puts a running job back to wait `delay` without spending its attempt.
@@ -205,3 +218,23 @@ impl<
 pub trait Engine: Database + JobWrites + crate::operators::OperatorWrites {}
 
 impl<T: Database + JobWrites + crate::operators::OperatorWrites> Engine for T {}
+
+/// A completion's follow-ups as they go in: children of `parent`, working
+/// for its owner. Each is keyed by its parent and position, so however a
+/// completion is retried, a parent has each child once.
+pub(crate) fn as_follow_ups(
+    follow_ups: Vec<NewJob>,
+    parent: Uuid,
+    owner: Option<kiln_jobs::UserId>,
+) -> Vec<NewJob> {
+    follow_ups
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut job)| {
+            job.parent_id = Some(parent);
+            job.owner = owner;
+            job.idempotency_key = Some(format!("follow-up:{parent}:{i}"));
+            job
+        })
+        .collect()
+}

@@ -43,6 +43,19 @@ pub struct JobResource {
     pub error: Option<JobErrorBody>,
     /// When a retryable or scheduled job runs next.
     pub next_run_at: Option<DateTime<Utc>>,
+    /// The job whose success enqueued this one (a follow-up).
+    pub parent_id: Option<Uuid>,
+    /// The jobs its success enqueued (a generation's `then`), oldest first.
+    pub children: Vec<ChildJob>,
+}
+
+/// A follow-up as its parent's resource lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChildJob {
+    pub id: Uuid,
+    pub kind: String,
+    #[schema(value_type = String)]
+    pub state: JobState,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -141,24 +154,58 @@ impl Presenter {
     }
 
     pub async fn job_resource(&self, job: JobRecord) -> Result<JobResource, StoreError> {
-        let shown = Shown::of(&job);
-        let images = self.result_images(std::slice::from_ref(&shown)).await?;
-        Ok(self.resource(job, shown, &images))
+        let mut one = self.job_resources(vec![job]).await?;
+        one.pop()
+            .ok_or_else(|| StoreError::Corrupt("a job's resource went missing".into()))
     }
 
-    /// [`AppState::job_resource`] for a page of jobs, with the images their
-    /// results show read in one query per kind, not one per job.
+    /// [`Presenter::job_resource`] for a page of jobs, with the images their
+    /// results show read in one query per kind and their follow-ups in one,
+    /// not one per job.
     pub async fn job_resources(
         &self,
         jobs: Vec<JobRecord>,
     ) -> Result<Vec<JobResource>, StoreError> {
         let shown: Vec<Shown> = jobs.iter().map(Shown::of).collect();
         let images = self.result_images(&shown).await?;
+        let mut children = self.children(&jobs).await?;
         Ok(jobs
             .into_iter()
             .zip(shown)
-            .map(|(job, shown)| self.resource(job, shown, &images))
+            .map(|(job, shown)| {
+                let children = children.remove(&job.id).unwrap_or_default();
+                let mut resource = self.resource(job, shown, &images);
+                resource.children = children;
+                resource
+            })
             .collect())
+    }
+
+    /// The follow-ups of those jobs that may have some: only a success
+    /// enqueues them.
+    async fn children(
+        &self,
+        jobs: &[JobRecord],
+    ) -> Result<HashMap<Uuid, Vec<ChildJob>>, StoreError> {
+        let parents: Vec<Uuid> = jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .map(|j| j.id)
+            .collect();
+        let mut children: HashMap<Uuid, Vec<ChildJob>> = HashMap::new();
+        if parents.is_empty() {
+            return Ok(children);
+        }
+        for child in self.store.children_of(&parents).await? {
+            if let Some(parent) = child.parent_id {
+                children.entry(parent).or_default().push(ChildJob {
+                    id: child.id,
+                    kind: child.kind,
+                    state: child.state,
+                });
+            }
+        }
+        Ok(children)
     }
 
     /// Reads every image the given results show.
@@ -253,6 +300,8 @@ impl Presenter {
             result,
             error,
             next_run_at,
+            parent_id: job.parent_id,
+            children: Vec::new(),
         }
     }
 }

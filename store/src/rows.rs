@@ -19,11 +19,12 @@ use crate::{
 pub(crate) const JOB_COLUMNS: &str =
     "id, kind, queue, owner, payload, schema_version, state, stage, progress,
     priority, attempt, max_attempts, run_at, lease_owner, lease_expires_at, token, rescues,
-    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at";
+    cancel_requested, result, errors, idempotency_key, created_at, started_at, finished_at,
+    parent_id";
 
 /// Every column of `jobs` and `finished_jobs`, in table order: a job
 /// that ends moves from one to the other whole.
-const STORED_COLUMNS: [&str; 27] = [
+const STORED_COLUMNS: [&str; 29] = [
     "id",
     "kind",
     "queue",
@@ -51,6 +52,8 @@ const STORED_COLUMNS: [&str; 27] = [
     "finished_at",
     "updated_at",
     "credits",
+    "parent_id",
+    "follow_up_credits",
 ];
 
 /// `INSERT INTO finished_jobs (…) SELECT …`: the insert that moves a job
@@ -127,6 +130,7 @@ pub(crate) struct JobRow {
     created_at: Time,
     started_at: Option<Time>,
     finished_at: Option<Time>,
+    parent_id: Option<Id>,
 }
 
 fn time(t: Option<Time>) -> Option<DateTime<Utc>> {
@@ -139,7 +143,7 @@ pub(crate) fn owner_text(owner: Option<UserId>) -> Option<String> {
 }
 
 /// `jobs.owner` is text on both databases (system jobs have none).
-fn owner(text: Option<String>) -> Result<Option<UserId>, StoreError> {
+pub(crate) fn owner(text: Option<String>) -> Result<Option<UserId>, StoreError> {
     text.map(|t| {
         t.parse()
             .map_err(|_| StoreError::Corrupt(format!("job owner {t:?} is not a user id")))
@@ -176,6 +180,7 @@ impl TryFrom<JobRow> for JobRecord {
             created_at: r.created_at.0,
             started_at: time(r.started_at),
             finished_at: time(r.finished_at),
+            parent_id: r.parent_id.map(|p| p.0),
         })
     }
 }

@@ -365,6 +365,53 @@ impl Store {
         Ok(n)
     }
 
+    /// Records one success and enqueues its follow-ups (children of the
+    /// job, for its owner) in the same transaction. `None`: the lease was
+    /// stale, nothing was written.
+    pub async fn complete_then(
+        &self,
+        done: &Completion,
+        follow_ups: Vec<NewJob>,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let queues: BTreeSet<String> = follow_ups.iter().map(|j| j.queue.clone()).collect();
+        let kinds: Vec<String> = follow_ups.iter().map(|j| j.kind.clone()).collect();
+        let children = self.engine.complete_then(done, follow_ups).await?;
+        self.leases_changed(std::iter::once(&done.lease));
+        if children.as_ref().is_some_and(|c| !c.is_empty()) {
+            for kind in &kinds {
+                metrics().jobs_enqueued.with_label_values(&[kind]).inc();
+            }
+            self.tell(
+                queues
+                    .into_iter()
+                    .map(|q| StoreEvent::JobsAvailable(Some(q))),
+            );
+        }
+        Ok(children)
+    }
+
+    /// Cancels the unfinished follow-ups of `parent` (those of `owner`):
+    /// how many were cancelled or told to stop.
+    pub async fn cancel_children(
+        &self,
+        parent: Uuid,
+        owner: Option<UserId>,
+    ) -> Result<u64, StoreError> {
+        let mut stopped = 0;
+        for child in self.engine.children_of(&[parent]).await? {
+            if child.state.is_final() {
+                continue;
+            }
+            if matches!(
+                self.cancel(child.id, owner).await?,
+                CancelOutcome::Cancelled | CancelOutcome::Cancelling
+            ) {
+                stopped += 1;
+            }
+        }
+        Ok(stopped)
+    }
+
     /// Records a failed attempt: retry later, or fail for good.
     pub async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {
         let ours = self.engine.fail(lease, failure).await?;

@@ -27,6 +27,7 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
                 request_hash: prompt.into(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })

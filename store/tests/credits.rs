@@ -390,6 +390,7 @@ async fn grouped_generations_refuse_only_the_short_owner(store: Store, _: &TestD
             request_hash: format!("hash-{n}"),
             credits: 1,
             webhook: None,
+            then: None,
         },
         idempotency_key: None,
     };

@@ -227,6 +227,7 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
                 request_hash: "h".into(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })
@@ -254,6 +255,7 @@ async fn a_batch_of_generations_wakes_its_queue(store: Store, _: &TestDatabase) 
         request_hash: "h".into(),
         credits: 0,
         webhook: None,
+        then: None,
     };
     store
         .create_generation_batch(kiln_store::generations::NewGenerationBatch {

@@ -40,6 +40,7 @@ fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
             request_hash: hash.into(),
             credits: 0,
             webhook: None,
+            then: None,
         },
         idempotency_key: key.map(str::to_owned),
     }

@@ -68,6 +68,10 @@ impl JobContext {
 pub enum Outcome<R = serde_json::Value> {
     /// Finished; the value is the job's `result`.
     Done(R),
+    /// Finished, and these jobs follow it: enqueued in the transaction that
+    /// records the success, each as a child of this job working for its
+    /// owner (none when the success is not recorded: a stale lease).
+    DoneThen(R, Vec<kiln_store::NewJob>),
     /// Not now: run again after this long, without spending an attempt.
     Snooze(Duration),
 }

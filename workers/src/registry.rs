@@ -32,6 +32,9 @@ impl<J: Job, H: Handler<J>> ErasedHandler for Typed<J, H> {
             Outcome::Done(result) => serde_json::to_value(result)
                 .map(Outcome::Done)
                 .map_err(|e| JobError::permanent("unserializable_result", e.to_string())),
+            Outcome::DoneThen(result, follow_ups) => serde_json::to_value(result)
+                .map(|result| Outcome::DoneThen(result, follow_ups))
+                .map_err(|e| JobError::permanent("unserializable_result", e.to_string())),
             Outcome::Snooze(delay) => Ok(Outcome::Snooze(delay)),
         }
     }

@@ -239,6 +239,9 @@ impl TestWorker {
             Some(Ok(Outcome::Done(value))) => serde_json::from_value(value)
                 .map(Outcome::Done)
                 .map_err(|e| JobError::permanent("undecodable_result", e.to_string())),
+            Some(Ok(Outcome::DoneThen(value, follow_ups))) => serde_json::from_value(value)
+                .map(|result| Outcome::DoneThen(result, follow_ups))
+                .map_err(|e| JobError::permanent("undecodable_result", e.to_string())),
         };
         Ok(Performed { job_id, result })
     }

@@ -39,6 +39,7 @@ async fn generation(store: &Store, owner: UserId, credits: u32) -> GenerateImage
                 request_hash: Uuid::now_v7().to_string(),
                 credits,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })

@@ -45,6 +45,7 @@ async fn generate(store: &Store, worker: &TestWorker, owner: UserId, prompt: &st
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })
@@ -416,6 +417,7 @@ async fn bench_export_of_10_000_images() {
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })

@@ -52,6 +52,7 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })
@@ -531,6 +532,7 @@ async fn a_reference_image_is_kept_and_passed_on_without_its_metadata(
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })

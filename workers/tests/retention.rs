@@ -228,6 +228,7 @@ async fn objects_no_row_points_at_go_a_day_after_they_were_written(store: Store,
                 request_hash: Uuid::now_v7().to_string(),
                 credits: 0,
                 webhook: None,
+                then: None,
             },
             idempotency_key: None,
         })

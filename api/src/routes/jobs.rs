@@ -183,7 +183,7 @@ async fn list(
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "job id")),
     responses(
-        (status = 200, description = "cancelled, or cancelling when running", body = JobResource),
+        (status = 200, description = "cancelled, or cancelling when running; its unfinished follow-ups (`children`) are cancelled too, also after it succeeded", body = JobResource),
         (status = 401, description = "no valid token", body = Problem),
         (status = 404, description = "no such job (or not yours)", body = Problem),
         (status = 409, description = "the job has already finished", body = Problem),
@@ -194,8 +194,18 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobResource>), Problem> {
     let id = parse_id(&id, "job")?;
-    match state.store.cancel(id, Some(user.id)).await? {
+    let outcome = state.store.cancel(id, Some(user.id)).await?;
+    // Its follow-ups go with it, even once it has succeeded.
+    let children = match outcome {
+        CancelOutcome::NotFound => 0,
+        _ => state.store.cancel_children(id, Some(user.id)).await?,
+    };
+    match outcome {
         CancelOutcome::NotFound => Err(Problem::not_found("job")),
+        CancelOutcome::AlreadyFinished(_) if children > 0 => {
+            let job = own_job(&state, id, user.id).await?;
+            Ok((StatusCode::OK, Json(state.job_resource(job).await?)))
+        }
         CancelOutcome::AlreadyFinished(s) => Err(Problem::conflict(format!(
             "the job has already finished ({})",
             s.as_str()

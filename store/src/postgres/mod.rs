@@ -10,7 +10,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use kiln_jobs::{GenerateImage, UserId};
+use kiln_jobs::UserId;
 use sqlx::{PgConnection, PgPool, Row, postgres::PgListener};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -129,6 +129,7 @@ impl PgStore {
         );
         let mut credits = Vec::with_capacity(n);
         let (mut hook_urls, mut hook_events) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut parents, mut follow_up_credits) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -162,6 +163,8 @@ impl PgStore {
             credits.push(job.credits as i32);
             hook_urls.push(job.webhook.as_ref().map(|w| w.url.clone()));
             hook_events.push(job.webhook.as_ref().map(|w| w.events.as_str()));
+            parents.push(job.parent_id);
+            follow_up_credits.push(job.follow_up_credits as i32);
         }
         // Keyed jobs go in only with their keys (see `enqueue_in`).
         let inserted: Vec<Uuid> = sqlx::query_scalar(
@@ -169,10 +172,10 @@ impl PgStore {
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                       $6::int[], $7::smallint[], $8::bigint[], $9::int[],
                                       $10::timestamptz[], $11::text[], $12::int[],
-                                      $13::text[], $14::text[])
+                                      $13::text[], $14::text[], $15::uuid[], $16::int[])
                       AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
                            max_attempts, run_at, idempotency_key, credits, webhook_url,
-                           webhook_events)),
+                           webhook_events, parent_id, follow_up_credits)),
              keys AS (
                  INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
                  SELECT coalesce(owner, ''), kind, idempotency_key, id FROM t
@@ -185,11 +188,12 @@ impl PgStore {
                  WHERE webhook_url IS NOT NULL
                    AND (idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)))
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key, credits)
+                               fair_seq, max_attempts, run_at, idempotency_key, credits,
+                               parent_id, follow_up_credits)
              SELECT id, kind, queue, owner, payload::jsonb, schema_version,
                     CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
                     priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key,
-                    credits
+                    credits, parent_id, follow_up_credits
              FROM t
              WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
              RETURNING id",
@@ -208,6 +212,8 @@ impl PgStore {
         .bind(&credits)
         .bind(&hook_urls)
         .bind(&hook_events)
+        .bind(&parents)
+        .bind(&follow_up_credits)
         .fetch_all(&mut *tx)
         .await?;
         // Idempotent duplicates were skipped: say which positions went in.
@@ -300,7 +306,7 @@ impl PgStore {
 
 /// The statement that inserts one job, `job`, and then `then` (more
 /// `WITH` members that may read `job`), returning `returning` of `job`.
-/// `$1`–`$13` are bound by [`bind_job`]. A keyed job goes in only with its
+/// `$1`–`$15` are bound by [`bind_job`]. A keyed job goes in only with its
 /// key: a concurrent enqueue of the same key waits on the key's row, then
 /// inserts nothing and finds the first job ([`existing_keyed_job`]).
 /// The owner's place in the round-robin is read in the same statement (see
@@ -314,14 +320,15 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
              RETURNING job_id),
          job AS (
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
-                               fair_seq, max_attempts, run_at, idempotency_key, credits)
+                               fair_seq, max_attempts, run_at, idempotency_key, credits,
+                               parent_id, follow_up_credits)
              SELECT $1, $2, $3, $4, $5, $6,
                     CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
                     $8,
                     CASE WHEN $4::text IS NULL THEN 0 ELSE coalesce(
                         (SELECT fair_seq FROM jobs WHERE owner = $4
                          ORDER BY fair_seq DESC LIMIT 1), 0) + 1 END,
-                    $9, coalesce($7, now()), $10, $11
+                    $9, coalesce($7, now()), $10, $11, $14, $15
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM key)
              RETURNING *),
          hook AS (
@@ -334,7 +341,7 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
 static ENQUEUE_SQL: LazyLock<String> = LazyLock::new(|| insert_job_sql("", "id"));
 
 /// One generation and its `generate_image` job in one statement (so one
-/// round trip, no transaction to open and close): `$14`–`$22` are the
+/// round trip, no transaction to open and close): `$16`–`$24` are the
 /// generation's columns. The job's credits are reserved by the insert
 /// itself (trigger `jobs_reserve_credits`), so a short balance stores
 /// nothing.
@@ -344,12 +351,12 @@ static CREATE_GENERATION_SQL: LazyLock<String> = LazyLock::new(|| {
          generation AS (
              INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
                                       request_hash, reference_urls)
-             SELECT $14, job.id, $15, $16, $17, $18, $19, $20, $21, $22::jsonb FROM job)",
+             SELECT $16, job.id, $17, $18, $19, $20, $21, $22, $23, $24::jsonb FROM job)",
         JOB_COLUMNS,
     )
 });
 
-/// Binds `$1`–`$13` of [`insert_job_sql`].
+/// Binds `$1`–`$15` of [`insert_job_sql`].
 fn bind_job<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -369,6 +376,23 @@ fn bind_job<'q, O>(
         .bind(job.credits as i32)
         .bind(job.webhook.as_ref().map(|w| w.url.as_str()))
         .bind(job.webhook.as_ref().map(|w| w.events.as_str()))
+        .bind(job.parent_id)
+        .bind(job.follow_up_credits as i32)
+}
+
+/// Records successes on `conn` (a transaction's, or alone); returns how
+/// many were still ours.
+async fn complete_on(conn: &mut PgConnection, done: &[Completion]) -> Result<u64, StoreError> {
+    let ids: Vec<Uuid> = done.iter().map(|c| c.lease.id).collect();
+    let tokens: Vec<i64> = done.iter().map(|c| c.lease.token).collect();
+    let results: Vec<String> = done.iter().map(|c| c.result.to_string()).collect();
+    let updated = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&results)
+        .execute(&mut *conn)
+        .await?;
+    Ok(updated.rows_affected())
 }
 
 /// The job that holds `job`'s idempotency key, when the insert found it.
@@ -392,10 +416,7 @@ async fn create_generation_on(
     g: &NewGeneration,
 ) -> Result<GenerationEnqueued, StoreError> {
     let id = Uuid::now_v7();
-    let mut job = NewJob::of(&GenerateImage { generation_id: id })?
-        .owner(g.owner)
-        .reserving(g.input.credits)
-        .webhook(g.input.webhook.clone());
+    let mut job = g.input.job(id, g.owner)?;
     job.idempotency_key = g.idempotency_key.clone();
     let input = &g.input;
     let references = serde_json::json!(input.reference_urls).to_string();
@@ -742,6 +763,14 @@ static GET_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+static CHILDREN_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE parent_id = ANY($1)
+         UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE parent_id = ANY($1)
+         ORDER BY id"
+    )
+});
+
 /// How many days ahead (UTC) day partitions of `finished_jobs` exist.
 const PARTITION_DAYS_AHEAD: i32 = 3;
 
@@ -866,6 +895,14 @@ impl Queue for PgStore {
         row.map(JobRecord::try_from).transpose()
     }
 
+    async fn children_of(&self, parents: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(CHILDREN_SQL.as_str()))
+            .bind(parents)
+            .fetch_all(&self.pool)
+            .await?;
+        rows::jobs(rows)
+    }
+
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
         let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(GET_MANY_SQL.as_str()))
             .bind(ids)
@@ -970,16 +1007,34 @@ impl JobWrites for PgStore {
         if done.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = done.iter().map(|c| c.lease.id).collect();
-        let tokens: Vec<i64> = done.iter().map(|c| c.lease.token).collect();
-        let results: Vec<String> = done.iter().map(|c| c.result.to_string()).collect();
-        let updated = sqlx::query(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
-            .bind(&ids)
-            .bind(&tokens)
-            .bind(&results)
-            .execute(&self.pool)
-            .await?;
-        Ok(updated.rows_affected())
+        let mut conn = self.pool.acquire().await?;
+        complete_on(&mut conn, done).await
+    }
+
+    async fn complete_then(
+        &self,
+        done: &Completion,
+        follow_ups: Vec<NewJob>,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if complete_on(&mut tx, std::slice::from_ref(done)).await? == 0 {
+            return Ok(None);
+        }
+        let (owner, cancel_requested): (Option<String>, bool) = sqlx::query_as(
+            "SELECT owner, cancel_requested FROM finished_jobs WHERE id = $1 AND state = 'succeeded'",
+        )
+        .bind(done.lease.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if cancel_requested {
+            // Its owner cancelled it while it ran: what would follow, too.
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        }
+        let jobs = crate::queue::as_follow_ups(follow_ups, done.lease.id, rows::owner(owner)?);
+        let ids = PgStore::enqueue_many_in(&mut tx, jobs).await?;
+        tx.commit().await?;
+        Ok(Some(ids.into_iter().map(|(_, id)| id).collect()))
     }
 
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {

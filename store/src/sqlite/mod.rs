@@ -7,7 +7,7 @@ use std::{path::Path, str::FromStr, sync::LazyLock, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use kiln_jobs::{GenerateImage, UserId};
+use kiln_jobs::UserId;
 use sqlx::{
     Row, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -162,6 +162,8 @@ impl SqliteStore {
                 job.max_attempts,
                 run_at,
                 job.credits,
+                job.parent_id.map(|p| p.to_string()),
+                job.follow_up_credits,
             ]));
             ids.push((i, id));
         }
@@ -172,10 +174,10 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state,
                                    priority, fair_seq, max_attempts, run_at, credits,
-                                   created_at, updated_at)
+                                   parent_id, follow_up_credits, created_at, updated_at)
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
                         value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
-                        value ->> 10, value ->> 11, ?2, ?2
+                        value ->> 10, value ->> 11, value ->> 12, value ->> 13, ?2, ?2
                  FROM json_each(?1)",
             )
             .bind(serde_json::Value::Array(unkeyed).to_string())
@@ -231,8 +233,8 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, credits,
-                               created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               parent_id, follow_up_credits, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&job.kind)
@@ -247,6 +249,8 @@ impl SqliteStore {
         .bind(run_at)
         .bind(&job.idempotency_key)
         .bind(job.credits)
+        .bind(job.parent_id.map(|p| p.to_string()))
+        .bind(job.follow_up_credits)
         .bind(now)
         .bind(now)
         .execute(&mut *conn)
@@ -268,6 +272,28 @@ impl SqliteStore {
     }
 }
 
+/// Moves the successes of `batch` (`[id, token, result]` each) to
+/// `finished_jobs` inside the caller's transaction (move, then delete what
+/// moved: one round trip to SQLite's thread per statement, not per job);
+/// returns how many were still ours.
+async fn complete_in(
+    tx: &mut SqliteConnection,
+    batch: Vec<serde_json::Value>,
+) -> Result<u64, StoreError> {
+    let moved: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
+        .bind(serde_json::Value::Array(batch).to_string())
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await?;
+    if !moved.is_empty() {
+        sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(serde_json::json!(moved).to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(moved.len() as u64)
+}
+
 /// One generation and its job inside the caller's transaction, answered
 /// as stored; or, if the idempotency key was taken, what became of it
 /// (nothing was written then).
@@ -276,10 +302,7 @@ async fn create_generation_in(
     g: &NewGeneration,
 ) -> Result<GenerationEnqueued, StoreError> {
     let id = Uuid::now_v7();
-    let mut job = NewJob::of(&GenerateImage { generation_id: id })?
-        .owner(g.owner)
-        .reserving(g.input.credits)
-        .webhook(g.input.webhook.clone());
+    let mut job = g.input.job(id, g.owner)?;
     job.idempotency_key = g.idempotency_key.clone();
     let enqueued = SqliteStore::enqueue_in(&mut *tx, job).await?;
     if !enqueued.created {
@@ -540,6 +563,23 @@ impl Queue for SqliteStore {
         row.map(JobRecord::try_from).transpose()
     }
 
+    async fn children_of(&self, parents: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
+        let sql = format!(
+            "SELECT * FROM (
+                 SELECT {JOB_COLUMNS} FROM jobs
+                 WHERE parent_id IN (SELECT value FROM json_each(?1))
+                 UNION ALL
+                 SELECT {JOB_COLUMNS} FROM finished_jobs
+                 WHERE parent_id IN (SELECT value FROM json_each(?1)))
+             ORDER BY id"
+        );
+        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(serde_json::json!(parents).to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows::jobs(rows)
+    }
+
     async fn get_many(&self, ids: &[Uuid]) -> Result<Vec<JobRecord>, StoreError> {
         // The ids travel as one JSON array, whatever their number.
         let sql = format!(
@@ -693,19 +733,40 @@ impl JobWrites for SqliteStore {
             })
             .collect();
         let mut tx = self.writer.begin().await?;
-        let moved: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(COMPLETE_SQL.as_str()))
-            .bind(serde_json::Value::Array(batch).to_string())
-            .bind(now_ms())
-            .fetch_all(&mut *tx)
-            .await?;
-        if !moved.is_empty() {
-            sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
-                .bind(serde_json::json!(moved).to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        let moved = complete_in(&mut tx, batch).await?;
         tx.commit().await?;
-        Ok(moved.len() as u64)
+        Ok(moved)
+    }
+
+    async fn complete_then(
+        &self,
+        done: &Completion,
+        follow_ups: Vec<NewJob>,
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        let batch = vec![serde_json::json!([
+            done.lease.id.to_string(),
+            done.lease.token,
+            done.result.to_string()
+        ])];
+        let mut tx = self.writer.begin().await?;
+        if complete_in(&mut tx, batch).await? == 0 {
+            return Ok(None);
+        }
+        let (owner, cancel_requested): (Option<String>, bool) = sqlx::query_as(
+            "SELECT owner, cancel_requested FROM finished_jobs WHERE id = ? AND state = 'succeeded'",
+        )
+        .bind(done.lease.id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        if cancel_requested {
+            // Its owner cancelled it while it ran: what would follow, too.
+            tx.commit().await?;
+            return Ok(Some(Vec::new()));
+        }
+        let jobs = crate::queue::as_follow_ups(follow_ups, done.lease.id, rows::owner(owner)?);
+        let ids = Self::enqueue_many_in(&mut tx, jobs).await?;
+        tx.commit().await?;
+        Ok(Some(ids.into_iter().map(|(_, id)| id).collect()))
     }
 
     async fn fail(&self, lease: Lease, failure: Failure) -> Result<bool, StoreError> {

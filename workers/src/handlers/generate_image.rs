@@ -179,9 +179,40 @@ impl Handler<GenerateImage> for GenerateImageHandler {
             )
             .await?;
         ctx.progress(stage::DONE, 100).await?;
-        Ok(Outcome::Done(GenerateImageResult {
+        let follow_ups = follow_ups(job.then, &delivered)?;
+        let result = GenerateImageResult {
             generation_id: generation.id,
             images: delivered,
-        }))
+        };
+        if follow_ups.is_empty() {
+            Ok(Outcome::Done(result))
+        } else {
+            Ok(Outcome::DoneThen(result, follow_ups))
+        }
     }
+}
+
+/// The jobs a success enqueues (`then`): an upscale of each delivered
+/// image at the price reserved for it when the generation was asked for.
+/// Images blocked by moderation get none; their share goes back with the
+/// generation's settlement.
+fn follow_ups(
+    then: Option<kiln_jobs::FollowUps>,
+    delivered: &[GeneratedImage],
+) -> Result<Vec<kiln_store::NewJob>, JobError> {
+    let Some(upscale) = then.and_then(|t| t.upscale) else {
+        return Ok(Vec::new());
+    };
+    delivered
+        .iter()
+        .map(|image| {
+            let job = kiln_jobs::UpscaleImage {
+                image_id: image.id,
+                scale: upscale.scale,
+            };
+            kiln_store::NewJob::of(&job)
+                .map(|job| job.reserving(upscale.credits))
+                .map_err(|e| JobError::permanent("unserializable_payload", e.to_string()))
+        })
+        .collect()
 }

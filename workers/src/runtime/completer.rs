@@ -72,3 +72,43 @@ pub(crate) async fn write(store: &Store, batch: Vec<(String, Completion)>) {
             .inc();
     }
 }
+
+/// Records one success with its follow-ups, retrying a failing database
+/// for a few seconds like [`write`]; given up, the job's lease expires and
+/// it runs again (its follow-ups are enqueued only with a recorded
+/// success, so never twice).
+pub(crate) async fn write_then(
+    store: &Store,
+    kind: &str,
+    completion: &Completion,
+    follow_ups: Vec<kiln_store::NewJob>,
+) {
+    let mut delay = Duration::from_millis(50);
+    let recorded = loop {
+        match store.complete_then(completion, follow_ups.clone()).await {
+            Ok(children) => break children,
+            Err(e) if delay <= Duration::from_secs(5) => {
+                tracing::warn!(error = %e, job_id = %completion.lease.id,
+                    "recording a success with its follow-ups failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, job_id = %completion.lease.id,
+                    "could not record a success with its follow-ups; its lease will expire and it will run again");
+                return;
+            }
+        }
+    };
+    match recorded {
+        Some(children) => {
+            tracing::debug!(job_id = %completion.lease.id, follow_ups = children.len(), "succeeded with follow-ups");
+            kiln_store::metrics::metrics()
+                .jobs_finished
+                .with_label_values(&[kind, "succeeded"])
+                .inc();
+        }
+        None => tracing::warn!(job_id = %completion.lease.id,
+            "a success came from a claim that was no longer current; ignored with its follow-ups"),
+    }
+}

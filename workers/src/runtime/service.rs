@@ -131,6 +131,12 @@ impl RunJob {
                 }
                 return;
             }
+            Ending::Handler(Ok(Outcome::DoneThen(result, follow_ups))) => {
+                // Alone, not batched: the follow-ups go in with the success.
+                let completion = Completion { lease, result };
+                super::completer::write_then(&self.store, kind, &completion, follow_ups).await;
+                return;
+            }
             Ending::Handler(Ok(Outcome::Snooze(delay))) => {
                 self.write(lease, "snooze", || self.store.snooze(lease, delay))
                     .await;
