@@ -232,6 +232,13 @@ pub async fn run(settings: Settings, roles: Roles) -> anyhow::Result<()> {
         None => std::sync::Arc::new(kiln_api::LocalThrottle::new()),
     };
     let shop = shop(&settings, public.as_ref())?;
+    // The merchant's notification series, at 0 from the first scrape.
+    let outcomes: Vec<&str> = kiln_store::orders::PaymentOutcome::NAMES
+        .iter()
+        .chain(&kiln_providers::payments::WebhookRefusal::CODES)
+        .copied()
+        .collect();
+    kiln_store::metrics::show_payment_series(shop.merchant.name(), &outcomes);
     let mut dependencies: Vec<std::sync::Arc<dyn kiln_api::Dependency>> = Vec::new();
     if let Some(url) = &settings.rate_limits.redis_url {
         dependencies.push(std::sync::Arc::new(RedisDependency(url.clone())));

@@ -48,11 +48,7 @@ async fn the_readmes_curl_session_runs_as_written() {
 
     let script = session();
     assert!(script.starts_with("B=http://127.0.0.1:8080\n"), "{script}");
-    let script = script.replacen(
-        "B=http://127.0.0.1:8080",
-        &format!("B=http://{addr}"),
-        1,
-    );
+    let script = script.replacen("B=http://127.0.0.1:8080", &format!("B=http://{addr}"), 1);
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(240),
         tokio::process::Command::new("bash")
@@ -65,7 +61,11 @@ async fn the_readmes_curl_session_runs_as_written() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}\n{}", kiln.log_text());
+    assert!(
+        out.status.success(),
+        "{stdout}\n{stderr}\n{}",
+        kiln.log_text()
+    );
 
     // The generation, downloaded: a real PNG of the size asked for.
     assert!(stdout.contains("\"state\": \"succeeded\""), "{stdout}");

@@ -32,4 +32,4 @@ pub mod webhook;
 pub use error::ProviderError;
 pub use image_type::image_type;
 pub use message::SentMessage;
-pub use settings::{BuiltProviders, ProviderSettings};
+pub use settings::{BuiltProviders, PROVIDER_KEYS, ProviderSettings};

@@ -29,6 +29,16 @@ pub struct ProviderSettings {
     pub webhooks: crate::webhook::WebhookSettings,
 }
 
+/// The limiter and metrics key of each provider: its settings section.
+pub const PROVIDER_KEYS: [&str; 6] = [
+    "images",
+    "moderation",
+    "upscale",
+    "email",
+    "sms",
+    "webhooks",
+];
+
 /// Each provider behind the shared limiter, keyed by its settings section
 /// (`rate_limits.providers.images`, `.moderation`, `.upscale`, `.email`,
 /// `.sms`); a key without a limit costs nothing.

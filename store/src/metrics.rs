@@ -251,6 +251,34 @@ fn preset(m: &Metrics) {
             m.jobs_finished.with_label_values(&[kind, outcome]);
         }
     }
+    for class in kiln_jobs::DataClass::ALL {
+        m.retention_purged.with_label_values(&[class.as_str()]);
+    }
+}
+
+/// The provider call series at 0 for these provider keys (the outcomes
+/// `ok`, `retryable`, `refused`); called by processes that call providers
+/// (workers) before they serve `/metrics`.
+pub fn show_provider_series(providers: &[&str]) {
+    let m = metrics();
+    for provider in providers {
+        for outcome in ["ok", "retryable", "refused"] {
+            m.provider_requests.with_label_values(&[provider, outcome]);
+        }
+        m.provider_request_seconds.with_label_values(&[provider]);
+        m.provider_rate_limit_wait_seconds
+            .with_label_values(&[provider]);
+    }
+}
+
+/// The payment notification series at 0 for the configured merchant and
+/// every outcome (`outcomes`); called by processes that serve the API.
+pub fn show_payment_series(provider: &str, outcomes: &[&str]) {
+    let m = metrics();
+    for outcome in outcomes {
+        m.payment_notifications
+            .with_label_values(&[provider, outcome]);
+    }
 }
 
 /// Every queue's gauges at 0 until the maintenance loop sets them; called

@@ -105,6 +105,15 @@ pub enum PaymentOutcome {
 }
 
 impl PaymentOutcome {
+    /// Every name [`PaymentOutcome::as_str`] gives.
+    pub const NAMES: [&'static str; 5] = [
+        "granted",
+        "duplicate",
+        "ignored",
+        "already_paid",
+        "unknown_order",
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PaymentOutcome::Granted { .. } => "granted",

@@ -99,6 +99,13 @@ pub enum WebhookRefusal {
 }
 
 impl WebhookRefusal {
+    /// Every code [`WebhookRefusal::code`] gives.
+    pub const CODES: [&'static str; 3] = [
+        "invalid_signature",
+        "stale_signature",
+        "invalid_notification",
+    ];
+
     /// The problem code the API answers with.
     pub fn code(&self) -> &'static str {
         match self {

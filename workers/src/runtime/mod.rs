@@ -47,6 +47,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     config.validate()?;
     kiln_store::metrics::show_queue_gauges();
+    kiln_store::metrics::show_provider_series(&kiln_providers::PROVIDER_KEYS);
     // The providers' rate-limit waits go to kiln's metrics.
     kiln_providers::limits::observe_waits_with(observe_provider_wait);
     kiln_providers::limits::observe_calls_with(observe_provider_call);
