@@ -43,6 +43,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub worker: WorkerConfig,
     pub scheduler: SchedulerConfig,
     pub retention: RetentionSettings,
@@ -331,6 +332,29 @@ impl Default for LogSettings {
     }
 }
 
+/// Traces (`[telemetry]`): nothing is sent unless `otlp_endpoint` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// An OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`: spans go to
+    /// `<endpoint>/v1/traces` as JSON.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// How long one export may take, in milliseconds.
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: "kiln".to_owned(),
+            export_timeout_ms: 10_000,
+        }
+    }
+}
+
 impl Settings {
     /// The provider sections together, as the workers build them.
     pub fn providers(&self) -> ProviderSettings {
@@ -411,6 +435,14 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(
+                "invalid setting telemetry.otlp_endpoint (KILN_TELEMETRY_OTLP_ENDPOINT): expected an http:// or https:// URL"
+                    .to_owned(),
+            );
+        }
         let url = &self.database.url;
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")

@@ -232,6 +232,7 @@ async fn a_generation_rescued_after_sigkill_has_each_follow_up_once() {
                 credits: 2,
                 webhook: None,
                 then: Some(then),
+                traceparent: None,
             },
             idempotency_key: None,
         })

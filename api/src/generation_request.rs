@@ -299,6 +299,7 @@ impl GenerationSpec {
             reference_urls: self.reference_urls.into_iter().map(|u| u.0).collect(),
             request_hash,
             webhook: self.webhook,
+            traceparent: kiln_store::trace::traceparent(),
             then: self.then_upscale.map(|scale| kiln_jobs::FollowUps {
                 upscale: Some(kiln_jobs::UpscaleEach {
                     scale,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::ProviderError;
 use crate::fetch::{FetchPolicy, GuardedFetcher, PostFailure};
@@ -92,21 +93,28 @@ impl WebhookSender {
             .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
             .unwrap_or_default();
         let key = format!("webhooks/{host}");
+        let span = crate::limits::call_span(&key);
         let permit = self
             .limiter
             .acquire(&key)
+            .instrument(span.clone())
             .await
             .map_err(|error| PostFailure {
                 status: None,
                 error,
             })?;
         let started = Instant::now();
-        let result = self.fetcher.post_json(url, headers, body).await;
+        let result = self
+            .fetcher
+            .post_json(url, headers, body)
+            .instrument(span.clone())
+            .await;
         let outcome: Result<(), ProviderError> = match &result {
             Ok(_) => Ok(()),
             Err(failure) => Err(failure.error.clone()),
         };
         crate::limits::observe_call(&key, &outcome, started.elapsed());
+        crate::limits::record_outcome(&span, &outcome);
         permit.release().await;
         result
     }

@@ -26,6 +26,9 @@ pub struct GenerationInput {
     pub webhook: Option<crate::WebhookTarget>,
     /// What its success enqueues; reserved up front with it.
     pub then: Option<kiln_jobs::FollowUps>,
+    /// The trace of the request that asked for it (its job is built in
+    /// the group commit's task, outside the request's span).
+    pub traceparent: Option<String>,
 }
 
 impl GenerationInput {
@@ -40,11 +43,13 @@ impl GenerationInput {
             generation_id,
             then: self.then,
         };
-        Ok(crate::NewJob::of(&job)?
+        let mut job = crate::NewJob::of(&job)?
             .owner(owner)
             .reserving(self.credits)
             .reserving_for_follow_ups(self.then.map_or(0, |t| t.credits(self.n)))
-            .webhook(self.webhook.clone()))
+            .webhook(self.webhook.clone());
+        job.traceparent.clone_from(&self.traceparent);
+        Ok(job)
     }
 }
 

@@ -37,6 +37,7 @@ mod store;
 pub mod subject_requests;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod webhooks;
 pub mod workers;
 

@@ -84,6 +84,9 @@ pub struct NewJob {
     /// enqueue when it succeeds: handed back then, in the transaction where
     /// the follow-ups reserve it each for itself (migration 0029).
     pub follow_up_credits: u32,
+    /// The W3C `traceparent` of the span that enqueued it (see
+    /// [`crate::trace`]); its worker's spans continue that trace.
+    pub traceparent: Option<String>,
 }
 
 /// A client's webhook for one job: a URL already checked by the caller
@@ -110,6 +113,7 @@ impl NewJob {
             webhook: None,
             parent_id: None,
             follow_up_credits: 0,
+            traceparent: crate::trace::traceparent(),
         })
     }
 
@@ -198,6 +202,8 @@ pub struct ClaimedJob {
     /// When the job became due: the start of its queue wait.
     pub due_at: DateTime<Utc>,
     pub started_at: DateTime<Utc>,
+    /// The trace of the span that enqueued it, if any.
+    pub traceparent: Option<String>,
 }
 
 /// One failed attempt, kept in the job's error history.

@@ -24,7 +24,7 @@ pub(crate) const JOB_COLUMNS: &str =
 
 /// Every column of `jobs` and `finished_jobs`, in table order: a job
 /// that ends moves from one to the other whole.
-const STORED_COLUMNS: [&str; 29] = [
+const STORED_COLUMNS: [&str; 30] = [
     "id",
     "kind",
     "queue",
@@ -54,6 +54,7 @@ const STORED_COLUMNS: [&str; 29] = [
     "credits",
     "parent_id",
     "follow_up_credits",
+    "traceparent",
 ];
 
 /// `INSERT INTO finished_jobs (…) SELECT …`: the insert that moves a job
@@ -92,7 +93,7 @@ fn move_row(table: &str, set: &[(&str, &str)], source: &str) -> String {
 
 /// What a claim returns of each job it took (`RETURNING` these).
 pub(crate) const CLAIM_COLUMNS: &str = "id, token, kind, queue, owner, payload, schema_version,
-    attempt, max_attempts, run_at, started_at, priority, fair_seq";
+    attempt, max_attempts, run_at, started_at, priority, fair_seq, traceparent";
 
 pub(crate) const GENERATION_COLUMNS: &str =
     "id, job_id, owner, prompt, model, width, height, n, reference_urls, created_at";
@@ -205,6 +206,7 @@ pub(crate) struct ClaimRow {
     started_at: Time,
     priority: i16,
     fair_seq: i64,
+    traceparent: Option<String>,
 }
 
 /// Claimed jobs in claim order (priority, the owner round-robin, age):
@@ -229,6 +231,7 @@ pub(crate) fn claimed(mut rows: Vec<ClaimRow>) -> Result<Vec<ClaimedJob>, StoreE
                 max_attempts: r.max_attempts as u32,
                 due_at: r.run_at.0,
                 started_at: r.started_at.0,
+                traceparent: r.traceparent,
             })
         })
         .collect()

@@ -28,6 +28,7 @@ async fn generation(store: &Store, owner: kiln_jobs::UserId, prompt: &str) -> Uu
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })

@@ -391,6 +391,7 @@ async fn grouped_generations_refuse_only_the_short_owner(store: Store, _: &TestD
             credits: 1,
             webhook: None,
             then: None,
+            traceparent: None,
         },
         idempotency_key: None,
     };

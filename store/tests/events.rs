@@ -228,6 +228,7 @@ async fn a_new_generation_wakes_its_queue(store: Store, _: &TestDatabase) {
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })
@@ -256,6 +257,7 @@ async fn a_batch_of_generations_wakes_its_queue(store: Store, _: &TestDatabase) 
         credits: 0,
         webhook: None,
         then: None,
+        traceparent: None,
     };
     store
         .create_generation_batch(kiln_store::generations::NewGenerationBatch {

@@ -41,6 +41,7 @@ fn request(owner: UserId, key: Option<&str>, hash: &str) -> NewGeneration {
             credits: 0,
             webhook: None,
             then: None,
+            traceparent: None,
         },
         idempotency_key: key.map(str::to_owned),
     }

@@ -40,6 +40,7 @@ async fn generation(store: &Store, owner: UserId, credits: u32) -> GenerateImage
                 credits,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })

@@ -46,6 +46,7 @@ async fn generate(store: &Store, worker: &TestWorker, owner: UserId, prompt: &st
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })
@@ -418,6 +419,7 @@ async fn bench_export_of_10_000_images() {
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })

@@ -53,6 +53,7 @@ async fn generation(store: &Store, prompt: &str, n: u32) -> (kiln_jobs::UserId, 
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })
@@ -533,6 +534,7 @@ async fn a_reference_image_is_kept_and_passed_on_without_its_metadata(
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })

@@ -229,6 +229,7 @@ async fn objects_no_row_points_at_go_a_day_after_they_were_written(store: Store,
                 credits: 0,
                 webhook: None,
                 then: None,
+                traceparent: None,
             },
             idempotency_key: None,
         })

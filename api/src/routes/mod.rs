@@ -26,6 +26,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use tracing::Instrument;
+
 use crate::{AppState, Problem};
 
 pub use job_events::OpenStreams;
@@ -134,8 +136,26 @@ async fn observe(req: Request, next: Next) -> Response {
         axum::http::Method::HEAD => "HEAD",
         _ => "other",
     };
+    // The request's span, continuing the client's trace when it sent a
+    // `traceparent`; jobs it enqueues carry it on.
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(parent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+    {
+        kiln_store::trace::continue_trace(&span, parent);
+    }
     let started = std::time::Instant::now();
-    let response = next.run(req).await;
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let m = kiln_store::metrics::metrics();
     m.http_requests
         .with_label_values(&[&route, method, response.status().as_str()])

@@ -203,6 +203,27 @@ pub fn observe_calls_with(observe: fn(&str, CallOutcome, Duration)) {
     let _ = CALL_OBSERVER.set(observe);
 }
 
+/// The span of one provider call (in the job's trace when a job makes it),
+/// named by the provider's family; its `outcome` is recorded at the end.
+pub(crate) fn call_span(provider: &str) -> tracing::Span {
+    tracing::info_span!(
+        "provider",
+        otel.name = %format!("provider {}", family(provider)),
+        otel.kind = "client",
+        provider = family(provider),
+        outcome = tracing::field::Empty,
+    )
+}
+
+pub(crate) fn record_outcome<T>(span: &tracing::Span, result: &Result<T, ProviderError>) {
+    let outcome = match result {
+        Ok(_) => CallOutcome::Ok,
+        Err(ProviderError::Transient { .. }) => CallOutcome::Retryable,
+        Err(ProviderError::Permanent { .. }) => CallOutcome::Refused,
+    };
+    span.record("outcome", outcome.as_str());
+}
+
 pub(crate) fn observe_call<T>(provider: &str, result: &Result<T, ProviderError>, took: Duration) {
     if let Some(observe) = CALL_OBSERVER.get() {
         let outcome = match result {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::RateLimiter;
 use crate::{
@@ -24,10 +25,12 @@ pub async fn limited<T>(
     provider: &str,
     call: impl Future<Output = Result<T, ProviderError>> + Send,
 ) -> Result<T, ProviderError> {
-    let permit = limiter.acquire(provider).await?;
+    let span = super::call_span(provider);
+    let permit = limiter.acquire(provider).instrument(span.clone()).await?;
     let started = std::time::Instant::now();
-    let result = call.await;
+    let result = call.instrument(span.clone()).await;
     super::observe_call(provider, &result, started.elapsed());
+    super::record_outcome(&span, &result);
     permit.release().await;
     result
 }

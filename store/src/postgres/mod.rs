@@ -130,6 +130,7 @@ impl PgStore {
         let mut credits = Vec::with_capacity(n);
         let (mut hook_urls, mut hook_events) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut parents, mut follow_up_credits) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut traceparents = Vec::with_capacity(n);
         let (mut versions, mut priorities, mut seqs, mut maxes, mut run_ats, mut keys) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -165,6 +166,7 @@ impl PgStore {
             hook_events.push(job.webhook.as_ref().map(|w| w.events.as_str()));
             parents.push(job.parent_id);
             follow_up_credits.push(job.follow_up_credits as i32);
+            traceparents.push(job.traceparent);
         }
         // Keyed jobs go in only with their keys (see `enqueue_in`).
         let inserted: Vec<Uuid> = sqlx::query_scalar(
@@ -172,10 +174,11 @@ impl PgStore {
                  SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
                                       $6::int[], $7::smallint[], $8::bigint[], $9::int[],
                                       $10::timestamptz[], $11::text[], $12::int[],
-                                      $13::text[], $14::text[], $15::uuid[], $16::int[])
+                                      $13::text[], $14::text[], $15::uuid[], $16::int[],
+                                      $17::text[])
                       AS t(id, kind, queue, owner, payload, schema_version, priority, fair_seq,
                            max_attempts, run_at, idempotency_key, credits, webhook_url,
-                           webhook_events, parent_id, follow_up_credits)),
+                           webhook_events, parent_id, follow_up_credits, traceparent)),
              keys AS (
                  INSERT INTO job_keys (owner, kind, idempotency_key, job_id)
                  SELECT coalesce(owner, ''), kind, idempotency_key, id FROM t
@@ -189,11 +192,11 @@ impl PgStore {
                    AND (idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)))
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, credits,
-                               parent_id, follow_up_credits)
+                               parent_id, follow_up_credits, traceparent)
              SELECT id, kind, queue, owner, payload::jsonb, schema_version,
                     CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
                     priority, fair_seq, max_attempts, coalesce(run_at, now()), idempotency_key,
-                    credits, parent_id, follow_up_credits
+                    credits, parent_id, follow_up_credits, traceparent
              FROM t
              WHERE idempotency_key IS NULL OR id IN (SELECT job_id FROM keys)
              RETURNING id",
@@ -214,6 +217,7 @@ impl PgStore {
         .bind(&hook_events)
         .bind(&parents)
         .bind(&follow_up_credits)
+        .bind(&traceparents)
         .fetch_all(&mut *tx)
         .await?;
         // Idempotent duplicates were skipped: say which positions went in.
@@ -306,7 +310,7 @@ impl PgStore {
 
 /// The statement that inserts one job, `job`, and then `then` (more
 /// `WITH` members that may read `job`), returning `returning` of `job`.
-/// `$1`–`$15` are bound by [`bind_job`]. A keyed job goes in only with its
+/// `$1`–`$16` are bound by [`bind_job`]. A keyed job goes in only with its
 /// key: a concurrent enqueue of the same key waits on the key's row, then
 /// inserts nothing and finds the first job ([`existing_keyed_job`]).
 /// The owner's place in the round-robin is read in the same statement (see
@@ -321,14 +325,14 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
          job AS (
              INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, credits,
-                               parent_id, follow_up_credits)
+                               parent_id, follow_up_credits, traceparent)
              SELECT $1, $2, $3, $4, $5, $6,
                     CASE WHEN $7::timestamptz > now() THEN 'scheduled' ELSE 'available' END,
                     $8,
                     CASE WHEN $4::text IS NULL THEN 0 ELSE coalesce(
                         (SELECT fair_seq FROM jobs WHERE owner = $4
                          ORDER BY fair_seq DESC LIMIT 1), 0) + 1 END,
-                    $9, coalesce($7, now()), $10, $11, $14, $15
+                    $9, coalesce($7, now()), $10, $11, $14, $15, $16
              WHERE $10::text IS NULL OR EXISTS (SELECT 1 FROM key)
              RETURNING *),
          hook AS (
@@ -341,7 +345,7 @@ fn insert_job_sql(then: &str, returning: &str) -> String {
 static ENQUEUE_SQL: LazyLock<String> = LazyLock::new(|| insert_job_sql("", "id"));
 
 /// One generation and its `generate_image` job in one statement (so one
-/// round trip, no transaction to open and close): `$16`–`$24` are the
+/// round trip, no transaction to open and close): `$17`–`$25` are the
 /// generation's columns. The job's credits are reserved by the insert
 /// itself (trigger `jobs_reserve_credits`), so a short balance stores
 /// nothing.
@@ -351,12 +355,12 @@ static CREATE_GENERATION_SQL: LazyLock<String> = LazyLock::new(|| {
          generation AS (
              INSERT INTO generations (id, job_id, owner, prompt, model, width, height, n,
                                       request_hash, reference_urls)
-             SELECT $16, job.id, $17, $18, $19, $20, $21, $22, $23, $24::jsonb FROM job)",
+             SELECT $17, job.id, $18, $19, $20, $21, $22, $23, $24, $25::jsonb FROM job)",
         JOB_COLUMNS,
     )
 });
 
-/// Binds `$1`–`$15` of [`insert_job_sql`].
+/// Binds `$1`–`$16` of [`insert_job_sql`].
 fn bind_job<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     id: Uuid,
@@ -378,6 +382,7 @@ fn bind_job<'q, O>(
         .bind(job.webhook.as_ref().map(|w| w.events.as_str()))
         .bind(job.parent_id)
         .bind(job.follow_up_credits as i32)
+        .bind(&job.traceparent)
 }
 
 /// Records successes on `conn` (a transaction's, or alone); returns how

@@ -164,6 +164,7 @@ impl SqliteStore {
                 job.credits,
                 job.parent_id.map(|p| p.to_string()),
                 job.follow_up_credits,
+                job.traceparent,
             ]));
             ids.push((i, id));
         }
@@ -174,10 +175,12 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state,
                                    priority, fair_seq, max_attempts, run_at, credits,
-                                   parent_id, follow_up_credits, created_at, updated_at)
+                                   parent_id, follow_up_credits, traceparent, created_at,
+                                   updated_at)
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4,
                         value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9,
-                        value ->> 10, value ->> 11, value ->> 12, value ->> 13, ?2, ?2
+                        value ->> 10, value ->> 11, value ->> 12, value ->> 13, value ->> 14,
+                        ?2, ?2
                  FROM json_each(?1)",
             )
             .bind(serde_json::Value::Array(unkeyed).to_string())
@@ -233,8 +236,9 @@ impl SqliteStore {
         sqlx::query(
             "INSERT INTO jobs (id, kind, queue, owner, payload, schema_version, state, priority,
                                fair_seq, max_attempts, run_at, idempotency_key, credits,
-                               parent_id, follow_up_credits, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               parent_id, follow_up_credits, traceparent, created_at,
+                               updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&job.kind)
@@ -251,6 +255,7 @@ impl SqliteStore {
         .bind(job.credits)
         .bind(job.parent_id.map(|p| p.to_string()))
         .bind(job.follow_up_credits)
+        .bind(&job.traceparent)
         .bind(now)
         .bind(now)
         .execute(&mut *conn)

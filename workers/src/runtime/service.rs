@@ -18,6 +18,7 @@ use kiln_jobs::{JobError, Policy};
 use kiln_store::{ClaimedJob, Completion, Failure, Lease, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{backend::Claimed, inflight::InFlight};
 use crate::{JobContext, Outcome, Registry, registry::Registered};
@@ -68,6 +69,34 @@ impl RunJob {
     /// handler's answer; `None` when the attempt was stopped (cancelled) or
     /// handed back at the end of the shutdown grace period.
     pub(crate) async fn run(&self, job: ClaimedJob) -> Option<Result<Outcome, JobError>> {
+        // One span per attempt, continuing the trace of whatever enqueued
+        // the job; the handler's spans (each provider call) are its
+        // children.
+        let span = tracing::info_span!(
+            "job",
+            otel.name = %format!("run {}", job.kind),
+            job.kind = %job.kind,
+            job.id = %job.lease.id,
+            job.attempt = job.attempt,
+        );
+        if let Some(parent) = &job.traceparent {
+            kiln_store::trace::continue_trace(&span, parent);
+        }
+        let wait = (job.started_at - job.due_at).to_std().unwrap_or_default();
+        span.in_scope(|| {
+            // The claim that took it, as a point in the trace.
+            let _claim = tracing::info_span!(
+                "claim",
+                otel.name = "claim",
+                job.queue = %job.queue,
+                queue_wait_ms = wait.as_millis() as u64,
+            )
+            .entered();
+        });
+        self.run_attempt(job).instrument(span).await
+    }
+
+    async fn run_attempt(&self, job: ClaimedJob) -> Option<Result<Outcome, JobError>> {
         let m = kiln_store::metrics::metrics();
         let kind = job.kind.clone();
         m.jobs_started.with_label_values(&[&kind]).inc();
