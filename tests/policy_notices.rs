@@ -125,7 +125,7 @@ async fn a_policy_version_is_announced_at_least_seven_days_ahead_and_pending_unt
         }
     };
     let r = ack("1999-01").await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(ack("2027-01").await.status, StatusCode::NO_CONTENT);
     let me = api
         .request(Method::GET, "/v1/me", None, Some(&ada))

@@ -37,6 +37,7 @@ pub struct RegisterRequest {
     /// made of the email or phone.
     pub password: String,
     /// `YYYY-MM-DD`, 1900-01-01 or later; accounts are for adults only (18+).
+    #[schema(format = Date)]
     pub birth_date: String,
     /// Another account's referral code.
     pub referral_code: Option<String>,
@@ -70,6 +71,7 @@ pub struct VerifyRequest {
     pub email: Option<String>,
     pub phone: Option<String>,
     /// The 6 digits sent.
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 

@@ -176,6 +176,7 @@ pub struct CheckoutResource {
         (status = 201, description = "an order, and where to pay for it", body = CheckoutResource),
         (status = 400, description = "malformed body", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
+        (status = 415, description = "body is not application/json", body = Problem),
         (status = 422, description = "no such pack", body = Problem),
         (status = 502, description = "the merchant of record refused the checkout", body = Problem),
         (status = 503, description = "the merchant of record is not answering", body = Problem),

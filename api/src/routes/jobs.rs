@@ -37,12 +37,12 @@ pub struct WaitQuery {
     /// `until=change` for its next change of state, stage or progress.
     pub wait: Option<u64>,
     /// `finished` (the default) or `change`.
-    #[param(value_type = Option<String>, example = "change")]
+    #[param(inline, example = "change")]
     pub until: Option<Until>,
 }
 
 /// What a long-poll waits for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Until {
     /// The job succeeded, failed or was cancelled.

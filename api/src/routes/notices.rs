@@ -125,7 +125,8 @@ pub struct PolicyAck {
         (status = 400, description = "malformed JSON", body = Problem),
         (status = 401, description = "no valid token", body = Problem),
         (status = 415, description = "body is not application/json", body = Problem),
-        (status = 422, description = "`invalid_input`: no policy version of that name", body = Problem),
+        (status = 404, description = "no policy version of that name", body = Problem),
+        (status = 422, description = "the body is not a JSON object with a `version`", body = Problem),
     ))]
 async fn acknowledge(
     State(state): State<AppState>,
@@ -138,7 +139,7 @@ async fn acknowledge(
         .acknowledge_policy(user.id, &req.version)
         .await?
     {
-        return Err(Problem::invalid("there is no policy version of that name"));
+        return Err(Problem::not_found("policy version"));
     }
     state
         .store

@@ -1,4 +1,4 @@
-use axum::{Json, Router, routing::get};
+use axum::{Json, Router, extract::State, routing::get};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -121,5 +121,113 @@ impl Modify for ProblemJson {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+    Router::new().route(
+        "/openapi.json",
+        get(|State(state): State<AppState>| async move {
+            let packs: Vec<&str> = state.shop.packs.keys().map(String::as_str).collect();
+            Json(document(&packs, state.config.max_prompt_chars))
+        }),
+    )
+}
+
+/// A user part, `@`, and a domain of two or more labels ending in letters:
+/// addresses sign-up takes as they are (it accepts more, normalised).
+const EMAIL_PATTERN: &str = "^[a-z0-9]([a-z0-9_+-]|\\.[a-z0-9]){0,30}@[a-z0-9]{1,20}(-[a-z0-9]{1,20})?(\\.[a-z0-9]{1,20}){0,2}\\.[a-z]{2,10}$";
+/// E.164: `+` and 8 to 15 digits (sign-up also drops spaces, dots,
+/// hyphens and parentheses).
+const PHONE_PATTERN: &str = "^\\+[1-9][0-9]{7,14}$";
+/// Visible ASCII, no space at either end (the key is trimmed).
+const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~]{0,253}[!-~])?$";
+
+/// The document as served: the generated one, fitted where the derives
+/// cannot say what the server checks (exactly one of email and phone, the
+/// forms it reads them in, the job states, the key's length), and naming
+/// the packs this server sells.
+pub fn document(packs: &[&str], max_prompt_chars: usize) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    for item in doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.values_mut())
+    {
+        for operation in item
+            .as_object_mut()
+            .into_iter()
+            .flat_map(|i| i.values_mut())
+        {
+            // `get_mut`: indexing would add `parameters: null` where none are.
+            for param in operation
+                .get_mut("parameters")
+                .and_then(|p| p.as_array_mut())
+                .into_iter()
+                .flatten()
+            {
+                if param["name"] == "Idempotency-Key" {
+                    param["schema"] = serde_json::json!({
+                        "type": "string", "minLength": 1, "maxLength": 255,
+                        "pattern": IDEMPOTENCY_KEY_PATTERN,
+                    });
+                }
+            }
+        }
+    }
+    let states: Vec<&str> = kiln_store::JobState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    for param in doc["paths"]["/v1/jobs"]["get"]["parameters"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if param["name"] == "state" {
+            param["schema"] = serde_json::json!({"type": "string", "enum": states});
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    for name in [
+        "RegisterRequest",
+        "VerifyRequest",
+        "ResendRequest",
+        "LoginRequest",
+    ] {
+        let schema = &mut schemas[name];
+        schema["properties"]["email"]["pattern"] = EMAIL_PATTERN.into();
+        schema["properties"]["email"]["maxLength"] = 254.into();
+        schema["properties"]["phone"]["pattern"] = PHONE_PATTERN.into();
+        // Exactly one of the two.
+        schema["oneOf"] = serde_json::json!([
+            {"required": ["email"], "properties": {"email": {"type": "string"}, "phone": {"type": "null"}}},
+            {"required": ["phone"], "properties": {"phone": {"type": "string"}, "email": {"type": "null"}}},
+        ]);
+    }
+    schemas["CheckoutBody"]["properties"]["pack"]["enum"] = packs.into();
+    // The event stream's schema is that of one event (as OpenAPI 3.2's
+    // `itemSchema` has it): its name, its id, and the job as JSON text.
+    if let Some(stream) = doc
+        .pointer_mut("/paths/~1v1~1jobs~1{id}~1events/get/responses/200/content/text~1event-stream")
+    {
+        stream["schema"] = serde_json::json!({
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["change", "done"]},
+                "id": {"type": "string", "description": "`<n>.<state>.<stage>.<progress>`: send back as Last-Event-ID"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"$ref": "#/components/schemas/JobResource"},
+                },
+            },
+        });
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    // Something to draw, within the configured length.
+    let prompt = &mut schemas["GenerationRequest"]["properties"]["prompt"];
+    prompt["pattern"] = "[^\\s]".into();
+    prompt["maxLength"] = max_prompt_chars.into();
+    let password = &mut schemas["RegisterRequest"]["properties"]["password"];
+    password["minLength"] = 8.into();
+    password["maxLength"] = 72.into();
+    doc
 }
