@@ -136,6 +136,9 @@ impl From<kiln_store::StoreError> for Problem {
                 Problem::conflict(e.to_string())
             }
             kiln_store::StoreError::InsufficientCredits => Problem::insufficient_credits(),
+            // The database is down or overloaded: 503 with Retry-After,
+            // the request may be repeated (with its Idempotency-Key).
+            e if e.is_unavailable() => Problem::unavailable(e),
             e => Problem::internal(e),
         }
     }

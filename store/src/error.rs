@@ -33,6 +33,26 @@ pub enum StoreError {
     GroupFailed(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (connection refused or
+    /// lost, no connection free in time, the pool closed), as opposed to
+    /// refusing a statement: a moment later the same request may pass.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            ),
+            StoreError::GroupFailed(_) | StoreError::WriterGone => true,
+            _ => false,
+        }
+    }
+}
+
 /// Object storage failed, or was asked for something that is not a key.
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectsError {
