@@ -48,23 +48,80 @@ impl FromRequestParts<AppState> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
         let token = bearer(parts).ok_or_else(Problem::unauthorized)?;
-        let hash = token_hash(token);
-        let Some(id) = state.store.session_user(&hash).await? else {
-            return Err(Problem::unauthorized());
-        };
-        // Every authenticated request passes here (the status poll too):
-        // the IP is looked up in memory, and only a pair this process has
-        // not seen reads the user agent and asks the database.
-        if let Some(ip) = client_ip(parts, &state.config)
-            && state.seen_ips.first_here(id, ip)
-        {
-            note_new_here(state, id, &origin(Some(ip), parts)).await?;
-        }
-        Ok(CurrentUser {
-            id,
-            token_hash: hash,
-        })
+        signed_in(parts, state, token).await
     }
+}
+
+/// The user whose live session `token` is, or 401.
+async fn signed_in(parts: &Parts, state: &AppState, token: &str) -> Result<CurrentUser, Problem> {
+    let hash = token_hash(token);
+    let Some(id) = state.store.session_user(&hash).await? else {
+        return Err(Problem::unauthorized());
+    };
+    // Every authenticated request passes here (the status poll too):
+    // the IP is looked up in memory, and only a pair this process has
+    // not seen reads the user agent and asks the database.
+    if let Some(ip) = client_ip(parts, &state.config)
+        && state.seen_ips.first_here(id, ip)
+    {
+        note_new_here(state, id, &origin(Some(ip), parts)).await?;
+    }
+    Ok(CurrentUser {
+        id,
+        token_hash: hash,
+    })
+}
+
+/// The cookie the operator page signs in with (`POST /admin/login`): a
+/// session token like a bearer token, sent by the browser only to
+/// `/admin` paths.
+pub const ADMIN_COOKIE: &str = "kiln_admin";
+
+/// The header a cookie-authenticated request that changes something must
+/// carry the session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of the admin cookie, when the request carries one.
+pub fn admin_cookie(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == ADMIN_COOKIE)
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|value| !value.is_empty())
+}
+
+/// The CSRF token of the session whose token hashes to `token_hash`: an
+/// HMAC under the server's code key, so it is fixed for the session,
+/// unguessable without the key, and needs nothing stored. The page reads
+/// it from its `<meta name="csrf-token">` and sends it as `X-CSRF-Token`.
+pub fn csrf_token(state: &AppState, token_hash: &str) -> String {
+    state.codes.pseudonym("admin_csrf", token_hash)
+}
+
+/// Whether `given` is the session's CSRF token (compared in constant time).
+pub fn csrf_matches(state: &AppState, token_hash: &str, given: &str) -> bool {
+    let expected = csrf_token(state, token_hash);
+    expected.len() == given.len()
+        && expected
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// 403 `csrf_token`: a cookie-authenticated change without the session's
+/// CSRF token.
+pub fn csrf_refused() -> Problem {
+    Problem::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "csrf_token",
+        "a change made with the operator page's cookie needs the page's CSRF token in X-CSRF-Token",
+    )
 }
 
 /// The signed-in user of a request that starts jobs: 403 `restricted`
@@ -90,8 +147,32 @@ pub struct Operator(pub UserId);
 impl FromRequestParts<AppState> for Operator {
     type Rejection = Problem;
 
+    /// A bearer token, or else the operator page's cookie; a request with
+    /// the cookie that may change something (any method but GET and HEAD)
+    /// must carry the session's CSRF token too, or it is refused with 403
+    /// `csrf_token` (a bearer token cannot be sent by another site's page,
+    /// a cookie can).
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
-        let user = CurrentUser::from_request_parts(parts, state).await?;
+        let user = match bearer(parts) {
+            Some(token) => signed_in(parts, state, token).await?,
+            None => {
+                let token = admin_cookie(parts).ok_or_else(Problem::unauthorized)?;
+                let user = signed_in(parts, state, &token).await?;
+                let safe = matches!(
+                    parts.method,
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                );
+                let given = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if !safe && !csrf_matches(state, &user.token_hash, given) {
+                    return Err(csrf_refused());
+                }
+                user
+            }
+        };
         if !state.store.is_operator(user.id).await? {
             return Err(Problem::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -145,7 +226,7 @@ impl ClientOrigin {
 }
 
 /// The client's IP, as [`ClientOrigin`] reads it.
-fn client_ip(parts: &Parts, config: &crate::ApiConfig) -> Option<IpAddr> {
+pub fn client_ip(parts: &Parts, config: &crate::ApiConfig) -> Option<IpAddr> {
     let ip = match &config.client_ip_header {
         Some(header) => parts
             .headers

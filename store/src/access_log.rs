@@ -154,7 +154,8 @@ pub struct AccessEntry {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     /// What an operator's action touched (a job id, a queue, a filter and
-    /// counts); never a payload. None for every other event.
+    /// counts); never a payload. For a sign-in to the operator page,
+    /// `{"via": "operator_page"}`. None for every other event.
     pub detail: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
 }

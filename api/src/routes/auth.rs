@@ -474,24 +474,40 @@ async fn login(
     Json(req): Json<LoginRequest>,
 ) -> Result<Json<Session>, Problem> {
     let identifier = identifier(req.email, req.phone)?;
-    let throttled = LoginThrottle::new(&state, &identifier, &origin);
+    let user_id = check_password(&state, &identifier, req.password, &origin).await?;
+    let ttl = state.config.token_ttl_secs;
+    let (token, expires_at) =
+        open_session(&state, &identifier, user_id, &origin, ttl, None).await?;
+    Ok(Json(Session { token, expires_at }))
+}
+
+/// The account whose password this is, checked as `POST /v1/auth/login`
+/// checks it (the operator page's sign-in too): refused while the address
+/// or IP has used up its wrong passwords (429), 401 for a wrong address or
+/// password (counted, and logged), 403 `unverified` after a right password
+/// for an unverified address.
+pub(super) async fn check_password(
+    state: &AppState,
+    identifier: &Identifier,
+    password: String,
+    origin: &Origin,
+) -> Result<UserId, Problem> {
+    let throttled = LoginThrottle::new(state, identifier, origin);
     // Before the password is checked: a right password must not get in
     // past the limit either, or the limit would tell a guesser when it
     // guessed right.
     throttled.refuse_when_full().await?;
-    let record = state.store.login_record(&identifier).await?;
+    let record = state.store.login_record(identifier).await?;
     let (account, hash) = match record {
         Some(r) => (Some((r.user_id, r.verified)), r.password_hash),
         None => (None, auth::decoy_hash(state.config.bcrypt_cost)),
     };
-    let matches = auth::verify_password(req.password, hash)
-        .await
-        .unwrap_or(false);
+    let matches = auth::verify_password(password, hash).await.unwrap_or(false);
     let Some((user_id, verified)) = account.filter(|_| matches) else {
         let user = account.map(|(user_id, _)| user_id);
         state
             .store
-            .record_access(user, AccessEvent::LoginFailed, &origin)
+            .record_access(user, AccessEvent::LoginFailed, origin)
             .await?;
         throttled.count_failure().await?;
         return Err(Problem::new(
@@ -509,21 +525,50 @@ async fn login(
             "verify your email or phone first with the code that was sent (POST /v1/auth/verify); POST /v1/auth/resend sends a new one",
         ));
     }
+    Ok(user_id)
+}
+
+/// Opens a session of `ttl_secs` for the account: its new token (stored
+/// only as its hash) and when it expires. Logged as a login (with `detail` when given),
+/// and a first sign-in from this IP is told to the account's address.
+pub(super) async fn open_session(
+    state: &AppState,
+    identifier: &Identifier,
+    user_id: UserId,
+    origin: &Origin,
+    ttl_secs: u64,
+    detail: Option<serde_json::Value>,
+) -> Result<(String, chrono::DateTime<Utc>), Problem> {
     let token = auth::new_token();
-    let expires_at = Utc::now() + chrono::Duration::seconds(state.config.token_ttl_secs as i64);
+    // A TTL past what a timestamp holds lasts as long as one can.
+    let expires_at = i64::try_from(ttl_secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .and_then(|ttl| Utc::now().checked_add_signed(ttl))
+        .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
     state
         .store
         .create_session(user_id, &auth::token_hash(&token), expires_at)
         .await?;
-    state
-        .store
-        .record_access(Some(user_id), AccessEvent::Login, &origin)
-        .await?;
-    if let Some(entry_id) = auth::note_origin(&state, user_id, &origin).await? {
-        let notice = Notice::NewLoginEntry { entry_id };
-        notify_unless_restricted(&state, &identifier, user_id, notice).await?;
+    match detail {
+        Some(detail) => {
+            state
+                .store
+                .record_audit(user_id, AccessEvent::Login, origin, &detail)
+                .await?;
+        }
+        None => {
+            state
+                .store
+                .record_access(Some(user_id), AccessEvent::Login, origin)
+                .await?;
+        }
     }
-    Ok(Json(Session { token, expires_at }))
+    if let Some(entry_id) = auth::note_origin(state, user_id, origin).await? {
+        let notice = Notice::NewLoginEntry { entry_id };
+        notify_unless_restricted(state, identifier, user_id, notice).await?;
+    }
+    Ok((token, expires_at))
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "accounts",

@@ -11,6 +11,7 @@ mod me;
 mod metrics;
 mod notices;
 mod openapi;
+mod operator_page;
 mod operators;
 mod payments;
 mod upscales;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(me::routes())
         .merge(admin::routes())
         .merge(notices::routes())
+        .merge(operator_page::routes())
         .merge(operators::routes())
         .merge(workers::routes())
         .merge(exports::routes())
@@ -74,6 +76,8 @@ pub fn router(state: AppState) -> Router {
             within(timeout, req, next)
         }))
         .layer(middleware::from_fn(uri_length))
+        // Outermost, so every answer under /admin has them, errors too.
+        .layer(middleware::from_fn(operator_page::security_headers))
         .with_state(state)
 }
 
