@@ -164,3 +164,81 @@ async fn postgres_down_thirty_seconds_under_load_loses_nothing_accepted() {
         unavailable
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_limits_fail_closed_and_recover() {
+    let db = TestDatabase::postgres().await;
+    let mut redis = Outage::down("127.0.0.1:6379".parse().unwrap());
+    redis.up().await;
+    let prefix = format!("kiln-test-{}:", uuid::Uuid::now_v7().simple());
+    let kiln = kiln(&[])
+        .database(&db.url)
+        .env(
+            "KILN_RATE_LIMITS_REDIS_URL",
+            format!("redis://{}", redis.addr),
+        )
+        .env("KILN_RATE_LIMITS_KEY_PREFIX", &prefix)
+        .env(
+            "KILN_RATE_LIMITS_PROVIDERS",
+            "{images={requests_per_second=50,max_concurrent=4}}",
+        )
+        .spawn();
+    kiln.wait_healthy().await;
+    let ada = Client::signed_up(&kiln, "ada.redis@example.com").await;
+    let generate = || {
+        let ada = ada.clone();
+        async move {
+            let r = ada
+                .post(
+                    "/v1/generations",
+                    json!({"prompt": "a heron", "size": "256x256"}),
+                )
+                .await;
+            assert_eq!(r.status(), 202);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let job = generate().await;
+    assert_eq!(ada.wait_final(&job).await["state"], "succeeded");
+
+    redis.cut();
+    // The limit cannot be asked: the job waits and retries rather than
+    // calling the provider unlimited.
+    let job = generate().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Value = ada
+            .get(&format!("/v1/jobs/{job}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if now["state"] == "retryable" {
+            assert_eq!(now["error"]["code"], "rate_limiter_unavailable", "{now}");
+            assert!(now["next_run_at"].is_string(), "{now}");
+            break;
+        }
+        assert_ne!(now["state"], "succeeded", "ran without its limit: {now}");
+        assert!(Instant::now() < deadline, "never retried: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Codes are not sent unthrottled either: 503, try again.
+    let r = reqwest::Client::new()
+        .post(kiln.url("/v1/auth/resend"))
+        .json(&json!({"email": "ada.redis@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let ready = reqwest::get(kiln.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503, "readiness names Redis");
+
+    redis.up().await;
+    let done = ada.wait_final(&job).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(done["attempt"].as_u64().unwrap() >= 2, "{done}");
+}
