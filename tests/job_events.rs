@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, Codes, Kiln, kiln};
+use common::{Client, Kiln, SHARED_CODE_KEY, Through, kiln};
 use futures::StreamExt;
 use kiln_store::testing::TestDatabase;
 use serde_json::{Value, json};
@@ -62,28 +62,10 @@ async fn read_events(r: reqwest::Response, within: Duration) -> Vec<Sse> {
         .collect()
 }
 
-/// A sign-up through one `serve` whose code a `work` process sent.
-struct Through<'a> {
-    api: &'a Kiln,
-    mailer: &'a Kiln,
-}
-
-impl Codes for Through<'_> {
-    fn base(&self) -> String {
-        self.api.url("")
-    }
-
-    async fn latest_code(&self, address: &str) -> String {
-        self.mailer.latest_code(address).await
-    }
-}
-
-const CODE_KEY: &str = "6b696c6e2d746573742d636f64652d6b65792d33322d62797465732d6c6f6e67";
-
 fn process(db: &TestDatabase, role: &str) -> Kiln {
     kiln(&[role])
         .database(&db.url)
-        .env("KILN_API_CODE_KEY", CODE_KEY)
+        .env("KILN_API_CODE_KEY", SHARED_CODE_KEY)
         .spawn()
 }
 

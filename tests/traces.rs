@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{Router, body::Bytes, extract::State, routing::post};
-use common::{Client, Codes, Kiln, kiln};
+use common::{Client, Kiln, SHARED_CODE_KEY, Through, kiln};
 use kiln_store::testing::TestDatabase;
 use serde_json::{Value, json};
 
@@ -76,12 +76,10 @@ async fn receive(State(collector): State<Collector>, body: Bytes) -> &'static st
     "{}"
 }
 
-const CODE_KEY: &str = "6b696c6e2d746573742d636f64652d6b65792d33322d62797465732d6c6f6e67";
-
 fn process(db: &TestDatabase, role: &str, collector: Option<SocketAddr>) -> Kiln {
     let mut builder = kiln(&[role])
         .database(&db.url)
-        .env("KILN_API_CODE_KEY", CODE_KEY);
+        .env("KILN_API_CODE_KEY", SHARED_CODE_KEY);
     if let Some(collector) = collector {
         builder = builder
             .env(
@@ -92,22 +90,6 @@ fn process(db: &TestDatabase, role: &str, collector: Option<SocketAddr>) -> Kiln
             .env("OTEL_BSP_SCHEDULE_DELAY", 500);
     }
     builder.spawn()
-}
-
-/// A sign-up through one `serve` whose code a `work` process sent.
-struct Through<'a> {
-    api: &'a Kiln,
-    mailer: &'a Kiln,
-}
-
-impl Codes for Through<'_> {
-    fn base(&self) -> String {
-        self.api.url("")
-    }
-
-    async fn latest_code(&self, address: &str) -> String {
-        self.mailer.latest_code(address).await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

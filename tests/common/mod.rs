@@ -298,6 +298,28 @@ pub trait Codes {
     async fn latest_code(&self, address: &str) -> String;
 }
 
+/// A code key for tests whose `serve` and `work` processes are apart and
+/// must derive the same codes (`api.code_key`).
+pub const SHARED_CODE_KEY: &str =
+    "6b696c6e2d746573742d636f64652d6b65792d33322d62797465732d6c6f6e67";
+
+/// A sign-up through one `serve` process whose code another process (a
+/// `work`, with the dev mailer) sent.
+pub struct Through<'a> {
+    pub api: &'a Kiln,
+    pub mailer: &'a Kiln,
+}
+
+impl Codes for Through<'_> {
+    fn base(&self) -> String {
+        self.api.url("")
+    }
+
+    async fn latest_code(&self, address: &str) -> String {
+        self.mailer.latest_code(address).await
+    }
+}
+
 /// A `kiln` process with the dev providers: codes are read from its outbox.
 impl Codes for Kiln {
     fn base(&self) -> String {
