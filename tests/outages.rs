@@ -242,3 +242,111 @@ async fn redis_down_limits_fail_closed_and_recover() {
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(done["attempt"].as_u64().unwrap() >= 2, "{done}");
 }
+
+/// A fake S3 bucket (path style) that can be made to fail every request
+/// with 503 SlowDown.
+#[derive(Clone, Default)]
+struct FlakyBucket {
+    objects: Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl wiremock::Respond for FlakyBucket {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        use wiremock::ResponseTemplate;
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return ResponseTemplate::new(503)
+                .set_body_string("<Error><Code>SlowDown</Code></Error>");
+        }
+        let key = request.url.path().to_owned();
+        let mut objects = self.objects.lock().unwrap();
+        match request.method.as_str() {
+            "PUT" => {
+                objects.insert(key, request.body.clone());
+                ResponseTemplate::new(200).insert_header("etag", "\"1\"")
+            }
+            "GET" | "HEAD" => match objects.get(&key) {
+                Some(body) => ResponseTemplate::new(200)
+                    .insert_header("etag", "\"1\"")
+                    .insert_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
+                    .set_body_bytes(body.clone()),
+                None => ResponseTemplate::new(404)
+                    .set_body_string("<Error><Code>NoSuchKey</Code></Error>"),
+            },
+            "DELETE" => {
+                objects.remove(&key);
+                ResponseTemplate::new(204)
+            }
+            _ => ResponseTemplate::new(405),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_object_storage_retries_jobs_and_shows_nothing_half_stored() {
+    let bucket = FlakyBucket::default();
+    let s3 = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(bucket.clone())
+        .mount(&s3)
+        .await;
+    let db = TestDatabase::postgres().await;
+    let kiln = kiln(&[])
+        .database(&db.url)
+        .env("KILN_STORAGE_BACKEND", "s3")
+        .env("KILN_STORAGE_S3_BUCKET", "kiln-images")
+        .env("KILN_STORAGE_S3_REGION", "us-east-1")
+        .env("KILN_STORAGE_S3_ENDPOINT", s3.uri())
+        .env("KILN_STORAGE_S3_ACCESS_KEY_ID", "test")
+        .env("KILN_STORAGE_S3_SECRET_ACCESS_KEY", "test-secret")
+        .env("KILN_STORAGE_S3_VIRTUAL_HOSTED_STYLE", false)
+        .env("KILN_STORAGE_S3_ALLOW_HTTP", true)
+        .spawn();
+    kiln.wait_healthy().await;
+    let ada = Client::signed_up(&kiln, "ada.storage@example.com").await;
+
+    bucket
+        .failing
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let r = ada
+        .post(
+            "/v1/generations",
+            json!({"prompt": "a lantern", "size": "256x256"}),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Its attempt fails on storage and waits to retry; no image shows.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now: Value = ada
+            .get(&format!("/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if now["state"] == "retryable" {
+            assert_eq!(now["error"]["code"], "store_unavailable", "{now}");
+            break;
+        }
+        assert!(
+            !matches!(now["state"].as_str(), Some("succeeded" | "failed")),
+            "{now}"
+        );
+        assert!(Instant::now() < deadline, "never retried: {now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let images: Value = ada.get("/v1/images").await.json().await.unwrap();
+    assert_eq!(images["images"], json!([]), "a half-stored image shows");
+
+    bucket
+        .failing
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let done = ada.wait_final(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let images: Value = ada.get("/v1/images").await.json().await.unwrap();
+    assert_eq!(images["images"].as_array().unwrap().len(), 1, "{images}");
+}

@@ -18,6 +18,22 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::ObjectsError;
 
+/// How long one storage call retries a failing bucket before it fails:
+/// a few quick tries within 15 s (object_store's default keeps at it for
+/// 3 minutes, past a job's timeout, so the job would die with its lease
+/// instead of retrying with `store_unavailable` visible in its history).
+fn retries() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
+}
+
 /// A bucket of private objects addressed by keys such as
 /// `images/<uuid>.png`. Cheap to clone: clones share one backend.
 #[derive(Clone)]
@@ -60,7 +76,8 @@ impl Objects {
             .with_access_key_id(&options.access_key_id)
             .with_secret_access_key(&options.secret_access_key)
             .with_virtual_hosted_style_request(options.virtual_hosted_style)
-            .with_allow_http(options.allow_http);
+            .with_allow_http(options.allow_http)
+            .with_retry(retries());
         if let Some(endpoint) = &options.endpoint {
             builder = builder.with_endpoint(bucket_endpoint(
                 endpoint,
