@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::{propagation::TextMapPropagator, trace::TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -13,6 +13,10 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// part of a trace.
 pub fn traceparent() -> Option<String> {
     let context = tracing::Span::current().context();
+    // Every enqueue asks: without a trace, answer before allocating.
+    if !context.span().span_context().is_valid() {
+        return None;
+    }
     let mut carrier: HashMap<String, String> = HashMap::new();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);
     carrier.remove("traceparent")
@@ -25,7 +29,6 @@ pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
     let carrier: HashMap<String, String> =
         [("traceparent".to_owned(), traceparent.to_owned())].into();
     let parent = TraceContextPropagator::new().extract(&carrier);
-    use opentelemetry::trace::TraceContextExt;
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }

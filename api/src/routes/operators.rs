@@ -577,23 +577,18 @@ async fn retry(
     ClientOrigin(origin): ClientOrigin,
     Path(id): Path<String>,
 ) -> Result<Json<OperatorJob>, Problem> {
-    let job = job(&state, &id).await?;
-    if state.store.retry_jobs(&JobFilter::job(job.id)).await? == 0 {
-        return Err(Problem::conflict(format!(
-            "a {} job is not retried",
-            job.state.as_str()
-        )));
-    }
-    let detail = json!({"job_id": job.id, "was": job.state.as_str()});
-    audit(
-        &state,
+    let one = OneJob {
+        state: &state,
         operator,
+        origin: &origin,
+    };
+    one.act(
+        &id,
         AccessEvent::OperatorJobRetried,
-        &origin,
-        detail,
+        "is not retried",
+        async |f| state.store.retry_jobs(f).await,
     )
-    .await?;
-    after(&state, job.id).await
+    .await
 }
 
 #[utoipa::path(post, path = "/admin/v1/jobs/{id}/discard", tag = "operators",
@@ -612,23 +607,46 @@ async fn discard(
     ClientOrigin(origin): ClientOrigin,
     Path(id): Path<String>,
 ) -> Result<Json<OperatorJob>, Problem> {
-    let job = job(&state, &id).await?;
-    if state.store.discard_jobs(&JobFilter::job(job.id)).await? == 0 {
-        return Err(Problem::conflict(format!(
-            "a {} job is not discarded; only waiting ones are",
-            job.state.as_str()
-        )));
-    }
-    let detail = json!({"job_id": job.id, "was": job.state.as_str()});
-    audit(
-        &state,
+    let one = OneJob {
+        state: &state,
         operator,
-        AccessEvent::OperatorJobDiscarded,
-        &origin,
-        detail,
-    )
-    .await?;
-    after(&state, job.id).await
+        origin: &origin,
+    };
+    let refusal = "is not discarded; only waiting ones are";
+    one.act(&id, AccessEvent::OperatorJobDiscarded, refusal, async |f| {
+        state.store.discard_jobs(f).await
+    })
+    .await
+}
+
+/// An operator's action on one job through the bulk path's filter (retry,
+/// discard): 409 when it does not apply to the job's state, audited with
+/// the state it was in, answered with the job as it is now.
+struct OneJob<'a> {
+    state: &'a AppState,
+    operator: UserId,
+    origin: &'a Origin,
+}
+
+impl OneJob<'_> {
+    async fn act(
+        &self,
+        id: &str,
+        event: AccessEvent,
+        refusal: &str,
+        apply: impl AsyncFnOnce(&JobFilter) -> Result<u64, kiln_store::StoreError>,
+    ) -> Result<Json<OperatorJob>, Problem> {
+        let job = job(self.state, id).await?;
+        if apply(&JobFilter::job(job.id)).await? == 0 {
+            return Err(Problem::conflict(format!(
+                "a {} job {refusal}",
+                job.state.as_str()
+            )));
+        }
+        let detail = json!({"job_id": job.id, "was": job.state.as_str()});
+        audit(self.state, self.operator, event, self.origin, detail).await?;
+        after(self.state, job.id).await
+    }
 }
 
 #[utoipa::path(post, path = "/admin/v1/jobs/{id}/cancel", tag = "operators",
