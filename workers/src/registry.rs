@@ -50,7 +50,8 @@ pub(crate) struct Registered {
 /// Every handler this process runs, by kind, each with its kind's policy.
 #[derive(Default, Clone)]
 pub struct Registry {
-    handlers: HashMap<&'static str, Registered>,
+    /// Shared: every job's run holds a clone of the registry.
+    handlers: Arc<HashMap<&'static str, Registered>>,
 }
 
 impl Registry {
@@ -59,7 +60,7 @@ impl Registry {
     }
 
     pub fn register<J: Job>(mut self, handler: impl Handler<J>) -> Registry {
-        let previous = self.handlers.insert(
+        let previous = Arc::make_mut(&mut self.handlers).insert(
             J::KIND,
             Registered {
                 handler: Arc::new(Typed {

@@ -26,6 +26,8 @@ kiln_store::both_databases!(
     job_of_a_lost_worker_is_rescued_and_succeeds,
     handler_progress_is_visible,
     claims_grow_with_the_backlog_up_to_max_batch_size,
+    short_jobs_are_claimed_ahead_of_free_slots,
+    long_jobs_are_never_claimed_ahead,
     a_paused_queue_waits_in_every_worker_until_resumed,
     a_concurrency_limit_caps_running_handlers_across_workers,
 );
@@ -155,6 +157,88 @@ async fn claims_grow_with_the_backlog_up_to_max_batch_size(store: Store, _: &Tes
             "a claim took more than max_batch_size: {largest}"
         );
     }
+}
+
+/// No-op jobs finish while a claim is in flight, so a process claims
+/// beyond its free slots (jobs wait in memory for one): with 4 slots,
+/// claims of more than 4. Postgres only, as above.
+async fn short_jobs_are_claimed_ahead_of_free_slots(store: Store, _: &TestDatabase) {
+    let jobs: Vec<_> = (0..400)
+        .map(|_| NewJob::of(&Probe::default()).unwrap())
+        .collect();
+    let ids = store.enqueue_many(jobs).await.unwrap();
+    let worker = start(
+        &store,
+        WorkerConfig {
+            concurrency: 4,
+            batch_size: 4,
+            max_batch_size: 25,
+            ..config()
+        },
+    );
+    let mut claims = std::collections::HashMap::<_, usize>::new();
+    for id in &ids {
+        let job = wait_final(&store, *id).await;
+        assert_eq!(job.state, JobState::Succeeded);
+        assert_eq!(job.attempt, 1);
+        *claims.entry(job.started_at.unwrap()).or_default() += 1;
+    }
+    worker.shutdown().await;
+    if store.backend_name() == "postgres" {
+        let largest = claims.values().copied().max().unwrap();
+        assert!(largest > 4, "no claim went beyond the 4 slots: {largest}");
+        // At most one job waits behind each slot.
+        assert!(largest <= 8, "a claim took {largest} with 4 slots");
+    }
+}
+
+/// Jobs that take longer than a claim's round trip are not claimed ahead:
+/// a process never holds more than its slots, so another worker can take
+/// the rest.
+async fn long_jobs_are_never_claimed_ahead(store: Store, _: &TestDatabase) {
+    let jobs: Vec<_> = (0..8)
+        .map(|_| {
+            NewJob::of(&Probe {
+                sleep_ms: 300,
+                ..Probe::default()
+            })
+            .unwrap()
+        })
+        .collect();
+    let ids = store.enqueue_many(jobs).await.unwrap();
+    let worker = start(
+        &store,
+        WorkerConfig {
+            concurrency: 2,
+            ..config()
+        },
+    );
+    let running = || async {
+        store
+            .queue_stats()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| s.state == JobState::Running)
+            .map(|s| s.count)
+            .sum::<i64>()
+    };
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        most = most.max(running().await);
+        let done = store.get_many(&ids).await.unwrap();
+        if done.iter().all(|j| j.state.is_final()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.shutdown().await;
+    assert_eq!(most, 2, "the process held more jobs than its 2 slots");
 }
 
 async fn panicking_handler_ends_failed_with_history(store: Store, _: &TestDatabase) {

@@ -1,5 +1,6 @@
 //! kiln's jobs table as an apalis backend: the worker polls a channel that
-//! the claimer fills with jobs it has claimed and has room to run.
+//! the claimer fills with jobs it has claimed, and hands a job to apalis
+//! only with a running slot for it, so at most `worker.concurrency` run.
 
 use std::{
     convert::Infallible,
@@ -14,12 +15,15 @@ use apalis_core::{
 };
 use kiln_store::ClaimedJob;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::PollSemaphore;
 use tower_layer::Identity;
 
-/// A claimed job and the concurrency slot it occupies until it finishes.
+use super::slots::Hold;
+
+/// A claimed job and the room it holds until it finishes.
 pub(crate) struct Claimed {
     pub job: ClaimedJob,
-    pub slot: OwnedSemaphorePermit,
+    pub hold: Hold,
 }
 
 /// Shared so apalis' monitor can rebuild the worker around the same claimer.
@@ -27,6 +31,10 @@ pub(crate) type ClaimedReceiver = Arc<Mutex<mpsc::Receiver<Claimed>>>;
 
 pub(crate) struct KilnBackend {
     pub claimed: ClaimedReceiver,
+    /// The running slots ([`super::slots::Slots::running`]).
+    pub running: PollSemaphore,
+    /// A running slot taken while no job was waiting yet.
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Backend for KilnBackend {
@@ -46,10 +54,26 @@ impl Backend for KilnBackend {
         cx: &mut Context<'_>,
         _: &WorkerContext,
     ) -> Poll<Option<Result<Self::Task, Self::Error>>> {
+        if self.slot.is_none() {
+            match self.running.poll_acquire(cx) {
+                Poll::Ready(Some(slot)) => self.slot = Some(slot),
+                // Closed: never, the runtime owns the semaphore.
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         let mut rx = self.claimed.lock().unwrap_or_else(|p| p.into_inner());
         // `None` once the claimer has stopped (shutdown): the worker then
-        // drains the jobs it runs and exits.
-        rx.poll_recv(cx).map(|c| c.map(|c| Ok(Task::new(c))))
+        // drains the jobs it runs and exits. Jobs left in the channel are
+        // handed back unstarted.
+        rx.poll_recv(cx).map(|c| {
+            c.map(|mut c| {
+                if let Some(slot) = self.slot.take() {
+                    c.hold.run_in(slot);
+                }
+                Ok(Task::new(c))
+            })
+        })
     }
 
     fn poll_close(

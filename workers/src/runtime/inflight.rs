@@ -4,9 +4,9 @@ use kiln_store::Lease;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The jobs this process is running now, each with the token that stops
-/// its handler. The heartbeat extends their leases; cancellations find
-/// their handler here.
+/// The jobs this process holds now (claimed, waiting for a running slot or
+/// running), each with the token that stops its handler. The heartbeat
+/// extends their leases; cancellations find their handler here.
 #[derive(Default)]
 pub(crate) struct InFlight {
     jobs: Mutex<HashMap<Uuid, (Lease, CancellationToken)>>,
@@ -19,10 +19,15 @@ impl InFlight {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Holds `lease` from its claim on; the token that stops its handler
+    /// (the one given at the claim, if the job waited for a slot, so a
+    /// cancellation that came while it waited is not lost).
     pub fn start(&self, lease: Lease) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.lock().insert(lease.id, (lease, token.clone()));
-        token
+        self.lock()
+            .entry(lease.id)
+            .or_insert_with(|| (lease, CancellationToken::new()))
+            .1
+            .clone()
     }
 
     pub fn finish(&self, id: Uuid) {

@@ -11,6 +11,7 @@ pub(crate) mod inflight;
 mod maintenance;
 mod presence;
 pub(crate) mod service;
+mod slots;
 
 use std::sync::{Arc, Mutex};
 
@@ -19,8 +20,8 @@ use apalis_core::{
     worker::{builder::WorkerBuilder, ext::parallelize::ParallelizeExt},
 };
 use kiln_store::Store;
-use tokio::sync::{Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, PollSemaphore};
 
 use crate::{Registry, WorkerConfig, WorkerConfigError};
 use backend::{Claimed, KilnBackend};
@@ -55,9 +56,12 @@ pub async fn run(
     tracing::info!(worker = %worker_id, ?queues, concurrency = config.concurrency,
         backend = store.backend_name(), "worker starting");
 
-    let slots = Arc::new(Semaphore::new(config.concurrency as usize));
+    let slots = slots::Slots::new(config.concurrency, config.max_batch_size);
     let inflight = Arc::new(inflight::InFlight::default());
-    let (claimed_tx, claimed_rx) = mpsc::channel::<Claimed>(config.concurrency as usize);
+    // Room for every job the claimers may hold, so a claim is never held up
+    // handing its jobs over.
+    let (claimed_tx, claimed_rx) =
+        mpsc::channel::<Claimed>((config.concurrency + config.max_batch_size) as usize);
     let claimed_rx = Arc::new(Mutex::new(claimed_rx));
     let (completed_tx, completed_rx) = mpsc::channel(completer::BATCH * 4);
     let grace_over = CancellationToken::new();
@@ -99,6 +103,7 @@ pub async fn run(
                     config: config.clone(),
                     queues: queues.clone(),
                     slots: slots.clone(),
+                    inflight: inflight.clone(),
                     out: claimed_tx.clone(),
                     stop: shutdown.clone(),
                     last_claim: presence.last_claim.clone(),
@@ -118,11 +123,14 @@ pub async fn run(
         worker_id: worker_id.clone(),
     };
     let worker_rx = claimed_rx.clone();
+    let running = slots.running.clone();
     let name = worker_id.clone();
     let monitor = Monitor::new().register(move |_| {
         WorkerBuilder::new(name.as_str())
             .backend(KilnBackend {
                 claimed: worker_rx.clone(),
+                running: PollSemaphore::new(running.clone()),
+                slot: None,
             })
             // Each job on a task of its own, so jobs use every core.
             .parallelize(tokio::spawn)
@@ -174,6 +182,7 @@ pub async fn run(
         let mut rx = claimed_rx.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = Vec::new();
         while let Ok(c) = rx.try_recv() {
+            inflight.finish(c.job.lease.id);
             v.push(c.job.lease);
         }
         v

@@ -41,17 +41,17 @@ impl tower_service::Service<Task<Claimed>> for RunJob {
     type Future = Pin<Box<dyn Future<Output = Result<(), BoxDynError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Concurrency is bounded by the claimer's slots.
+        // Concurrency is bounded by the backend's running slots.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, task: Task<Claimed>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let Claimed { job, slot } = task.args;
+            let Claimed { job, hold } = task.args;
             // The outcome is written down by `run`; nothing more to do here.
             let _ = this.run(job).await;
-            drop(slot);
+            drop(hold);
             Ok(())
         })
     }
