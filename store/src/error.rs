@@ -10,6 +10,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: expected postgres://… or sqlite:…")]
     UnsupportedUrl(String),
+    /// The URLs and the pooler do not fit together (a transaction pooler
+    /// without a direct URL, either of them with SQLite).
+    #[error("{0}")]
+    Misconfigured(&'static str),
+    /// The direct connection (`LISTEN`, migrations) failed to open.
+    #[error("direct database connection (database.direct_url): {0}")]
+    Direct(#[source] sqlx::Error),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
     /// This process's personal-data keys are not the ones the database's
