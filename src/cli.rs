@@ -13,6 +13,8 @@ use clap::{Parser, Subcommand};
 /// from KILN_<SECTION>_<KEY> environment variables, which win:
 ///
 ///   database.url              KILN_DATABASE_URL             sqlite:data/kiln.db | postgres://user@host/db
+///   database.direct_url       KILN_DATABASE_DIRECT_URL      (unset) Postgres itself, for LISTEN and migrations, when database.url is a pooler
+///   database.pooler           KILN_DATABASE_POOLER          none | transaction (database.url is PgBouncer with pool_mode = transaction)
 ///   database.max_connections  KILN_DATABASE_MAX_CONNECTIONS 10
 ///   database.migrate_on_start KILN_DATABASE_MIGRATE_ON_START true
 ///   http.addr                 KILN_HTTP_ADDR                127.0.0.1:8080 (public API)

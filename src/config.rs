@@ -226,6 +226,12 @@ impl Default for StorageSettings {
 pub struct DatabaseSettings {
     /// `sqlite:data/kiln.db` (embedded default) or `postgres://user@host/db`.
     pub url: String,
+    /// Postgres itself, when `url` is a pooler: `LISTEN` and migrations go
+    /// here. Required with `pooler = "transaction"`.
+    pub direct_url: Option<String>,
+    /// `none`, or `transaction` when `url` is a transaction pooler
+    /// (PgBouncer's `pool_mode = transaction`).
+    pub pooler: kiln_store::Pooler,
     pub max_connections: u32,
     /// Apply pending migrations at start (Postgres takes a lock, so many
     /// processes starting together is safe).
@@ -236,6 +242,8 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             url: "sqlite:data/kiln.db".to_owned(),
+            direct_url: None,
+            pooler: kiln_store::Pooler::None,
             max_connections: 10,
             migrate_on_start: true,
         }
@@ -452,6 +460,36 @@ impl Settings {
                 "invalid setting database.url (KILN_DATABASE_URL): expected sqlite:<path> or postgres://…"
                     .to_owned(),
             );
+        }
+        let postgres =
+            |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if let Some(direct) = &self.database.direct_url {
+            if !postgres(direct) {
+                return Err(
+                    "invalid setting database.direct_url (KILN_DATABASE_DIRECT_URL): expected postgres://…"
+                        .to_owned(),
+                );
+            }
+            if !postgres(url) {
+                return Err(
+                    "invalid setting database.direct_url (KILN_DATABASE_DIRECT_URL): only for a Postgres database.url"
+                        .to_owned(),
+                );
+            }
+        }
+        if self.database.pooler == kiln_store::Pooler::Transaction {
+            if !postgres(url) {
+                return Err(
+                    "invalid setting database.pooler (KILN_DATABASE_POOLER): \"transaction\" needs a Postgres database.url"
+                        .to_owned(),
+                );
+            }
+            if self.database.direct_url.is_none() {
+                return Err(
+                    "invalid setting database.direct_url (KILN_DATABASE_DIRECT_URL): required with database.pooler = \"transaction\": LISTEN and migrations need Postgres itself"
+                        .to_owned(),
+                );
+            }
         }
         self.http.validate()?;
         if self.database.max_connections == 0 {

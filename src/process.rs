@@ -48,6 +48,8 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
         .context("loading the personal-data keys")?;
     let store = kiln_store::connect(&ConnectOptions {
         url: settings.database.url.clone(),
+        direct_url: settings.database.direct_url.clone(),
+        pooler: settings.database.pooler,
         max_connections: settings.database.max_connections,
         wait: true,
         session_cache: std::time::Duration::from_secs(settings.api.session_cache_secs),

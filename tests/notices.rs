@@ -101,6 +101,8 @@ async fn verification_codes_reach_the_registered_email_and_phone() {
     let base = k.url("");
     let store = kiln_store::connect(&ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,

@@ -295,6 +295,8 @@ async fn paddle_checkout_and_notifications_on_postgres() {
     // The order as recorded, apart from the person.
     let store = kiln_store::connect(&kiln_store::ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,

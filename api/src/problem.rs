@@ -21,7 +21,7 @@ pub struct Problem {
     /// Stable machine-readable code, e.g. `invalid_input`, `unauthorized`,
     /// `not_found`, `conflict`, `underage`, `payload_too_large`,
     /// `weak_password`, `invalid_code`, `unverified`, `rate_limited`,
-    /// `insufficient_credits`.
+    /// `insufficient_credits`, `unavailable`, `storage_full`.
     pub code: &'static str,
     /// Seconds for a `Retry-After` header (429, 503), not in the body.
     #[serde(skip)]
@@ -60,6 +60,22 @@ impl Problem {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "a service this request needs is not answering; try again shortly",
+            )
+        }
+    }
+
+    /// 503 `storage_full`: the database's disk is full, so the write was
+    /// refused and nothing of it stored; the operator must free space.
+    /// Logged here, once.
+    pub fn storage_full(cause: impl std::fmt::Display) -> Problem {
+        tracing::error!(error = %cause,
+            "the database's disk is full: writes are refused until space is freed");
+        Problem {
+            retry_after: Some(30),
+            ..Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_full",
+                "the service is out of storage and stored nothing of this request; try again later",
             )
         }
     }
@@ -136,6 +152,7 @@ impl From<kiln_store::StoreError> for Problem {
                 Problem::conflict(e.to_string())
             }
             kiln_store::StoreError::InsufficientCredits => Problem::insufficient_credits(),
+            kiln_store::StoreError::StorageFull(_) => Problem::storage_full(e),
             // The database is down or overloaded: 503 with Retry-After,
             // the request may be repeated (with its Idempotency-Key).
             e if e.is_unavailable() => Problem::unavailable(e),

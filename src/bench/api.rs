@@ -383,6 +383,8 @@ async fn sign_in(conn: &mut Conn, url: &str, dir: &Path, email: &str) -> anyhow:
     let code = {
         let store = kiln_store::connect(&kiln_store::ConnectOptions {
             url: url.to_owned(),
+            direct_url: None,
+            pooler: Default::default(),
             // One of them holds the store's LISTEN.
             max_connections: 2,
             wait: false,

@@ -19,6 +19,8 @@ const GIVE_UP: Duration = Duration::from_secs(600);
 pub(super) async fn open(url: &str) -> anyhow::Result<Store> {
     let store = kiln_store::connect(&ConnectOptions {
         url: url.to_owned(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 8,
         wait: false,
         session_cache: std::time::Duration::ZERO,

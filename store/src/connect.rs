@@ -5,12 +5,32 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::{PgStore, SqliteStore, Store, StoreError};
+use crate::{PgStore, SqliteStore, Store, StoreError, postgres::Db};
+
+/// What stands between kiln and Postgres at `url`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooler {
+    /// Postgres itself, or a pooler that gives each client a server
+    /// connection for its whole session (PgBouncer's `pool_mode =
+    /// session`).
+    #[default]
+    None,
+    /// A pooler that lends a server connection per transaction
+    /// (PgBouncer's `pool_mode = transaction`): no statement is cached,
+    /// each runs in a transaction, and what needs a session goes to the
+    /// direct URL.
+    Transaction,
+}
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// `postgres://…` or `sqlite:path/to/file.db`.
     pub url: String,
+    /// Postgres itself, when `url` goes through a pooler: `LISTEN` and
+    /// migrations use it (required with [`Pooler::Transaction`]).
+    pub direct_url: Option<String>,
+    pub pooler: Pooler,
     pub max_connections: u32,
     /// Keep retrying while the database is unreachable instead of failing.
     pub wait: bool,
@@ -24,8 +44,26 @@ pub struct ConnectOptions {
 /// retried (logging each failure) until it answers.
 pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
     let url = options.url.as_str();
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let connect: PgConnectOptions = url.parse()?;
+    if is_postgres(url) {
+        let mut connect: PgConnectOptions = url.parse()?;
+        let pooled = options.pooler == Pooler::Transaction;
+        if pooled {
+            // A cached statement lives on one server connection, and the
+            // pooler hands the next transaction another (see `Db`). And
+            // PgBouncer refuses a startup parameter it does not know; this
+            // one only shapes floats sent as text, which kiln never reads.
+            connect = connect.statement_cache_capacity(0).extra_float_digits(None);
+        }
+        let direct = match &options.direct_url {
+            Some(direct) if is_postgres(direct) => Some(direct.parse::<PgConnectOptions>()?),
+            Some(other) => return Err(StoreError::UnsupportedUrl(redact(other))),
+            None if pooled => {
+                return Err(StoreError::Misconfigured(
+                    "a transaction pooler needs a direct URL for LISTEN and migrations",
+                ));
+            }
+            None => None,
+        };
         let pool_options = PgPoolOptions::new()
             .max_connections(options.max_connections)
             // No ping before every statement: it doubled the round trips of
@@ -34,33 +72,37 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
             // database fault, and is then replaced.
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(10));
-        // One plain connection first: the pool would retry silently until
-        // its acquire timeout, and an operator should see why kiln waits.
-        let mut delay = Duration::from_millis(200);
-        loop {
-            match PgConnection::connect_with(&connect).await {
-                Ok(conn) => {
-                    let _ = conn.close().await;
-                    break;
-                }
-                Err(e) if options.wait && is_unreachable(&e) => {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "database unreachable; waiting for it");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        reachable(&connect, options.wait).await?;
         let pool = pool_options.connect_with(connect).await?;
+        let direct = match direct {
+            Some(direct) => {
+                reachable(&direct, options.wait)
+                    .await
+                    .map_err(StoreError::Direct)?;
+                // One connection listens, one migrates now and then.
+                PgPoolOptions::new()
+                    .max_connections(2)
+                    .idle_timeout(Duration::from_secs(60))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(direct)
+                    .await
+                    .map_err(StoreError::Direct)?
+            }
+            None => pool.clone(),
+        };
         let events = Store::channel();
         Ok(Store::new(
-            Arc::new(PgStore::new(pool, events.clone())),
+            Arc::new(PgStore::new(Db::new(pool, pooled), direct, events.clone())),
             events,
             options.session_cache,
             options.pii.clone(),
         ))
     } else if url.starts_with("sqlite:") {
+        if options.pooler != Pooler::None || options.direct_url.is_some() {
+            return Err(StoreError::Misconfigured(
+                "a pooler and a direct URL are for Postgres, not SQLite",
+            ));
+        }
         let engine = SqliteStore::open(url, options.max_connections).await?;
         Ok(Store::new(
             Arc::new(engine),
@@ -71,6 +113,32 @@ pub async fn connect(options: &ConnectOptions) -> Result<Store, StoreError> {
     } else {
         Err(StoreError::UnsupportedUrl(redact(url)))
     }
+}
+
+/// One plain connection first: the pool would retry silently until its
+/// acquire timeout, and an operator should see why kiln waits. With `wait`,
+/// an unreachable server is retried until it answers.
+async fn reachable(connect: &PgConnectOptions, wait: bool) -> Result<(), sqlx::Error> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match PgConnection::connect_with(connect).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(e) if wait && is_unreachable(&e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                    "database unreachable; waiting for it");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
 /// Errors that may pass when the server comes back, as opposed to a wrong

@@ -10,6 +10,13 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database url {0:?}: expected postgres://… or sqlite:…")]
     UnsupportedUrl(String),
+    /// The URLs and the pooler do not fit together (a transaction pooler
+    /// without a direct URL, either of them with SQLite).
+    #[error("{0}")]
+    Misconfigured(&'static str),
+    /// The direct connection (`LISTEN`, migrations) failed to open.
+    #[error("direct database connection (database.direct_url): {0}")]
+    Direct(#[source] sqlx::Error),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
     /// This process's personal-data keys are not the ones the database's
@@ -31,6 +38,11 @@ pub enum StoreError {
     /// whether this request's write was stored is unknown.
     #[error("database error in a group commit: {0}")]
     GroupFailed(String),
+    /// The disk under the database is full (SQLite `SQLITE_FULL`, Postgres
+    /// `53100`): the write was refused and none of it stored; the same
+    /// write may pass once space is freed.
+    #[error("the database's disk is full: {0}")]
+    StorageFull(String),
 }
 
 impl StoreError {
@@ -47,7 +59,9 @@ impl StoreError {
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::WorkerCrashed
             ),
-            StoreError::GroupFailed(_) | StoreError::WriterGone => true,
+            StoreError::GroupFailed(_) | StoreError::WriterGone | StoreError::StorageFull(_) => {
+                true
+            }
             _ => false,
         }
     }
@@ -82,6 +96,22 @@ const INSUFFICIENT_CREDITS_MESSAGE: &str = "kiln: insufficient credits";
 const ONE_EXPORT_INDEX: &str = "jobs_one_data_export";
 const ONE_EXPORT_SQLITE_MESSAGE: &str = "UNIQUE constraint failed: jobs.owner";
 
+/// Out of disk: Postgres' `disk_full`, SQLite's `SQLITE_FULL` (its
+/// primary result code, the low byte of the extended one sqlx reports).
+const DISK_FULL_SQLSTATE: &str = "53100";
+const SQLITE_FULL: i64 = 13;
+
+fn is_disk_full(db: &dyn sqlx::error::DatabaseError) -> bool {
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        code.parse::<i64>().is_ok_and(|c| c & 0xff == SQLITE_FULL)
+    } else {
+        code == DISK_FULL_SQLSTATE
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e
@@ -95,6 +125,11 @@ impl From<sqlx::Error> for StoreError {
                 || db.message() == ONE_EXPORT_SQLITE_MESSAGE)
         {
             return StoreError::OneAtATime;
+        }
+        if let sqlx::Error::Database(db) = &e
+            && is_disk_full(db.as_ref())
+        {
+            return StoreError::StorageFull(db.message().to_owned());
         }
         StoreError::Database(e)
     }

@@ -105,6 +105,14 @@ async fn write(engine: &dyn Engine, mut group: Vec<(NewGeneration, Answer)>) {
                 generations = group.len(),
                 "a group commit failed; writing its generations one by one"
             ),
+            // Out of disk: refused and rolled back as a whole; alone,
+            // each would be refused the same way.
+            Err(StoreError::StorageFull(message)) => {
+                for (_, answer) in group {
+                    let _ = answer.send(Err(StoreError::StorageFull(message.clone())));
+                }
+                return;
+            }
             // The connection failed: whether the commit happened is
             // unknown, so writing again could store them twice. Each caller
             // hears of it, as it would have alone.

@@ -42,7 +42,7 @@ pub mod webhooks;
 pub mod workers;
 
 pub use code_key::{CODE_DIGITS, CodeKey};
-pub use connect::{ConnectOptions, connect};
+pub use connect::{ConnectOptions, Pooler, connect};
 pub use error::{ObjectsError, SigningKeyError, StoreError};
 pub use key_file::load_or_create as load_or_create_key;
 pub use model::{
@@ -51,7 +51,7 @@ pub use model::{
 };
 pub use objects::{ObjectInfo, ObjectUpload, Objects, S3Options};
 pub use pii::Pii;
-pub use postgres::PgStore;
+pub use postgres::{Db, PgStore};
 pub use queue::{Database, Engine, JobWrites, Queue};
 pub use signed_url::{SignatureError, UrlSigner};
 pub use sqlite::SqliteStore;

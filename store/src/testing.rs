@@ -104,6 +104,8 @@ impl TestDatabase {
     pub async fn store(&self) -> Result<Store, StoreError> {
         let store = connect(&ConnectOptions {
             url: self.url.clone(),
+            direct_url: None,
+            pooler: Default::default(),
             max_connections: 8,
             wait: false,
             // As `kiln serve` runs by default.

@@ -201,6 +201,8 @@ async fn a_session_revoked_by_another_process_stops_working_here(store: Store, d
     }
     let other = kiln_store::connect(&kiln_store::ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: Duration::from_secs(60),
@@ -248,6 +250,8 @@ async fn a_session_looked_up_lately_is_answered_from_memory(store: Store, db: &T
     assert_eq!(store.session_user("live").await.unwrap(), Some(ada));
     let forgetful = kiln_store::connect(&kiln_store::ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: Duration::ZERO,
@@ -684,6 +688,8 @@ async fn a_store_with_other_keys_is_refused(store: Store, db: &TestDatabase) {
     created(&store, user(email("ada@example.com"), "ADA")).await;
     let other = kiln_store::connect(&kiln_store::ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: Duration::ZERO,

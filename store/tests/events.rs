@@ -322,6 +322,8 @@ async fn another_store_on_the_database_hears_the_writes(store: Store, db: &TestD
     }
     let other = kiln_store::connect(&kiln_store::ConnectOptions {
         url: db.url.clone(),
+        direct_url: None,
+        pooler: Default::default(),
         max_connections: 2,
         wait: false,
         session_cache: std::time::Duration::ZERO,

@@ -76,6 +76,8 @@ impl Credits for PgStore {
         reason: &str,
     ) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        grant_on(&mut conn, user, amount, reason).await
+        let granted = grant_on(&mut conn, user, amount, reason).await?;
+        conn.done().await?;
+        Ok(granted)
     }
 }

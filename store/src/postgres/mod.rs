@@ -26,6 +26,7 @@ use crate::{
 mod access_log;
 mod accounts;
 mod credits;
+mod db;
 mod deletion;
 mod export;
 mod generations;
@@ -40,6 +41,7 @@ mod subject_requests;
 mod webhooks;
 mod workers;
 
+pub use db::Db;
 use generations::insert_generations;
 use notify::Notifier;
 
@@ -52,7 +54,11 @@ const CHANGED_CHANNEL: &str = "kiln_job_changed";
 const SESSION_CHANNEL: &str = "kiln_session_revoked";
 
 pub struct PgStore {
-    pool: PgPool,
+    pool: Db,
+    /// Postgres itself, for what needs a session of its own: `LISTEN` and
+    /// the migrations' advisory lock. The same pool as `pool` unless that
+    /// goes through a pooler.
+    direct: PgPool,
     listener: tokio::task::AbortHandle,
     /// True while the `LISTEN` connection is up: every other process's
     /// notifications reach this one.
@@ -69,14 +75,16 @@ impl Drop for PgStore {
 }
 
 impl PgStore {
-    /// Wraps a pool and starts the `LISTEN` task that turns notifications
-    /// into [`StoreEvent`]s on `events`.
-    pub fn new(pool: PgPool, events: broadcast::Sender<StoreEvent>) -> PgStore {
+    /// Wraps a pool and starts the `LISTEN` task (on `direct`) that turns
+    /// notifications into [`StoreEvent`]s on `events`.
+    pub fn new(pool: Db, direct: PgPool, events: broadcast::Sender<StoreEvent>) -> PgStore {
         let listening = Arc::new(AtomicBool::new(false));
-        let listener = tokio::spawn(listen(pool.clone(), events, listening.clone())).abort_handle();
+        let listener =
+            tokio::spawn(listen(direct.clone(), events, listening.clone())).abort_handle();
         let notifier = Notifier::spawn(pool.clone());
         PgStore {
             pool,
+            direct,
             listener,
             listening,
             notifier,
@@ -84,7 +92,7 @@ impl PgStore {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.pool.pool()
     }
 
     /// Inserts a job inside the caller's transaction, so it commits or rolls
@@ -786,7 +794,9 @@ impl Queue for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        // The migrator holds a session's advisory lock: never through a
+        // transaction pooler.
+        MIGRATOR.run(&self.direct).await?;
         self.ensure_finished_partitions().await
     }
 
@@ -1013,7 +1023,9 @@ impl JobWrites for PgStore {
             return Ok(0);
         }
         let mut conn = self.pool.acquire().await?;
-        complete_on(&mut conn, done).await
+        let completed = complete_on(&mut conn, done).await?;
+        conn.done().await?;
+        Ok(completed)
     }
 
     async fn complete_then(
@@ -1247,7 +1259,9 @@ impl JobWrites for PgStore {
     async fn create_generation(&self, g: NewGeneration) -> Result<GenerationEnqueued, StoreError> {
         // No transaction: the statement is one.
         let mut conn = self.pool.acquire().await?;
-        create_generation_on(&mut conn, &g).await
+        let created = create_generation_on(&mut conn, &g).await?;
+        conn.done().await?;
+        Ok(created)
     }
 
     async fn create_generations(

@@ -16,10 +16,9 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::{AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL, SESSION_CHANNEL};
+use super::{AVAILABLE_CHANNEL, CANCEL_CHANNEL, CHANGED_CHANNEL, Db, SESSION_CHANNEL};
 use crate::StoreEvent;
 
 /// The most notifications one statement sends.
@@ -33,7 +32,7 @@ pub(super) struct Notifier {
 impl Notifier {
     /// Starts the task that sends the notifications; it ends when the
     /// notifier is dropped and what was handed to it is sent.
-    pub fn spawn(pool: PgPool) -> Notifier {
+    pub fn spawn(pool: Db) -> Notifier {
         let (queue, pending) = mpsc::unbounded_channel();
         tokio::spawn(send_all(pool, pending));
         Notifier { queue }
@@ -58,7 +57,7 @@ fn notice(event: StoreEvent) -> (&'static str, String) {
     }
 }
 
-async fn send_all(pool: PgPool, mut pending: mpsc::UnboundedReceiver<StoreEvent>) {
+async fn send_all(pool: Db, mut pending: mpsc::UnboundedReceiver<StoreEvent>) {
     while let Some(first) = pending.recv().await {
         // Everything that queued up while the last batch was sent goes in
         // the next one; repeats fold into one.

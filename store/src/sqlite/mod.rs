@@ -77,6 +77,24 @@ impl SqliteStore {
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that fails for a full disk (or an I/O error) makes
+            // SQLite roll its transaction back by itself; sqlx's ROLLBACK
+            // then fails and it still counts the transaction open, so its
+            // next BEGIN would be a SAVEPOINT inside a transaction nobody
+            // commits: every later write seen by this connection only, and
+            // lost with it. Such a connection is closed, not reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    let open = sqlx::Connection::is_in_transaction(&*conn);
+                    if open {
+                        tracing::warn!(
+                            "the SQLite writer was left in a transaction SQLite had already \
+                             rolled back (a failed write); reopening it"
+                        );
+                    }
+                    Ok(!open)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         // Read-only, so a write sent to a reader by mistake fails at once
