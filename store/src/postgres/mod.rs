@@ -1197,7 +1197,7 @@ impl JobWrites for PgStore {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT id, kind, attempt, max_attempts, rescues, cancel_requested FROM jobs
-             WHERE state = 'running' AND lease_expires_at < now()
+             WHERE lease_expires_at < now() AND state = 'running'
              ORDER BY lease_expires_at LIMIT 500
              FOR UPDATE SKIP LOCKED",
         )

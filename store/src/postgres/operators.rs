@@ -344,8 +344,10 @@ impl OperatorWrites for PgStore {
         }
         let names: Vec<&str> = limits.iter().map(|(n, _)| n.as_str()).collect();
         let running: Vec<(String, i64)> = sqlx::query_as(
+            // Leased = running (constraint `jobs_lease_while_running`),
+            // and the lease index holds the running jobs only.
             "SELECT queue, count(*) FROM jobs
-             WHERE state = 'running' AND queue = ANY($1) GROUP BY queue",
+             WHERE lease_expires_at IS NOT NULL AND queue = ANY($1) GROUP BY queue",
         )
         .bind(&names)
         .fetch_all(&mut *tx)
