@@ -574,10 +574,12 @@ impl Queue for SqliteStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, StoreError> {
-        // One statement, one snapshot: a job moving meanwhile is seen once.
+        // One statement, one snapshot: a job moving meanwhile is seen once;
+        // `LIMIT 1` stops at the first table that has it.
         let sql = format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1
-             UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id = ?1"
+             UNION ALL SELECT {JOB_COLUMNS} FROM finished_jobs WHERE id = ?1
+             LIMIT 1"
         );
         let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(Id(id))
