@@ -243,48 +243,9 @@ async fn redis_down_limits_fail_closed_and_recover() {
     assert!(done["attempt"].as_u64().unwrap() >= 2, "{done}");
 }
 
-/// A fake S3 bucket (path style) that can be made to fail every request
-/// with 503 SlowDown.
-#[derive(Clone, Default)]
-struct FlakyBucket {
-    objects: Arc<Mutex<std::collections::HashMap<String, Vec<u8>>>>,
-    failing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl wiremock::Respond for FlakyBucket {
-    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
-        use wiremock::ResponseTemplate;
-        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
-            return ResponseTemplate::new(503)
-                .set_body_string("<Error><Code>SlowDown</Code></Error>");
-        }
-        let key = request.url.path().to_owned();
-        let mut objects = self.objects.lock().unwrap();
-        match request.method.as_str() {
-            "PUT" => {
-                objects.insert(key, request.body.clone());
-                ResponseTemplate::new(200).insert_header("etag", "\"1\"")
-            }
-            "GET" | "HEAD" => match objects.get(&key) {
-                Some(body) => ResponseTemplate::new(200)
-                    .insert_header("etag", "\"1\"")
-                    .insert_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
-                    .set_body_bytes(body.clone()),
-                None => ResponseTemplate::new(404)
-                    .set_body_string("<Error><Code>NoSuchKey</Code></Error>"),
-            },
-            "DELETE" => {
-                objects.remove(&key);
-                ResponseTemplate::new(204)
-            }
-            _ => ResponseTemplate::new(405),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_object_storage_retries_jobs_and_shows_nothing_half_stored() {
-    let bucket = FlakyBucket::default();
+    let bucket = common::FakeBucket::default();
     let s3 = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::any())
         .respond_with(bucket.clone())
@@ -305,9 +266,7 @@ async fn failing_object_storage_retries_jobs_and_shows_nothing_half_stored() {
     kiln.wait_healthy().await;
     let ada = Client::signed_up(&kiln, "ada.storage@example.com").await;
 
-    bucket
-        .failing
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    bucket.fail(true);
     let r = ada
         .post(
             "/v1/generations",
@@ -342,9 +301,7 @@ async fn failing_object_storage_retries_jobs_and_shows_nothing_half_stored() {
     let images: Value = ada.get("/v1/images").await.json().await.unwrap();
     assert_eq!(images["images"], json!([]), "a half-stored image shows");
 
-    bucket
-        .failing
-        .store(false, std::sync::atomic::Ordering::Relaxed);
+    bucket.fail(false);
     let done = ada.wait_final(&id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let images: Value = ada.get("/v1/images").await.json().await.unwrap();

@@ -492,39 +492,9 @@ async fn every_provider_at_fakes_and_none_learns_who_the_user_is() {
     }
 }
 
-/// A fake S3 bucket: keeps what is PUT, serves it on GET (path style).
-#[derive(Clone, Default)]
-struct FakeBucket(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>);
-
-impl wiremock::Respond for FakeBucket {
-    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
-        let key = request.url.path().to_owned();
-        let mut objects = self.0.lock().unwrap();
-        match request.method.as_str() {
-            "PUT" => {
-                objects.insert(key, request.body.clone());
-                ResponseTemplate::new(200).insert_header("etag", "\"1\"")
-            }
-            "GET" | "HEAD" => match objects.get(&key) {
-                Some(body) => ResponseTemplate::new(200)
-                    .insert_header("etag", "\"1\"")
-                    .insert_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
-                    .set_body_bytes(body.clone()),
-                None => ResponseTemplate::new(404)
-                    .set_body_string("<Error><Code>NoSuchKey</Code></Error>"),
-            },
-            "DELETE" => {
-                objects.remove(&key);
-                ResponseTemplate::new(204)
-            }
-            _ => ResponseTemplate::new(405),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_live_in_a_private_s3_bucket_and_are_served_by_signed_links() {
-    let bucket = FakeBucket::default();
+    let bucket = common::FakeBucket::default();
     let s3 = MockServer::start().await;
     Mock::given(wiremock::matchers::any())
         .respond_with(bucket.clone())
@@ -558,13 +528,7 @@ async fn images_live_in_a_private_s3_bucket_and_are_served_by_signed_links() {
 
     // The bytes went to the bucket, signed; kiln serves them by its link.
     let key = format!("/kiln-images/images/{}.png", image["id"].as_str().unwrap());
-    let stored = bucket
-        .0
-        .lock()
-        .unwrap()
-        .get(&key)
-        .cloned()
-        .expect("object in the bucket");
+    let stored = bucket.object(&key).expect("object in the bucket");
     let put = s3
         .received_requests()
         .await

@@ -582,3 +582,54 @@ pub async fn assert_problem(r: reqwest::Response, status: u16, code: &str) -> se
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// A fake S3 bucket (path style): keeps what is PUT and serves it on GET;
+/// [`FakeBucket::fail`] makes it answer every request 503 SlowDown.
+#[derive(Clone, Default)]
+pub struct FakeBucket {
+    objects: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>>,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeBucket {
+    pub fn fail(&self, failing: bool) {
+        self.failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The object at `path` (`/<bucket>/<key>`), if one was stored.
+    pub fn object(&self, path: &str) -> Option<Vec<u8>> {
+        self.objects.lock().unwrap().get(path).cloned()
+    }
+}
+
+impl wiremock::Respond for FakeBucket {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        use wiremock::ResponseTemplate;
+        if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return ResponseTemplate::new(503)
+                .set_body_string("<Error><Code>SlowDown</Code></Error>");
+        }
+        let key = request.url.path().to_owned();
+        let mut objects = self.objects.lock().unwrap();
+        match request.method.as_str() {
+            "PUT" => {
+                objects.insert(key, request.body.clone());
+                ResponseTemplate::new(200).insert_header("etag", "\"1\"")
+            }
+            "GET" | "HEAD" => match objects.get(&key) {
+                Some(body) => ResponseTemplate::new(200)
+                    .insert_header("etag", "\"1\"")
+                    .insert_header("last-modified", "Wed, 25 Nov 2026 12:00:00 GMT")
+                    .set_body_bytes(body.clone()),
+                None => ResponseTemplate::new(404)
+                    .set_body_string("<Error><Code>NoSuchKey</Code></Error>"),
+            },
+            "DELETE" => {
+                objects.remove(&key);
+                ResponseTemplate::new(204)
+            }
+            _ => ResponseTemplate::new(405),
+        }
+    }
+}
