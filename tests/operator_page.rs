@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod common;
+
+use common::operators::{OPERATOR_IP, PASSWORD, World, world};
 use std::net::SocketAddr;
 
 use axum::{
@@ -14,56 +17,15 @@ use axum::{
     extract::ConnectInfo,
     http::{Method, Request, StatusCode, header},
 };
-use kiln_api::testing::{TestApi, TestResponse, test_config};
-use kiln_jobs::UserId;
+use kiln_api::testing::TestResponse;
 use kiln_store::{
     Failure, JobState, NewJob,
     access_log::{AccessEntry, AccessEvent},
     accounts::Identifier,
-    testing::TestDatabase,
 };
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "correct horse battery";
-const OPERATOR_IP: &str = "203.0.113.7";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
-
-struct World {
-    api: TestApi,
-    /// Ada's bearer token: she is no operator.
-    ada: String,
-    /// Olga's bearer token: she is one.
-    olga: String,
-    olga_id: UserId,
-}
-
-async fn world() -> World {
-    let db = TestDatabase::sqlite();
-    let store = db.store().await.unwrap();
-    // Behind a proxy that names the client, so the log has an IP.
-    let config = kiln_api::ApiConfig {
-        client_ip_header: Some("x-forwarded-for".into()),
-        ..test_config()
-    };
-    let api = TestApi::with_config(store, config).keeping(db);
-    let ada = api.signed_up("ada@example.com", PASSWORD).await;
-    let olga = api.signed_up("olga@example.com", PASSWORD).await;
-    let olga_email = Identifier::Email("olga@example.com".into());
-    api.store().set_operator(&olga_email, true).await.unwrap();
-    let olga_id = api
-        .store()
-        .login_record(&olga_email)
-        .await
-        .unwrap()
-        .unwrap()
-        .user_id;
-    World {
-        api,
-        ada,
-        olga,
-        olga_id,
-    }
-}
 
 /// `application/x-www-form-urlencoded` of one value.
 fn enc(value: &str) -> String {

@@ -1,6 +1,8 @@
 //! Test harness: start the real `kiln` binary, talk HTTP to it, signal it.
 #![allow(dead_code)]
 
+pub mod operators;
+
 use std::{
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
