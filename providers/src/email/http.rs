@@ -85,10 +85,15 @@ impl Mailer for HttpMailer {
             text: &msg.text,
             html: msg.html.as_deref(),
         };
-        let response = self
+        let mut request = self
             .client
             .post(format!("{}/emails", self.base_url))
-            .bearer_auth(self.api_key.expose_secret())
+            .bearer_auth(self.api_key.expose_secret());
+        // Resend keeps a key 24 hours: a retry within them sends nothing new.
+        if let Some(key) = &msg.idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
             .json(&body)
             .send()
             .await
@@ -211,6 +216,33 @@ mod tests {
                 "html": "<p>Your code is <b>123456</b>.</p>",
             })
         );
+    }
+
+    #[tokio::test]
+    async fn http_sends_the_idempotency_key_on_every_attempt() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "x"})))
+            .mount(&server)
+            .await;
+        let mailer = http_mailer(&server.uri(), Duration::from_secs(5));
+        let keyed = EmailMessage {
+            idempotency_key: Some("0193a1d2-job".into()),
+            ..message()
+        };
+        mailer.send(&keyed).await.unwrap();
+        mailer.send(&keyed).await.unwrap();
+        mailer.send(&message()).await.unwrap();
+        let requests = server.received_requests().await.unwrap();
+        let keys: Vec<Option<&str>> = requests
+            .iter()
+            .map(|r| {
+                r.headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+            })
+            .collect();
+        assert_eq!(keys, [Some("0193a1d2-job"), Some("0193a1d2-job"), None]);
     }
 
     #[tokio::test]

@@ -35,6 +35,11 @@ pub struct EmailMessage {
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
+    /// The same on every attempt to send this one message (kiln uses the
+    /// job's id), so a provider that deduplicates sends a retried mail once:
+    /// a worker that died after the provider accepted the mail, before the
+    /// job's outcome was written, repeats the send under the same key.
+    pub idempotency_key: Option<String>,
 }
 
 /// Sizes only: the address, the subject (it may carry a code) and the
@@ -267,6 +272,7 @@ mod tests {
             subject: "Your Kiln verification code".into(),
             text: "Your code is 123456.".into(),
             html: Some("<p>Your code is <b>123456</b>.</p>".into()),
+            idempotency_key: None,
         }
     }
 

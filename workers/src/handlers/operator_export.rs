@@ -89,7 +89,7 @@ impl Handler<OperatorExport> for OperatorExportHandler {
                 job_id: Some(ctx.job_id()),
             })
             .await?;
-        let announced = self.announce(kind, start, &key, rows).await?;
+        let announced = self.announce(kind, start, &key, rows, ctx.job_id()).await?;
         Ok(Outcome::Done(OperatorExportResult {
             id,
             object_key: key,
@@ -109,6 +109,7 @@ impl OperatorExportHandler {
         start: DateTime<Utc>,
         key: &str,
         rows: u64,
+        job_id: Uuid,
     ) -> Result<bool, JobError> {
         let Some(to) = &self.operator_email else {
             return Ok(false);
@@ -137,6 +138,7 @@ impl OperatorExportHandler {
                      kept in the bucket as {key}.\n\n{fetch}\n"
                 ),
                 html: None,
+                idempotency_key: Some(job_id.to_string()),
             })
             .await?;
         Ok(true)

@@ -206,6 +206,7 @@ impl Handler<SendEmail> for SendEmailHandler {
                 subject,
                 text,
                 html: Some(html),
+                idempotency_key: Some(ctx.job_id().to_string()),
             })
             .await?;
         Ok(Outcome::Done(NoticeSent {
