@@ -511,12 +511,17 @@ impl Client {
     /// Registers an adult with this email, verifies it with the code that
     /// reached `codes` (the outbox, a fake mail API) and signs in.
     pub async fn signed_up(codes: &impl Codes, email: &str) -> Client {
+        Client::signed_up_by(codes, "email", email).await
+    }
+
+    /// [`Client::signed_up`] by `"email"` or by `"phone"`.
+    pub async fn signed_up_by(codes: &impl Codes, field: &str, address: &str) -> Client {
         let mut client = Client::new(&codes.base());
         let password = "correct horse battery";
         let r = client
             .post(
                 "/v1/auth/register",
-                serde_json::json!({"email": email, "password": password, "birth_date": "1990-01-01"}),
+                serde_json::json!({field: address, "password": password, "birth_date": "1990-01-01"}),
             )
             .await;
         assert_eq!(
@@ -525,11 +530,11 @@ impl Client {
             "register: {}",
             r.text().await.unwrap_or_default()
         );
-        let code = codes.latest_code(email).await;
+        let code = codes.latest_code(address).await;
         let r = client
             .post(
                 "/v1/auth/verify",
-                serde_json::json!({"email": email, "code": code}),
+                serde_json::json!({field: address, "code": code}),
             )
             .await;
         assert_eq!(
@@ -541,7 +546,7 @@ impl Client {
         let r = client
             .post(
                 "/v1/auth/login",
-                serde_json::json!({"email": email, "password": password}),
+                serde_json::json!({field: address, "password": password}),
             )
             .await;
         assert_eq!(r.status(), 200, "login");
