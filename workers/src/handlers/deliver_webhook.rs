@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kiln_jobs::{DeliverWebhook, JobError, WebhookDelivered, WebhookEvent};
 use kiln_providers::{
-    ProviderError,
     fetch::PostFailure,
     payments::signature::{sign_standard, standard_secret},
     webhook::WebhookSender,
@@ -37,10 +36,6 @@ pub struct DeliverWebhookHandler {
     /// `retention.export_days`.
     pub export_days: u32,
 }
-
-/// The shortest wait before another attempt, whatever a receiver's
-/// `Retry-After` asks for.
-const MIN_RETRY: Duration = Duration::from_secs(1);
 
 #[async_trait]
 impl Handler<DeliverWebhook> for DeliverWebhookHandler {
@@ -111,7 +106,9 @@ impl Handler<DeliverWebhook> for DeliverWebhookHandler {
             .await?;
         match answer {
             Ok(status_code) => Ok(Outcome::Done(WebhookDelivered { status_code })),
-            Err(PostFailure { error, .. }) => Err(at_least_a_second(error).into()),
+            // A receiver's `Retry-After: 0` makes no retry loop: the runtime
+            // waits at least the kind's backoff.
+            Err(PostFailure { error, .. }) => Err(error.into()),
         }
     }
 }
@@ -166,20 +163,4 @@ struct Changed<'a> {
     state: &'a str,
     stage: Option<&'a str>,
     progress: i16,
-}
-
-/// A receiver's `Retry-After: 0` does not make a retry loop.
-fn at_least_a_second(error: ProviderError) -> ProviderError {
-    match error {
-        ProviderError::Transient {
-            code,
-            message,
-            retry_after,
-        } => ProviderError::Transient {
-            code,
-            message,
-            retry_after: retry_after.map(|d| d.max(MIN_RETRY)),
-        },
-        permanent => permanent,
-    }
 }

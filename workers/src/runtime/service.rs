@@ -178,7 +178,7 @@ impl RunJob {
                     // Only a registered handler fails transiently, so a
                     // transient error always has its kind's policy.
                     JobError::Transient { retry_after, .. } => {
-                        policy.map(|p| retry_after.unwrap_or_else(|| p.backoff.delay(job.attempt)))
+                        policy.map(|p| retry_delay(p.backoff, job.attempt, *retry_after))
                     }
                 };
                 tracing::info!(job_id = %lease.id, kind, attempt = job.attempt,
@@ -281,5 +281,55 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+/// How long a transiently failed attempt waits: the kind's backoff, or
+/// longer when the provider asked for longer (`Retry-After`). Never
+/// shorter: a throttle that says "in a second" for a few seconds running
+/// would otherwise spend every attempt the job has inside that window.
+fn retry_delay(
+    backoff: kiln_jobs::Backoff,
+    attempt: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let backoff = backoff.delay(attempt);
+    retry_after.map_or(backoff, |asked| asked.max(backoff))
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    const BACKOFF: kiln_jobs::Backoff = kiln_jobs::Backoff {
+        base: Duration::from_secs(2),
+        max: Duration::from_secs(600),
+    };
+
+    #[test]
+    fn a_short_retry_after_waits_the_backoff() {
+        // Attempt 3 backs off 4 to 8 s; the provider's 1 s is too soon.
+        for _ in 0..50 {
+            let wait = retry_delay(BACKOFF, 3, Some(Duration::from_secs(1)));
+            assert!(
+                wait >= Duration::from_secs(4) && wait <= Duration::from_secs(8),
+                "{wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_retry_after_is_waited_whole() {
+        let wait = retry_delay(BACKOFF, 1, Some(Duration::from_secs(90)));
+        assert_eq!(wait, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn without_retry_after_the_backoff_decides() {
+        let wait = retry_delay(BACKOFF, 1, None);
+        assert!(
+            wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
     }
 }
