@@ -1,7 +1,8 @@
 //! `GET /v1/jobs/{id}/events`: a job's changes as server-sent events,
 //! through real `kiln` processes on PostgreSQL. The stream is served by
 //! another `serve` process than the one that enqueued, resumes with
-//! `Last-Event-ID` without repeating, and is for the owner only.
+//! `Last-Event-ID` without repeating, is for the owner only, and hears of
+//! a change the process missed while it had lost the database.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -213,4 +214,61 @@ async fn an_account_holds_ten_streams_and_a_closed_one_frees_a_place() {
         assert!(Instant::now() < deadline, "a closed stream kept its place");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A change made while a `serve` process had lost the database (and with
+/// it the notifications) still reaches the long-polls and streams waiting
+/// there, as soon as it listens again, not when they time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_missed_while_the_database_was_away_reaches_waiting_clients() {
+    let db = TestDatabase::postgres().await;
+    let mut postgres = common::Outage::down("127.0.0.1:5432".parse().unwrap());
+    postgres.up().await;
+    let name = db.url.rsplit('/').next().unwrap();
+    // Its workers send sign-up codes but leave generations queued.
+    let k = kiln(&[])
+        .database(&format!("postgres://postgres@{}/{name}", postgres.addr))
+        .env("KILN_WORKER_QUEUES", "[notifications]")
+        .spawn();
+    k.wait_healthy().await;
+    let ada = Client::signed_up(&k, "ada@example.com").await;
+    let r = ada
+        .post("/v1/generations", json!({"prompt": "a kiln at dusk"}))
+        .await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let stream = ada.get(&format!("/v1/jobs/{id}/events")).await;
+    let stream = tokio::spawn(read_events(stream, Duration::from_secs(60)));
+    let poll = {
+        let (ada, id) = (ada.clone(), id.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = ada.get(&format!("/v1/jobs/{id}?wait=30")).await;
+            (r.json::<Value>().await.unwrap(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    postgres.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Cancelled behind the process's back: its NOTIFY goes nowhere.
+    let store = db.store().await.unwrap();
+    store.cancel(id.parse().unwrap(), None).await.unwrap();
+    postgres.up().await;
+
+    let events = stream.await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "done", "{events:?}");
+    assert_eq!(last.data["state"], "cancelled");
+    let (job, waited) = poll.await.unwrap();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    // Answered on the reconnect, well before the 30 s wait ran out.
+    assert!(
+        waited < Duration::from_secs(25),
+        "answered after {waited:?}"
+    );
 }

@@ -306,3 +306,16 @@ pub enum StoreEvent {
     /// go on trusting it.
     SessionRevoked(String),
 }
+
+impl StoreEvent {
+    /// Whether job `id` may have changed: its own change, or a gap in the
+    /// notifications (the listener reconnected after losing the database
+    /// and says `JobsAvailable(None)`), in which anything may have happened.
+    pub fn may_have_changed(&self, id: Uuid) -> bool {
+        match self {
+            StoreEvent::JobChanged(changed) => *changed == id,
+            StoreEvent::JobsAvailable(None) => true,
+            _ => false,
+        }
+    }
+}

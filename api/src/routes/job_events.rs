@@ -198,7 +198,7 @@ impl Follow {
     async fn wait_for_change(&mut self) -> Option<()> {
         loop {
             match self.changes.recv().await {
-                Ok(StoreEvent::JobChanged(changed)) if changed == self.id => return Some(()),
+                Ok(event) if event.may_have_changed(self.id) => return Some(()),
                 Ok(_) => {}
                 // Missed some: read the job again, it may be among them.
                 Err(broadcast::error::RecvError::Lagged(_)) => return Some(()),

@@ -7,7 +7,7 @@ use axum::{
     routing::{get, post},
 };
 use kiln_jobs::UserId;
-use kiln_store::{CancelOutcome, JobRecord, JobState, StoreEvent, generations::JobFilter};
+use kiln_store::{CancelOutcome, JobRecord, JobState, generations::JobFilter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -93,8 +93,7 @@ async fn show(
         let woke = tokio::time::timeout_at(deadline, events.recv()).await;
         let recheck = match woke {
             Err(_) => break,
-            Ok(Ok(StoreEvent::JobChanged(changed))) => changed == id,
-            Ok(Ok(_)) => false,
+            Ok(Ok(event)) => event.may_have_changed(id),
             Ok(Err(broadcast::error::RecvError::Lagged(_))) => true,
             Ok(Err(broadcast::error::RecvError::Closed)) => {
                 tokio::time::sleep_until(deadline).await;
