@@ -91,7 +91,9 @@ pub struct NewRequest {
 pub trait SubjectRequests: Send + Sync + 'static {
     /// Records a request, due [`ANSWER_WITHIN_DAYS`] from now. An access
     /// request is recorded once a day per account (reading one's account
-    /// again that day is the same request): None when one stands.
+    /// again that day is the same request), and a request a job answers
+    /// once per job (a retried enqueue, the job itself making sure): None
+    /// when one stands.
     async fn record_request(&self, request: NewRequest) -> Result<Option<Uuid>, StoreError>;
     /// Marks the owner's open requests of this kind answered; how many.
     async fn answer_requests(&self, user: UserId, kind: RequestKind) -> Result<u64, StoreError>;

@@ -16,6 +16,7 @@ use uuid::Uuid;
 kiln_store::both_databases!(
     requests_are_due_in_30_days_and_overdue_after,
     an_access_request_is_recorded_once_a_day,
+    a_job_s_request_is_recorded_once,
     an_erased_account_s_requests_are_answered_and_detached,
 );
 
@@ -110,6 +111,29 @@ async fn an_access_request_is_recorded_once_a_day(store: Store, _: &TestDatabase
         ..access
     };
     assert!(store.record_request(theirs).await.unwrap().is_some());
+}
+
+async fn a_job_s_request_is_recorded_once(store: Store, _: &TestDatabase) {
+    let user = testing::account(&store).await;
+    let job = Some(Uuid::now_v7());
+    let export = request(user, RequestKind::Export, job);
+    assert!(store.record_request(export).await.unwrap().is_some());
+    assert!(store.record_request(export).await.unwrap().is_none());
+    let answered = NewRequest {
+        answered: true,
+        ..export
+    };
+    assert!(store.record_request(answered).await.unwrap().is_none());
+    // Another job's is its own, and requests without a job stand apart.
+    let next = request(user, RequestKind::Export, Some(Uuid::now_v7()));
+    assert!(store.record_request(next).await.unwrap().is_some());
+    let correction = request(user, RequestKind::Correction, None);
+    assert!(store.record_request(correction).await.unwrap().is_some());
+    assert!(store.record_request(correction).await.unwrap().is_some());
+    assert_eq!(
+        store.subject_requests(None, None, 10).await.unwrap().len(),
+        4
+    );
 }
 
 async fn an_erased_account_s_requests_are_answered_and_detached(store: Store, _: &TestDatabase) {

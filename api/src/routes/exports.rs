@@ -17,7 +17,7 @@ use axum::{
 };
 use kiln_jobs::{DataExport, Job, UserId};
 use kiln_store::subject_requests::{NewRequest, RequestKind};
-use kiln_store::{NewJob, StoreError, generations::JobFilter};
+use kiln_store::{JobState, NewJob, StoreError, generations::JobFilter};
 
 use crate::{
     AppState, Json, Problem, auth::CurrentUser, idempotency, problem::parse_id,
@@ -66,18 +66,19 @@ async fn create(
         .await?
         .ok_or_else(|| Problem::internal("enqueued job vanished"))?;
     // A key is per kind and owner, and an export's payload is the owner:
-    // a retried key always asked for the same thing.
+    // a retried key always asked for the same thing. The export answers a
+    // data-subject request, registered here (once per job), on a retry too:
+    // the first try may have enqueued and then lost the database.
+    state
+        .store
+        .record_request(NewRequest {
+            user: user.id,
+            kind: RequestKind::Export,
+            job_id: Some(enqueued.id),
+            answered: job.state == JobState::Succeeded,
+        })
+        .await?;
     let status = if enqueued.created {
-        // Registered as a data-subject request; the export answers it.
-        state
-            .store
-            .record_request(NewRequest {
-                user: user.id,
-                kind: RequestKind::Export,
-                job_id: Some(enqueued.id),
-                answered: false,
-            })
-            .await?;
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK

@@ -20,9 +20,11 @@ impl SubjectRequests for PgStore {
         let inserted = sqlx::query(
             "INSERT INTO subject_requests (id, user_id, kind, job_id, requested_at, due_at, completed_at)
              SELECT $1, $2, $3, $4, $5, $6, $7
-             WHERE $3 <> 'access' OR NOT EXISTS (
+             WHERE ($3 <> 'access' OR NOT EXISTS (
                  SELECT 1 FROM subject_requests WHERE user_id = $2 AND kind = 'access'
-                     AND requested_at > $5 - interval '1 day')",
+                     AND requested_at > $5 - interval '1 day'))
+               AND ($4::uuid IS NULL OR NOT EXISTS (
+                 SELECT 1 FROM subject_requests WHERE job_id = $4))",
         )
         .bind(id)
         .bind(r.user.0)

@@ -21,7 +21,10 @@ use std::{
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use kiln_jobs::{DataExport, DataExportResult, JobError, Notice, SendEmail, SendSms, UserId};
-use kiln_store::{NewJob, ObjectUpload, Objects, Store};
+use kiln_store::{
+    NewJob, ObjectUpload, Objects, Store,
+    subject_requests::{NewRequest, RequestKind},
+};
 use serde::Serialize;
 use serde_json::json;
 use zip::{
@@ -71,7 +74,16 @@ impl Handler<DataExport> for DataExportHandler {
         };
         let bytes = zip.finish().await?;
         enqueue_notice(store, job.user, ctx.job_id()).await?;
-        // The owner's request for a copy is answered.
+        // The owner's request for a copy is answered; it is registered
+        // first if the API has not yet done so (it does after enqueueing).
+        store
+            .record_request(NewRequest {
+                user: job.user,
+                kind: RequestKind::Export,
+                job_id: Some(ctx.job_id()),
+                answered: true,
+            })
+            .await?;
         store.answer_requests_of_job(ctx.job_id()).await?;
         Ok(Outcome::Done(DataExportResult {
             object_key: key,
