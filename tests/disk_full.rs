@@ -6,7 +6,8 @@
 //! space is freed, and the file passes `PRAGMA integrity_check`.
 //!
 //! Mounting needs root (CI runs as root); elsewhere the test skips, saying
-//! so.
+//! so. On Postgres the server itself raises `53100 disk_full` and the API
+//! answers the same way.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -195,5 +196,55 @@ async fn sqlite_on_a_full_disk_refuses_writes_clearly_and_recovers_intact() {
          after space was freed; the SQLite writer was reopened {reopened} times",
         accepted.len() - refused.len(),
         refused.len()
+    );
+}
+
+/// Postgres answering `53100 disk_full`, raised by the server itself (a
+/// trigger on `jobs`, as an INSERT that cannot extend its file would):
+/// the same 503 `storage_full` with `Retry-After`, and the request goes in
+/// once the disk has room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_out_of_disk_refuses_enqueues_clearly_and_recovers() {
+    let db = kiln_store::testing::TestDatabase::postgres().await;
+    let k = kiln(&[]).database(&db.url).spawn();
+    k.wait_healthy().await;
+    let ada = Client::signed_up(&k, "ada.full@example.com").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION 'could not extend file \"base/16384/16385\": No space left on device'
+                 USING ERRCODE = 'disk_full';
+         END $$;
+         CREATE TRIGGER test_disk_full BEFORE INSERT ON jobs
+             FOR EACH ROW EXECUTE FUNCTION test_disk_full();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let (status, body, headers) = generate(&ada, "pg-full").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "storage_full", "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(headers.contains_key("retry-after"), "{headers:?}");
+    // The disk's own words are for the log, not for the client.
+    assert!(!body.to_string().contains("base/16384"), "{body}");
+
+    sqlx::raw_sql("DROP TRIGGER test_disk_full ON jobs")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (status, body, _) = generate(&ada, "pg-full").await;
+    assert_eq!(status, 202, "{body}");
+    let again = generate(&ada, "pg-full").await;
+    assert_eq!(
+        (again.0, &again.1["id"]),
+        (200, &body["id"]),
+        "went in once"
+    );
+    assert_eq!(
+        ada.wait_final(body["id"].as_str().unwrap()).await["state"],
+        "succeeded"
     );
 }
