@@ -47,10 +47,14 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the database could not be reached (connection refused or
-    /// lost, no connection free in time, the pool closed), as opposed to
-    /// refusing a statement: a moment later the same request may pass.
+    /// lost, no connection free in time, the pool closed, the server
+    /// shutting down or starting up), as opposed to refusing a statement:
+    /// a moment later the same request may pass.
     pub fn is_unavailable(&self) -> bool {
         match self {
+            StoreError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| SERVER_UNAVAILABLE_SQLSTATES.contains(&code.as_ref())),
             StoreError::Database(e) => matches!(
                 e,
                 sqlx::Error::Io(_)
@@ -66,6 +70,14 @@ impl StoreError {
         }
     }
 }
+
+/// What Postgres answers while it cannot serve, for a moment: a restart
+/// ends every session (`57P01 admin_shutdown`, `57P02 crash_shutdown`) and
+/// refuses new ones until it is up (`57P03 cannot_connect_now`); a full
+/// server refuses connections (`53300 too_many_connections`); a primary
+/// that became a standby in a failover refuses writes (`25006
+/// read_only_sql_transaction`) until clients reach the new primary.
+const SERVER_UNAVAILABLE_SQLSTATES: [&str; 5] = ["57P01", "57P02", "57P03", "53300", "25006"];
 
 /// Object storage failed, or was asked for something that is not a key.
 #[derive(Debug, thiserror::Error)]
