@@ -111,7 +111,7 @@ impl Claimer {
                 if let Err(unsent) = self.out.send(Claimed { job, hold }).await {
                     // The worker is gone: hand the job back untouched.
                     let lease = unsent.0.job.lease;
-                    self.inflight.finish(lease.id);
+                    self.inflight.finish(lease);
                     if let Err(e) = self.store.release(&[lease]).await {
                         tracing::error!(job_id = %lease.id, error = %e, "could not hand back a job");
                     }

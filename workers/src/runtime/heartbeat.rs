@@ -41,7 +41,7 @@ pub(crate) async fn run(
                 match store.heartbeat(&leases, lease).await {
                     Ok(to_stop) => {
                         for l in to_stop {
-                            inflight.stop(l.id);
+                            inflight.stop_lease(l);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, jobs = leases.len(),

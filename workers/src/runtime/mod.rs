@@ -182,7 +182,7 @@ pub async fn run(
         let mut rx = claimed_rx.lock().unwrap_or_else(|p| p.into_inner());
         let mut v = Vec::new();
         while let Ok(c) = rx.try_recv() {
-            inflight.finish(c.job.lease.id);
+            inflight.finish(c.job.lease);
             v.push(c.job.lease);
         }
         v

@@ -130,7 +130,7 @@ impl RunJob {
         m.run_seconds
             .with_label_values(&[&kind])
             .observe(started.elapsed().as_secs_f64());
-        self.inflight.finish(lease.id);
+        self.inflight.finish(lease);
         busy.dec();
         let answer = match &ending {
             Ending::Handler(result) => Some(result.clone()),
