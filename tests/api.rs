@@ -219,17 +219,12 @@ async fn a_blocked_prompt_fails_with_content_blocked_and_stores_nothing() {
     let k = kiln(&[]).cwd(cwd.path()).spawn();
     k.wait_http(k.http, "/readyz").await;
     let client = Client::signed_up(&k, "edgy@example.com").await;
-    let r = client
-        .post(
+    let id = client
+        .accepted(
             "/v1/generations",
             json!({"prompt": "extreme GORE poster", "size": "256x256"}),
         )
         .await;
-    assert_eq!(r.status(), 202);
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let job = client.wait_final(&id).await;
     assert_eq!(job["state"], "failed");
     assert_eq!(job["stage"], "blocked");

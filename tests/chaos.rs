@@ -130,26 +130,14 @@ struct Fakes {
     upscaled: Arc<Vec<u8>>,
 }
 
-fn png(side: u32, shade: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(std::io::Cursor::new(&mut out), side, side);
-    encoder.set_color(png::ColorType::Rgb);
-    let mut writer = encoder.write_header().unwrap();
-    writer
-        .write_image_data(&vec![shade; (side * side * 3) as usize])
-        .unwrap();
-    writer.finish().unwrap();
-    out
-}
-
 impl Fakes {
     fn new() -> Fakes {
         Fakes {
             seen: Arc::default(),
             fault: Arc::default(),
             base: Arc::default(),
-            image: Arc::new(png(16, 90)),
-            upscaled: Arc::new(png(32, 180)),
+            image: Arc::new(common::png(16, 16, 90)),
+            upscaled: Arc::new(common::png(32, 32, 180)),
         }
     }
 

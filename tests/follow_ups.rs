@@ -9,10 +9,10 @@
 
 mod common;
 
-use std::{io::Cursor, time::Duration};
+use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use common::{Client, kiln, wait_job};
+use common::{Client, kiln, png, wait_job};
 use kiln_jobs::{FollowUps, Job, UpscaleEach, UpscaleImage};
 use kiln_store::{
     JobState,
@@ -162,18 +162,6 @@ async fn a_generation_and_an_upscale_of_each_image_in_one_request() {
     assert_eq!(r.status(), 422);
 }
 
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(Cursor::new(&mut out), width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    let mut writer = encoder.write_header().unwrap();
-    writer
-        .write_image_data(&vec![90; (width * height * 3) as usize])
-        .unwrap();
-    writer.finish().unwrap();
-    out
-}
-
 /// An OpenAI images fake that takes 3 s to answer: long enough to kill the
 /// worker waiting for it.
 async fn slow_images() -> MockServer {
@@ -184,7 +172,7 @@ async fn slow_images() -> MockServer {
             ResponseTemplate::new(200)
                 .set_delay(Duration::from_secs(3))
                 .set_body_json(json!({"created": 1_700_000_000,
-                    "data": [{"b64_json": BASE64.encode(png(256, 256))}]})),
+                    "data": [{"b64_json": BASE64.encode(png(256, 256, 90))}]})),
         )
         .mount(&server)
         .await;

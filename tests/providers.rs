@@ -12,10 +12,8 @@
 
 mod common;
 
-use std::io::Cursor;
-
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use common::{Client, kiln};
+use common::{Client, kiln, png};
 use kiln_store::testing::TestDatabase;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -23,18 +21,6 @@ use wiremock::{
     Mock, MockServer, ResponseTemplate,
     matchers::{body_string_contains, method, path},
 };
-
-fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(Cursor::new(&mut out), width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    let mut writer = encoder.write_header().unwrap();
-    writer
-        .write_image_data(&vec![shade; (width * height * 3) as usize])
-        .unwrap();
-    writer.finish().unwrap();
-    out
-}
 
 fn images(png: &[u8]) -> Value {
     json!({ "created": 1_700_000_000, "data": [{ "b64_json": BASE64.encode(png) }] })

@@ -555,6 +555,15 @@ impl Client {
         client
     }
 
+    /// Posts a job that must be accepted (202); its id.
+    pub async fn accepted(&self, path: &str, body: serde_json::Value) -> String {
+        let r = self.post(path, body).await;
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.expect("JSON answer");
+        assert_eq!(status, 202, "{path}: {body}");
+        body["id"].as_str().expect("the job's id").to_owned()
+    }
+
     /// Long-polls a job until it is final.
     pub async fn wait_final(&self, job_id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -571,6 +580,19 @@ impl Client {
             assert!(Instant::now() < deadline, "job never finished: {job}");
         }
     }
+}
+
+/// A real PNG of one shade, as an image provider's answer would carry.
+pub fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(std::io::Cursor::new(&mut out), width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    let mut writer = encoder.write_header().expect("PNG header");
+    writer
+        .write_image_data(&vec![shade; (width * height * 3) as usize])
+        .expect("PNG data");
+    writer.finish().expect("PNG end");
+    out
 }
 
 /// Asserts a problem+json answer with this status and code.
