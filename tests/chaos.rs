@@ -475,6 +475,15 @@ impl Fleet {
         process
     }
 
+    /// The running processes of `role`.
+    fn group(&mut self, role: &str) -> &mut Vec<Kiln> {
+        match role {
+            "serve" => &mut self.serves,
+            "work" => &mut self.workers,
+            _ => &mut self.schedulers,
+        }
+    }
+
     fn logs(&self) -> Vec<String> {
         self.serves
             .iter()
@@ -624,30 +633,26 @@ struct Chaos<'a> {
 }
 
 impl Chaos<'_> {
+    /// SIGKILLs one process of `role` (`work` or `schedule`), keeps it for
+    /// its log, and starts a new one after `pause`.
+    async fn kill_and_replace(&mut self, role: &str, pause: Duration) {
+        let group = self.fleet.group(role);
+        let i = self.rng.random_range(0..group.len());
+        let mut victim = group.remove(i);
+        victim.signal(Signal::SIGKILL);
+        victim.wait_exit(Duration::from_secs(10)).await;
+        self.fleet.dead.push(victim);
+        tokio::time::sleep(pause).await;
+        let fresh = self.fleet.start(role).await;
+        self.fleet.group(role).push(fresh);
+    }
+
     /// Brings the fault about, holds it, and ends it.
     async fn inflict(&mut self, fault: Fault) {
         let hold = Duration::from_millis(self.rng.random_range(1000..3000));
         match fault {
-            Fault::KillWorker => {
-                let i = self.rng.random_range(0..self.fleet.workers.len());
-                let mut victim = self.fleet.workers.remove(i);
-                victim.signal(Signal::SIGKILL);
-                victim.wait_exit(Duration::from_secs(10)).await;
-                self.fleet.dead.push(victim);
-                tokio::time::sleep(hold).await;
-                let fresh = self.fleet.start("work").await;
-                self.fleet.workers.push(fresh);
-            }
-            Fault::KillScheduler => {
-                let i = self.rng.random_range(0..self.fleet.schedulers.len());
-                let mut victim = self.fleet.schedulers.remove(i);
-                victim.signal(Signal::SIGKILL);
-                victim.wait_exit(Duration::from_secs(10)).await;
-                self.fleet.dead.push(victim);
-                tokio::time::sleep(hold).await;
-                let fresh = self.fleet.start("schedule").await;
-                self.fleet.schedulers.push(fresh);
-            }
+            Fault::KillWorker => self.kill_and_replace("work", hold).await,
+            Fault::KillScheduler => self.kill_and_replace("schedule", hold).await,
             Fault::StopWorkerPastLease => {
                 let i = self.rng.random_range(0..self.fleet.workers.len());
                 let frozen = &self.fleet.workers[i];

@@ -59,6 +59,19 @@ impl Running {
     }
 }
 
+/// `n` probe jobs that each sleep `sleep_ms`.
+fn sleeping_probes(n: usize, sleep_ms: u64) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| {
+            NewJob::of(&Probe {
+                sleep_ms,
+                ..Probe::default()
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
 fn start(store: &Store, config: WorkerConfig) -> Running {
     let stop = CancellationToken::new();
     let deps = kiln_workers::handlers::Deps::dev(kiln_store::Objects::memory(), Vec::new());
@@ -121,15 +134,7 @@ async fn runs_every_job_exactly_once(store: Store, _: &TestDatabase) {
 /// claim takes every free slot, more than `batch_size`, never more than
 /// `max_batch_size`.
 async fn claims_grow_with_the_backlog_up_to_max_batch_size(store: Store, _: &TestDatabase) {
-    let jobs: Vec<_> = (0..300)
-        .map(|_| {
-            NewJob::of(&Probe {
-                sleep_ms: 5,
-                ..Probe::default()
-            })
-            .unwrap()
-        })
-        .collect();
+    let jobs = sleeping_probes(300, 5);
     let ids = store.enqueue_many(jobs).await.unwrap();
     let worker = start(
         &store,
@@ -198,15 +203,7 @@ async fn short_jobs_are_claimed_ahead_of_free_slots(store: Store, _: &TestDataba
 async fn long_jobs_are_never_claimed_ahead(store: Store, _: &TestDatabase) {
     // Long even for a claim round trip on a loaded machine (a 300 ms job
     // was once claimed ahead while the whole suite ran beside it).
-    let jobs: Vec<_> = (0..6)
-        .map(|_| {
-            NewJob::of(&Probe {
-                sleep_ms: 1000,
-                ..Probe::default()
-            })
-            .unwrap()
-        })
-        .collect();
+    let jobs = sleeping_probes(6, 1000);
     let ids = store.enqueue_many(jobs).await.unwrap();
     let worker = start(
         &store,
@@ -481,15 +478,7 @@ async fn a_concurrency_limit_caps_running_handlers_across_workers(store: Store, 
         .unwrap();
     let other = db.store().await.unwrap();
     let workers = [start(&store, config()), start(&other, config())];
-    let jobs: Vec<_> = (0..8)
-        .map(|_| {
-            NewJob::of(&Probe {
-                sleep_ms: 150,
-                ..Probe::default()
-            })
-            .unwrap()
-        })
-        .collect();
+    let jobs = sleeping_probes(8, 150);
     let ids = store.enqueue_many(jobs).await.unwrap();
     let running = kiln_store::operators::JobFilter {
         state: Some(JobState::Running),
