@@ -133,6 +133,12 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, "conflict", detail)
     }
 
+    /// Whether this says the database is away for a moment (503
+    /// `unavailable`): a waiting reader may look again once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        self.code == "unavailable"
+    }
+
     /// A fault on our side. The cause is logged here, once; the client
     /// gets no internals.
     pub fn internal(cause: impl std::fmt::Display) -> Problem {

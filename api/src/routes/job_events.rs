@@ -170,7 +170,13 @@ impl Follow {
                 Some(job) => job,
                 None => {
                     self.wait_for_change().await?;
-                    own_job(&self.state, self.id, self.owner).await.ok()?
+                    match own_job(&self.state, self.id, self.owner).await {
+                        Ok(job) => job,
+                        // Woken as the database went away: the wake-up
+                        // when it is back brings another look.
+                        Err(p) if p.is_unavailable() => continue,
+                        Err(_) => return None,
+                    }
                 }
             };
             let snapshot = snapshot_id(&job);

@@ -101,7 +101,13 @@ async fn show(
             }
         };
         if recheck {
-            let now = own_job(&state, id, user.id).await?;
+            let now = match own_job(&state, id, user.id).await {
+                Ok(now) => now,
+                // Woken as the database went away: wait on for the
+                // wake-up when it is back, or the deadline.
+                Err(p) if p.is_unavailable() => continue,
+                Err(p) => return Err(p),
+            };
             let answered = match query.until.unwrap_or_default() {
                 Until::Finished => now.state.is_final(),
                 Until::Change => (now.state, now.stage.clone(), now.progress) != seen,
